@@ -1,0 +1,101 @@
+"""dogclf: turn a folder of dog photos into a served dog-breed classifier.
+
+The public names below are imported lazily, so ``import dogclf`` is cheap and
+does no work until a name is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "BackboneRegistry": "dogclf.backbones.registry",
+    "BackboneSpec": "dogclf.backbones.spec",
+    "Preprocessing": "dogclf.backbones.spec",
+    "check_backbone": "dogclf.backbones.contract",
+    "get_backbone": "dogclf.backbones.registry",
+    "list_backbones": "dogclf.backbones.registry",
+    "register_backbone": "dogclf.backbones.registry",
+    "build_backbone": "dogclf.backbones.weights",
+    "DogClassifierNet": "dogclf.model",
+    "HeadConfig": "dogclf.model",
+    "build_model": "dogclf.model",
+    "load_splits": "dogclf.data.folder",
+    "find_classes": "dogclf.data.folder",
+    "make_synthetic_dataset": "dogclf.data.synthetic",
+    "Callback": "dogclf.callbacks",
+    "TrainConfig": "dogclf.train_config",
+    "Trainer": "dogclf.trainer",
+    "train": "dogclf.training",
+    "TrainResult": "dogclf.training",
+    "save_model": "dogclf.artifact",
+    "Classifier": "dogclf.classifier",
+    "Prediction": "dogclf.classifier",
+    "load_model": "dogclf.classifier",
+    "evaluate": "dogclf.evaluation",
+    "EvalReport": "dogclf.evaluation",
+    "plot_confusion_matrix": "dogclf.evaluation",
+}
+
+__all__ = [
+    "__version__",
+    "BackboneRegistry",
+    "BackboneSpec",
+    "Callback",
+    "Classifier",
+    "DogClassifierNet",
+    "EvalReport",
+    "HeadConfig",
+    "Prediction",
+    "Preprocessing",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "build_backbone",
+    "build_model",
+    "check_backbone",
+    "evaluate",
+    "find_classes",
+    "get_backbone",
+    "list_backbones",
+    "load_model",
+    "load_splits",
+    "make_synthetic_dataset",
+    "plot_confusion_matrix",
+    "register_backbone",
+    "save_model",
+    "train",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dogclf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from dogclf.artifact import save_model
+    from dogclf.backbones.contract import check_backbone
+    from dogclf.backbones.registry import BackboneRegistry, get_backbone, list_backbones, register_backbone
+    from dogclf.backbones.spec import BackboneSpec, Preprocessing
+    from dogclf.backbones.weights import build_backbone
+    from dogclf.callbacks import Callback
+    from dogclf.classifier import Classifier, Prediction, load_model
+    from dogclf.data.folder import find_classes, load_splits
+    from dogclf.data.synthetic import make_synthetic_dataset
+    from dogclf.evaluation import EvalReport, evaluate, plot_confusion_matrix
+    from dogclf.model import DogClassifierNet, HeadConfig, build_model
+    from dogclf.train_config import TrainConfig
+    from dogclf.trainer import Trainer
+    from dogclf.training import TrainResult, train

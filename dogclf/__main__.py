@@ -1,0 +1,7 @@
+"""``python -m dogclf``."""
+
+import sys
+
+from dogclf.cli import main
+
+sys.exit(main())

@@ -1,0 +1,147 @@
+"""The trained-model directory: ``model.safetensors`` plus ``config.json``.
+
+Loading needs no network and no pickle, and never downloads pretrained
+weights: the backbone is built empty and every weight comes from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dogclf.backbones.spec import BackboneSpec, Preprocessing
+from dogclf.errors import ModelDirError, UnknownBackboneError
+
+__all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "read_config", "save_model"]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+FORMAT_VERSION = 1
+
+
+def save_model(
+    model: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    spec: BackboneSpec,
+    classes: Sequence[Any],
+    head: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+) -> Path:
+    """Writes a trained model directory.
+
+    Args:
+        model: The trained ``DogClassifierNet``.
+        out_dir: The directory (created).
+        spec: The backbone spec it was built from.
+        classes: ``ClassInfo`` objects in index order.
+        head: The head's shape (``HeadConfig.to_dict()``).
+        metrics: Training metrics to record (history, final values).
+        training: The training configuration to record.
+
+    Returns:
+        The directory.
+    """
+    from safetensors.torch import save_file
+
+    from dogclf import __version__
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    config = {
+        "format_version": FORMAT_VERSION,
+        "dogclf_version": __version__,
+        "backbone": spec.name,
+        "backbone_distribution": spec.distribution,
+        "num_features": spec.num_features,
+        "num_classes": len(classes),
+        "class_names": [c.name for c in classes],
+        "class_folders": [c.folder for c in classes],
+        "preprocessing": spec.preprocessing.to_dict(),
+        "head": dict(head),
+        "frozen_backbone": bool(getattr(model, "frozen", True)),
+        "metrics": dict(metrics or {}),
+        "training": dict(training or {}),
+    }
+    tmp_weights = out / f".{WEIGHTS_NAME}.tmp"
+    save_file(state, str(tmp_weights), metadata={"format": "pt", "dogclf_version": __version__})
+    # safetensors creates the file owner-only; a model is meant to be read by servers running as other users.
+    os.chmod(tmp_weights, 0o644)
+    os.replace(tmp_weights, out / WEIGHTS_NAME)
+    tmp_config = out / f".{CONFIG_NAME}.tmp"
+    tmp_config.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp_config, out / CONFIG_NAME)
+    return out
+
+
+def read_config(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Reads and checks ``config.json`` of a model directory.
+
+    Raises:
+        ModelDirError: If files are missing or the config is malformed.
+    """
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise ModelDirError(f"Model directory {str(root)!r} does not exist. Train one with `dogclf train --out DIR`.")
+    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (root / name).is_file()]
+    if missing:
+        hint = ""
+        if (root / "checkpoint.pt").is_file():
+            hint = " It holds a checkpoint of an unfinished run: finish it with `dogclf train ... --resume`."
+        raise ModelDirError(f"{str(root)!r} is not a dogclf model directory: missing {', '.join(missing)}.{hint}")
+    try:
+        config = json.loads((root / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelDirError(f"{str(root / CONFIG_NAME)!r} is not valid JSON: {exc}") from exc
+    required = ("format_version", "backbone", "class_names", "preprocessing", "head", "num_features")
+    absent = [k for k in required if k not in config]
+    if absent:
+        raise ModelDirError(f"{str(root / CONFIG_NAME)!r} lacks keys: {', '.join(absent)}.")
+    if config["format_version"] > FORMAT_VERSION:
+        raise ModelDirError(
+            f"{str(root)!r} has model format {config['format_version']}, newer than this dogclf reads "
+            f"({FORMAT_VERSION}); upgrade dogclf."
+        )
+    return config
+
+
+def load_state(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Reads ``model.safetensors`` of a model directory."""
+    from safetensors.torch import load_file
+
+    path = Path(model_dir) / WEIGHTS_NAME
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise ModelDirError(f"Cannot read weights {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def resolve_spec(config: Mapping[str, Any], model_dir: str | os.PathLike[str]) -> BackboneSpec:
+    """Finds the backbone a saved model needs, checking it still fits."""
+    from dogclf.backbones.registry import get_backbone
+
+    name = config["backbone"]
+    try:
+        spec = get_backbone(name)
+    except UnknownBackboneError as exc:
+        origin = config.get("backbone_distribution") or "a plugin"
+        raise ModelDirError(
+            f"The model in {str(model_dir)!r} uses backbone {name!r} (from {origin}), which is not installed "
+            f"here. Install the package that provides it. ({exc})"
+        ) from exc
+    if spec.num_features != config["num_features"]:
+        raise ModelDirError(
+            f"Backbone {name!r} now has {spec.num_features} features, but the model in {str(model_dir)!r} was "
+            f"trained with {config['num_features']}; install the backbone version it was trained with."
+        )
+    saved = Preprocessing.from_dict(config["preprocessing"])
+    if saved != spec.preprocessing:
+        import dataclasses
+
+        spec = dataclasses.replace(spec, preprocessing=saved)
+    return spec

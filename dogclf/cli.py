@@ -1,0 +1,326 @@
+"""The ``dogclf`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dogclf import __version__
+from dogclf.errors import DogclfError
+
+__all__ = ["main"]
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data", required=True, type=Path, help="folder with train/ [valid/ test/], or one class-per-folder tree"
+    )
+    p.add_argument("--backbone", default="resnet18", help="backbone name (see `dogclf backbones`); default resnet18")
+    p.add_argument("--out", required=True, type=Path, help="model directory to write (also holds checkpoint.pt)")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the head (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    p.add_argument(
+        "--weights", default="imagenet", help="imagenet (download/cache), none (random), or a local weights file"
+    )
+    p.add_argument(
+        "--freeze",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="freeze the backbone and train the head only (default); --no-freeze trains everything",
+    )
+    p.add_argument(
+        "--backbone-lr-scale",
+        type=float,
+        default=0.1,
+        help="with --no-freeze, backbone lr = lr x this (default 0.1)",
+    )
+    p.add_argument("--head-hidden", type=int, default=0, help="width of a hidden head layer (default 0: linear head)")
+    p.add_argument("--dropout", type=float, default=0.0, help="head dropout probability (default 0)")
+    p.add_argument("--augment", action="store_true", help="random resized crop + flip on training images")
+    p.add_argument("--valid-fraction", type=float, default=None, help="hold out this fraction of train (no valid/)")
+    p.add_argument("--names", type=Path, default=None, help="file mapping class folders to display names")
+    p.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: CPUs - 1, at most 4)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: when stderr is a terminal)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dogclf",
+        description="Turn a folder of dog photos into a dog-breed classifier: train a new head on a pretrained CNN, "
+        "evaluate it, predict.",
+    )
+    parser.add_argument("--version", action="version", version=f"dogclf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="train, evaluate and predict on a synthetic data set (offline, ~1 minute)")
+    demo.add_argument(
+        "--backbone",
+        default=None,
+        help="default: efficientnet_lite0 with its bundled ImageNet weights if the plugin is installed, else resnet18",
+    )
+    demo.add_argument("--weights", default="none", help="with --backbone: none (default), imagenet, or a weights file")
+    demo.add_argument("--epochs", type=int, default=4)
+    demo.add_argument("--workdir", type=Path, default=None, help="keep data and model here instead of a temp folder")
+
+    bb = sub.add_parser("backbones", help="list the available backbones")
+    bb.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'resnet*'")
+    bb.add_argument("--json", action="store_true", help="print JSON")
+
+    check = sub.add_parser("check-backbone", help="run the backbone contract checks (for plugin authors)")
+    check.add_argument("name")
+
+    _add_train_args(sub.add_parser("train", help="train a classifier on a data folder"))
+
+    ev = sub.add_parser("evaluate", help="evaluate a trained model on a data split")
+    ev.add_argument("--model", required=True, type=Path, help="model directory")
+    ev.add_argument("--data", required=True, type=Path, help="data folder (with train/ ...) or a class-per-folder tree")
+    ev.add_argument(
+        "--split", default="test", choices=["train", "valid", "test"], help="split to evaluate (default test)"
+    )
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument(
+        "--plot", type=Path, default=None, help="confusion-matrix PNG (default MODEL/confusion_<split>.png)"
+    )
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    ev.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
+
+    pr = sub.add_parser("predict", help="predict the breed of images")
+    pr.add_argument("--model", required=True, type=Path, help="model directory")
+    pr.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    pr.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    pr.add_argument("--json", action="store_true", help="print JSON")
+    pr.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    return parser
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dogclf.demo import run_demo
+
+    weights = None if args.weights.lower() == "none" else args.weights
+    run_demo(backbone=args.backbone, weights=weights, epochs=args.epochs, workdir=args.workdir)
+    return 0
+
+
+def _cmd_backbones(args: argparse.Namespace) -> int:
+    from dogclf.backbones.registry import list_backbones
+
+    specs = list_backbones(args.pattern)
+    if args.json:
+        print(json.dumps([s.summary() for s in specs], indent=2))
+        return 0
+    rows = [("NAME", "INPUT", "FEATURES", "PRETRAINED WEIGHTS", "FROM")]
+    rows += [
+        (
+            s.name,
+            f"{s.preprocessing.input_size}px",
+            str(s.num_features),
+            s.weights_source,
+            s.distribution,
+        )
+        for s in specs
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print("\nAlso: any timm model as timm/<name>, e.g. timm/efficientnet_b0 (weights from the Hugging Face Hub).")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from dogclf.backbones.contract import check_backbone
+
+    report = check_backbone(args.name)
+    print(
+        f"OK {report['name']} ({report['distribution']}): {report['num_features']} features at "
+        f"{report['input_size']}px, {report['parameters']:,} parameters"
+    )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dogclf.model import HeadConfig
+    from dogclf.train_config import TrainConfig
+    from dogclf.training import train
+
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        backbone_lr_scale=args.backbone_lr_scale,
+        seed=args.seed,
+        device=args.device,
+        num_workers=args.workers,
+        augment=args.augment,
+    )
+    try:
+        train(
+            args.data,
+            args.backbone,
+            args.out,
+            config=config,
+            weights=args.weights,
+            freeze=args.freeze,
+            head=HeadConfig(hidden=args.head_hidden, dropout=args.dropout),
+            valid_fraction=args.valid_fraction,
+            names=args.names,
+            strict=args.strict,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=args.progress,
+        )
+    except KeyboardInterrupt:
+        argv = list(args.argv)  # not sys.argv: under `python -m dogclf` its [0] is the path of __main__.py
+        checkpoint = args.out / "checkpoint.pt"
+        if checkpoint.is_file():
+            command = shlex.join(["dogclf", *argv] if "--resume" in argv else ["dogclf", *argv, "--resume"])
+            print(
+                f"\nInterrupted. Finished epochs are saved in {checkpoint}; continue with:\n  {command}",
+                file=sys.stderr,
+            )
+        else:
+            command = shlex.join(["dogclf", *(a for a in argv if a != "--resume")])
+            print(
+                f"\nInterrupted before the first epoch finished; nothing was saved. Start again with:\n  {command}",
+                file=sys.stderr,
+            )
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from dogclf.artifact import read_config
+    from dogclf.classifier import load_model
+    from dogclf.data.folder import load_splits
+    from dogclf.evaluation import evaluate, plot_confusion_matrix
+
+    classifier = load_model(args.model, device=args.device)
+    config = read_config(args.model)
+    training = config.get("training", {})
+    fraction = None
+    has_valid_dir = (args.data / "valid").is_dir() or (args.data / "val").is_dir()
+    if not has_valid_dir and str(training.get("valid_source", "")).startswith("fraction"):
+        # Rebuild the same stratified split the model was trained with.
+        fraction = float(training["valid_source"].split()[1])
+    splits = load_splits(
+        args.data,
+        valid_fraction=fraction,
+        names=dict(zip(config.get("class_folders", []), config["class_names"], strict=False)),
+        seed=int(training.get("seed", 0)),
+        strict=args.strict,
+        require_valid=False,
+    )
+    model_folders = config.get("class_folders") or config["class_names"]
+    if [c.folder for c in splits.classes] != list(model_folders):
+        from dogclf.errors import DatasetError
+
+        raise DatasetError(
+            f"The classes of {str(args.data)!r} ({len(splits.classes)}) differ from the model's "
+            f"({len(model_folders)}): evaluate on data with the same class folders as the training data."
+        )
+    samples = splits.split(args.split)
+    report = evaluate(classifier, samples, batch_size=args.batch_size, progress=sys.stderr.isatty())
+    plot = args.plot or args.model / f"confusion_{args.split}.png"
+    plot_confusion_matrix(report, plot, title=f"{config['backbone']} on {args.split}: top-1 {report.top1:.1%}")
+    if args.json:
+        payload: dict[str, Any] = report.to_dict()
+        payload.update(split=args.split, confusion_png=str(plot), skipped=len(splits.skipped))
+        print(json.dumps(payload, indent=2))
+        return 0
+    if splits.skipped:
+        print(f"Skipped {len(splits.skipped)} unreadable file(s): " + ", ".join(str(p) for p, _ in splits.skipped[:5]))
+    print(f"{args.split}: n={report.n} top1={report.top1:.4f} top5={report.top5:.4f} loss={report.loss:.4f}")
+    print("\nPer-class accuracy (worst first):")
+    for name, stats in sorted(report.per_class().items(), key=lambda kv: (kv[1]["accuracy"], kv[0])):
+        print(f"  {stats['accuracy']:7.1%}  n={int(stats['n']):<5d} {name}")
+    confused = report.most_confused(10)
+    if confused:
+        print("\nMost confused (true -> predicted: count):")
+        for pair in confused:
+            print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
+    print(f"\nConfusion matrix: {plot}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from dogclf.classifier import load_model
+    from dogclf.data.images import load_rgb
+    from dogclf.errors import UnreadableImageError
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    classifier = load_model(args.model, device=args.device)
+    results: list[dict[str, Any]] = []
+    failed = 0
+    for path in args.images:
+        try:
+            image = load_rgb(path, min_size=classifier.preprocessing.resize_size)
+        except (UnreadableImageError, FileNotFoundError) as exc:
+            failed += 1
+            results.append({"image": str(path), "error": str(exc)})
+            continue
+        ranked = classifier.predict(image, top_k=args.top_k)[0]
+        results.append({"image": str(path), "predictions": [p.to_dict() for p in ranked]})
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0], indent=2))
+    else:
+        for item in results:
+            print(item["image"])
+            if "error" in item:
+                print(f"  error: {item['error']}")
+                continue
+            for p in item["predictions"]:
+                print(f"  {p['score']:6.1%}  {p['label']}")
+    return 1 if failed else 0
+
+
+_COMMANDS = {
+    "demo": _cmd_demo,
+    "backbones": _cmd_backbones,
+    "check-backbone": _cmd_check,
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "predict": _cmd_predict,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI; returns the exit code (0 ok, 1 some inputs failed, 2 error, 130 interrupted)."""
+    args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (DogclfError, ValueError) as exc:
+        print(f"dogclf {args.command}: error: {exc}", file=sys.stderr)
+        if os.environ.get("DOGCLF_DEBUG"):
+            raise
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("\nInterrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

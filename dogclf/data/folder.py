@@ -1,0 +1,333 @@
+"""Finding classes and samples in a folder tree: the dogImages layout or any ImageFolder tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dogclf.data.images import IMAGE_EXTENSIONS, find_unreadable, is_image_file
+from dogclf.errors import DatasetError, UnreadableImageError
+
+__all__ = [
+    "ClassInfo",
+    "DataSplits",
+    "Sample",
+    "find_classes",
+    "load_splits",
+    "make_samples",
+    "read_names_file",
+    "stratified_split",
+]
+
+_NUMBERED = re.compile(r"^(\d+)\.(.+)$")
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One class: its folder name and its display name."""
+
+    folder: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image file and its class index."""
+
+    path: Path
+    label: int
+
+
+@dataclass
+class DataSplits:
+    """The samples of every split, labelled with one class list taken from ``train/``.
+
+    Attributes:
+        root: The data folder.
+        classes: Classes in index order.
+        train: Training samples.
+        valid: Validation samples (from ``valid/`` or a stratified split of train).
+        test: Test samples, if a ``test/`` folder exists.
+        skipped: ``(path, reason)`` of every file left out because it could not be read.
+        valid_source: ``"valid/"``, ``"fraction 0.2 of train"`` or ``"none"``.
+    """
+
+    root: Path
+    classes: list[ClassInfo]
+    train: list[Sample]
+    valid: list[Sample]
+    test: list[Sample]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    valid_source: str = "none"
+
+    @property
+    def class_names(self) -> list[str]:
+        """Display names in index order."""
+        return [c.name for c in self.classes]
+
+    def split(self, name: str) -> list[Sample]:
+        """Returns the samples of ``train``, ``valid`` or ``test``."""
+        if name not in SPLITS:
+            raise DatasetError(f"Unknown split {name!r}; choose one of {', '.join(SPLITS)}.")
+        samples: list[Sample] = getattr(self, name)
+        if not samples:
+            raise DatasetError(f"Split {name!r} of {self.root} has no images (looked for {self.root / name}).")
+        return samples
+
+
+def _natural_key(text: str) -> list[object]:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def read_names_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Reads a map from class folder to display name.
+
+    Accepts a JSON object (``{"n02086240": "Shih-Tzu", ...}``) or a text file with
+    one ``<folder> <display name>`` per line (tab or spaces; ``#`` comments).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DatasetError(f"Cannot read names file {str(path)!r}: {exc}") from exc
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"Names file {str(path)!r} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise DatasetError(f"Names file {str(path)!r} must be a JSON object of folder -> name strings.")
+        return {str(k): v for k, v in data.items()}
+    names: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 1)
+        if len(parts) != 2:
+            raise DatasetError(f"{path}:{number}: expected '<folder> <display name>', got {line!r}")
+        names[parts[0]] = parts[1].strip()
+    return names
+
+
+def find_classes(train_dir: str | os.PathLike[str], names: Mapping[str, str] | None = None) -> list[ClassInfo]:
+    """Lists the classes of a split folder, in index order.
+
+    In the dogImages layout (every folder ``NNN.Breed_Name``) classes are ordered
+    by number and named from the rest, underscores as spaces. Otherwise folders
+    are naturally sorted and named by ``names`` where it has them.
+
+    Raises:
+        DatasetError: If the folder is missing or has no class folders.
+    """
+    train_dir = Path(train_dir)
+    if not train_dir.is_dir():
+        raise DatasetError(f"Folder {str(train_dir)!r} does not exist.")
+    folders = [e.name for e in os.scandir(train_dir) if e.is_dir() and not e.name.startswith(".")]
+    if not folders:
+        raise DatasetError(
+            f"Found no class folders in {str(train_dir)!r}. Expected one subfolder per class, e.g. "
+            f"{train_dir / '001.Affenpinscher'} or {train_dir / 'n02086240'}, each holding images."
+        )
+    names = names or {}
+    matches = {f: _NUMBERED.match(f) for f in folders}
+    if all(matches.values()):
+        numbers: dict[int, str] = {}
+        for folder, match in matches.items():
+            assert match is not None  # all() above
+            number = int(match.group(1))
+            if number in numbers:
+                raise DatasetError(
+                    f"Class folders {numbers[number]!r} and {folder!r} in {str(train_dir)!r} share the number "
+                    f"{number}; numbered (dogImages) folders must have unique numbers."
+                )
+            numbers[number] = folder
+        ordered = [numbers[n] for n in sorted(numbers)]
+        return [
+            ClassInfo(f, names.get(f) or _NUMBERED.match(f).group(2).replace("_", " "))  # type: ignore[union-attr]
+            for f in ordered
+        ]
+    return [ClassInfo(f, names.get(f, f)) for f in sorted(folders, key=_natural_key)]
+
+
+def _walk_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    images: list[Path] = []
+    others: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")), key=_natural_key)
+        for name in sorted(filenames, key=_natural_key):
+            path = Path(dirpath) / name
+            if is_image_file(name):
+                images.append(path)
+            elif not name.startswith("."):
+                others.append(path)
+    return images, others
+
+
+def make_samples(
+    split_dir: str | os.PathLike[str], classes: list[ClassInfo], *, split: str = "train"
+) -> tuple[list[Sample], list[Path]]:
+    """Collects the images of one split folder, labelled by ``classes``.
+
+    Returns:
+        The samples, and files that were not images by extension.
+
+    Raises:
+        DatasetError: A class folder that ``classes`` (train/) lacks, or an empty class folder.
+    """
+    split_dir = Path(split_dir)
+    index = {c.folder: i for i, c in enumerate(classes)}
+    present = sorted(
+        (e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")), key=_natural_key
+    )
+    unknown = [f for f in present if f not in index]
+    if unknown:
+        raise DatasetError(
+            f"{split}/ has class folder(s) that train/ lacks: {', '.join(str(split_dir / f) for f in unknown[:5])}. "
+            "Every split uses the class list of train/; add the class to train/ or remove the folder."
+        )
+    samples: list[Sample] = []
+    ignored: list[Path] = [
+        split_dir / e.name for e in os.scandir(split_dir) if e.is_file() and not e.name.startswith(".")
+    ]
+    for folder in present:
+        images, others = _walk_images(split_dir / folder)
+        ignored += others
+        if not images:
+            raise DatasetError(
+                f"Class folder {str(split_dir / folder)!r} has no images. Supported extensions are: "
+                f"{', '.join(IMAGE_EXTENSIONS)} (any case). Add images or remove the folder."
+            )
+        samples += [Sample(p, index[folder]) for p in images]
+    return samples, ignored
+
+
+def stratified_split(samples: list[Sample], fraction: float, *, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """Splits samples into (train, valid), taking ``fraction`` of every class for valid.
+
+    Deterministic for a given ``seed``. Classes with one image stay in train.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise DatasetError(f"valid fraction must be between 0 and 1 (exclusive), got {fraction!r}")
+    by_class: dict[int, list[Sample]] = {}
+    for sample in samples:
+        by_class.setdefault(sample.label, []).append(sample)
+    rng = random.Random(seed)
+    train: list[Sample] = []
+    valid: list[Sample] = []
+    for label in sorted(by_class):
+        group = list(by_class[label])
+        rng.shuffle(group)
+        n_valid = min(len(group) - 1, max(1, round(len(group) * fraction))) if len(group) > 1 else 0
+        valid += group[:n_valid]
+        train += group[n_valid:]
+    key = lambda s: (s.label, _natural_key(str(s.path)))  # noqa: E731
+    return sorted(train, key=key), sorted(valid, key=key)
+
+
+def load_splits(
+    data_dir: str | os.PathLike[str],
+    *,
+    valid_fraction: float | None = None,
+    names: Mapping[str, str] | str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    strict: bool = False,
+    check_images: bool = True,
+    require_valid: bool = True,
+) -> DataSplits:
+    """Reads a data folder into labelled splits.
+
+    ``data_dir`` either holds ``train/`` (and optionally ``valid/`` or ``val/``, and ``test/``),
+    each with one subfolder per class, or is itself one class-per-subfolder tree
+    used as the training set (then ``valid_fraction`` carves out validation).
+
+    Args:
+        data_dir: The data folder.
+        valid_fraction: Hold out this fraction of each training class as the
+            validation split; for folders without ``valid/``.
+        names: Folder -> display-name map, or a names file (see :func:`read_names_file`).
+        seed: Seed of the stratified split.
+        strict: Raise on the first unreadable image instead of skipping it.
+        check_images: Decode every image up front to find unreadable ones.
+        require_valid: Raise if there is no validation split.
+
+    Returns:
+        The splits.
+
+    Raises:
+        DatasetError: A bad layout, with the folder named.
+        UnreadableImageError: With ``strict``, the first unreadable image.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DatasetError(f"Data folder {str(root)!r} does not exist.")
+    name_map = names if isinstance(names, Mapping) else read_names_file(names) if names else None
+    split_layout = (root / "train").is_dir()
+    train_dir = root / "train" if split_layout else root
+    if not split_layout and any((root / s).is_dir() for s in ("valid", "val", "test")):
+        raise DatasetError(f"{str(root)!r} has valid/ (or val/) or test/ but no train/ folder.")
+    classes = find_classes(train_dir, name_map)
+    if len(classes) < 2:
+        raise DatasetError(f"{str(train_dir)!r} has {len(classes)} class folder; a classifier needs at least 2.")
+    train, _ = make_samples(train_dir, classes, split="train")
+    valid: list[Sample] = []
+    test: list[Sample] = []
+    valid_dirs = [root / name for name in ("valid", "val") if split_layout and (root / name).is_dir()]
+    if len(valid_dirs) > 1:
+        raise DatasetError(f"{str(root)!r} has both valid/ and val/; keep one validation folder.")
+    has_valid = bool(valid_dirs)
+    if has_valid and valid_fraction:
+        raise DatasetError(
+            f"{str(root)!r} has a valid/ folder and a valid fraction ({valid_fraction}) was given; "
+            "use one or the other."
+        )
+    if has_valid:
+        valid, _ = make_samples(valid_dirs[0], classes, split=valid_dirs[0].name)
+        valid_source = f"{valid_dirs[0].name}/"
+    elif valid_fraction:
+        train, valid = stratified_split(train, valid_fraction, seed=seed)
+        valid_source = f"fraction {valid_fraction:g} of train (seed {seed})"
+    elif require_valid:
+        raise DatasetError(
+            f"{str(root)!r} has no valid/ folder. Add one, or hold out part of train with --valid-fraction 0.2 "
+            "(valid_fraction=0.2 in Python)."
+        )
+    else:
+        valid_source = "none"
+    if split_layout and (root / "test").is_dir():
+        test, _ = make_samples(root / "test", classes, split="test")
+    splits = DataSplits(root, classes, train, valid, test, valid_source=valid_source)
+    if check_images:
+        _drop_unreadable(splits, strict=strict)
+    return splits
+
+
+def _drop_unreadable(splits: DataSplits, *, strict: bool) -> None:
+    everything = splits.train + splits.valid + splits.test
+    bad = find_unreadable([s.path for s in everything])
+    if not bad:
+        return
+    if strict:
+        listing = "\n".join(f"  {path}: {reason}" for path, reason in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise UnreadableImageError(
+            f"{len(bad)} unreadable image file(s) (strict mode):\n{listing}{more}\n"
+            "Fix or remove them, or run without --strict to skip them."
+        )
+    bad_paths = {p for p, _ in bad}
+    splits.train = [s for s in splits.train if s.path not in bad_paths]
+    splits.valid = [s for s in splits.valid if s.path not in bad_paths]
+    splits.test = [s for s in splits.test if s.path not in bad_paths]
+    splits.skipped = bad
+    left = {s.label for s in splits.train}
+    empty = [c.folder for i, c in enumerate(splits.classes) if i not in left]
+    if empty:
+        raise DatasetError(
+            f"Every image of class folder(s) {', '.join(empty)} in train/ is unreadable; nothing is left to train on."
+        )

@@ -1,0 +1,205 @@
+"""The training loop: one code path for local runs and SageMaker training containers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from dogclf.backbones.spec import Preprocessing
+from dogclf.callbacks import Callback, CallbackList, TrainState
+from dogclf.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from dogclf.data.dataset import EpochShuffleSampler, ImageDataset
+from dogclf.data.folder import Sample
+from dogclf.data.transforms import eval_transform, train_transform
+from dogclf.errors import ModelDirError
+from dogclf.model import DogClassifierNet
+from dogclf.train_config import TrainConfig, resolve_device
+
+__all__ = ["Trainer", "make_optimizer"]
+
+
+def make_optimizer(model: DogClassifierNet, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam over the head, plus the backbone at ``lr * backbone_lr_scale`` when unfrozen."""
+    groups: list[dict[str, Any]] = [{"params": list(model.head.parameters()), "lr": config.lr}]
+    if not model.frozen:
+        groups.append({"params": list(model.backbone.parameters()), "lr": config.lr * config.backbone_lr_scale})
+    return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+class Trainer:
+    """Trains a :class:`~dogclf.model.DogClassifierNet` and checkpoints every epoch.
+
+    Args:
+        model: The model; its head (and backbone, if unfrozen) is trained.
+        train_samples: Training images.
+        valid_samples: Validation images (may be empty).
+        preprocessing: The backbone's input contract.
+        config: Hyperparameters.
+        checkpoint_path: Where to write the per-epoch checkpoint; ``None`` for none.
+        callbacks: Hooks called during training.
+        fingerprint: What must match for a checkpoint to be resumed (backbone,
+            classes, head...); stored in the checkpoint.
+    """
+
+    def __init__(
+        self,
+        model: DogClassifierNet,
+        *,
+        train_samples: Sequence[Sample],
+        valid_samples: Sequence[Sample],
+        preprocessing: Preprocessing,
+        config: TrainConfig,
+        checkpoint_path: Path | None = None,
+        callbacks: Sequence[Callback] = (),
+        fingerprint: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.checkpoint_path = checkpoint_path
+        self.fingerprint = fingerprint or {}
+        self.callbacks = CallbackList(callbacks)
+        workers = config.workers()
+        common: dict[str, Any] = {
+            "batch_size": config.batch_size,
+            "num_workers": workers,
+            "pin_memory": self.device.type == "cuda",
+            "persistent_workers": workers > 0,
+        }
+        train_set = ImageDataset(
+            train_samples,
+            train_transform(preprocessing, augment=config.augment),
+            min_size=preprocessing.resize_size,
+        )
+        self.sampler = EpochShuffleSampler(len(train_set), seed=config.seed)
+        # Each loader gets its own generator: DataLoader start-up draws worker seeds from it, and drawing them from
+        # the global RNG instead (which head dropout uses) would make a resumed run differ from an uninterrupted one.
+        self.train_loader = DataLoader(
+            train_set, sampler=self.sampler, generator=torch.Generator().manual_seed(config.seed), **common
+        )
+        valid_set = ImageDataset(valid_samples, eval_transform(preprocessing), min_size=preprocessing.resize_size)
+        self.valid_loader = (
+            DataLoader(valid_set, shuffle=False, generator=torch.Generator().manual_seed(config.seed), **common)
+            if len(valid_set)
+            else None
+        )
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.optimizer = make_optimizer(model, config)
+        self.state = TrainState(
+            model=self.model,
+            optimizer=self.optimizer,
+            loss_fn=self.loss_fn,
+            config=config,
+            num_batches=len(self.train_loader),
+            num_eval_batches=len(self.valid_loader) if self.valid_loader else 0,
+        )
+
+    def resume(self) -> int:
+        """Loads the checkpoint at ``checkpoint_path``; returns the last finished epoch.
+
+        Raises:
+            ModelDirError: If there is no checkpoint, or it belongs to a different run.
+        """
+        if self.checkpoint_path is None:
+            raise ModelDirError("This trainer has no checkpoint path to resume from.")
+        payload = load_checkpoint(self.checkpoint_path)
+        saved = payload.get("fingerprint", {})
+        different = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
+        if different:
+            details = "; ".join(
+                f"{k}: checkpoint {saved.get(k)!r} vs now {self.fingerprint.get(k)!r}" for k in different
+            )
+            raise ModelDirError(
+                f"The checkpoint {str(self.checkpoint_path)!r} is from a different run ({details}). Resume with the "
+                "same data, backbone, weights, head and hyperparameters (only --epochs may grow), or start a new run "
+                "in another --out folder."
+            )
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        restore_rng(payload)
+        self.state.epoch = int(payload["epoch"])
+        self.state.step = int(payload["step"])
+        self.state.history = list(payload["history"])
+        return self.state.epoch
+
+    def fit(self) -> list[dict[str, float]]:
+        """Trains from ``state.epoch + 1`` to ``config.epochs``; returns the per-epoch history."""
+        state = self.state
+        self.callbacks.on_train_start(state)
+        while state.epoch < self.config.epochs and not state.stop:
+            state.epoch += 1
+            started = time.perf_counter()
+            train_loss, train_top1 = self._train_epoch()
+            valid_loss, valid_top1 = self._validate()
+            metrics = {
+                "epoch": float(state.epoch),
+                "train_loss": train_loss,
+                "train_top1": train_top1,
+                "valid_loss": valid_loss,
+                "valid_top1": valid_top1,
+                "seconds": time.perf_counter() - started,
+            }
+            state.history.append(metrics)
+            if self.checkpoint_path is not None:
+                save_checkpoint(
+                    self.checkpoint_path,
+                    epoch=state.epoch,
+                    step=state.step,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    history=state.history,
+                    fingerprint=self.fingerprint,
+                )
+            self.callbacks.on_epoch_end(state, metrics)
+        self.callbacks.on_train_end(state)
+        return state.history
+
+    def _train_epoch(self) -> tuple[float, float]:
+        state = self.state
+        self.model.train()
+        state.phase = "train"
+        self.sampler.set_epoch(state.epoch)
+        self.callbacks.on_epoch_start(state)
+        total_loss, correct, seen = 0.0, 0, 0
+        for images, labels in self.train_loader:
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            logits = self.model(images)
+            loss = self.loss_fn(logits, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.callbacks.on_after_backward(state, loss)
+            self.optimizer.step()
+            state.step += 1
+            value = float(loss.detach())
+            total_loss += value * len(labels)
+            correct += int((logits.detach().argmax(1) == labels).sum())
+            seen += len(labels)
+            self.callbacks.on_batch_end(state, value, len(labels))
+        return total_loss / max(seen, 1), correct / max(seen, 1)
+
+    def _validate(self) -> tuple[float, float]:
+        if self.valid_loader is None:
+            return float("nan"), float("nan")
+        state = self.state
+        self.model.eval()
+        state.phase = "eval"
+        self.callbacks.on_eval_start(state)
+        total_loss, correct, seen = 0.0, 0, 0
+        with torch.inference_mode():
+            for images, labels in self.valid_loader:
+                images = images.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
+                logits = self.model(images)
+                loss = float(self.loss_fn(logits, labels))
+                total_loss += loss * len(labels)
+                correct += int((logits.argmax(1) == labels).sum())
+                seen += len(labels)
+                self.callbacks.on_eval_batch_end(state, loss, len(labels))
+        state.phase = "train"
+        return total_loss / max(seen, 1), correct / max(seen, 1)

@@ -1,0 +1,113 @@
+"""Shared fixtures: a tiny registered backbone, tiny image trees, a tiny installed plugin."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import dogclf
+from dogclf.backbones.registry import default_registry
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGEWOOF = REPO.parent / "shared" / "data" / "imagewoof"
+
+# The tiny backbone, as plugin source. It is written to disk (see tiny_plugin_dir) so that subprocesses find it
+# through a real entry point, and exec'd here so in-process tests can register the same factory.
+TINY_PLUGIN_SOURCE = textwrap.dedent(
+    '''
+    """A tiny dogclf backbone for tests: 32 px inputs, 16 features, trains in milliseconds."""
+    import torch
+    from torch import nn
+
+    from dogclf import BackboneSpec, Preprocessing
+
+
+    def _build(*, pretrained=False, progress=True):
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+
+
+    def tiny(name="tinynet"):
+        return BackboneSpec(
+            name=name,
+            build=_build,
+            num_features=16,
+            preprocessing=Preprocessing(input_size=32, resize_size=36, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
+            weights_source="none",
+            description="tiny test backbone",
+        )
+    '''
+)
+
+
+def _tiny_namespace() -> dict[str, object]:
+    namespace: dict[str, object] = {"__name__": "dogclf_tinybb_inprocess"}
+    exec(compile(TINY_PLUGIN_SOURCE, "<tiny backbone>", "exec"), namespace)
+    return namespace
+
+
+@pytest.fixture
+def tiny_spec() -> Iterator[dogclf.BackboneSpec]:
+    """A tiny backbone registered in the default registry as ``tinynet`` for the test's duration."""
+    spec = _tiny_namespace()["tiny"]()  # type: ignore[operator]
+    registry = default_registry()
+    registry.register(spec, override=True, source="tests/conftest.py")
+    yield registry.get("tinynet")
+    registry.unregister("tinynet")
+
+
+@pytest.fixture(scope="session")
+def tiny_plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding an importable plugin module and its dist-info with a real ``dogclf.backbones`` entry point.
+
+    Put it on ``PYTHONPATH`` (subprocesses) or ``sys.path`` and ``importlib.metadata`` finds the entry point
+    ``tinynet = dogclf_tinybb:tiny`` of distribution ``dogclf-tinybb 0.1``.
+    """
+    root = tmp_path_factory.mktemp("tiny_plugin")
+    (root / "dogclf_tinybb.py").write_text(TINY_PLUGIN_SOURCE, encoding="utf-8")
+    info = root / "dogclf_tinybb-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dogclf-tinybb\nVersion: 0.1\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text("[dogclf.backbones]\ntinynet = dogclf_tinybb:tiny\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def plugin_env(tiny_plugin_dir: Path) -> dict[str, str]:
+    """Environment for ``dogclf`` subprocesses that can see the tiny plugin, with no network use."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tiny_plugin_dir), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+@pytest.fixture
+def tiny_tree(tmp_path: Path) -> Path:
+    """A dogImages-layout tree of 3 synthetic classes, 40 px images: train 8, valid 3, test 3 per class."""
+    return dogclf.make_synthetic_dataset(tmp_path / "data", num_classes=3, per_split=(8, 3, 3), size=40, seed=1)
+
+
+def dogclf_command() -> list[str]:
+    """The CLI as a subprocess command, using this interpreter."""
+    return [sys.executable, "-m", "dogclf"]
+
+
+def needs_imagewoof() -> pytest.MarkDecorator:
+    """Skip marker for tests that need the real photos."""
+    return pytest.mark.skipif(
+        not (IMAGEWOOF / "train").is_dir(), reason=f"real photos not found at {IMAGEWOOF} (shared data absent)"
+    )

@@ -1,0 +1,318 @@
+"""The ``dogclf`` command line, end to end in subprocesses, with the tiny backbone installed as a real plugin."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import dogclf_command
+from PIL import Image
+
+import dogclf
+from dogclf.cli import main
+
+EPOCH_LINE = re.compile(r"^epoch=(\d+) train_loss=([0-9.]+) valid_loss=([0-9.]+) valid_top1=([0-9.]+)", re.M)
+TINY = ["--backbone", "tinynet", "--weights", "none", "--workers", "0", "--batch-size", "8"]
+
+
+def _run(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*dogclf_command(), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _epochs(stdout: str) -> list[int]:
+    return [int(m.group(1)) for m in EPOCH_LINE.finditer(stdout)]
+
+
+def _env(plugin_dir: Path) -> dict[str, str]:
+    """Like the ``plugin_env`` fixture, for the module-scoped run below."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(plugin_dir), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module")
+def cli_run(tiny_plugin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One ``dogclf train`` run (2 epochs, stdout and stderr are pipes, not a TTY) shared by this module's tests."""
+    root = tmp_path_factory.mktemp("cli")
+    data = dogclf.make_synthetic_dataset(root / "data", num_classes=3, per_split=(8, 3, 3), size=40, seed=1)
+    env = _env(tiny_plugin_dir)
+    model = root / "model"
+    done = _run(["train", "--data", str(data), "--out", str(model), "--epochs", "2", *TINY], env)
+    return {"env": env, "data": data, "model": model, "train": done}
+
+
+def test_train_prints_one_epoch_line_per_epoch_and_no_progress_bars(cli_run: dict[str, Any]) -> None:
+    done = cli_run["train"]
+
+    assert done.returncode == 0, done.stderr
+    assert _epochs(done.stdout) == [1, 2]
+    assert "\r" not in done.stdout + done.stderr  # not a TTY: no progress bars
+    assert "3 classes, 24 train, 9 valid (valid/), 9 test images" in done.stdout
+    assert "Training tinynet (frozen backbone" in done.stdout
+    assert re.search(r"^test_top1=[0-9.]+ test_top5=1\.0000 n=9$", done.stdout, re.M)
+    assert f"Saved model to {cli_run['model']}" in done.stdout
+    assert (cli_run["model"] / "model.safetensors").is_file()
+    assert (cli_run["model"] / "config.json").is_file()
+
+
+def test_evaluate_json_reports_metrics_and_writes_the_confusion_png(cli_run: dict[str, Any], tmp_path: Path) -> None:
+    plot = tmp_path / "plots" / "cm.png"
+
+    done = _run(
+        ["evaluate", "--model", str(cli_run["model"]), "--data", str(cli_run["data"]), "--json", "--plot", str(plot)],
+        cli_run["env"],
+    )
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert {"top1", "top5", "n", "per_class"} <= set(report)
+    assert report["n"] == 9
+    assert report["split"] == "test"
+    assert 0.0 <= report["top1"] <= report["top5"] == 1.0
+    assert set(report["per_class"]) == {"Synthetic red discs", "Synthetic blue stripes", "Synthetic green squares"}
+    assert all(stats["n"] == 3 for stats in report["per_class"].values())
+    assert report["confusion_png"] == str(plot)
+    with Image.open(plot) as image:
+        assert image.format == "PNG"
+        image.verify()
+
+
+# The text outputs run main() in-process (tinynet registered by tiny_spec), sparing two interpreter start-ups.
+def test_evaluate_text_output_is_readable(
+    cli_run: dict[str, Any], tiny_spec: dogclf.BackboneSpec, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["evaluate", "--model", str(cli_run["model"]), "--data", str(cli_run["data"]), "--split", "valid"])
+
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert re.search(r"^valid: n=9 top1=[0-9.]+ top5=1\.0000 loss=[0-9.]+$", stdout, re.M)
+    assert "Per-class accuracy (worst first):" in stdout
+    assert len(re.findall(r"^ +[0-9.]+%  n=3 +Synthetic ", stdout, re.M)) == 3
+    png = cli_run["model"] / "confusion_valid.png"
+    assert f"Confusion matrix: {png}" in stdout
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_predict_json_gives_top_k_labels_and_reports_unreadable_images(cli_run: dict[str, Any], tmp_path: Path) -> None:
+    photo = next((cli_run["data"] / "test" / "001.Synthetic_red_discs").iterdir())
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not a photo")
+
+    done = _run(
+        ["predict", "--model", str(cli_run["model"]), str(photo), str(broken), "--json", "--top-k", "2"],
+        cli_run["env"],
+    )
+
+    assert done.returncode == 1, done.stderr  # some inputs failed
+    good, bad = json.loads(done.stdout)
+    assert good["image"] == str(photo)
+    predictions = good["predictions"]
+    assert len(predictions) == 2
+    assert all(set(p) == {"label", "score", "index"} for p in predictions)
+    assert predictions[0]["score"] >= predictions[1]["score"] > 0
+    names = {"Synthetic red discs", "Synthetic blue stripes", "Synthetic green squares"}
+    assert {p["label"] for p in predictions} <= names
+    assert bad["image"] == str(broken)
+    assert "not an image Pillow can identify" in bad["error"]
+
+
+def test_predict_text_output_is_readable(
+    cli_run: dict[str, Any], tiny_spec: dogclf.BackboneSpec, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = next((cli_run["data"] / "valid" / "003.Synthetic_green_squares").iterdir())
+
+    code = main(["predict", "--model", str(cli_run["model"]), str(photo), "--top-k", "3"])
+
+    stdout = capsys.readouterr().out
+    assert code == 0
+    lines = stdout.splitlines()
+    assert lines[0] == str(photo)
+    scores = [re.fullmatch(r" +([0-9.]+)%  (Synthetic [a-z ]+)", line) for line in lines[1:]]
+    assert len(scores) == 3
+    assert all(scores), stdout
+    values = [float(m.group(1)) for m in scores if m]
+    assert values == sorted(values, reverse=True)
+    assert sum(values) == pytest.approx(100.0, abs=0.2)
+
+
+def test_backbones_json_lists_plugins_with_their_distribution_and_the_built_ins(plugin_env: dict[str, str]) -> None:
+    done = _run(["backbones", "--json"], plugin_env)
+
+    assert done.returncode == 0, done.stderr
+    listing = {entry["name"]: entry for entry in json.loads(done.stdout)}
+    assert listing["tinynet"]["distribution"] == "dogclf-tinybb 0.1"
+    assert listing["tinynet"]["input_size"] == 32
+    assert listing["tinynet"]["num_features"] == 16
+    for name in ("resnet18", "resnet50", "inception_v3"):
+        assert listing[name]["distribution"] == "dogclf (built-in)"
+
+
+@pytest.mark.parametrize(
+    ("args", "messages"),
+    [
+        (
+            ["train", "--data", "{data}", "--out", "{tmp}/m", "--backbone", "no_such_net", "--weights", "none"],
+            ["dogclf train: error: Unknown backbone 'no_such_net'", "Known backbones:", "resnet18", "tinynet"],
+        ),
+        (
+            ["train", "--data", "{tmp}/missing", "--out", "{tmp}/m", *TINY],
+            ["dogclf train: error: Data folder '{tmp}/missing' does not exist."],
+        ),
+        (
+            ["evaluate", "--model", "{data}", "--data", "{data}"],
+            [
+                "dogclf evaluate: error: '{data}' is not a dogclf model directory:",
+                "missing config.json, model.safetensors",
+            ],
+        ),
+    ],
+    ids=["unknown-backbone", "missing-data", "bad-model-dir"],
+)
+def test_errors_exit_2_with_a_useful_message(
+    args: list[str], messages: list[str], plugin_env: dict[str, str], tiny_tree: Path, tmp_path: Path
+) -> None:
+    def fill(text: str) -> str:
+        return text.replace("{data}", str(tiny_tree)).replace("{tmp}", str(tmp_path))
+
+    done = _run([fill(a) for a in args], plugin_env)
+
+    assert done.returncode == 2
+    for message in messages:
+        assert fill(message) in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1  # one line, no stack trace
+
+
+# In-process: the same main() the subprocesses run, for cases that need no plugin and no training.
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["train", "--data", "{data}", "--out", "{tmp}", "--valid-fraction", "0.2", "--backbone", "resnet18"],
+            r"dogclf train: error: .* has a valid/ folder and a valid fraction \(0\.2\)",
+        ),
+        (
+            ["train", "--data", "{data}", "--out", "{tmp}", "--epochs", "0"],
+            r"dogclf train: error: epochs must be an int >= 1, got 0",
+        ),
+        (["predict", "--model", "{tmp}", "x.jpg", "--top-k", "0"], r"dogclf predict: error: --top-k must be >= 1"),
+        (["evaluate", "--model", "{tmp}/nope", "--data", "{data}"], r"Model directory .*nope' does not exist"),
+    ],
+    ids=["valid-and-fraction", "zero-epochs", "bad-top-k", "no-model-dir"],
+)
+def test_usage_errors_exit_2(
+    args: list[str], message: str, tiny_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main([a.replace("{data}", str(tiny_tree)).replace("{tmp}", str(tmp_path)) for a in args])
+
+    assert code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_existing_model_dir_error_suggests_resume_and_overwrite(
+    cli_run: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["train", "--data", str(cli_run["data"]), "--out", str(cli_run["model"]), "--backbone", "resnet18"])
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "dogclf train: error: Output folder" in err
+    assert "--resume" in err
+    assert "--overwrite" in err
+
+
+def test_missing_required_argument_is_an_argparse_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--out", "somewhere"])
+
+    assert info.value.code == 2
+    assert "dogclf train: error: the following arguments are required: --data" in capsys.readouterr().err
+
+
+def _wait_for(condition: Any, proc: subprocess.Popen[bytes], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"dogclf exited with {proc.returncode} before {what}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_run_and_resume_continues_it(
+    plugin_env: dict[str, str], tiny_tree: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "model"
+    args = ["train", "--data", str(tiny_tree), "--out", str(out), *TINY]
+    stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    # A child inherits an ignored SIGINT (pytest started in the background); a handler is reset to the default on exec.
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with stdout.open("wb") as out_file, stderr.open("wb") as err_file:
+            proc = subprocess.Popen(
+                [*dogclf_command(), *args, "--epochs", "200"], env=plugin_env, stdout=out_file, stderr=err_file
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        _wait_for(lambda: (out / "checkpoint.pt").is_file(), proc, 90, "the first checkpoint")
+        _wait_for(lambda: _epochs(stdout.read_text()), proc, 10, "the first epoch line")
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    assert code == 130, stderr.read_text()
+    printed = _epochs(stdout.read_text())
+    assert printed == list(range(1, len(printed) + 1))
+    last = printed[-1]
+    assert last < 200
+    message = stderr.read_text()
+    assert "Interrupted. Finished epochs are saved in" in message
+    assert f"dogclf {shlex.join(args)} --epochs 200 --resume" in message
+    assert not (out / "model.safetensors").exists()
+
+    resumed = _run([*args, "--resume", "--epochs", str(last + 2)], plugin_env)
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"after epoch {last} of {last + 2}" in resumed.stdout
+    assert _epochs(resumed.stdout) == [last + 1, last + 2]
+    assert (out / "model.safetensors").is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert [int(h["epoch"]) for h in config["metrics"]["history"]] == list(range(1, last + 3))
+
+
+@pytest.mark.slow
+def test_demo_runs_offline_on_synthetic_data_and_predicts(tmp_path: Path) -> None:
+    started = time.monotonic()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+    done = _run(["demo", "--workdir", str(tmp_path / "demo")], env, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 120
+    assert "SYNTHETIC" in done.stdout
+    assert _epochs(done.stdout) == [1, 2, 3, 4]
+    match = re.search(r"^5/5 Reloaded it and predicted (\S+) \(true: ([^)]+)\): (.+)$", done.stdout, re.M)
+    assert match, done.stdout
+    ranked = re.findall(r"(Synthetic [a-z ]+?) ([01]\.\d\d)", match.group(3))
+    assert len(ranked) == 3
+    assert (tmp_path / "demo" / "model" / "model.safetensors").is_file()
