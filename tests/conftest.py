@@ -85,14 +85,19 @@ def tiny_plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
-def plugin_env(tiny_plugin_dir: Path) -> dict[str, str]:
-    """Environment for ``dogclf`` subprocesses that can see the tiny plugin, with no network use."""
+def plugin_environ(plugin_dir: Path) -> dict[str, str]:
+    """Environment for ``dogclf`` subprocesses that can see the tiny plugin in ``plugin_dir``, with no network use."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(tiny_plugin_dir), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(plugin_dir), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PYTHONUNBUFFERED"] = "1"
     env["HF_HUB_OFFLINE"] = "1"
     return env
+
+
+@pytest.fixture
+def plugin_env(tiny_plugin_dir: Path) -> dict[str, str]:
+    """:func:`plugin_environ` for the session's tiny plugin."""
+    return plugin_environ(tiny_plugin_dir)
 
 
 @pytest.fixture

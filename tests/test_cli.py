@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import dogclf_command
+from conftest import dogclf_command, plugin_environ
 from PIL import Image
 
 import dogclf
@@ -33,21 +33,12 @@ def _epochs(stdout: str) -> list[int]:
     return [int(m.group(1)) for m in EPOCH_LINE.finditer(stdout)]
 
 
-def _env(plugin_dir: Path) -> dict[str, str]:
-    """Like the ``plugin_env`` fixture, for the module-scoped run below."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(plugin_dir), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["HF_HUB_OFFLINE"] = "1"
-    return env
-
-
 @pytest.fixture(scope="module")
 def cli_run(tiny_plugin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One ``dogclf train`` run (2 epochs, stdout and stderr are pipes, not a TTY) shared by this module's tests."""
     root = tmp_path_factory.mktemp("cli")
     data = dogclf.make_synthetic_dataset(root / "data", num_classes=3, per_split=(8, 3, 3), size=40, seed=1)
-    env = _env(tiny_plugin_dir)
+    env = plugin_environ(tiny_plugin_dir)
     model = root / "model"
     done = _run(["train", "--data", str(data), "--out", str(model), "--epochs", "2", *TINY], env)
     return {"env": env, "data": data, "model": model, "train": done}
