@@ -11,7 +11,7 @@ import torch
 
 from dogclf.errors import ModelDirError
 
-__all__ = ["CHECKPOINT_NAME", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_NAME", "load_checkpoint", "restore_rng", "save_checkpoint"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 _FORMAT = 1

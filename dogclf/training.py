@@ -116,6 +116,7 @@ def train(
     _check_out_dir(out, resume=resume, overwrite=overwrite)
     spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
 
+    log(f"Reading {data_dir} and decoding every image once to find unreadable files ...")
     splits = load_splits(data_dir, valid_fraction=valid_fraction, names=names, seed=config.seed, strict=strict)
     _describe_skipped(splits, log)
     log(

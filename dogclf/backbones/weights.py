@@ -64,9 +64,8 @@ def build_backbone(
     module = spec.build(pretrained=False, progress=progress)
     if choice is None:
         return module
-    assert isinstance(choice, Path)
-    state = load_state_dict_file(choice)
-    _load_into(module, state, spec=spec, path=choice)
+    path = Path(choice)
+    _load_into(module, load_state_dict_file(path), spec=spec, path=path)
     return module
 
 

@@ -136,11 +136,11 @@ def find_classes(train_dir: str | os.PathLike[str], names: Mapping[str, str] | N
             f"{train_dir / '001.Affenpinscher'} or {train_dir / 'n02086240'}, each holding images."
         )
     names = names or {}
-    matches = {f: _NUMBERED.match(f) for f in folders}
-    if all(matches.values()):
+    matches = [(f, _NUMBERED.match(f)) for f in folders]
+    numbered = [(f, m) for f, m in matches if m is not None]
+    if len(numbered) == len(folders):
         numbers: dict[int, str] = {}
-        for folder, match in matches.items():
-            assert match is not None  # all() above
+        for folder, match in numbered:
             number = int(match.group(1))
             if number in numbers:
                 raise DatasetError(
@@ -148,11 +148,8 @@ def find_classes(train_dir: str | os.PathLike[str], names: Mapping[str, str] | N
                     f"{number}; numbered (dogImages) folders must have unique numbers."
                 )
             numbers[number] = folder
-        ordered = [numbers[n] for n in sorted(numbers)]
-        return [
-            ClassInfo(f, names.get(f) or _NUMBERED.match(f).group(2).replace("_", " "))  # type: ignore[union-attr]
-            for f in ordered
-        ]
+        display = {f: m.group(2).replace("_", " ") for f, m in numbered}
+        return [ClassInfo(numbers[n], names.get(numbers[n]) or display[numbers[n]]) for n in sorted(numbers)]
     return [ClassInfo(f, names.get(f, f)) for f in sorted(folders, key=_natural_key)]
 
 
