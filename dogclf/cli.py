@@ -211,13 +211,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from dogclf.artifact import read_config
     from dogclf.classifier import load_model
     from dogclf.data.folder import load_splits
     from dogclf.evaluation import evaluate, plot_confusion_matrix
 
     classifier = load_model(args.model, device=args.device)
-    config = read_config(args.model)
+    config = classifier.config
     training = config.get("training", {})
     fraction = None
     has_valid_dir = (args.data / "valid").is_dir() or (args.data / "val").is_dir()
