@@ -79,12 +79,15 @@ class Classifier:
         """Class probabilities ``(N, C)`` of a preprocessed batch."""
         return torch.softmax(self.net(batch.to(self.device)).float(), dim=1).cpu()
 
-    def predict(self, images: ImageInput | Sequence[ImageInput], *, top_k: int = 5) -> list[list[Prediction]]:
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], *, top_k: int = 5, batch_size: int = 32
+    ) -> list[list[Prediction]]:
         """Ranks the classes of each image.
 
         Args:
             images: One image or a list of them: paths, bytes or PIL images.
             top_k: How many classes to return per image (capped at the class count).
+            batch_size: Images per forward pass.
 
         Returns:
             For each image, the ``top_k`` best predictions, best first.
@@ -93,13 +96,19 @@ class Classifier:
             images = [images]
         if not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         k = min(top_k, len(self.class_names))
-        probs = self.probabilities(self.preprocess(list(images)))
-        scores, indices = probs.topk(k, dim=1)
-        return [
-            [Prediction(int(i), self.class_names[int(i)], float(s)) for s, i in zip(row_s, row_i, strict=True)]
-            for row_s, row_i in zip(scores, indices, strict=True)
-        ]
+        images = list(images)
+        ranked: list[list[Prediction]] = []
+        for start in range(0, len(images), batch_size):
+            probs = self.probabilities(self.preprocess(images[start : start + batch_size]))
+            scores, indices = probs.topk(k, dim=1)
+            ranked += [
+                [Prediction(int(i), self.class_names[int(i)], float(s)) for s, i in zip(row_s, row_i, strict=True)]
+                for row_s, row_i in zip(scores, indices, strict=True)
+            ]
+        return ranked
 
 
 def load_model(model_dir: str | os.PathLike[str], *, device: str = "cpu") -> Classifier:

@@ -220,9 +220,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     training = config.get("training", {})
     fraction = None
     has_valid_dir = (args.data / "valid").is_dir() or (args.data / "val").is_dir()
-    if not has_valid_dir and str(training.get("valid_source", "")).startswith("fraction"):
+    if not has_valid_dir and training.get("valid_fraction"):
         # Rebuild the same stratified split the model was trained with.
-        fraction = float(training["valid_source"].split()[1])
+        fraction = float(training["valid_fraction"])
     splits = load_splits(
         args.data,
         valid_fraction=fraction,
@@ -272,16 +272,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     classifier = load_model(args.model, device=args.device)
     results: list[dict[str, Any]] = []
-    failed = 0
-    for path in args.images:
+    decoded: dict[int, Any] = {}
+    for i, path in enumerate(args.images):
+        results.append({"image": str(path)})
         try:
-            image = load_rgb(path, min_size=classifier.preprocessing.resize_size)
+            decoded[i] = load_rgb(path, min_size=classifier.preprocessing.resize_size)
         except (UnreadableImageError, FileNotFoundError) as exc:
-            failed += 1
-            results.append({"image": str(path), "error": str(exc)})
-            continue
-        ranked = classifier.predict(image, top_k=args.top_k)[0]
-        results.append({"image": str(path), "predictions": [p.to_dict() for p in ranked]})
+            results[i]["error"] = str(exc)
+    # The readable images go through the network in batches, not one forward pass each.
+    ranked = classifier.predict(list(decoded.values()), top_k=args.top_k) if decoded else []
+    for i, predictions in zip(decoded, ranked, strict=True):
+        results[i]["predictions"] = [p.to_dict() for p in predictions]
+    failed = len(args.images) - len(decoded)
     if args.json:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2))
     else:

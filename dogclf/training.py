@@ -199,6 +199,7 @@ def train(
             "freeze": freeze,
             "data": str(splits.root),
             "valid_source": splits.valid_source,
+            "valid_fraction": valid_fraction if splits.valid_source.startswith("fraction") else None,
             "n_train": len(splits.train),
             "n_valid": len(splits.valid),
             "n_test": len(splits.test),

@@ -307,3 +307,25 @@ def test_demo_runs_offline_on_synthetic_data_and_predicts(tmp_path: Path) -> Non
     ranked = re.findall(r"(Synthetic [a-z ]+?) ([01]\.\d\d)", match.group(3))
     assert len(ranked) == 3
     assert (tmp_path / "demo" / "model" / "model.safetensors").is_file()
+
+
+def test_evaluate_rebuilds_the_held_out_split_of_a_valid_fraction_run(
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A plain class-per-folder tree (no valid/): training holds out 25% per class; evaluate must score that same part.
+    tree = dogclf.make_synthetic_dataset(tmp_path / "synthetic", num_classes=3, per_split=(8, 0, 0), size=40)
+    data = tree / "train"
+    out = tmp_path / "model"
+    config = dogclf.TrainConfig(epochs=2, batch_size=8, num_workers=0, seed=5)
+    result = dogclf.train(
+        data, "tinynet", out, config=config, weights=None, valid_fraction=0.25, progress=False, log=lambda _: None
+    )
+    capsys.readouterr()
+
+    code = main(["evaluate", "--model", str(out), "--data", str(data), "--split", "valid", "--json"])
+
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert json.loads((out / "config.json").read_text())["training"]["valid_fraction"] == 0.25
+    assert report["n"] == len(result.splits.valid) == 6
+    assert report["top1"] == pytest.approx(result.history[-1]["valid_top1"])

@@ -461,6 +461,24 @@ def test_predict_ranks_classes_and_accepts_paths_bytes_and_images(
     assert set(top2[0].to_dict()) == {"label", "score", "index"}
 
 
+def test_predict_in_batches_gives_the_same_answers_as_one_by_one(
+    trained: tuple[Path, Path], tiny_spec: dogclf.BackboneSpec
+) -> None:
+    data, model_dir = trained
+    classifier = dogclf.load_model(model_dir)
+    paths = sorted((data / "test").glob("*/*.jpg"))[:5]
+
+    batched = classifier.predict(paths, top_k=2, batch_size=2)  # batches of 2, 2 and 1
+    single = [classifier.predict(p, top_k=2)[0] for p in paths]
+
+    assert len(batched) == len(paths)
+    for got, want in zip(batched, single, strict=True):
+        assert [p.index for p in got] == [p.index for p in want]
+        assert [p.score for p in got] == pytest.approx([p.score for p in want], abs=1e-5)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        classifier.predict(paths, batch_size=0)
+
+
 @pytest.mark.parametrize("top_k", [0, -1, 2.5])
 def test_predict_rejects_bad_top_k(trained: tuple[Path, Path], tiny_spec: dogclf.BackboneSpec, top_k: Any) -> None:
     classifier = dogclf.load_model(trained[1])

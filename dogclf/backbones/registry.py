@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.metadata
-import re
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
 
+from dogclf._sorting import natural_key
 from dogclf.backbones.spec import BackboneSpec, validate_spec
 from dogclf.backbones.timm_backbones import PREFIX as TIMM_PREFIX
 from dogclf.backbones.timm_backbones import timm_spec
@@ -39,10 +38,6 @@ EntryPointsFn = Callable[[str], Iterable[importlib.metadata.EntryPoint]]
 def _entry_points(group: str) -> Iterable[importlib.metadata.EntryPoint]:
     """The one seam through which dogclf reads installed entry points."""
     return importlib.metadata.entry_points(group=group)
-
-
-def _natural_key(name: str) -> list[Any]:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
 def _dist_label(entry_point: importlib.metadata.EntryPoint) -> str:
@@ -120,7 +115,7 @@ class BackboneRegistry:
             self._load_plugins()
             if name in self._specs:
                 return self._specs[name]
-            known = ", ".join(sorted(self._specs, key=_natural_key))
+            known = ", ".join(sorted(self._specs, key=natural_key))
             close = [n for n in self._specs if n.lower().startswith(name.lower()[:3])] if name else []
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise UnknownBackboneError(
@@ -133,7 +128,7 @@ class BackboneRegistry:
         """Returns the known names matching a wildcard ``pattern``, naturally sorted."""
         with self._lock:
             self._load_plugins()
-            return sorted((n for n in self._specs if fnmatch.fnmatchcase(n, pattern)), key=_natural_key)
+            return sorted((n for n in self._specs if fnmatch.fnmatchcase(n, pattern)), key=natural_key)
 
     def list(self, pattern: str = "*") -> list[BackboneSpec]:
         """Returns the specs whose names match ``pattern``, naturally sorted."""

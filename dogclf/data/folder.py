@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dogclf._sorting import natural_key
 from dogclf.data.images import IMAGE_EXTENSIONS, find_unreadable, is_image_file
 from dogclf.errors import DatasetError, UnreadableImageError
 
@@ -81,10 +82,6 @@ class DataSplits:
         return samples
 
 
-def _natural_key(text: str) -> list[object]:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
-
-
 def read_names_file(path: str | os.PathLike[str]) -> dict[str, str]:
     """Reads a map from class folder to display name.
 
@@ -136,44 +133,35 @@ def find_classes(train_dir: str | os.PathLike[str], names: Mapping[str, str] | N
             f"{train_dir / '001.Affenpinscher'} or {train_dir / 'n02086240'}, each holding images."
         )
     names = names or {}
-    matches = [(f, _NUMBERED.match(f)) for f in folders]
-    numbered = [(f, m) for f, m in matches if m is not None]
+    numbered = {f: m for f in folders if (m := _NUMBERED.match(f))}
     if len(numbered) == len(folders):
-        numbers: dict[int, str] = {}
-        for folder, match in numbered:
+        by_number: dict[int, str] = {}
+        for folder, match in numbered.items():
             number = int(match.group(1))
-            if number in numbers:
+            if number in by_number:
                 raise DatasetError(
-                    f"Class folders {numbers[number]!r} and {folder!r} in {str(train_dir)!r} share the number "
+                    f"Class folders {by_number[number]!r} and {folder!r} in {str(train_dir)!r} share the number "
                     f"{number}; numbered (dogImages) folders must have unique numbers."
                 )
-            numbers[number] = folder
-        display = {f: m.group(2).replace("_", " ") for f, m in numbered}
-        return [ClassInfo(numbers[n], names.get(numbers[n]) or display[numbers[n]]) for n in sorted(numbers)]
-    return [ClassInfo(f, names.get(f, f)) for f in sorted(folders, key=_natural_key)]
+            by_number[number] = folder
+        ordered = [by_number[n] for n in sorted(by_number)]
+        return [ClassInfo(f, names.get(f) or numbered[f].group(2).replace("_", " ")) for f in ordered]
+    return [ClassInfo(f, names.get(f, f)) for f in sorted(folders, key=natural_key)]
 
 
-def _walk_images(folder: Path) -> tuple[list[Path], list[Path]]:
+def _walk_images(folder: Path) -> list[Path]:
     images: list[Path] = []
-    others: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")), key=_natural_key)
-        for name in sorted(filenames, key=_natural_key):
-            path = Path(dirpath) / name
-            if is_image_file(name):
-                images.append(path)
-            elif not name.startswith("."):
-                others.append(path)
-    return images, others
+        dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")), key=natural_key)
+        images += [Path(dirpath) / name for name in sorted(filenames, key=natural_key) if is_image_file(name)]
+    return images
 
 
-def make_samples(
-    split_dir: str | os.PathLike[str], classes: list[ClassInfo], *, split: str = "train"
-) -> tuple[list[Sample], list[Path]]:
+def make_samples(split_dir: str | os.PathLike[str], classes: list[ClassInfo], *, split: str = "train") -> list[Sample]:
     """Collects the images of one split folder, labelled by ``classes``.
 
-    Returns:
-        The samples, and files that were not images by extension.
+    Files without an image extension (``README.txt``, ``Thumbs.db``) and hidden
+    files are ignored.
 
     Raises:
         DatasetError: A class folder that ``classes`` (train/) lacks, or an empty class folder.
@@ -181,7 +169,7 @@ def make_samples(
     split_dir = Path(split_dir)
     index = {c.folder: i for i, c in enumerate(classes)}
     present = sorted(
-        (e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")), key=_natural_key
+        (e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")), key=natural_key
     )
     unknown = [f for f in present if f not in index]
     if unknown:
@@ -190,19 +178,15 @@ def make_samples(
             "Every split uses the class list of train/; add the class to train/ or remove the folder."
         )
     samples: list[Sample] = []
-    ignored: list[Path] = [
-        split_dir / e.name for e in os.scandir(split_dir) if e.is_file() and not e.name.startswith(".")
-    ]
     for folder in present:
-        images, others = _walk_images(split_dir / folder)
-        ignored += others
+        images = _walk_images(split_dir / folder)
         if not images:
             raise DatasetError(
                 f"Class folder {str(split_dir / folder)!r} has no images. Supported extensions are: "
                 f"{', '.join(IMAGE_EXTENSIONS)} (any case). Add images or remove the folder."
             )
         samples += [Sample(p, index[folder]) for p in images]
-    return samples, ignored
+    return samples
 
 
 def stratified_split(samples: list[Sample], fraction: float, *, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
@@ -224,7 +208,7 @@ def stratified_split(samples: list[Sample], fraction: float, *, seed: int = 0) -
         n_valid = min(len(group) - 1, max(1, round(len(group) * fraction))) if len(group) > 1 else 0
         valid += group[:n_valid]
         train += group[n_valid:]
-    key = lambda s: (s.label, _natural_key(str(s.path)))  # noqa: E731
+    key = lambda s: (s.label, natural_key(str(s.path)))  # noqa: E731
     return sorted(train, key=key), sorted(valid, key=key)
 
 
@@ -272,7 +256,7 @@ def load_splits(
     classes = find_classes(train_dir, name_map)
     if len(classes) < 2:
         raise DatasetError(f"{str(train_dir)!r} has {len(classes)} class folder; a classifier needs at least 2.")
-    train, _ = make_samples(train_dir, classes, split="train")
+    train = make_samples(train_dir, classes, split="train")
     valid: list[Sample] = []
     test: list[Sample] = []
     valid_dirs = [root / name for name in ("valid", "val") if split_layout and (root / name).is_dir()]
@@ -285,7 +269,7 @@ def load_splits(
             "use one or the other."
         )
     if has_valid:
-        valid, _ = make_samples(valid_dirs[0], classes, split=valid_dirs[0].name)
+        valid = make_samples(valid_dirs[0], classes, split=valid_dirs[0].name)
         valid_source = f"{valid_dirs[0].name}/"
     elif valid_fraction:
         train, valid = stratified_split(train, valid_fraction, seed=seed)
@@ -298,7 +282,7 @@ def load_splits(
     else:
         valid_source = "none"
     if split_layout and (root / "test").is_dir():
-        test, _ = make_samples(root / "test", classes, split="test")
+        test = make_samples(root / "test", classes, split="test")
     splits = DataSplits(root, classes, train, valid, test, valid_source=valid_source)
     if check_images:
         _drop_unreadable(splits, strict=strict)
