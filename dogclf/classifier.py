@@ -19,7 +19,7 @@ from dogclf.errors import ModelDirError
 from dogclf.model import DogClassifierNet, HeadConfig, build_head
 from dogclf.train_config import resolve_device
 
-__all__ = ["Classifier", "Prediction", "load_model"]
+__all__ = ["Classifier", "ImageResult", "Prediction", "load_model"]
 
 ImageInput = str | os.PathLike[str] | bytes | Image.Image
 
@@ -35,6 +35,31 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         """Returns ``{"label", "score", "index"}``."""
         return {"label": self.label, "score": self.score, "index": self.index}
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """The answer for one image: ranked breeds, and whether it looks like none of them.
+
+    Attributes:
+        predictions: The top-k breeds, best first (calibrated scores).
+        unknown: True when the top score is under the model's unknown threshold.
+    """
+
+    predictions: list[Prediction]
+    unknown: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns ``{"predictions": [{"label", "score", "index"}, ...], "unknown": bool}``."""
+        return {"predictions": [p.to_dict() for p in self.predictions], "unknown": self.unknown}
+
+
+def _calibration(config: dict[str, Any]) -> tuple[float, float | None]:
+    """Temperature and unknown threshold recorded in a config (1.0 and None for models trained before them)."""
+    calibration = config.get("calibration") or {}
+    temperature = float(calibration.get("temperature", 1.0))
+    threshold = calibration.get("unknown_threshold")
+    return temperature, None if threshold is None else float(threshold)
 
 
 class Classifier:
@@ -63,6 +88,7 @@ class Classifier:
         self.class_names = list(class_names)
         self.config = config or {}
         self.transform = eval_transform(spec.preprocessing)
+        self.temperature, self.unknown_threshold = _calibration(self.config)
 
     @property
     def preprocessing(self) -> Any:
@@ -76,8 +102,38 @@ class Classifier:
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(N, C)`` of a preprocessed batch."""
-        return torch.softmax(self.net(batch.to(self.device)).float(), dim=1).cpu()
+        """Calibrated class probabilities ``(N, C)`` of a preprocessed batch (softmax of logits / temperature)."""
+        return torch.softmax(self.net(batch.to(self.device)).float() / self.temperature, dim=1).cpu()
+
+    def is_unknown(self, top_score: float) -> bool:
+        """Whether a top score is too low for any known breed (never, for models without a threshold)."""
+        return self.unknown_threshold is not None and top_score < self.unknown_threshold
+
+    def rank(self, probs: torch.Tensor, *, top_k: int = 5) -> list[ImageResult]:
+        """Turns probabilities ``(N, C)`` into one :class:`ImageResult` per row."""
+        k = min(top_k, len(self.class_names))
+        scores, indices = probs.topk(k, dim=1)
+        results = []
+        for row_s, row_i in zip(scores.tolist(), indices.tolist(), strict=True):
+            predictions = [Prediction(i, self.class_names[i], s) for s, i in zip(row_s, row_i, strict=True)]
+            results.append(ImageResult(predictions, self.is_unknown(row_s[0])))
+        return results
+
+    def classify(
+        self, images: ImageInput | Sequence[ImageInput], *, top_k: int = 5, batch_size: int = 32
+    ) -> list[ImageResult]:
+        """Like :meth:`predict`, but each answer also says whether the image looks like an unknown breed."""
+        if isinstance(images, (str, os.PathLike, bytes, Image.Image)):
+            images = [images]
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        images = list(images)
+        results: list[ImageResult] = []
+        for start in range(0, len(images), batch_size):
+            results += self.rank(self.probabilities(self.preprocess(images[start : start + batch_size])), top_k=top_k)
+        return results
 
     def predict(
         self, images: ImageInput | Sequence[ImageInput], *, top_k: int = 5, batch_size: int = 32
@@ -92,23 +148,7 @@ class Classifier:
         Returns:
             For each image, the ``top_k`` best predictions, best first.
         """
-        if isinstance(images, (str, os.PathLike, bytes, Image.Image)):
-            images = [images]
-        if not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        k = min(top_k, len(self.class_names))
-        images = list(images)
-        ranked: list[list[Prediction]] = []
-        for start in range(0, len(images), batch_size):
-            probs = self.probabilities(self.preprocess(images[start : start + batch_size]))
-            scores, indices = probs.topk(k, dim=1)
-            ranked += [
-                [Prediction(int(i), self.class_names[int(i)], float(s)) for s, i in zip(row_s, row_i, strict=True)]
-                for row_s, row_i in zip(scores, indices, strict=True)
-            ]
-        return ranked
+        return [r.predictions for r in self.classify(images, top_k=top_k, batch_size=batch_size)]
 
 
 def load_model(model_dir: str | os.PathLike[str], *, device: str = "cpu") -> Classifier:

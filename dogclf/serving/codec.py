@@ -1,0 +1,228 @@
+"""Request bodies in, JSON answers out: the wire format shared by the SageMaker handlers and ``dogclf serve``.
+
+Accepted request content types:
+
+* ``image/jpeg``, ``image/png``, ``application/x-image``, ``application/octet-stream``: the body is one image file.
+* ``application/json``: ``{"images": ["<base64>", ...], "top_k": 5}`` (a batch; ``data:`` URLs are accepted too).
+
+The answer is ``application/json``. For one image::
+
+    {"predictions": [{"label": "Beagle", "score": 0.91, "index": 3}, ...], "unknown": false}
+
+For a JSON batch, ``{"results": [<one answer per image>, ...]}`` in request order.
+
+Every problem with a request raises :class:`RequestError`, which carries the HTTP status to answer with and a
+message that says what was wrong and what would work. Nothing here unpickles anything; images are decoded by Pillow
+only after their header has been checked against the pixel limit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from dogclf.errors import DogclfError, UnreadableImageError
+
+__all__ = [
+    "ACCEPTED_CONTENT_TYPES",
+    "IMAGE_CONTENT_TYPES",
+    "JSON_CONTENT_TYPE",
+    "DecodedRequest",
+    "Limits",
+    "RequestError",
+    "check_accept",
+    "decode_request",
+    "encode_error",
+    "encode_results",
+    "media_type",
+    "open_image",
+]
+
+JSON_CONTENT_TYPE = "application/json"
+IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "application/octet-stream")
+ACCEPTED_CONTENT_TYPES = (*IMAGE_CONTENT_TYPES, JSON_CONTENT_TYPE)
+
+
+class RequestError(DogclfError, ValueError):
+    """A request that cannot be answered, with the HTTP status that says why.
+
+    Attributes:
+        status: 400 (bad body), 406 (Accept), 413 (too large), 415 (content type), 503 (busy).
+        headers: Extra response headers (``Retry-After`` for 503).
+    """
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold.
+
+    Attributes:
+        max_body_bytes: Largest request body (413 above it).
+        max_pixels: Largest image, width x height, checked from the header before decoding (413 above it).
+        max_images: Most images in one JSON batch (413 above it).
+        max_top_k: Largest ``top_k`` a JSON request may ask for.
+    """
+
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_pixels: int = 64_000_000
+    max_images: int = 64
+    max_top_k: int = 1000
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    """A request's images (still encoded, checked for size) and options.
+
+    Attributes:
+        images: The image files' bytes, in request order.
+        batch: Whether the request was a JSON batch (answer with ``{"results": [...]}``).
+        top_k: The ``top_k`` the request asked for, or ``None`` for the server's default.
+    """
+
+    images: list[bytes]
+    batch: bool
+    top_k: int | None = None
+
+
+def media_type(header: str | None) -> str:
+    """The bare, lower-case media type of a Content-Type/Accept value (``"image/jpeg; q=1"`` -> ``"image/jpeg"``)."""
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def check_accept(accept: str | None) -> str:
+    """Picks the response type for an ``Accept`` header: always JSON, or 406 if JSON is not acceptable.
+
+    Raises:
+        RequestError: 406, when the client accepts nothing this server produces.
+    """
+    if not accept or not accept.strip():
+        return JSON_CONTENT_TYPE
+    for part in accept.split(","):
+        kind = media_type(part)
+        params = [p.strip().replace(" ", "") for p in part.split(";")[1:]]
+        if "q=0" in params or "q=0.0" in params:
+            continue
+        if kind in (JSON_CONTENT_TYPE, "application/*", "*/*", "*"):
+            return JSON_CONTENT_TYPE
+    raise RequestError(
+        406, f"Cannot produce {accept!r}: answers are {JSON_CONTENT_TYPE} only; send Accept: {JSON_CONTENT_TYPE}."
+    )
+
+
+def _b64(item: Any, position: int) -> bytes:
+    if not isinstance(item, str):
+        raise RequestError(400, f"images[{position}] must be a base64 string, got {type(item).__name__}.")
+    text = item.strip()
+    if text.startswith("data:"):
+        head, _, text = text.partition(",")
+        if ";base64" not in head:
+            raise RequestError(400, f"images[{position}] is a data: URL without ';base64'.")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestError(400, f"images[{position}] is not valid base64: {exc}.") from exc
+    if not data:
+        raise RequestError(400, f"images[{position}] is empty.")
+    return data
+
+
+def decode_request(body: bytes | str | None, content_type: str | None, *, limits: Limits = Limits()) -> DecodedRequest:
+    """Checks a request body and pulls out its images.
+
+    Args:
+        body: The raw body (the SageMaker toolkit passes ``str`` for JSON).
+        content_type: The Content-Type header (parameters are ignored).
+        limits: Size limits.
+
+    Returns:
+        The images and options.
+
+    Raises:
+        RequestError: 400 empty or malformed body, 413 too large, 415 unsupported content type.
+    """
+    kind = media_type(content_type)
+    if kind not in ACCEPTED_CONTENT_TYPES:
+        shown = repr(content_type) if content_type else "no Content-Type"
+        raise RequestError(415, f"Unsupported content type {shown}; send one of: {', '.join(ACCEPTED_CONTENT_TYPES)}.")
+    raw = body.encode("utf-8") if isinstance(body, str) else bytes(body or b"")
+    if not raw:
+        raise RequestError(400, "Empty request body: send the bytes of a JPEG or PNG image, or a JSON batch.")
+    if len(raw) > limits.max_body_bytes:
+        raise RequestError(413, f"Request body is {len(raw):,} bytes; the limit is {limits.max_body_bytes:,} bytes.")
+    if kind != JSON_CONTENT_TYPE:
+        return DecodedRequest(images=[raw], batch=False)
+    try:
+        payload = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"Malformed JSON: {exc}.") from exc
+    if not isinstance(payload, dict) or not isinstance(payload.get("images"), list):
+        raise RequestError(400, 'A JSON request must be an object {"images": ["<base64 image>", ...]}.')
+    items = payload["images"]
+    if not items:
+        raise RequestError(400, '"images" is empty: send at least one base64 image.')
+    if len(items) > limits.max_images:
+        raise RequestError(413, f"{len(items)} images in one request; the limit is {limits.max_images}.")
+    top_k = payload.get("top_k")
+    if top_k is not None and (
+        isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= limits.max_top_k
+    ):
+        raise RequestError(400, f'"top_k" must be an integer from 1 to {limits.max_top_k}, got {top_k!r}.')
+    return DecodedRequest(images=[_b64(item, i) for i, item in enumerate(items)], batch=True, top_k=top_k)
+
+
+def open_image(
+    data: bytes, *, min_size: int | None = None, max_pixels: int = Limits.max_pixels, label: str = "image"
+) -> Image.Image:
+    """Decodes one request image to RGB, refusing decompression bombs before decoding any pixel.
+
+    Args:
+        data: The image file's bytes.
+        min_size: The model's resize size (enables JPEG draft mode for large photos).
+        max_pixels: Largest width x height accepted.
+        label: How to name the image in messages (``"images[2]"``).
+
+    Raises:
+        RequestError: 400 for bytes that are not an image or a truncated one, 413 for too many pixels.
+    """
+    from dogclf.data.images import load_rgb
+
+    try:
+        with Image.open(io.BytesIO(data)) as header:  # reads the header only
+            width, height = header.size
+    except Image.DecompressionBombError as exc:
+        raise RequestError(413, f"{label}: too many pixels to decode ({exc}).") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise RequestError(400, f"{label}: the bytes are not an image (JPEG or PNG expected).") from exc
+    if width * height > max_pixels:
+        raise RequestError(
+            413, f"{label}: {width}x{height} is {width * height:,} pixels; the limit is {max_pixels:,}. Not decoded."
+        )
+    try:
+        return load_rgb(data, min_size=min_size)
+    except UnreadableImageError as exc:
+        reason = str(exc).split(": ", 1)[-1]
+        raise RequestError(400, f"{label}: cannot decode the image: {reason}.") from exc
+
+
+def encode_results(results: Sequence[Any], *, batch: bool) -> str:
+    """JSON for a list of :class:`~dogclf.classifier.ImageResult` (one object, or ``{"results": [...]}``)."""
+    answers = [r.to_dict() for r in results]
+    return json.dumps({"results": answers} if batch else answers[0])
+
+
+def encode_error(error: RequestError) -> str:
+    """JSON body of an error answer: ``{"error": {"status": 400, "message": "..."}}``."""
+    return json.dumps({"error": {"status": error.status, "message": error.message}})
