@@ -205,6 +205,8 @@ def open_image(
     except Image.DecompressionBombError as exc:
         raise RequestError(413, f"{label}: too many pixels to decode ({exc}).") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        if "truncated" in str(exc).lower():
+            raise RequestError(400, f"{label}: truncated image (the file ends inside its header).") from exc
         raise RequestError(400, f"{label}: the bytes are not an image (JPEG or PNG expected).") from exc
     if width * height > max_pixels:
         raise RequestError(
@@ -214,7 +216,7 @@ def open_image(
         return load_rgb(data, min_size=min_size)
     except UnreadableImageError as exc:
         reason = str(exc).split(": ", 1)[-1]
-        raise RequestError(400, f"{label}: cannot decode the image: {reason}.") from exc
+        raise RequestError(400, f"{label}: cannot decode the image: {reason} (the bytes may be cut short).") from exc
 
 
 def encode_results(results: Sequence[Any], *, batch: bool) -> str:
