@@ -31,6 +31,7 @@ def save_model(
     head: Mapping[str, Any],
     metrics: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes a trained model directory.
 
@@ -42,6 +43,8 @@ def save_model(
         head: The head's shape (``HeadConfig.to_dict()``).
         metrics: Training metrics to record (history, final values).
         training: The training configuration to record.
+        calibration: Temperature and unknown threshold (``Calibration.to_dict()``); omitted: temperature 1.0,
+            never unknown.
 
     Returns:
         The directory.
@@ -68,6 +71,8 @@ def save_model(
         "metrics": dict(metrics or {}),
         "training": dict(training or {}),
     }
+    if calibration is not None:
+        config["calibration"] = dict(calibration)
     tmp_weights = out / f".{WEIGHTS_NAME}.tmp"
     save_file(state, str(tmp_weights), metadata={"format": "pt", "dogclf_version": __version__})
     # safetensors creates the file owner-only; a model is meant to be read by servers running as other users.

@@ -47,7 +47,33 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--head-hidden", type=int, default=0, help="width of a hidden head layer (default 0: linear head)")
     p.add_argument("--dropout", type=float, default=0.0, help="head dropout probability (default 0)")
-    p.add_argument("--augment", action="store_true", help="random resized crop + flip on training images")
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="random resized crop + flip on training images (images then go through the backbone every epoch)",
+    )
+    p.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="frozen backbone without --augment: keep extracted features in the on-disk feature cache (default); "
+        "--no-cache extracts them in memory for this run only",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="feature-cache folder (default $XDG_CACHE_HOME/dogclf/features or ~/.cache/dogclf/features)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        default="auto",
+        help="feature-extraction precision (default auto: bf16 on a GPU that supports it, else fp32)",
+    )
+    p.add_argument(
+        "--extract-batch-size", type=int, default=64, help="images per batch during feature extraction (default 64)"
+    )
     p.add_argument("--valid-fraction", type=float, default=None, help="hold out this fraction of train (no valid/)")
     p.add_argument("--names", type=Path, default=None, help="file mapping class folders to display names")
     p.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
@@ -106,12 +132,40 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     ev.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
 
-    pr = sub.add_parser("predict", help="predict the breed of images")
-    pr.add_argument("--model", required=True, type=Path, help="model directory")
+    pr = sub.add_parser("predict", help="predict the breed of images (with a model directory or a running server)")
+    source = pr.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="model directory")
+    source.add_argument("--url", help="a running `dogclf serve` (or SageMaker container), e.g. http://127.0.0.1:8080")
     pr.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     pr.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     pr.add_argument("--json", action="store_true", help="print JSON")
-    pr.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    pr.add_argument("--device", default="cpu", help="with --model: cpu (default), auto, cuda or cuda:N")
+
+    sv = sub.add_parser("serve", help="serve a model over HTTP with batching and a web page (SageMaker contract)")
+    sv.add_argument("--model", required=True, type=Path, help="model directory")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    sv.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks a free one)")
+    sv.add_argument("--max-batch-size", type=int, default=32, help="most images per forward pass (default 32)")
+    sv.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="how long an image waits for others to join a batch (default 5)"
+    )
+    sv.add_argument("--queue-size", type=int, default=256, help="images waiting before 503 Busy (default 256)")
+    sv.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB (default 16)")
+    sv.add_argument("--top-k", type=int, default=None, help="breeds per answer (default $DOGCLF_TOP_K or 5)")
+    sv.add_argument("--decode-workers", type=int, default=None, help="image decoding threads (default: cores / 2)")
+    sv.add_argument("--device", default="auto", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
+    sv.add_argument(
+        "--access-log", action=argparse.BooleanOptionalAction, default=True, help="log one line per request"
+    )
+
+    pk = sub.add_parser("package", help="write the model.tar.gz the SageMaker PyTorch inference container serves")
+    pk.add_argument("model", type=Path, metavar="MODEL_DIR", help="model directory written by `dogclf train`")
+    pk.add_argument("-o", "--output", required=True, type=Path, help="archive to write, e.g. model.tar.gz")
+    pk.add_argument("--overwrite", action="store_true", help="replace the archive if it exists")
+
+    from dogclf.tuning.cli import add_tune_parser  # argparse only; Optuna is imported when `tune` runs
+
+    add_tune_parser(sub)
     return parser
 
 
@@ -190,6 +244,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             progress=args.progress,
+            cache=args.cache,
+            cache_dir=args.cache_dir,
+            precision=args.precision,
+            extract_batch_size=args.extract_batch_size,
         )
     except KeyboardInterrupt:
         argv = list(args.argv)  # not sys.argv: under `python -m dogclf` its [0] is the path of __main__.py
@@ -202,8 +260,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
         else:
             command = shlex.join(["dogclf", *(a for a in argv if a != "--resume")])
+            cached = args.freeze and not args.augment and args.cache
+            saved = (
+                "the features extracted so far are kept in the feature cache, and a rerun continues from them"
+                if cached
+                else "nothing was saved"
+            )
             print(
-                f"\nInterrupted before the first epoch finished; nothing was saved. Start again with:\n  {command}",
+                f"\nInterrupted before the first epoch finished; {saved}. Start again with:\n  {command}",
                 file=sys.stderr,
             )
         return EXIT_INTERRUPTED
@@ -251,6 +315,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if splits.skipped:
         print(f"Skipped {len(splits.skipped)} unreadable file(s): " + ", ".join(str(p) for p, _ in splits.skipped[:5]))
     print(f"{args.split}: n={report.n} top1={report.top1:.4f} top5={report.top5:.4f} loss={report.loss:.4f}")
+    calibration = f"ECE {report.ece_uncalibrated:.3f} -> {report.ece:.3f} (temperature {report.temperature:.2f}); "
+    if report.unknown_rate is None:
+        calibration += "unknown rate n/a (the model has no unknown threshold)"
+    else:
+        calibration += f"unknown rate {report.unknown_rate:.1%} (threshold {report.unknown_threshold:.3f})"
+    print(calibration)
     print("\nPer-class accuracy (worst first):")
     for name, stats in sorted(report.per_class().items(), key=lambda kv: (kv[1]["accuracy"], kv[0])):
         print(f"  {stats['accuracy']:7.1%}  n={int(stats['n']):<5d} {name}")
@@ -270,6 +340,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.url:
+        from dogclf.serving.client import predict_remote
+
+        return _print_predictions(predict_remote(args.url, args.images, top_k=args.top_k), as_json=args.json)
     classifier = load_model(args.model, device=args.device)
     results: list[dict[str, Any]] = []
     decoded: dict[int, Any] = {}
@@ -283,8 +357,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     ranked = classifier.predict(list(decoded.values()), top_k=args.top_k) if decoded else []
     for i, predictions in zip(decoded, ranked, strict=True):
         results[i]["predictions"] = [p.to_dict() for p in predictions]
-    failed = len(args.images) - len(decoded)
-    if args.json:
+    return _print_predictions(results, as_json=args.json)
+
+
+def _print_predictions(results: list[dict[str, Any]], *, as_json: bool) -> int:
+    """Prints ``predict`` results (text or JSON); returns 1 if any image failed, else 0."""
+    if as_json:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2))
     else:
         for item in results:
@@ -294,7 +372,49 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 continue
             for p in item["predictions"]:
                 print(f"  {p['score']:6.1%}  {p['label']}")
-    return 1 if failed else 0
+    return 1 if any("error" in item for item in results) else 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from dogclf.serving.batcher import BatchConfig
+    from dogclf.serving.codec import Limits
+    from dogclf.serving.handlers import default_top_k
+    from dogclf.serving.server import serve
+
+    if args.max_body_mb <= 0:
+        raise ValueError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
+    batching = BatchConfig(
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        queue_size=args.queue_size,
+        decode_workers=args.decode_workers,
+    )
+    limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024))
+    top_k = default_top_k(os.environ) if args.top_k is None else args.top_k
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        batching=batching,
+        limits=limits,
+        top_k=top_k,
+        device=args.device,
+        access_log=args.access_log,
+    )
+    return 0
+
+
+def _cmd_package(args: argparse.Namespace) -> int:
+    from dogclf.serving.package import format_report, package_model
+
+    print(format_report(package_model(args.model, args.output, overwrite=args.overwrite)))
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from dogclf.tuning.cli import run_tune
+
+    return run_tune(args)
 
 
 _COMMANDS = {
@@ -304,6 +424,9 @@ _COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
     "predict": _cmd_predict,
+    "serve": _cmd_serve,
+    "package": _cmd_package,
+    "tune": _cmd_tune,
 }
 
 

@@ -1,4 +1,4 @@
-"""Evaluating a trained model: top-1/top-5, per-class accuracy, confusions, a confusion-matrix PNG."""
+"""Evaluating a trained model: top-1/top-5, per-class accuracy, confusions, calibration, a confusion-matrix PNG."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from dogclf.calibration import ece_from_confidences
 from dogclf.classifier import Classifier
 from dogclf.data.dataset import ImageDataset
 from dogclf.data.folder import Sample
@@ -29,6 +30,12 @@ class EvalReport:
         loss: Mean cross-entropy.
         class_names: Names in index order.
         confusion: ``confusion[true][pred]`` counts.
+        ece: Expected calibration error of the scores the classifier gives (its temperature applied).
+        ece_uncalibrated: The same at temperature 1 (raw softmax).
+        unknown_rate: Fraction of images whose top score is under the model's unknown threshold (``None``: the
+            model has no threshold).
+        temperature: The model's temperature.
+        unknown_threshold: The model's unknown threshold, if any.
     """
 
     n: int
@@ -37,6 +44,11 @@ class EvalReport:
     loss: float
     class_names: list[str]
     confusion: list[list[int]] = field(repr=False)
+    ece: float = float("nan")
+    ece_uncalibrated: float = float("nan")
+    unknown_rate: float | None = None
+    temperature: float = 1.0
+    unknown_threshold: float | None = None
 
     def per_class(self) -> dict[str, dict[str, float]]:
         """Accuracy and image count of each class that has images."""
@@ -68,6 +80,11 @@ class EvalReport:
             "most_confused": self.most_confused(),
             "class_names": self.class_names,
             "confusion": self.confusion,
+            "ece": self.ece,
+            "ece_uncalibrated": self.ece_uncalibrated,
+            "unknown_rate": self.unknown_rate,
+            "temperature": self.temperature,
+            "unknown_threshold": self.unknown_threshold,
         }
 
 
@@ -100,6 +117,9 @@ def evaluate(
     k = min(5, n_classes)
     top1 = top5 = 0
     loss_sum = 0.0
+    top_raw: list[torch.Tensor] = []  # top softmax score at temperature 1, per image
+    top_calibrated: list[torch.Tensor] = []  # top score as Classifier.probabilities gives it
+    hits: list[torch.Tensor] = []
     batches: Any = loader
     if progress:
         from tqdm.auto import tqdm
@@ -113,7 +133,13 @@ def evaluate(
             top1 += int((best[:, 0] == labels).sum())
             top5 += int((best == labels[:, None]).any(dim=1).sum())
             confusion.index_put_((labels, best[:, 0]), torch.ones_like(labels), accumulate=True)
+            top_raw.append(torch.softmax(logits, dim=1).max(dim=1).values)
+            top_calibrated.append(torch.softmax(logits / classifier.temperature, dim=1).max(dim=1).values)
+            hits.append(best[:, 0] == labels)
     n = len(samples)
+    correct = torch.cat(hits)
+    calibrated = torch.cat(top_calibrated)
+    threshold = classifier.unknown_threshold
     return EvalReport(
         n=n,
         top1=top1 / n,
@@ -121,6 +147,11 @@ def evaluate(
         loss=loss_sum / n,
         class_names=list(classifier.class_names),
         confusion=confusion.tolist(),
+        ece=ece_from_confidences(calibrated, correct),
+        ece_uncalibrated=ece_from_confidences(torch.cat(top_raw), correct),
+        unknown_rate=None if threshold is None else float((calibrated < threshold).double().mean()),
+        temperature=classifier.temperature,
+        unknown_threshold=threshold,
     )
 
 

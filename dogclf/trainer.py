@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader
@@ -20,7 +21,7 @@ from dogclf.errors import ModelDirError
 from dogclf.model import DogClassifierNet
 from dogclf.train_config import TrainConfig, resolve_device
 
-__all__ = ["Trainer", "make_optimizer"]
+__all__ = ["Batches", "TrainBatches", "Trainer", "check_fingerprint", "make_optimizer"]
 
 
 def make_optimizer(model: DogClassifierNet, config: TrainConfig) -> torch.optim.Optimizer:
@@ -31,32 +32,80 @@ def make_optimizer(model: DogClassifierNet, config: TrainConfig) -> torch.optim.
     return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def check_fingerprint(payload: dict[str, Any], fingerprint: dict[str, Any], path: Path) -> None:
+    """Checks that a loaded checkpoint belongs to the run described by ``fingerprint``.
+
+    Raises:
+        ModelDirError: Naming every setting that differs.
+    """
+    saved = payload.get("fingerprint", {})
+    different = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+    if different:
+        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {fingerprint.get(k)!r}" for k in different)
+        raise ModelDirError(
+            f"The checkpoint {str(path)!r} is from a different run ({details}). Resume with the same data, backbone, "
+            "weights, head and hyperparameters (only --epochs may grow), or start a new run in another --out folder."
+        )
+
+
+class Batches(Protocol):
+    """An iterable of ``(inputs, labels)`` batches that knows how many it yields (a DataLoader is one)."""
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __len__(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class TrainBatches:
+    """Ready-made batches for a :class:`Trainer`, instead of the image loaders it builds itself.
+
+    Attributes:
+        train: ``(inputs, labels)`` batches with ``len()``; each iteration follows ``sampler``'s current order.
+        valid: Validation batches in a fixed order, or ``None`` for no validation.
+        sampler: The epoch-seeded order of ``train``; the trainer calls ``set_epoch`` before every epoch.
+        head_only: The inputs are backbone features, so the trainer runs only ``model.head`` on them.
+    """
+
+    train: Batches
+    valid: Batches | None
+    sampler: EpochShuffleSampler
+    head_only: bool = False
+
+
 class Trainer:
     """Trains a :class:`~dogclf.model.DogClassifierNet` and checkpoints every epoch.
+
+    By default it reads images (``train_samples``, ``valid_samples``, ``preprocessing``); given ``batches`` it
+    trains on those instead, e.g. cached backbone features through the head alone
+    (:mod:`dogclf.features.head_training`). Either way the optimizer, loss, epoch order, metrics, callbacks and
+    checkpoints are the same.
 
     Args:
         model: The model; its head (and backbone, if unfrozen) is trained.
         train_samples: Training images.
         valid_samples: Validation images (may be empty).
-        preprocessing: The backbone's input contract.
+        preprocessing: The backbone's input contract (needed unless ``batches`` is given).
         config: Hyperparameters.
         checkpoint_path: Where to write the per-epoch checkpoint; ``None`` for none.
         callbacks: Hooks called during training.
         fingerprint: What must match for a checkpoint to be resumed (backbone,
             classes, head...); stored in the checkpoint.
+        batches: Ready-made batches to train on instead of images.
     """
 
     def __init__(
         self,
         model: DogClassifierNet,
         *,
-        train_samples: Sequence[Sample],
-        valid_samples: Sequence[Sample],
-        preprocessing: Preprocessing,
+        train_samples: Sequence[Sample] = (),
+        valid_samples: Sequence[Sample] = (),
+        preprocessing: Preprocessing | None = None,
         config: TrainConfig,
         checkpoint_path: Path | None = None,
         callbacks: Sequence[Callback] = (),
         fingerprint: dict[str, Any] | None = None,
+        batches: TrainBatches | None = None,
     ) -> None:
         self.config = config
         self.device = resolve_device(config.device)
@@ -64,6 +113,33 @@ class Trainer:
         self.checkpoint_path = checkpoint_path
         self.fingerprint = fingerprint or {}
         self.callbacks = CallbackList(callbacks)
+        if batches is None:
+            if preprocessing is None:
+                raise ValueError("Trainer needs the backbone's preprocessing to read images (or ready batches).")
+            batches = self._image_batches(train_samples, valid_samples, preprocessing, config)
+        self.sampler = batches.sampler
+        self.train_loader = batches.train
+        self.valid_loader = batches.valid
+        # What maps a batch's inputs to logits: the whole network for images, the head alone for features.
+        self.forward: torch.nn.Module = self.model.head if batches.head_only else self.model
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.optimizer = make_optimizer(model, config)
+        self.state = TrainState(
+            model=self.model,
+            optimizer=self.optimizer,
+            loss_fn=self.loss_fn,
+            config=config,
+            num_batches=len(self.train_loader),
+            num_eval_batches=len(self.valid_loader) if self.valid_loader is not None else 0,
+        )
+
+    def _image_batches(
+        self,
+        train_samples: Sequence[Sample],
+        valid_samples: Sequence[Sample],
+        preprocessing: Preprocessing,
+        config: TrainConfig,
+    ) -> TrainBatches:
         workers = config.workers()
         common: dict[str, Any] = {
             "batch_size": config.batch_size,
@@ -76,28 +152,19 @@ class Trainer:
             train_transform(preprocessing, augment=config.augment),
             min_size=preprocessing.resize_size,
         )
-        self.sampler = EpochShuffleSampler(len(train_set), seed=config.seed)
+        sampler = EpochShuffleSampler(len(train_set), seed=config.seed)
         # Each loader gets its own generator: DataLoader start-up draws worker seeds from it, and drawing them from
         # the global RNG instead (which head dropout uses) would make a resumed run differ from an uninterrupted one.
-        self.train_loader = DataLoader(
-            train_set, sampler=self.sampler, generator=torch.Generator().manual_seed(config.seed), **common
+        train_loader = DataLoader(
+            train_set, sampler=sampler, generator=torch.Generator().manual_seed(config.seed), **common
         )
         valid_set = ImageDataset(valid_samples, eval_transform(preprocessing), min_size=preprocessing.resize_size)
-        self.valid_loader = (
+        valid_loader = (
             DataLoader(valid_set, shuffle=False, generator=torch.Generator().manual_seed(config.seed), **common)
             if len(valid_set)
             else None
         )
-        self.loss_fn = torch.nn.CrossEntropyLoss()
-        self.optimizer = make_optimizer(model, config)
-        self.state = TrainState(
-            model=self.model,
-            optimizer=self.optimizer,
-            loss_fn=self.loss_fn,
-            config=config,
-            num_batches=len(self.train_loader),
-            num_eval_batches=len(self.valid_loader) if self.valid_loader else 0,
-        )
+        return TrainBatches(train=train_loader, valid=valid_loader, sampler=sampler)
 
     def resume(self) -> int:
         """Loads the checkpoint at ``checkpoint_path``; returns the last finished epoch.
@@ -108,17 +175,7 @@ class Trainer:
         if self.checkpoint_path is None:
             raise ModelDirError("This trainer has no checkpoint path to resume from.")
         payload = load_checkpoint(self.checkpoint_path)
-        saved = payload.get("fingerprint", {})
-        different = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
-        if different:
-            details = "; ".join(
-                f"{k}: checkpoint {saved.get(k)!r} vs now {self.fingerprint.get(k)!r}" for k in different
-            )
-            raise ModelDirError(
-                f"The checkpoint {str(self.checkpoint_path)!r} is from a different run ({details}). Resume with the "
-                "same data, backbone, weights, head and hyperparameters (only --epochs may grow), or start a new run "
-                "in another --out folder."
-            )
+        check_fingerprint(payload, self.fingerprint, self.checkpoint_path)
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         restore_rng(payload)
@@ -169,7 +226,7 @@ class Trainer:
         for images, labels in self.train_loader:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
-            logits = self.model(images)
+            logits = self.forward(images)
             loss = self.loss_fn(logits, labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -195,7 +252,7 @@ class Trainer:
             for images, labels in self.valid_loader:
                 images = images.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
-                logits = self.model(images)
+                logits = self.forward(images)
                 loss = float(self.loss_fn(logits, labels))
                 total_loss += loss * len(labels)
                 correct += int((logits.argmax(1) == labels).sum())

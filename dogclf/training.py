@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,13 +16,17 @@ from dogclf.artifact import CONFIG_NAME, WEIGHTS_NAME, save_model
 from dogclf.backbones.registry import get_backbone
 from dogclf.backbones.spec import BackboneSpec
 from dogclf.backbones.weights import weights_label
+from dogclf.calibration import Calibration, calibrate, collect_logits
 from dogclf.callbacks import Callback, EpochLogLine, ProgressBars
-from dogclf.checkpoint import CHECKPOINT_NAME
+from dogclf.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from dogclf.data.folder import DataSplits, load_splits
 from dogclf.errors import ModelDirError
-from dogclf.model import HeadConfig, build_model
+from dogclf.model import DogClassifierNet, HeadConfig, build_model
 from dogclf.train_config import TrainConfig
-from dogclf.trainer import Trainer
+from dogclf.trainer import Trainer, check_fingerprint
+
+if TYPE_CHECKING:
+    from dogclf.features.pipeline import FeatureSet
 
 __all__ = ["TrainResult", "train"]
 
@@ -58,6 +62,70 @@ def _describe_skipped(splits: DataSplits, log: Callable[[str], None]) -> None:
         log(f"  ... and {len(splits.skipped) - 50} more")
 
 
+def _calibrate(
+    model: torch.nn.Module,
+    splits: DataSplits,
+    spec: BackboneSpec,
+    config: TrainConfig,
+    device: torch.device,
+    log: Callable[[str], None],
+    valid_features: FeatureSet | None = None,
+) -> Calibration:
+    """Fits the temperature and unknown threshold on the valid split (identity when there is none).
+
+    With ``valid_features`` (the feature path) the valid logits come from the head alone, not the images.
+    """
+    if not splits.valid:
+        calibration = Calibration()
+    elif valid_features is not None:
+        from dogclf.features.head_training import head_logits
+
+        head = model.get_submodule("head")
+        calibration = calibrate(head_logits(head, valid_features.features), valid_features.labels)
+    else:
+        logits, labels = collect_logits(
+            model,
+            splits.valid,
+            spec.preprocessing,
+            batch_size=config.batch_size,
+            num_workers=config.workers(),
+            device=device,
+        )
+        calibration = calibrate(logits, labels)
+    log(calibration.summary())
+    return calibration
+
+
+def _feature_mode(*, freeze: bool, augment: bool, cache: bool) -> str:
+    """How training sees images: ``"cached"``/``"in-memory"`` features (extracted once) or ``"images"``."""
+    if not freeze or augment:
+        return "images"  # the backbone learns, or inputs differ every epoch: through the backbone every epoch
+    return "cached" if cache else "in-memory"
+
+
+def _restore_checkpoint_weights(model: torch.nn.Module, checkpoint: Path, fingerprint: dict[str, Any]) -> None:
+    """Loads a resumed run's weights before extraction, so features come from the checkpoint's backbone."""
+    payload = load_checkpoint(checkpoint)
+    check_fingerprint(payload, fingerprint, checkpoint)
+    model.load_state_dict(payload["model"])
+
+
+def _feature_metrics(model: DogClassifierNet, features: FeatureSet) -> dict[str, Any]:
+    """Test metrics (``top1``, ``top5``, ``n``, ``loss``) from the head on precomputed features."""
+    from dogclf.features.head_training import head_logits
+
+    logits = head_logits(model.head, features.features)
+    labels = features.labels
+    best = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    n = len(labels)
+    return {
+        "top1": float((best[:, 0] == labels).float().mean()),
+        "top5": float((best == labels[:, None]).any(dim=1).float().mean()),
+        "n": n,
+        "loss": float(torch.nn.functional.cross_entropy(logits, labels)),
+    }
+
+
 def _check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     if resume or overwrite:
         return
@@ -86,6 +154,11 @@ def train(
     callbacks: Sequence[Callback] = (),
     progress: bool | None = None,
     log: Callable[[str], None] = _print,
+    cache: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    precision: str = "auto",
+    extract_batch_size: int = 64,
+    environ: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Trains a classifier on a data folder and saves it as a model directory.
 
@@ -106,6 +179,14 @@ def train(
         callbacks: Extra training callbacks (e.g. debugger hooks).
         progress: Progress bars; ``None`` shows them when stderr is a terminal.
         log: Where human-readable messages go.
+        cache: With a frozen backbone and no augmentation, features are extracted once per image and the head
+            trains on them; ``cache`` keeps them in the on-disk feature cache for later runs (``False``: in memory
+            only). With ``freeze=False`` or ``config.augment`` images go through the backbone every epoch.
+        cache_dir: The feature-cache folder; default ``$DOGCLF_FEATURE_CACHE``, else
+            ``$XDG_CACHE_HOME/dogclf/features``, else ``~/.cache/dogclf/features``.
+        precision: Feature-extraction precision: ``"auto"``, ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+        extract_batch_size: Images per batch during feature extraction.
+        environ: The environment (for the default cache folder); ``os.environ`` when ``None``.
 
     Returns:
         The result, with the model directory path.
@@ -155,16 +236,55 @@ def train(
     all_callbacks: list[Callback] = [EpochLogLine()]
     if show_bars:
         all_callbacks.insert(0, ProgressBars())
-    trainer = Trainer(
-        model,
-        train_samples=splits.train,
-        valid_samples=splits.valid,
-        preprocessing=spec.preprocessing,
-        config=config,
-        checkpoint_path=checkpoint,
-        callbacks=[*all_callbacks, *callbacks],
-        fingerprint=fingerprint,
-    )
+    mode = _feature_mode(freeze=freeze, augment=config.augment, cache=cache)
+    feature_sets: dict[str, FeatureSet] | None = None
+    used_precision: str | None = None
+    if mode == "images":
+        trainer = Trainer(
+            model,
+            train_samples=splits.train,
+            valid_samples=splits.valid,
+            preprocessing=spec.preprocessing,
+            config=config,
+            checkpoint_path=checkpoint,
+            callbacks=[*all_callbacks, *callbacks],
+            fingerprint=fingerprint,
+        )
+    else:
+        from dogclf.features.cache import default_cache_dir
+        from dogclf.features.extract import ExtractOptions
+        from dogclf.features.head_training import make_head_trainer
+        from dogclf.features.pipeline import effective_precision, prepare_features
+
+        if resuming:
+            _restore_checkpoint_weights(model, checkpoint, fingerprint)
+        options = ExtractOptions(
+            batch_size=extract_batch_size, num_workers=config.num_workers, precision=precision, device=config.device
+        )
+        used_precision = effective_precision(options)
+        folder = None
+        if mode == "cached":
+            env = os.environ if environ is None else environ
+            folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(env)
+        feature_sets = prepare_features(
+            splits,
+            spec,
+            model.backbone,
+            weights_label=recorded_weights,
+            cache_dir=folder,
+            options=options,
+            log=log,
+            progress=show_bars,
+        )
+        trainer = make_head_trainer(
+            model,
+            feature_sets["train"],
+            feature_sets["valid"],
+            config,
+            callbacks=[*all_callbacks, *callbacks],
+            checkpoint_path=checkpoint,
+            fingerprint=fingerprint,
+        )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if resuming:
         done = trainer.resume()
@@ -172,11 +292,24 @@ def train(
     log(
         f"Training {spec.name} ({'frozen backbone' if freeze else 'whole network'}, {trainable:,} trainable "
         f"parameters) for {config.epochs} epochs on {trainer.device}: batch {config.batch_size}, Adam lr {config.lr:g}"
+        + ("" if mode == "images" else f", on {mode} features")
     )
     history = trainer.fit()
+    calibration = _calibrate(
+        model,
+        splits,
+        spec,
+        config,
+        trainer.device,
+        log,
+        valid_features=feature_sets["valid"] if feature_sets is not None else None,
+    )
 
     test_metrics = None
-    if splits.test:
+    if splits.test and feature_sets is not None:
+        test_metrics = _feature_metrics(model, feature_sets["test"])
+        log(f"test_top1={test_metrics['top1']:.4f} test_top5={test_metrics['top5']:.4f} n={test_metrics['n']}")
+    elif splits.test:
         from dogclf.classifier import Classifier
         from dogclf.evaluation import evaluate
 
@@ -193,6 +326,7 @@ def train(
         classes=splits.classes,
         head=head.to_dict(),
         metrics={"final": final, "history": history, "test": test_metrics},
+        calibration=calibration.to_dict(),
         training={
             **config.to_dict(),
             "weights": recorded_weights,
@@ -204,6 +338,8 @@ def train(
             "n_valid": len(splits.valid),
             "n_test": len(splits.test),
             "skipped_files": len(splits.skipped),
+            "features": mode,
+            "precision": used_precision,
         },
     )
     log(f"Saved model to {out}")

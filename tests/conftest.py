@@ -59,6 +59,14 @@ def _tiny_namespace() -> dict[str, object]:
     return namespace
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _feature_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Points dogclf's default feature cache (and that of CLI subprocesses) into pytest's temp folder, not ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DOGCLF_FEATURE_CACHE", str(tmp_path_factory.getbasetemp() / "feature-cache"))
+        yield
+
+
 @pytest.fixture
 def tiny_spec() -> Iterator[dogclf.BackboneSpec]:
     """A tiny backbone registered in the default registry as ``tinynet`` for the test's duration."""

@@ -38,6 +38,7 @@ __all__ = [
     "Limits",
     "RequestError",
     "check_accept",
+    "check_content_type",
     "decode_request",
     "encode_error",
     "encode_results",
@@ -102,6 +103,19 @@ def media_type(header: str | None) -> str:
     return (header or "").split(";", 1)[0].strip().lower()
 
 
+def check_content_type(content_type: str | None) -> str:
+    """The bare media type of a request's Content-Type, if it is one of :data:`ACCEPTED_CONTENT_TYPES`.
+
+    Raises:
+        RequestError: 415, listing the accepted types.
+    """
+    kind = media_type(content_type)
+    if kind not in ACCEPTED_CONTENT_TYPES:
+        shown = repr(content_type) if content_type else "no Content-Type"
+        raise RequestError(415, f"Unsupported content type {shown}; send one of: {', '.join(ACCEPTED_CONTENT_TYPES)}.")
+    return kind
+
+
 def check_accept(accept: str | None) -> str:
     """Picks the response type for an ``Accept`` header: always JSON, or 406 if JSON is not acceptable.
 
@@ -153,10 +167,7 @@ def decode_request(body: bytes | str | None, content_type: str | None, *, limits
     Raises:
         RequestError: 400 empty or malformed body, 413 too large, 415 unsupported content type.
     """
-    kind = media_type(content_type)
-    if kind not in ACCEPTED_CONTENT_TYPES:
-        shown = repr(content_type) if content_type else "no Content-Type"
-        raise RequestError(415, f"Unsupported content type {shown}; send one of: {', '.join(ACCEPTED_CONTENT_TYPES)}.")
+    kind = check_content_type(content_type)
     raw = body.encode("utf-8") if isinstance(body, str) else bytes(body or b"")
     if not raw:
         raise RequestError(400, "Empty request body: send the bytes of a JPEG or PNG image, or a JSON batch.")

@@ -1,0 +1,320 @@
+"""Temperature scaling, calibration error and the "unknown dog" threshold, fitted on the validation split.
+
+:func:`calibrate` is the single entry point: give it validation logits and labels (from :func:`collect_logits`, or
+precomputed ones) and it returns a :class:`Calibration` whose ``to_dict()`` goes into ``config.json`` under
+``"calibration"``. :class:`dogclf.classifier.Classifier` reads it back: scores become ``softmax(logits / T)``, and an
+image whose top score is under ``unknown_threshold`` is flagged ``unknown``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from dogclf.backbones.spec import Preprocessing
+from dogclf.data.folder import Sample
+
+__all__ = [
+    "DEFAULT_KEEP",
+    "MAX_TEMPERATURE",
+    "MIN_TEMPERATURE",
+    "Calibration",
+    "calibrate",
+    "collect_logits",
+    "ece_from_confidences",
+    "expected_calibration_error",
+    "fit_temperature",
+    "unknown_threshold",
+]
+
+DEFAULT_KEEP = 0.95
+MIN_TEMPERATURE = 0.05
+MAX_TEMPERATURE = 20.0
+
+
+def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = torch.as_tensor(logits)
+    labels = torch.as_tensor(labels).long().reshape(-1)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape (N, classes), got {tuple(logits.shape)}")
+    if logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"{logits.shape[0]} rows of logits but {labels.shape[0]} labels; give one label per row")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
+        raise ValueError(f"labels must lie in [0, {logits.shape[1] - 1}], got {int(labels.min())}..{int(labels.max())}")
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("logits contain NaN or infinite values; check the model's outputs before calibrating")
+    return logits, labels
+
+
+def _nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
+    return float(torch.nn.functional.cross_entropy(logits.double() / temperature, labels))
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature ``T`` that minimises the mean NLL of ``softmax(logits / T)``.
+
+    LBFGS on ``log T`` (so ``T`` stays positive), then clamped to
+    [:data:`MIN_TEMPERATURE`, :data:`MAX_TEMPERATURE`]. With nothing to learn from (no rows, fewer than two
+    classes, or fewer than two distinct labels, where the NLL keeps falling as ``T`` goes to 0) it returns 1.0, and
+    it never returns a temperature that fits worse than 1.0.
+
+    Args:
+        logits: ``(N, C)`` raw scores.
+        labels: ``(N,)`` true class indices.
+
+    Returns:
+        The temperature (1.0: leave scores as they are).
+
+    Raises:
+        ValueError: Shapes that do not match, labels out of range, or non-finite logits.
+    """
+    logits, labels = _check_logits(logits, labels)
+    if labels.numel() == 0 or logits.shape[1] < 2 or labels.unique().numel() < 2:
+        return 1.0
+    z = logits.detach().double().cpu()
+    y = labels.cpu()
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    temperature = float(log_t.detach().exp())
+    if not math.isfinite(temperature):
+        return 1.0
+    temperature = min(max(temperature, MIN_TEMPERATURE), MAX_TEMPERATURE)
+    return temperature if _nll(z, y, temperature) < _nll(z, y, 1.0) else 1.0
+
+
+def ece_from_confidences(confidences: torch.Tensor, correct: torch.Tensor, *, n_bins: int = 15) -> float:
+    """Expected calibration error from each image's top score and whether its top class was right.
+
+    Scores are put in ``n_bins`` equal-width bins ``(i/n, (i+1)/n]``; the ECE is the image-weighted mean over bins
+    of ``|accuracy - mean confidence|``. It needs only one score and one flag per image, so large evaluations can
+    accumulate them batch by batch.
+
+    Args:
+        confidences: ``(N,)`` top probabilities in [0, 1].
+        correct: ``(N,)`` booleans (or 0/1).
+        n_bins: Number of bins (>= 1).
+
+    Returns:
+        The ECE in [0, 1].
+
+    Raises:
+        ValueError: No images, mismatched lengths, or ``n_bins < 1``.
+    """
+    if not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be an int >= 1, got {n_bins!r}")
+    conf = torch.as_tensor(confidences).double().reshape(-1)
+    hit = torch.as_tensor(correct).double().reshape(-1)
+    if conf.numel() != hit.numel():
+        raise ValueError(f"{conf.numel()} confidences but {hit.numel()} correctness flags; give one of each per image")
+    if conf.numel() == 0:
+        raise ValueError("the expected calibration error needs at least one image")
+    edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64)
+    bins = torch.bucketize(conf.clamp(0.0, 1.0), edges[1:-1], right=False)  # bin i holds (edges[i], edges[i+1]]
+    counts = torch.bincount(bins, minlength=n_bins).double()
+    conf_sums = torch.bincount(bins, weights=conf, minlength=n_bins)
+    hit_sums = torch.bincount(bins, weights=hit, minlength=n_bins)
+    return float((conf_sums - hit_sums).abs().sum() / counts.sum())
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """Expected calibration error of class probabilities (top-label ECE, equal-width bins).
+
+    Args:
+        probs: ``(N, C)`` probabilities.
+        labels: ``(N,)`` true class indices.
+        n_bins: Number of confidence bins.
+
+    Returns:
+        The ECE in [0, 1]: 0 when, in every bin, the mean top score equals the accuracy.
+    """
+    probs = torch.as_tensor(probs)
+    labels = torch.as_tensor(labels).long().reshape(-1)
+    if probs.dim() != 2 or probs.shape[0] != labels.shape[0]:
+        raise ValueError(f"probs must be (N, classes) with N = {labels.shape[0]} labels, got {tuple(probs.shape)}")
+    confidences, predicted = probs.max(dim=1)
+    return ece_from_confidences(confidences, predicted == labels, n_bins=n_bins)
+
+
+def unknown_threshold(top_scores: torch.Tensor | Sequence[float], keep: float = DEFAULT_KEEP) -> float:
+    """The top-score threshold that keeps at least ``keep`` of the given (validation) images as known.
+
+    An image is unknown when its top score is ``< threshold``; the threshold is the ``ceil(keep * N)``-th highest
+    score, so at least that many images score ``>= threshold`` (more with ties).
+
+    Args:
+        top_scores: ``(N,)`` the top calibrated probability of each image.
+        keep: Fraction of images to keep as known, in (0, 1].
+
+    Returns:
+        The threshold.
+
+    Raises:
+        ValueError: ``keep`` outside (0, 1], or no scores.
+    """
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep must be a fraction in (0, 1], got {keep!r}")
+    scores = torch.as_tensor(top_scores, dtype=torch.float32).reshape(-1)
+    if scores.numel() == 0:
+        raise ValueError("an unknown threshold needs at least one validation image")
+    k = max(1, math.ceil(keep * scores.numel() - 1e-9))
+    return float(scores.sort(descending=True).values[k - 1])
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What :func:`calibrate` fitted, as stored in ``config.json`` under ``"calibration"``.
+
+    Attributes:
+        temperature: Scores are ``softmax(logits / temperature)``; 1.0 leaves them unchanged.
+        unknown_threshold: Top scores under it mark an image unknown; ``None``: never unknown.
+        keep: The fraction of validation images the threshold keeps as known.
+        ece_before: Validation ECE at temperature 1 (``None`` when not calibrated).
+        ece_after: Validation ECE at ``temperature``.
+        nll_before: Validation mean NLL at temperature 1.
+        nll_after: Validation mean NLL at ``temperature``.
+        n: Validation images used (0: not calibrated).
+    """
+
+    temperature: float = 1.0
+    unknown_threshold: float | None = None
+    keep: float = DEFAULT_KEEP
+    ece_before: float | None = None
+    ece_after: float | None = None
+    nll_before: float | None = None
+    nll_after: float | None = None
+    n: int = 0
+
+    @property
+    def fitted(self) -> bool:
+        """Whether it was fitted on some images (False for the identity of a run without validation data)."""
+        return self.n > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Calibration:
+        """Reads :meth:`to_dict` output; missing keys (older models) take the defaults (temperature 1.0)."""
+        data = dict(data or {})
+        temperature = float(data.get("temperature", 1.0))
+        if not math.isfinite(temperature) or temperature <= 0:
+            raise ValueError(f"calibration temperature must be a finite number > 0, got {temperature!r}")
+
+        def optional(key: str) -> float | None:
+            value = data.get(key)
+            return None if value is None else float(value)
+
+        return cls(
+            temperature=temperature,
+            unknown_threshold=optional("unknown_threshold"),
+            keep=float(data.get("keep", DEFAULT_KEEP)),
+            ece_before=optional("ece_before"),
+            ece_after=optional("ece_after"),
+            nll_before=optional("nll_before"),
+            nll_after=optional("nll_after"),
+            n=int(data.get("n", 0)),
+        )
+
+    def summary(self) -> str:
+        """One log line, e.g. ``calibration: temperature=1.38 ece 0.081 -> 0.023; unknown threshold 0.412 ...``."""
+        if not self.fitted:
+            return "calibration: skipped (no validation images); temperature 1.0, no unknown threshold"
+        line = f"calibration: temperature={self.temperature:.2f} ece {self.ece_before:.3f} -> {self.ece_after:.3f}"
+        if self.unknown_threshold is not None:
+            line += f"; unknown threshold {self.unknown_threshold:.3f} keeps {self.keep:.0%} of valid (n={self.n})"
+        return line
+
+
+def calibrate(
+    logits: torch.Tensor, labels: torch.Tensor, keep: float = DEFAULT_KEEP, *, n_bins: int = 15
+) -> Calibration:
+    """Fits the temperature and the unknown threshold on validation logits.
+
+    Args:
+        logits: ``(N, C)`` raw validation scores of the trained model.
+        labels: ``(N,)`` true class indices.
+        keep: Fraction of validation images the unknown threshold keeps as known.
+        n_bins: Bins of the reported ECE.
+
+    Returns:
+        The calibration; with no images, the identity (temperature 1.0, no threshold, ``n == 0``).
+    """
+    logits, labels = _check_logits(logits, labels)
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep must be a fraction in (0, 1], got {keep!r}")
+    if labels.numel() == 0:
+        return Calibration(keep=keep)
+    logits = logits.detach().float().cpu()
+    labels = labels.cpu()
+    temperature = fit_temperature(logits, labels)
+    # float32, as Classifier.probabilities computes it, so served scores compare with the threshold as fitted.
+    before = torch.softmax(logits, dim=1)
+    after = torch.softmax(logits / temperature, dim=1)
+    return Calibration(
+        temperature=temperature,
+        unknown_threshold=unknown_threshold(after.max(dim=1).values, keep),
+        keep=keep,
+        ece_before=expected_calibration_error(before, labels, n_bins),
+        ece_after=expected_calibration_error(after, labels, n_bins),
+        nll_before=_nll(logits, labels, 1.0),
+        nll_after=_nll(logits, labels, temperature),
+        n=int(labels.numel()),
+    )
+
+
+def collect_logits(
+    model: torch.nn.Module,
+    samples: Sequence[Sample],
+    preprocessing: Preprocessing,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs a model over labelled images with the evaluation transform.
+
+    Args:
+        model: The network (put in eval mode for the pass, then back in its previous mode).
+        samples: Labelled image files.
+        preprocessing: The backbone's input contract.
+        batch_size: Images per forward pass.
+        num_workers: DataLoader worker processes.
+        device: Where the model runs.
+
+    Returns:
+        ``(logits, labels)``: a float32 ``(N, C)`` tensor and a long ``(N,)`` tensor, on the CPU.
+    """
+    from torch.utils.data import DataLoader
+
+    from dogclf.data.dataset import ImageDataset
+    from dogclf.data.transforms import eval_transform
+
+    dataset = ImageDataset(samples, eval_transform(preprocessing), min_size=preprocessing.resize_size)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    was_training = model.training
+    model.eval()
+    outputs: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    try:
+        with torch.inference_mode():
+            for images, labels in loader:
+                outputs.append(model(images.to(device)).float().cpu())
+                targets.append(labels.long())
+    finally:
+        model.train(was_training)
+    if not outputs:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(outputs), torch.cat(targets)

@@ -1,0 +1,511 @@
+"""The feature cache, and training the head on cached features: hits, invalidation, faults, equality with images."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+import dogclf
+from dogclf.cli import main
+from dogclf.data.folder import load_splits
+from dogclf.features import cache as cache_module
+from dogclf.features.cache import (
+    FeatureCache,
+    backbone_digest,
+    default_cache_dir,
+    image_key,
+    make_backbone_key,
+)
+from dogclf.features.extract import ExtractOptions
+from dogclf.features.head_training import fit_head, head_logits
+from dogclf.features.pipeline import FeatureSet, prepare_features
+from dogclf.model import build_model
+from dogclf.trainer import Trainer
+
+SUMMARY = re.compile(r"features: (\d+) cached, (\d+) extracted")
+FP32 = ExtractOptions(batch_size=8, num_workers=0, precision="fp32", device="cpu")
+
+
+class Counted:
+    """Counts the images that go through a backbone (a forward hook: the real backbone still runs)."""
+
+    def __init__(self, module: torch.nn.Module, *, stop_after_batches: int | None = None) -> None:
+        self.images = 0
+        self.batches = 0
+        self.stop_after_batches = stop_after_batches
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        self.batches += 1
+        self.images += len(inputs[0])
+        if self.stop_after_batches is not None and self.batches >= self.stop_after_batches:
+            raise KeyboardInterrupt
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def _backbone(spec: dogclf.BackboneSpec, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(spec, 3, weights=None).backbone
+
+
+def _prepare(
+    data: Path,
+    spec: dogclf.BackboneSpec,
+    backbone: torch.nn.Module,
+    cache_dir: Path | None,
+    *,
+    options: ExtractOptions = FP32,
+) -> tuple[dict[str, FeatureSet], list[str]]:
+    messages: list[str] = []
+    splits = load_splits(data)
+    sets = prepare_features(
+        splits,
+        spec,
+        backbone,
+        weights_label="none",
+        cache_dir=cache_dir,
+        options=options,
+        log=messages.append,
+        progress=False,
+    )
+    return sets, messages
+
+
+def _counts(messages: list[str]) -> tuple[int, int]:
+    found = [SUMMARY.search(m) for m in messages]
+    hits = [m for m in found if m]
+    assert len(hits) == 1, messages
+    return int(hits[0].group(1)), int(hits[0].group(2))
+
+
+def _shards(root: Path) -> list[Path]:
+    return sorted(root.glob("*/shard-*.safetensors"))
+
+
+def _all_features(sets: dict[str, FeatureSet]) -> torch.Tensor:
+    return torch.cat([sets[name].features for name in ("train", "valid", "test")])
+
+
+@pytest.fixture
+def counted_backbone(tiny_spec: dogclf.BackboneSpec) -> Iterator[tuple[torch.nn.Module, Counted]]:
+    backbone = _backbone(tiny_spec)
+    counter = Counted(backbone)
+    yield backbone, counter
+    counter.close()
+
+
+# --- hits and invalidation -------------------------------------------------------------------------------------------
+
+
+def test_second_run_reads_every_feature_from_the_cache(
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, counted_backbone: tuple[torch.nn.Module, Counted]
+) -> None:
+    backbone, counter = counted_backbone
+    first, messages = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    assert _counts(messages) == (0, 42)
+    assert counter.images == 42
+    assert [len(first[s]) for s in ("train", "valid", "test")] == [24, 9, 9]
+    assert first["train"].features.shape == (24, 16)
+    assert first["train"].features.dtype == torch.float32
+    assert first["train"].labels.dtype == torch.int64
+
+    second, messages = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    assert _counts(messages) == (42, 0)
+    assert counter.images == 42, "nothing may go through the backbone on a full cache hit"
+    torch.testing.assert_close(_all_features(second), _all_features(first), rtol=0, atol=0)
+    for name in ("train", "valid", "test"):
+        assert torch.equal(second[name].labels, first[name].labels)
+    namespace = json.loads(next((tmp_path / "cache").glob("*/namespace.json")).read_text())
+    assert namespace["key"]["backbone"] == "tinynet"
+    assert namespace["key"]["precision"] == "fp32"
+
+
+def test_cached_features_equal_a_fresh_extraction_without_cache(
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, counted_backbone: tuple[torch.nn.Module, Counted]
+) -> None:
+    backbone, _ = counted_backbone
+    _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    cached, _ = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    fresh, messages = _prepare(tiny_tree, tiny_spec, backbone, None)
+    assert _counts(messages) == (0, 42)
+    torch.testing.assert_close(_all_features(cached), _all_features(fresh))
+    assert not list((tmp_path / "cache").glob("*/.tmp-*"))
+
+
+def test_a_changed_or_added_image_is_extracted_again_and_nothing_else(
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, counted_backbone: tuple[torch.nn.Module, Counted]
+) -> None:
+    backbone, counter = counted_backbone
+    before, _ = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    changed = sorted((tiny_tree / "train").rglob("*.jpg"))[0]
+    Image.new("RGB", (40, 40), (250, 10, 10)).save(changed, quality=95)
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    counter.images = 0
+
+    after, messages = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    assert _counts(messages) == (41, 1)
+    assert counter.images == 1
+    index = [s.path for s in load_splits(tiny_tree).train].index(changed)
+    assert not torch.allclose(after["train"].features[index], before["train"].features[index])
+
+    added = changed.with_name("added_00001.jpg")
+    Image.new("RGB", (40, 40), (10, 250, 10)).save(added)
+    counter.images = 0
+    grown, messages = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    assert _counts(messages) == (42, 1)
+    assert counter.images == 1
+    assert len(grown["train"]) == 25
+
+
+# --- namespaces ------------------------------------------------------------------------------------------------------
+
+
+def test_namespace_changes_with_weights_precision_and_preprocessing(tiny_spec: dogclf.BackboneSpec) -> None:
+    pre = tiny_spec.preprocessing
+    digest = backbone_digest(_backbone(tiny_spec, seed=0))
+    assert backbone_digest(_backbone(tiny_spec, seed=0)) == digest, "the digest must be deterministic"
+    other_weights = backbone_digest(_backbone(tiny_spec, seed=1))
+    assert other_weights != digest
+    base = make_backbone_key(backbone="tinynet", digest=digest, preprocessing=pre, precision="fp32")
+    variants = [
+        make_backbone_key(backbone="tinynet", digest=other_weights, preprocessing=pre, precision="fp32"),
+        make_backbone_key(backbone="tinynet", digest=digest, preprocessing=pre, precision="bf16"),
+        make_backbone_key(
+            backbone="tinynet",
+            digest=digest,
+            preprocessing=dogclf.Preprocessing(input_size=32, resize_size=40, mean=pre.mean, std=pre.std),
+            precision="fp32",
+        ),
+        make_backbone_key(backbone="tinynet2", digest=digest, preprocessing=pre, precision="fp32"),
+    ]
+    assert len({base, *variants}) == 5
+    with pytest.raises(ValueError, match="not 'auto'"):
+        make_backbone_key(backbone="tinynet", digest=digest, preprocessing=pre, precision="auto")
+
+
+def test_other_weights_or_precision_do_not_reuse_features(
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path
+) -> None:
+    cache = tmp_path / "cache"
+    _, messages = _prepare(tiny_tree, tiny_spec, _backbone(tiny_spec, seed=0), cache)
+    assert _counts(messages) == (0, 42)
+    _, messages = _prepare(tiny_tree, tiny_spec, _backbone(tiny_spec, seed=1), cache)
+    assert _counts(messages) == (0, 42)
+    bf16 = ExtractOptions(batch_size=8, num_workers=0, precision="bf16", device="cpu")
+    _, messages = _prepare(tiny_tree, tiny_spec, _backbone(tiny_spec, seed=0), cache, options=bf16)
+    assert _counts(messages) == (0, 42)
+    assert len(list(cache.glob("*/namespace.json"))) == 3
+
+
+def test_default_cache_dir_reads_the_given_environment() -> None:
+    assert default_cache_dir({"DOGCLF_FEATURE_CACHE": "/x/feats", "XDG_CACHE_HOME": "/y"}) == Path("/x/feats")
+    assert default_cache_dir({"XDG_CACHE_HOME": "/y", "HOME": "/h"}) == Path("/y/dogclf/features")
+    assert default_cache_dir({"HOME": "/h"}) == Path("/h/.cache/dogclf/features")
+
+
+# --- interruptions and faults ----------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_during_extraction_keeps_finished_batches(
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path
+) -> None:
+    backbone = _backbone(tiny_spec)
+    counter = Counted(backbone, stop_after_batches=3)  # the 3rd batch of 8 is interrupted
+    with pytest.raises(KeyboardInterrupt):
+        _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    counter.close()
+    assert not list((tmp_path / "cache").glob("*/.tmp-*"))
+    _, messages = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    assert _counts(messages) == (16, 26)
+
+
+def test_a_half_written_temporary_shard_is_never_read(
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, counted_backbone: tuple[torch.nn.Module, Counted]
+) -> None:
+    backbone, _ = counted_backbone
+    first, _ = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    shard = _shards(tmp_path / "cache")[0]
+    # What a run killed in the middle of writing leaves: the start of a shard under a temporary name.
+    (shard.parent / f".tmp-{shard.name}").write_bytes(shard.read_bytes()[:100])
+    second, messages = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    assert _counts(messages) == (42, 0)
+    assert not any("warning" in m for m in messages), messages
+    torch.testing.assert_close(_all_features(second), _all_features(first), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_corrupt_shard_is_reported_removed_and_recomputed(
+    tmp_path: Path,
+    tiny_spec: dogclf.BackboneSpec,
+    tiny_tree: Path,
+    counted_backbone: tuple[torch.nn.Module, Counted],
+    damage: str,
+) -> None:
+    backbone, counter = counted_backbone
+    first, _ = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    shards = _shards(tmp_path / "cache")
+    assert len(shards) == 1
+    data = bytearray(shards[0].read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[-5] ^= 0xFF  # a bit flip inside the feature matrix: only the checksum can tell
+    shards[0].write_bytes(bytes(data))
+    counter.images = 0
+
+    second, messages = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    warnings = [m for m in messages if "warning" in m]
+    assert len(warnings) == 1
+    assert str(shards[0]) in warnings[0]
+    assert "extracting its images again" in warnings[0]
+    assert _counts(messages) == (0, 42)
+    assert counter.images == 42
+    torch.testing.assert_close(_all_features(second), _all_features(first))
+    _, messages = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    assert _counts(messages) == (42, 0), "the recomputed features are stored again"
+
+
+def test_an_unwritable_cache_folder_warns_once_and_training_goes_on(
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    messages: list[str] = []
+    result = dogclf.train(
+        tiny_tree,
+        "tinynet",
+        tmp_path / "model",
+        config=dogclf.TrainConfig(epochs=1, batch_size=8, num_workers=0, device="cpu"),
+        weights=None,
+        progress=False,
+        log=messages.append,
+        cache_dir=blocker / "cache",
+        precision="fp32",
+    )
+    warnings = [m for m in messages if "cannot be written" in m]
+    assert len(warnings) == 1, messages
+    assert str(blocker / "cache") in warnings[0]
+    assert "--cache-dir" in warnings[0]
+    assert _counts(messages) == (0, 42)
+    assert len(result.history) == 1
+    assert (result.model_dir / "model.safetensors").is_file()
+
+
+def test_a_full_disk_stops_caching_with_one_clear_message(
+    tmp_path: Path,
+    tiny_spec: dogclf.BackboneSpec,
+    tiny_tree: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import safetensors.torch
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)  # fault injection: the write is what fails
+    backbone = _backbone(tiny_spec)
+    sets, messages = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    warnings = [m for m in messages if "cannot be written" in m]
+    assert len(warnings) == 1
+    assert "disk is full" in warnings[0]
+    assert len(sets["train"]) == 24
+    assert not _shards(tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*/.tmp-*"))
+
+
+def test_cache_writes_a_shard_per_chunk_and_unique_names(tmp_path: Path) -> None:
+    images = []
+    for i in range(5):
+        path = tmp_path / f"img{i}.jpg"
+        path.write_bytes(bytes([i]) * (i + 1))
+        images.append(path)
+    keys = [image_key(p) for p in images]
+    writer = FeatureCache(tmp_path / "cache", backbone_key="k", label="tiny", chunk_size=2, log=print)
+    writer.add(keys[:1], torch.zeros(1, 4))
+    assert not _shards(tmp_path / "cache"), "below a chunk nothing is written yet"
+    writer.add(keys[1:3], torch.ones(2, 4))
+    assert len(_shards(tmp_path / "cache")) == 2  # 3 rows in chunks of 2
+    other = FeatureCache(tmp_path / "cache", backbone_key="k", label="tiny", chunk_size=2, log=print)
+    other.add(keys[3:], torch.full((2, 4), 2.0))  # a second writer on the same folder: new names, no clash
+    positions, features = FeatureCache(tmp_path / "cache", backbone_key="k", label="tiny", log=print).get_many(
+        [*keys, image_key(images[0])]
+    )
+    assert positions == [0, 1, 2, 3, 4, 5]
+    assert features is not None
+    assert features[:, 0].tolist() == [0.0, 1.0, 1.0, 2.0, 2.0, 0.0]
+    assert len(cache_module.FeatureCache(tmp_path / "cache", backbone_key="other", log=print)) == 0
+
+
+# --- training on features --------------------------------------------------------------------------------------------
+
+
+def _config(epochs: int = 2, **changes: Any) -> dogclf.TrainConfig:
+    return dogclf.TrainConfig(epochs=epochs, batch_size=8, num_workers=0, device="cpu", **changes)
+
+
+def _without_seconds(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in epoch.items() if k != "seconds"} for epoch in history]
+
+
+def _image_path_history(data: Path, spec: dogclf.BackboneSpec, config: dogclf.TrainConfig) -> list[dict[str, float]]:
+    """The frozen-backbone image path (every epoch through the backbone), seeded as train() seeds it."""
+    splits = load_splits(data, seed=config.seed)
+    torch.manual_seed(config.seed)
+    model = build_model(spec, len(splits.classes), weights=None)
+    trainer = Trainer(
+        model,
+        train_samples=splits.train,
+        valid_samples=splits.valid,
+        preprocessing=spec.preprocessing,
+        config=config,
+    )
+    return trainer.fit()
+
+
+def _assert_same_history(a: list[dict[str, float]], b: list[dict[str, float]]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(_without_seconds(a), _without_seconds(b), strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-5), (key, x, y)
+
+
+def test_cached_training_matches_the_image_path_and_saves_a_loadable_model(
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path
+) -> None:
+    config = _config(epochs=3, seed=3)
+    messages: list[str] = []
+    result = dogclf.train(
+        tiny_tree,
+        "tinynet",
+        tmp_path / "cached",
+        config=config,
+        weights=None,
+        progress=False,
+        log=messages.append,
+        cache_dir=tmp_path / "cache",
+        precision="fp32",
+    )
+    _assert_same_history(result.history, _image_path_history(tiny_tree, tiny_spec, config))
+
+    saved = json.loads((result.model_dir / "config.json").read_text())
+    assert saved["training"]["features"] == "cached"
+    assert saved["training"]["precision"] == "fp32"
+    # The model directory is the usual one: the loaded classifier runs images through backbone and head and
+    # reproduces the test metrics computed from cached features.
+    classifier = dogclf.load_model(result.model_dir)
+    report = dogclf.evaluate(classifier, result.splits.test)
+    assert result.test is not None
+    assert report.top1 == pytest.approx(result.test["top1"])
+    assert report.loss == pytest.approx(result.test["loss"], rel=1e-4)
+
+    # Again, from the cache: the same history, and no extraction.
+    again: list[str] = []
+    rerun = dogclf.train(
+        tiny_tree,
+        "tinynet",
+        tmp_path / "cached",
+        config=config,
+        weights=None,
+        progress=False,
+        log=again.append,
+        cache_dir=tmp_path / "cache",
+        precision="fp32",
+        overwrite=True,
+    )
+    assert _counts(again) == (42, 0)
+    _assert_same_history(rerun.history, result.history)
+
+
+def test_no_cache_and_augment_choose_their_paths(
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path
+) -> None:
+    cache = tmp_path / "cache"
+    common: dict[str, Any] = {"weights": None, "progress": False, "cache_dir": cache, "precision": "fp32"}
+    messages: list[str] = []
+    in_memory = dogclf.train(
+        tiny_tree, "tinynet", tmp_path / "m1", config=_config(1), log=messages.append, cache=False, **common
+    )
+    assert _counts(messages) == (0, 42)
+    assert not cache.exists(), "--no-cache writes nothing to the cache folder"
+    assert json.loads((in_memory.model_dir / "config.json").read_text())["training"]["features"] == "in-memory"
+
+    messages.clear()
+    augmented = dogclf.train(
+        tiny_tree, "tinynet", tmp_path / "m2", config=_config(1, augment=True), log=messages.append, **common
+    )
+    assert not [m for m in messages if SUMMARY.search(m)], "--augment trains through the backbone, no extraction"
+    assert not cache.exists()
+    assert json.loads((augmented.model_dir / "config.json").read_text())["training"]["features"] == "images"
+
+
+def test_fit_head_reports_each_epoch_and_can_be_stopped(tiny_spec: dogclf.BackboneSpec, tiny_tree: Path) -> None:
+    sets, _ = _prepare(tiny_tree, tiny_spec, _backbone(tiny_spec), None)
+    torch.manual_seed(0)
+    model = build_model(tiny_spec, 3, weights=None)
+    seen: list[dict[str, float]] = []
+
+    def report(metrics: dict[str, float]) -> None:
+        seen.append(metrics)
+        if metrics["epoch"] == 2:
+            raise RuntimeError("pruned")
+
+    with pytest.raises(RuntimeError, match="pruned"):
+        fit_head(model, sets["train"], sets["valid"], _config(5), on_epoch=report)
+    assert [m["epoch"] for m in seen] == [1.0, 2.0]
+    assert set(seen[0]) == {"epoch", "train_loss", "train_top1", "valid_loss", "valid_top1", "seconds"}
+
+    history = fit_head(model, sets["train"], None, _config(1))
+    assert history[0]["valid_top1"] != history[0]["valid_top1"]  # NaN without validation
+    assert head_logits(model.head, sets["test"].features).shape == (9, 3)
+
+
+def test_resume_after_ctrl_c_continues_from_checkpoint_and_cache(
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path
+) -> None:
+    class StopAfterFirstEpoch(dogclf.Callback):
+        def on_epoch_end(self, state: Any, metrics: Any) -> None:
+            if state.epoch == 1:
+                raise KeyboardInterrupt
+
+    common: dict[str, Any] = {
+        "weights": None,
+        "progress": False,
+        "cache_dir": tmp_path / "cache",
+        "precision": "fp32",
+        "config": _config(3),
+    }
+    full = dogclf.train(tiny_tree, "tinynet", tmp_path / "full", log=lambda _: None, **common)
+    with pytest.raises(KeyboardInterrupt):
+        dogclf.train(
+            tiny_tree, "tinynet", tmp_path / "cut", log=lambda _: None, callbacks=[StopAfterFirstEpoch()], **common
+        )
+    messages: list[str] = []
+    resumed = dogclf.train(tiny_tree, "tinynet", tmp_path / "cut", log=messages.append, resume=True, **common)
+    assert _counts(messages) == (42, 0)
+    _assert_same_history(resumed.history, full.history)
+
+
+def test_cli_flags_reach_training(tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path) -> None:
+    out = tmp_path / "model"
+    argv = ["train", "--data", str(tiny_tree), "--backbone", "tinynet", "--out", str(out), "--weights", "none"]
+    argv += ["--epochs", "1", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--no-progress"]
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--precision", "fp32", "--extract-batch-size", "16"]
+    assert main(argv) == 0
+    training = json.loads((out / "config.json").read_text())["training"]
+    assert training["features"] == "cached"
+    assert training["precision"] == "fp32"
+    assert _shards(tmp_path / "cache")
+    assert main([*argv, "--overwrite", "--no-cache"]) == 0
+    assert json.loads((out / "config.json").read_text())["training"]["features"] == "in-memory"
