@@ -69,7 +69,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "--precision",
         choices=["auto", "bf16", "fp16", "fp32"],
         default="auto",
-        help="feature-extraction precision (default auto: bf16 on a GPU that supports it, else fp32)",
+        help="feature-extraction precision (default auto: bf16 on CUDA and on CPUs with native bf16, else fp32)",
     )
     p.add_argument(
         "--extract-batch-size", type=int, default=64, help="images per batch during feature extraction (default 64)"

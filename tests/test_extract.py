@@ -12,7 +12,7 @@ from torch import nn
 import dogclf
 from dogclf.data.images import load_rgb
 from dogclf.data.transforms import eval_transform
-from dogclf.errors import DogclfError, UnreadableImageError
+from dogclf.errors import BackboneContractError, DogclfError, UnreadableImageError
 from dogclf.features.extract import (
     ExtractOptions,
     InvalidExtractOptionsError,
@@ -172,7 +172,7 @@ def test_precision_resolution_on_cpu() -> None:
 
 def test_a_backbone_that_does_not_return_features_is_refused(tiny_spec: dogclf.BackboneSpec, tiny_tree: Path) -> None:
     not_pooled = nn.Conv2d(3, 4, 3)
-    with pytest.raises(ValueError, match=r"returned shape \(5, 4, 30, 30\) for 5 images; it must return"):
+    with pytest.raises(BackboneContractError, match=r"returned shape \(5, 4, 30, 30\) for 5 images; it must return"):
         extract_features(not_pooled, _images(tiny_tree), tiny_spec.preprocessing, CPU32)
 
 

@@ -306,7 +306,7 @@ def _raw_exchange(port: int, head: bytes, chunks: Iterator[bytes]) -> bytes:
                 sock.sendall(chunk)
             except (BlockingIOError, BrokenPipeError, ConnectionResetError):
                 break
-        sock.setblocking(True)
+        sock.settimeout(10)
         while b"\r\n\r\n" not in answer:
             data = sock.recv(65536)
             if not data:

@@ -68,14 +68,26 @@ def test_ctrl_c_after_a_checkpoint_prints_the_resume_command(
     assert f"dogclf train --data '{tmp_path / 'data dir'}' --out {out} --epochs 3 --resume" in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        ([], "the features extracted so far are kept in the feature cache, and a rerun continues from them"),
+        (["--no-cache"], "nothing was saved"),
+        (["--augment"], "nothing was saved"),
+    ],
+)
 def test_ctrl_c_before_the_first_checkpoint_does_not_suggest_resume(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    said: str,
 ) -> None:
     monkeypatch.setattr(dogclf.training, "train", _interrupt)
 
-    code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "model"), "--resume"])
+    code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "model"), "--resume", *flags])
 
     err = capsys.readouterr().err
     assert code == EXIT_INTERRUPTED
-    assert "Interrupted before the first epoch finished; nothing was saved" in err
+    assert f"Interrupted before the first epoch finished; {said}" in err
     assert "--resume" not in err

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from dogclf.errors import DogclfError, UnreadableImageError
+from dogclf.errors import BackboneContractError, DogclfError, UnreadableImageError
 
 if TYPE_CHECKING:
     from dogclf.backbones.spec import Preprocessing
@@ -189,7 +189,7 @@ def iter_features(
         UnreadableImageError: An item that cannot be decoded, named with the reason (callers normally filter them
             out first with :func:`dogclf.data.images.find_unreadable`). Batches before it have been yielded.
         InvalidExtractOptionsError: A precision the device cannot run.
-        ValueError: A backbone whose output is not ``(B, F)``.
+        BackboneContractError: A backbone whose output is not ``(B, F)``.
     """
     from dogclf.train_config import resolve_device
 
@@ -215,7 +215,7 @@ def iter_features(
                 parts = [forward(part) for part in images.split(chunk)]
                 output = torch.cat(parts) if len(parts) > 1 else parts[0]
             if output.ndim != 2 or output.shape[0] != images.shape[0]:
-                raise ValueError(
+                raise BackboneContractError(
                     f"the backbone returned shape {tuple(output.shape)} for {images.shape[0]} images; it must return "
                     "(batch, num_features) features (a BackboneSpec.build module, e.g. DogClassifierNet.backbone)"
                 )

@@ -61,7 +61,8 @@ class BatchConfig:
             checks.append(("decode_workers", self.decode_workers, self.decode_workers >= 1, "an integer >= 1"))
         for name, value, ok, wanted in checks:
             if not ok:
-                raise ValueError(f"BatchConfig.{name} must be {wanted}, got {value!r}.")
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{name} ({flag} of dogclf serve) must be {wanted}, got {value!r}.")
 
 
 @dataclass

@@ -61,7 +61,7 @@ async def _read_body(request: Any, limit: int) -> bytes:
     if declared is not None:
         if not declared.strip().isdigit():
             raise RequestError(400, f"Content-Length {declared!r} is not a number of bytes.")
-        if False:
+        if int(declared) > limit:
             raise RequestError(413, f"Request body is {int(declared):,} bytes; the limit is {limit:,} bytes.")
     chunks: list[bytes] = []
     size = 0
@@ -114,7 +114,7 @@ def create_app(
         A Starlette application; its ``state.batcher`` holds the :class:`~dogclf.serving.batcher.Batcher`.
     """
     from starlette.applications import Starlette
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
@@ -154,6 +154,8 @@ def create_app(
             results = await batcher.classify(decoded.images, top_k=decoded.top_k or top_k, labels=labels)
         except RequestError as exc:
             return _error_response(exc)
+        except ClientDisconnect:  # the client went away while sending: nobody to answer
+            return Response(status_code=400)
         except Exception as exc:  # a failed forward pass: answer 500 and keep serving
             _LOG.exception("request failed")
             error = RequestError(500, f"Internal error while classifying: {type(exc).__name__}: {exc}")
@@ -173,7 +175,7 @@ def create_app(
     async def index(request: Request) -> Response:
         return Response(page, media_type="text/html; charset=utf-8")
 
-    async def not_found(request: Request, exc: Exception) -> Response:
+    async def route_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
         message = f"{request.method} {request.url.path}: {http.HTTPStatus(status).phrase}. "
         message += "Endpoints: GET /, GET /ping, GET /info, POST /invocations."
@@ -186,7 +188,7 @@ def create_app(
             Route("/info", show_info, methods=["GET"]),
             Route("/invocations", invocations, methods=["POST"]),
         ],
-        exception_handlers={404: not_found, 405: not_found},
+        exception_handlers={404: route_error, 405: route_error},
         lifespan=lifespan,
     )
     app.state.batcher = batcher
@@ -199,6 +201,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     Raises:
         ServeError: When the address cannot be bound, with what to try instead.
     """
+    if not 0 <= port <= 65535:
+        raise ServeError(f"Port {port} is out of range: use 1 to 65535 (or 0 for any free port).")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -208,8 +212,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ServeError(
-            f"Cannot listen on {host}:{port}: {exc.strerror or exc}. Pick another --port (or --port 0 for any free "
-            "one), or stop the program using it."
+            f"Cannot listen on {host}:{port}: {exc.strerror or exc}. Check --host; for a port in use, pick another "
+            "--port (or --port 0 for any free one) or stop the program using it."
         ) from exc
     sock.set_inheritable(True)
     return sock
@@ -271,23 +275,23 @@ def serve(
     from dogclf.classifier import load_model
 
     batching = batching or BatchConfig()
-    classifier = load_model(model_dir, device=device)
-    sock = bind_socket(host, port)
-    url = _url(sock)
-
-    def announce() -> None:
-        print(
-            f"dogclf serve: {classifier.spec.name} model with {len(classifier.class_names)} classes from "
-            f"{os.fspath(model_dir)} on {classifier.device}\n"
-            f"  web page     {url}\n  predictions  POST {url}invocations\n"
-            f"  batching     up to {batching.max_batch_size} images, {batching.max_wait_ms:g} ms wait, "
-            f"queue {batching.queue_size}\nPress Ctrl-C to stop.",
-            flush=True,
-        )
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    app = create_app(
-        classifier, batching=batching, limits=limits, top_k=top_k, model_dir=model_dir, on_started=announce
-    )
+    sock = bind_socket(host, port)  # first: a taken port fails before the model loads
     with sock:
+        classifier = load_model(model_dir, device=device)
+        url = _url(sock)
+
+        def announce() -> None:
+            print(
+                f"dogclf serve: {classifier.spec.name} model with {len(classifier.class_names)} classes from "
+                f"{os.fspath(model_dir)} on {classifier.device}\n"
+                f"  web page     {url}\n  predictions  POST {url}invocations\n"
+                f"  batching     up to {batching.max_batch_size} images, {batching.max_wait_ms:g} ms wait, "
+                f"queue {batching.queue_size}\nPress Ctrl-C to stop.",
+                flush=True,
+            )
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+        app = create_app(
+            classifier, batching=batching, limits=limits, top_k=top_k, model_dir=model_dir, on_started=announce
+        )
         make_server(app, access_log=access_log).run(sockets=[sock])
