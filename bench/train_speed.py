@@ -68,9 +68,7 @@ def make_tree(root: Path, classes: list[str], train: list[tuple[Path, int]], hel
 
 
 def seed_style(
-    train: list[tuple[Path, int]],
-    held: list[tuple[Path, int]],
-    n_classes: int,
+    tree: Path,
     *,
     epochs: int,
     batch_size: int,
@@ -79,7 +77,14 @@ def seed_style(
     workers: int,
     seed: int,
 ) -> tuple[float, float]:
-    """The plain loop; returns ``(seconds, held-out top-1 after the last epoch)``."""
+    """The plain loop; returns ``(seconds, held-out top-1 after the last epoch)``.
+
+    To compare the methods and not two random draws, the loop starts from the same head initialisation and visits
+    the training images in the same order each epoch as ``dogclf.train`` with the same seed (same seeding before
+    ``build_model``, same per-epoch shuffle); everything else is a plain loop.
+    """
+    import random
+
     import torch
     from PIL import Image
     from torch import nn
@@ -87,7 +92,15 @@ def seed_style(
 
     from dogclf._compat import import_torchvision
     from dogclf.backbones.registry import get_backbone
+    from dogclf.data.dataset import EpochShuffleSampler
+    from dogclf.data.folder import load_splits
+    from dogclf.model import build_model
     from dogclf.train_config import resolve_device
+
+    splits = load_splits(tree, check_images=False)  # dogclf's sample order, so the shuffles match; not timed
+    train = [(s.path, s.label) for s in splits.train]
+    held = [(s.path, s.label) for s in splits.valid]
+    n_classes = len(splits.classes)
 
     transforms = import_torchvision().transforms
 
@@ -105,7 +118,6 @@ def seed_style(
                 return self.transform(image.convert("RGB")), label  # type: ignore[operator]
 
     started = time.perf_counter()
-    torch.manual_seed(seed)
     spec = get_backbone(BACKBONE)
     pre = spec.preprocessing
     transform = transforms.Compose(
@@ -117,17 +129,28 @@ def seed_style(
         ]
     )
     run_on = resolve_device(device)
-    backbone = spec.build(pretrained=True, progress=False).to(run_on).eval()
-    for param in backbone.parameters():
-        param.requires_grad = False
-    head = nn.Linear(spec.num_features, n_classes).to(run_on)
+    torch.manual_seed(seed)  # as dogclf.train does before building the model: the same initial head
+    random.seed(seed)
+    model = build_model(spec, n_classes, weights="imagenet", freeze=True)  # frozen backbone + new nn.Linear head
+    backbone = model.backbone.to(run_on).eval()
+    head = model.head.to(run_on)
+    order = EpochShuffleSampler(len(train), seed=seed)  # dogclf's per-epoch shuffle
+
+    class EpochOrder(torch.utils.data.Sampler[int]):
+        def __iter__(self):
+            return (index for index, _seed in order)
+
+        def __len__(self) -> int:
+            return len(order)
+
     optimizer = torch.optim.Adam(head.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     common = {"batch_size": batch_size, "num_workers": workers, "pin_memory": run_on.type == "cuda"}
-    train_loader = DataLoader(Photos(train, transform), shuffle=True, **common)
+    train_loader = DataLoader(Photos(train, transform), sampler=EpochOrder(), **common)
     held_loader = DataLoader(Photos(held, transform), shuffle=False, **common)
     top1 = 0.0
     for epoch in range(1, epochs + 1):
+        order.set_epoch(epoch)
         head.train()
         total, seen = 0.0, 0
         for images, labels in train_loader:
@@ -239,9 +262,7 @@ def main() -> int:
 
         print("seed-style loop (frozen backbone, images through it every epoch, fp32):", flush=True)
         seed_seconds, seed_top1 = seed_style(
-            train,
-            held,
-            len(classes),
+            tree,
             epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,

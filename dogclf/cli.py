@@ -155,6 +155,12 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--decode-workers", type=int, default=None, help="image decoding threads (default: cores / 2)")
     sv.add_argument("--device", default="auto", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
     sv.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        default="auto",
+        help="auto (default): bf16 autocast + channels-last on CPUs with native bf16 and on CUDA, else fp32",
+    )
+    sv.add_argument(
         "--access-log", action=argparse.BooleanOptionalAction, default=True, help="log one line per request"
     )
 
@@ -354,9 +360,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         except (UnreadableImageError, FileNotFoundError) as exc:
             results[i]["error"] = str(exc)
     # The readable images go through the network in batches, not one forward pass each.
-    ranked = classifier.predict(list(decoded.values()), top_k=args.top_k) if decoded else []
-    for i, predictions in zip(decoded, ranked, strict=True):
-        results[i]["predictions"] = [p.to_dict() for p in predictions]
+    ranked = classifier.classify(list(decoded.values()), top_k=args.top_k) if decoded else []
+    for i, answer in zip(decoded, ranked, strict=True):
+        results[i].update(answer.to_dict())
     return _print_predictions(results, as_json=args.json)
 
 
@@ -372,6 +378,8 @@ def _print_predictions(results: list[dict[str, Any]], *, as_json: bool) -> int:
                 continue
             for p in item["predictions"]:
                 print(f"  {p['score']:6.1%}  {p['label']}")
+            if item.get("unknown"):
+                print("  unknown: looks like none of the known breeds (top score under the model's threshold)")
     return 1 if any("error" in item for item in results) else 0
 
 
@@ -399,6 +407,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         limits=limits,
         top_k=top_k,
         device=args.device,
+        precision=args.precision,
         access_log=args.access_log,
     )
     return 0

@@ -98,6 +98,17 @@ class _Item:
     arrived: float = field(default_factory=time.monotonic)
 
 
+def _single_threaded_torch() -> None:
+    """Decoding threads run torch's small per-image ops on one thread.
+
+    Each thread that calls torch gets its own OpenMP team, and idle teams spin for a while; a second 2-thread team
+    next to the forward pass's competes with it for the cores and roughly doubled single-request latency here.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+
+
 class Batcher:
     """Gathers images from concurrent requests into batched forward passes of one classifier.
 
@@ -133,7 +144,9 @@ class Batcher:
         if self._worker is not None:
             raise RuntimeError("Batcher.start() was already called.")
         workers = self.config.decode_workers or default_decode_workers()
-        self._decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dogclf-decode")
+        self._decode_pool = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="dogclf-decode", initializer=_single_threaded_torch
+        )
         self._forward_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dogclf-forward")
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="dogclf-batcher")
 

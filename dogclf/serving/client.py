@@ -105,7 +105,7 @@ def predict_remote(
         timeout: Seconds to wait for each answer.
 
     Returns:
-        Per image, in order: ``{"image": path, "predictions": [{"label", "score", "index"}, ...]}``, or
+        Per image, in order: ``{"image": path, "predictions": [{"label", "score", "index"}, ...], "unknown": bool}``, or
         ``{"image": path, "error": message}`` for a file that cannot be read or that the server refuses.
 
     Raises:
@@ -133,5 +133,6 @@ def predict_remote(
             item["error"] = f"{path}: {answer['error']}"
         else:
             item["predictions"] = answer["predictions"]
+            item["unknown"] = bool(answer.get("unknown", False))
         results.append(item)
     return results

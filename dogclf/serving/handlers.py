@@ -40,10 +40,21 @@ from dogclf.serving.codec import (
     open_image,
 )
 
-__all__ = ["DEFAULT_TOP_K", "TOP_K_ENV", "Answer", "default_top_k", "input_fn", "model_fn", "output_fn", "predict_fn"]
+__all__ = [
+    "DEFAULT_TOP_K",
+    "PRECISION_ENV",
+    "TOP_K_ENV",
+    "Answer",
+    "default_top_k",
+    "input_fn",
+    "model_fn",
+    "output_fn",
+    "predict_fn",
+]
 
 DEFAULT_TOP_K = 5
 TOP_K_ENV = "DOGCLF_TOP_K"
+PRECISION_ENV = "DOGCLF_PRECISION"
 _LIMITS = Limits()
 
 
@@ -109,6 +120,8 @@ def _answer_errors() -> Iterator[None]:
 def model_fn(model_dir: str) -> Any:
     """Loads the model directory (``model.safetensors`` + ``config.json``) on CUDA if available, else CPU.
 
+    The precision is ``$DOGCLF_PRECISION`` (``fp32`` by default; ``auto`` uses bf16 autocast where the hardware has it).
+
     Args:
         model_dir: The unpacked archive root (``/opt/ml/model`` in the container).
 
@@ -122,7 +135,7 @@ def model_fn(model_dir: str) -> Any:
     from dogclf.classifier import load_model
 
     default_top_k()
-    return load_model(model_dir, device="auto")
+    return load_model(model_dir, device="auto", precision=os.environ.get(PRECISION_ENV, "fp32"))
 
 
 def input_fn(request_body: bytes | str, content_type: str) -> DecodedRequest:

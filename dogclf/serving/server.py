@@ -204,7 +204,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
     if not 0 <= port <= 65535:
         raise ServeError(f"Port {port} is out of range: use 1 to 65535 (or 0 for any free port).")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose proto says TCP, and without
+    # it the response's headers and body meet Nagle + delayed ACK: a 40 ms stall on every request.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -254,6 +257,7 @@ def serve(
     limits: Limits | None = None,
     top_k: int = 5,
     device: str = "cpu",
+    precision: str = "fp32",
     access_log: bool = True,
 ) -> None:
     """Loads a model directory and serves it until SIGINT/SIGTERM (blocking).
@@ -266,6 +270,7 @@ def serve(
         limits: Request limits (default :class:`~dogclf.serving.codec.Limits`).
         top_k: Breeds per answer when a request names none.
         device: ``cpu``, ``auto``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (see :class:`~dogclf.classifier.Classifier`).
         access_log: Log one line per request.
 
     Raises:
@@ -277,7 +282,7 @@ def serve(
     batching = batching or BatchConfig()
     sock = bind_socket(host, port)  # first: a taken port fails before the model loads
     with sock:
-        classifier = load_model(model_dir, device=device)
+        classifier = load_model(model_dir, device=device, precision=precision)
         url = _url(sock)
 
         def announce() -> None:
