@@ -31,8 +31,6 @@ Verify quickly with ``--images 200``.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import shlex
 import sys
@@ -40,8 +38,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGEWOOF = REPO.parent / "shared" / "data" / "imagewoof" / "train"
+from _common import IMAGEWOOF, machine  # bench/ is on sys.path when a script runs
+
 BACKBONE = "efficientnet_lite0"
 ALL_VARIANTS = ("baseline", "baseline_small", "channels_last", "bf16_nchw", "dogclf_full_batch", "dogclf", "compile")
 DEFAULT_VARIANTS = "baseline,baseline_small,channels_last,bf16_nchw,dogclf_full_batch,dogclf"
@@ -109,26 +107,6 @@ def cv_top1(features, labels: list[int], seed: int) -> float:
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
     predicted = cross_val_predict(classifier, x, labels, cv=folds)
     return float((predicted == labels).mean())
-
-
-def machine(device) -> str:
-    """CPU model, cores, threads, torch version, bfloat16 support, device."""
-    import torch
-
-    from dogclf.features.extract import cpu_has_native_bf16
-
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as file:
-            model = next((line.split(":", 1)[1].strip() for line in file if line.startswith("model name")), model)
-    except OSError:
-        pass
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return (
-        f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads, "
-        f"{torch.backends.cpu.get_cpu_capability()}), native bf16: {'yes' if cpu_has_native_bf16() else 'no'}, "
-        f"device: {where}"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -35,8 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGEWOOF = REPO.parent / "shared" / "data" / "imagewoof" / "train"
+from _common import IMAGEWOOF, REPO, machine  # bench/ is on sys.path when a script runs
 
 
 @dataclass
@@ -235,20 +233,6 @@ def bench_server(
         return results, results_labels
     finally:
         stop(process)
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def main() -> int:

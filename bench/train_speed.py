@@ -22,8 +22,6 @@ Verify quickly with ``--images 100 --epochs 1``.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import shlex
 import sys
@@ -31,8 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGEWOOF = REPO.parent / "shared" / "data" / "imagewoof" / "train"
+from _common import IMAGEWOOF, machine  # bench/ is on sys.path when a script runs
+
 BACKBONE = "efficientnet_lite0"
 
 
@@ -210,23 +208,6 @@ def dogclf_side(
     classifier = dogclf.load_model(result.model_dir, device=device)
     report = dogclf.evaluate(classifier, result.splits.valid, batch_size=64, num_workers=workers)
     return seconds, report.top1, result.history[-1]["valid_top1"]
-
-
-def machine(device: str) -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    gpu = ""
-    if device != "cpu" and torch.cuda.is_available():
-        gpu = f", GPU {torch.cuda.get_device_name(0)}"
-    return f"{cpu}, {os.cpu_count()} cores{gpu}, Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def main() -> int:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shlex
 import subprocess
@@ -34,8 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGEWOOF = REPO.parent / "shared" / "data" / "imagewoof" / "train"
+from _common import IMAGEWOOF, REPO, machine  # bench/ is on sys.path when a script runs
+
 NAMES = REPO / "examples" / "imagewoof_names.txt"
 BACKBONE = "efficientnet_lite0"
 C_GRID = (0.01, 0.1, 1.0, 10.0)
@@ -98,23 +97,6 @@ def run(command: list[str], env: dict[str, str]) -> float:
     return seconds
 
 
-def machine(device: str) -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    gpu = ""
-    if device != "cpu" and torch.cuda.is_available():
-        gpu = f", GPU {torch.cuda.get_device_name(0)}"
-    return f"{cpu}, {os.cpu_count()} cores{gpu}, Python {platform.python_version()}, torch {torch.__version__}"
-
-
 def speed(args: argparse.Namespace, work: Path, env: dict[str, str]) -> None:
     chosen = list_images(args.images, args.seed)
     tree = link_tree(work / "data", split_holdout(chosen, 0.2, args.seed))
@@ -156,12 +138,12 @@ def speed(args: argparse.Namespace, work: Path, env: dict[str, str]) -> None:
 def logistic_baseline(data: Path, valid_fraction: float, seed: int, cache: Path, device: str) -> dict[str, float]:
     """LogisticRegression on the tune's cached features: train -> valid top-1, default C and the best C of a grid."""
     import numpy as np
-    from dogclf.features.extract import ExtractOptions
     from sklearn.linear_model import LogisticRegression
 
     from dogclf.backbones.registry import get_backbone
     from dogclf.backbones.weights import build_backbone
     from dogclf.data.folder import load_splits
+    from dogclf.features.extract import ExtractOptions
     from dogclf.features.pipeline import prepare_features
 
     spec = get_backbone(BACKBONE)

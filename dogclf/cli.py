@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dogclf import __version__
+from dogclf._cli_args import add_data_args
 from dogclf.errors import DogclfError
 
 __all__ = ["main"]
@@ -21,18 +22,12 @@ EXIT_INTERRUPTED = 130
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data", required=True, type=Path, help="folder with train/ [valid/ test/], or one class-per-folder tree"
-    )
-    p.add_argument("--backbone", default="resnet18", help="backbone name (see `dogclf backbones`); default resnet18")
+    add_data_args(p)
     p.add_argument("--out", required=True, type=Path, help="model directory to write (also holds checkpoint.pt)")
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the head (default 1e-3)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
-    p.add_argument(
-        "--weights", default="imagenet", help="imagenet (download/cache), none (random), or a local weights file"
-    )
     p.add_argument(
         "--freeze",
         action=argparse.BooleanOptionalAction,
@@ -53,41 +48,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         help="random resized crop + flip on training images (images then go through the backbone every epoch)",
     )
     p.add_argument(
-        "--cache",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="frozen backbone without --augment: keep extracted features in the on-disk feature cache (default); "
-        "--no-cache extracts them in memory for this run only",
-    )
-    p.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="feature-cache folder (default $XDG_CACHE_HOME/dogclf/features or ~/.cache/dogclf/features)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=["auto", "bf16", "fp16", "fp32"],
-        default="auto",
-        help="feature-extraction precision (default auto: bf16 on CUDA and on CPUs with native bf16, else fp32)",
-    )
-    p.add_argument(
         "--extract-batch-size", type=int, default=64, help="images per batch during feature extraction (default 64)"
     )
-    p.add_argument("--valid-fraction", type=float, default=None, help="hold out this fraction of train (no valid/)")
-    p.add_argument("--names", type=Path, default=None, help="file mapping class folders to display names")
-    p.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="auto", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: CPUs - 1, at most 4)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bars (default: when stderr is a terminal)",
-    )
 
 
 def _parser() -> argparse.ArgumentParser:

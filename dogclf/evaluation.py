@@ -127,7 +127,7 @@ def evaluate(
         batches = tqdm(loader, desc="evaluate", unit="batch", leave=False)
     with torch.inference_mode():
         for images, labels in batches:
-            logits = classifier.net(images.to(classifier.device)).float().cpu()
+            logits = classifier.logits(images)  # in the classifier's precision, as predictions are made
             loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
             best = logits.topk(k, dim=1).indices
             top1 += int((best[:, 0] == labels).sum())

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 import sys
 import textwrap
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
 import dogclf
 from dogclf.backbones.registry import default_registry
@@ -124,3 +129,29 @@ def needs_imagewoof() -> pytest.MarkDecorator:
     return pytest.mark.skipif(
         not (IMAGEWOOF / "train").is_dir(), reason=f"real photos not found at {IMAGEWOOF} (shared data absent)"
     )
+
+
+def jpeg(seed: int, size: tuple[int, int] = (80, 60)) -> bytes:
+    """The bytes of a random-pixel JPEG of ``size`` (width, height), the same for the same seed."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def png(seed: int) -> bytes:
+    """The bytes of an RGBA PNG of :func:`jpeg`'s picture."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(jpeg(seed))).convert("RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header claims ``width`` x ``height``: opening reads the size, decoding would need it all."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    struct.pack_into(">II", data, 16, width, height)  # IHDR data follows signature (8), length (4), type (4)
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    return bytes(data)

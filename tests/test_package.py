@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import io
 import json
 import os
 import re
@@ -15,8 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import REPO, dogclf_command
-from PIL import Image
+from conftest import REPO, dogclf_command, jpeg
 
 from dogclf.artifact import save_model
 from dogclf.backbones import registry as registry_module
@@ -94,14 +92,6 @@ print(json.dumps({
 """
 
 
-def jpeg(seed: int) -> bytes:
-    generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (70, 90, 3), generator=generator, dtype=torch.uint8).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
 def run(args: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, check=False, **kwargs)
 
@@ -156,7 +146,7 @@ def test_packaged_plugin_model_serves_from_its_own_code_dir(
     assert requirements == list(SERVING_REQUIREMENTS)  # the tiny plugin declares no requirements; no torch
 
     image = tmp_path / "dog.jpg"
-    image.write_bytes(jpeg(4))
+    image.write_bytes(jpeg(4, size=(90, 70)))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SAGEMAKER_PROGRAM")}
     env |= {"PYTHONPATH": str(unpacked / "code"), "SAGEMAKER_PROGRAM": "inference.py", "HF_HUB_OFFLINE": "1"}
     elsewhere = tmp_path / "cwd"

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import base64
 import inspect
-import io
 import json
-import struct
 import sys
-import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from PIL import Image
+from conftest import jpeg, png, png_claiming
 
 from dogclf.artifact import save_model
 from dogclf.classifier import Classifier, load_model
@@ -69,30 +66,6 @@ class FakeContext:
 
     def set_response_content_type(self, idx: int, value: str) -> None:
         self.request_processor[idx].add_response_property("content-type", value)
-
-
-def jpeg(seed: int, size: tuple[int, int] = (80, 60)) -> bytes:
-    generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def png(seed: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.open(io.BytesIO(jpeg(seed))).convert("RGBA").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A 1x1 PNG whose header claims ``width`` x ``height``: opening reads the size, decoding would fail."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
-    data = bytearray(buffer.getvalue())
-    struct.pack_into(">II", data, 16, width, height)  # IHDR data starts after signature (8), length (4), type (4)
-    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
 
 
 def b64(data: bytes) -> str:

@@ -5,16 +5,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
-import io
 import json
 import re
 import signal
 import socket
-import struct
 import subprocess
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,8 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import dogclf_command
-from PIL import Image
+from conftest import dogclf_command, jpeg, png, png_claiming
 
 from dogclf import cli
 from dogclf.artifact import save_model
@@ -36,30 +32,6 @@ from dogclf.serving.server import ServeError, bind_socket, create_app, make_serv
 
 NUM_CLASSES = 6
 BODY_LIMIT = 512 * 1024
-
-
-def jpeg(seed: int, size: tuple[int, int] = (80, 60)) -> bytes:
-    generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def png(seed: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.open(io.BytesIO(jpeg(seed))).convert("RGBA").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A 1x1 PNG whose header claims ``width`` x ``height``: opening reads the size, decoding would need it all."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
-    data = bytearray(buffer.getvalue())
-    struct.pack_into(">II", data, 16, width, height)  # IHDR data follows signature (8), length (4), type (4)
-    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
 
 
 def b64(data: bytes) -> str:

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 import torch
-from test_server import call, jpeg, post_image, running
+from conftest import jpeg
+from test_server import call, post_image, running
 
 from dogclf.classifier import Classifier, load_model
 from dogclf.data.folder import ClassInfo

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from dogclf.serving.codec import Limits, RequestError, open_image
+from dogclf.serving.codec import Limits, RequestError, image_tensor
 
 __all__ = ["BatchConfig", "BatchStats", "Batcher", "default_decode_workers"]
 
@@ -223,9 +223,7 @@ class Batcher:
 
     def _prepare(self, data: bytes, label: str) -> Any:
         """Decodes (header checked first) and transforms one image; runs in the decoding pool."""
-        size = self.classifier.preprocessing.resize_size
-        image = open_image(data, min_size=size, max_pixels=self.limits.max_pixels, label=label)
-        return self.classifier.transform(image)
+        return image_tensor(self.classifier, data, label=label, max_pixels=self.limits.max_pixels)
 
     def _forward(self, items: list[_Item]) -> list[Any]:
         """One forward pass for a batch; runs in the forward thread."""

@@ -42,6 +42,7 @@ __all__ = [
     "decode_request",
     "encode_error",
     "encode_results",
+    "image_tensor",
     "media_type",
     "open_image",
 ]
@@ -96,6 +97,11 @@ class DecodedRequest:
     images: list[bytes]
     batch: bool
     top_k: int | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        """How error messages name each image: ``image`` alone, ``images[i]`` in a JSON batch."""
+        return [f"images[{i}]" for i in range(len(self.images))] if self.batch else ["image"]
 
 
 def media_type(header: str | None) -> str:
@@ -228,6 +234,16 @@ def open_image(
     except UnreadableImageError as exc:
         reason = str(exc).split(": ", 1)[-1]
         raise RequestError(400, f"{label}: cannot decode the image: {reason} (the bytes may be cut short).") from exc
+
+
+def image_tensor(classifier: Any, data: bytes, *, label: str = "image", max_pixels: int = Limits.max_pixels) -> Any:
+    """One request image as the model's input tensor: :func:`open_image` at the model's resize size, then its transform.
+
+    Raises:
+        RequestError: As :func:`open_image`.
+    """
+    size = classifier.preprocessing.resize_size
+    return classifier.transform(open_image(data, min_size=size, max_pixels=max_pixels, label=label))
 
 
 def encode_results(results: Sequence[Any], *, batch: bool) -> str:

@@ -37,7 +37,7 @@ from dogclf.serving.codec import (
     decode_request,
     encode_error,
     encode_results,
-    open_image,
+    image_tensor,
 )
 
 __all__ = [
@@ -173,17 +173,12 @@ def predict_fn(data: DecodedRequest, model: Any) -> Answer:
 
     with _answer_errors():
         top_k = data.top_k or default_top_k()
-        size = model.preprocessing.resize_size
-        images = [
-            open_image(
-                item,
-                min_size=size,
-                max_pixels=_LIMITS.max_pixels,
-                label=f"images[{i}]" if data.batch else "image",
-            )
-            for i, item in enumerate(data.images)
-        ]
-    batch = torch.stack([model.transform(image) for image in images])
+        batch = torch.stack(
+            [
+                image_tensor(model, item, label=label, max_pixels=_LIMITS.max_pixels)
+                for item, label in zip(data.images, data.labels, strict=True)
+            ]
+        )
     return Answer(results=model.rank(model.probabilities(batch), top_k=top_k), batch=data.batch)
 
 

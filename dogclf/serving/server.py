@@ -150,8 +150,7 @@ def create_app(
             check_content_type(content_type)  # 415 before reading a body of a type it cannot use
             body = await _read_body(request, limits.max_body_bytes)
             decoded = decode_request(body, content_type, limits=limits)
-            labels = [f"images[{i}]" for i in range(len(decoded.images))] if decoded.batch else ["image"]
-            results = await batcher.classify(decoded.images, top_k=decoded.top_k or top_k, labels=labels)
+            results = await batcher.classify(decoded.images, top_k=decoded.top_k or top_k, labels=decoded.labels)
         except RequestError as exc:
             return _error_response(exc)
         except ClientDisconnect:  # the client went away while sending: nobody to answer

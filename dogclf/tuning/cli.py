@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dogclf._cli_args import add_data_args
+
 __all__ = ["add_tune_parser", "run_tune"]
 
 EXIT_INTERRUPTED = 130
@@ -25,8 +27,7 @@ def add_tune_parser(sub: Any) -> argparse.ArgumentParser:
         "median pruning) on backbone features extracted once. The study is stored (default OUT/study.db), so "
         "rerunning the same command continues it.",
     )
-    p.add_argument("--data", required=True, type=Path, help="folder with train/ and valid/, or a class-per-folder tree")
-    p.add_argument("--backbone", default="resnet18", help="backbone name (see `dogclf backbones`); default resnet18")
+    add_data_args(p)
     p.add_argument("--trials", required=True, type=int, help="finished trials the study should hold (a target)")
     p.add_argument("--out", required=True, type=Path, help="folder for study.db, best_params.json, trials.csv, ...")
     p.add_argument(
@@ -44,36 +45,8 @@ def add_tune_parser(sub: Any) -> argparse.ArgumentParser:
         default="valid_top1",
         help="objective: this metric after a trial's last epoch (default valid_top1, maximised)",
     )
-    p.add_argument("--valid-fraction", type=float, default=None, help="hold out this fraction of train (no valid/)")
-    p.add_argument("--names", type=Path, default=None, help="file mapping class folders to display names")
-    p.add_argument(
-        "--weights", default="imagenet", help="imagenet (download/cache), none (random), or a local weights file"
-    )
-    p.add_argument(
-        "--cache",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="keep extracted features in the on-disk feature cache (default); --no-cache keeps them in memory only",
-    )
-    p.add_argument("--cache-dir", type=Path, default=None, help="feature-cache folder (default ~/.cache/dogclf/...)")
-    p.add_argument(
-        "--precision",
-        choices=["auto", "bf16", "fp16", "fp32"],
-        default="auto",
-        help="feature-extraction precision (default auto)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed of the sampler, split and heads (default 0)")
     p.add_argument(
         "--train-best", action="store_true", help="afterwards train the final model with the best values into OUT/model"
-    )
-    p.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
-    p.add_argument("--device", default="auto", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers for extraction")
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar during extraction (default: when stderr is a terminal)",
     )
     return p
 
