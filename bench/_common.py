@@ -17,7 +17,7 @@ def machine(device: Any = "cpu") -> str:
     import torch
 
     from dogclf.features.extract import cpu_has_native_bf16
-    from dogclf.train_config import resolve_device
+    from dogclf.training.config import resolve_device
 
     model = platform.processor() or platform.machine()
     try:

@@ -93,7 +93,7 @@ def seed_style(
     from dogclf.data.dataset import EpochShuffleSampler
     from dogclf.data.folder import load_splits
     from dogclf.model import build_model
-    from dogclf.train_config import resolve_device
+    from dogclf.training.config import resolve_device
 
     splits = load_splits(tree, check_images=False)  # dogclf's sample order, so the shuffles match; not timed
     train = [(s.path, s.label) for s in splits.train]

@@ -26,11 +26,11 @@ _EXPORTS = {
     "load_splits": "dogclf.data.folder",
     "find_classes": "dogclf.data.folder",
     "make_synthetic_dataset": "dogclf.data.synthetic",
-    "Callback": "dogclf.callbacks",
-    "TrainConfig": "dogclf.train_config",
-    "Trainer": "dogclf.trainer",
-    "train": "dogclf.training",
-    "TrainResult": "dogclf.training",
+    "Callback": "dogclf.training.callbacks",
+    "TrainConfig": "dogclf.training.config",
+    "Trainer": "dogclf.training.loop",
+    "train": "dogclf.training.run",
+    "TrainResult": "dogclf.training.run",
     "save_model": "dogclf.artifact",
     "Classifier": "dogclf.classifier",
     "Prediction": "dogclf.classifier",
@@ -90,12 +90,12 @@ if TYPE_CHECKING:
     from dogclf.backbones.registry import BackboneRegistry, get_backbone, list_backbones, register_backbone
     from dogclf.backbones.spec import BackboneSpec, Preprocessing
     from dogclf.backbones.weights import build_backbone
-    from dogclf.callbacks import Callback
     from dogclf.classifier import Classifier, Prediction, load_model
     from dogclf.data.folder import find_classes, load_splits
     from dogclf.data.synthetic import make_synthetic_dataset
     from dogclf.evaluation import EvalReport, evaluate, plot_confusion_matrix
     from dogclf.model import DogClassifierNet, HeadConfig, build_model
-    from dogclf.train_config import TrainConfig
-    from dogclf.trainer import Trainer
-    from dogclf.training import TrainResult, train
+    from dogclf.training.callbacks import Callback
+    from dogclf.training.config import TrainConfig
+    from dogclf.training.loop import Trainer
+    from dogclf.training.run import TrainResult, train

@@ -17,7 +17,7 @@ from dogclf.data.images import load_rgb
 from dogclf.data.transforms import eval_transform
 from dogclf.errors import ModelDirError
 from dogclf.model import DogClassifierNet, HeadConfig, build_head
-from dogclf.train_config import resolve_device
+from dogclf.training.config import resolve_device
 
 __all__ = ["Classifier", "ImageResult", "Prediction", "load_model"]
 

@@ -185,8 +185,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from dogclf.model import HeadConfig
-    from dogclf.train_config import TrainConfig
     from dogclf.training import train
+    from dogclf.training.config import TrainConfig
 
     config = TrainConfig(
         epochs=args.epochs,

@@ -61,8 +61,8 @@ def run_demo(
     """
     from dogclf.classifier import load_model
     from dogclf.evaluation import evaluate, plot_confusion_matrix
-    from dogclf.train_config import TrainConfig
     from dogclf.training import train
+    from dogclf.training.config import TrainConfig
 
     started = time.perf_counter()
     reason = "as asked"

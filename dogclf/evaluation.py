@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from dogclf.calibration import ece_from_confidences
 from dogclf.classifier import Classifier
 from dogclf.data.dataset import ImageDataset
 from dogclf.data.folder import Sample
+from dogclf.training.calibration import ece_from_confidences
 
 __all__ = ["EvalReport", "evaluate", "plot_confusion_matrix"]
 

@@ -16,7 +16,9 @@ from conftest import _tiny_namespace
 
 import dogclf
 from dogclf.backbones.registry import default_registry
-from dogclf.calibration import (
+from dogclf.cli import main
+from dogclf.data.folder import load_splits
+from dogclf.training.calibration import (
     MIN_TEMPERATURE,
     Calibration,
     calibrate,
@@ -25,9 +27,7 @@ from dogclf.calibration import (
     fit_temperature,
     unknown_threshold,
 )
-from dogclf.cli import main
-from dogclf.data.folder import load_splits
-from dogclf.training import _calibrate
+from dogclf.training.run import _calibrate
 
 CLI_CALIBRATION_LINE = re.compile(
     r"^ECE (?P<before>[0-9.]+) -> (?P<after>[0-9.]+) \(temperature (?P<t>[0-9.]+)\); "

@@ -26,10 +26,10 @@ from dogclf.features.cache import (
     make_backbone_key,
 )
 from dogclf.features.extract import ExtractOptions
-from dogclf.features.head_training import fit_head, head_logits
 from dogclf.features.pipeline import FeatureSet, prepare_features
 from dogclf.model import build_model
-from dogclf.trainer import Trainer
+from dogclf.training.head import fit_head, head_logits
+from dogclf.training.loop import Trainer
 
 SUMMARY = re.compile(r"features: (\d+) cached, (\d+) extracted")
 FP32 = ExtractOptions(batch_size=8, num_workers=0, precision="fp32", device="cpu")

@@ -9,8 +9,8 @@ from torch import nn
 import dogclf
 from dogclf.errors import UnknownBackboneError, WeightsUnavailableError
 from dogclf.model import DogClassifierNet, HeadConfig, build_head, build_model
-from dogclf.train_config import TrainConfig
-from dogclf.trainer import make_optimizer
+from dogclf.training.config import TrainConfig
+from dogclf.training.loop import make_optimizer
 
 NUM_CLASSES = 3
 

@@ -9,7 +9,7 @@ import torch
 
 import dogclf.training
 from dogclf.cli import EXIT_INTERRUPTED, main
-from dogclf.train_config import TrainConfig, resolve_device
+from dogclf.training.config import TrainConfig, resolve_device
 
 
 @pytest.mark.parametrize(

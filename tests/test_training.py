@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 
 import dogclf
 from dogclf.backbones.registry import default_registry
-from dogclf.callbacks import Callback, TrainState, format_epoch_line
 from dogclf.data.folder import load_splits
 from dogclf.errors import ModelDirError
+from dogclf.training.callbacks import Callback, TrainState, format_epoch_line
 
 EPOCH_LINE = re.compile(r"^epoch=(\d+) train_loss=([0-9.]+) valid_loss=([0-9.]+) valid_top1=([0-9.]+)")
 

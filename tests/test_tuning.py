@@ -56,7 +56,7 @@ def _stored_trials(out: Path, name: str = "dogclf-tinynet") -> list[Any]:
 
 def _interrupt_trial(monkeypatch: pytest.MonkeyPatch, *, call: int, exc: BaseException) -> None:
     """Makes the ``call``-th head fit (1-based) raise ``exc`` after its first epoch, as a Ctrl-C or a crash would."""
-    from dogclf.features import head_training
+    from dogclf.training import head as head_training
 
     real = head_training.fit_head
     calls = {"n": 0}

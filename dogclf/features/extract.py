@@ -144,7 +144,7 @@ def resolve_precision(options: ExtractOptions, device: torch.device | None = Non
         ValueError: An unknown or unavailable device.
     """
     if device is None:
-        from dogclf.train_config import resolve_device
+        from dogclf.training.config import resolve_device
 
         device = resolve_device(options.device)
     cuda = device.type == "cuda"
@@ -191,7 +191,7 @@ def iter_features(
         InvalidExtractOptionsError: A precision the device cannot run.
         BackboneContractError: A backbone whose output is not ``(B, F)``.
     """
-    from dogclf.train_config import resolve_device
+    from dogclf.training.config import resolve_device
 
     device = resolve_device(options.device)
     precision = resolve_precision(options, device)

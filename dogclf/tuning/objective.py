@@ -91,9 +91,9 @@ class Objective:
         import optuna
         import torch
 
-        from dogclf.features.head_training import fit_head
         from dogclf.model import DogClassifierNet, HeadConfig, build_head
-        from dogclf.train_config import TrainConfig
+        from dogclf.training.config import TrainConfig
+        from dogclf.training.head import fit_head
 
         values = hyperparameters(params)
         config = TrainConfig(

@@ -593,8 +593,8 @@ def _write_outputs(
 
 def _train_best(result: TuneResult, *, data_dir: Any, spec: BackboneSpec, seed: int, **options: Any) -> Path:
     from dogclf.model import HeadConfig
-    from dogclf.train_config import TrainConfig
     from dogclf.training import train
+    from dogclf.training.config import TrainConfig
 
     values = hyperparameters(result.best_params)
     log: Callable[[str], None] = options.pop("log")

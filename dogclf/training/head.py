@@ -1,4 +1,4 @@
-"""Training the head on backbone features held in memory, through the same :class:`~dogclf.trainer.Trainer`.
+"""Training the head on backbone features held in memory, through the same :class:`~dogclf.training.loop.Trainer`.
 
 With a frozen backbone and no random augmentation, an image's features are the same every epoch, so the backbone
 runs once (:mod:`dogclf.features.pipeline`) and each epoch is a pass of the head over an in-memory matrix. The
@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dogclf.callbacks import Callback, TrainState
 from dogclf.data.dataset import EpochShuffleSampler
-from dogclf.train_config import TrainConfig, resolve_device
-from dogclf.trainer import TrainBatches, Trainer
+from dogclf.training.callbacks import Callback, TrainState
+from dogclf.training.config import TrainConfig, resolve_device
+from dogclf.training.loop import TrainBatches, Trainer
 
 if TYPE_CHECKING:
     from dogclf.features.pipeline import FeatureSet
@@ -87,7 +87,7 @@ def make_head_trainer(
     checkpoint_path: Path | None = None,
     fingerprint: dict[str, Any] | None = None,
 ) -> Trainer:
-    """A :class:`~dogclf.trainer.Trainer` whose batches are features and whose forward pass is ``model.head``.
+    """A :class:`~dogclf.training.loop.Trainer` whose batches are features and whose forward pass is ``model.head``.
 
     The features are moved to the training device once. Arguments are those of :func:`fit_head`.
 
@@ -131,7 +131,7 @@ def fit_head(
 ) -> list[dict[str, float]]:
     """Trains ``model.head`` on backbone features; returns the per-epoch history.
 
-    Same optimizer (:func:`~dogclf.trainer.make_optimizer`), loss, seeding, epoch order and metrics (``epoch``,
+    Same optimizer (:func:`~dogclf.training.loop.make_optimizer`), loss, seeding, epoch order and metrics (``epoch``,
     ``train_loss``, ``train_top1``, ``valid_loss``, ``valid_top1``, ``seconds``) as training on images. Seed the
     global RNG (``torch.manual_seed(config.seed)``) before building the model, as :func:`dogclf.train` does, for
     runs that repeat exactly.

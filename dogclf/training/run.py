@@ -16,14 +16,14 @@ from dogclf.artifact import CONFIG_NAME, WEIGHTS_NAME, save_model
 from dogclf.backbones.registry import get_backbone
 from dogclf.backbones.spec import BackboneSpec
 from dogclf.backbones.weights import weights_label
-from dogclf.calibration import Calibration, calibrate, collect_logits
-from dogclf.callbacks import Callback, EpochLogLine, ProgressBars
-from dogclf.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from dogclf.data.folder import DataSplits, load_splits
 from dogclf.errors import ModelDirError
 from dogclf.model import DogClassifierNet, HeadConfig, build_model
-from dogclf.train_config import TrainConfig
-from dogclf.trainer import Trainer, check_fingerprint
+from dogclf.training.calibration import Calibration, calibrate, collect_logits
+from dogclf.training.callbacks import Callback, EpochLogLine, ProgressBars
+from dogclf.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from dogclf.training.config import TrainConfig
+from dogclf.training.loop import Trainer, check_fingerprint
 
 if TYPE_CHECKING:
     from dogclf.features.pipeline import FeatureSet
@@ -71,14 +71,14 @@ def _calibrate(
     log: Callable[[str], None],
     valid_features: FeatureSet | None = None,
 ) -> Calibration:
-    """Fits the temperature and unknown threshold on the valid split (identity when there is none).
+    """Step 5: the temperature and unknown threshold, fitted on the valid split (identity when there is none).
 
     With ``valid_features`` (the feature path) the valid logits come from the head alone, not the images.
     """
     if not splits.valid:
         calibration = Calibration()
     elif valid_features is not None:
-        from dogclf.features.head_training import head_logits
+        from dogclf.training.head import head_logits
 
         head = model.get_submodule("head")
         calibration = calibrate(head_logits(head, valid_features.features), valid_features.labels)
@@ -112,7 +112,7 @@ def _restore_checkpoint_weights(model: torch.nn.Module, checkpoint: Path, finger
 
 def _feature_metrics(model: DogClassifierNet, features: FeatureSet) -> dict[str, Any]:
     """Test metrics (``top1``, ``top5``, ``n``, ``loss``) from the head on precomputed features."""
-    from dogclf.features.head_training import head_logits
+    from dogclf.training.head import head_logits
 
     logits = head_logits(model.head, features.features)
     labels = features.labels
@@ -191,25 +191,91 @@ def train(
     Returns:
         The result, with the model directory path.
     """
-    config = config or TrainConfig()
-    head = head or HeadConfig()
+    options = _Options(
+        config=config or TrainConfig(),
+        head=head or HeadConfig(),
+        weights=weights,
+        freeze=freeze,
+        cache=cache,
+        cache_dir=cache_dir,
+        precision=precision,
+        extract_batch_size=extract_batch_size,
+        environ=os.environ if environ is None else environ,
+        log=log,
+        show_bars=sys.stderr.isatty() if progress is None else progress,
+    )
     out = Path(out_dir)
     _check_out_dir(out, resume=resume, overwrite=overwrite)
     spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
+    splits = _read_data(data_dir, valid_fraction=valid_fraction, names=names, strict=strict, options=options)
+    run = _build_run(spec, splits, out / CHECKPOINT_NAME, resume=resume, options=options)
+    trainer, features = _make_trainer(run, splits, callbacks, options)
+    history = _fit(trainer, run, options)
+    valid_features = features["valid"] if features is not None else None
+    calibration = _calibrate(run.model, splits, spec, options.config, trainer.device, log, valid_features)
+    test_metrics = _test_metrics(run, splits, features, trainer.device, options)
+    _save(run, splits, out, history, calibration, test_metrics, valid_fraction=valid_fraction, options=options)
+    log(f"Saved model to {out}")
+    return TrainResult(model_dir=out, history=history, splits=splits, test=test_metrics)
 
+
+@dataclass(frozen=True)
+class _Options:
+    """The settings of one :func:`train` call that its steps share."""
+
+    config: TrainConfig
+    head: HeadConfig
+    weights: str | os.PathLike[str] | None
+    freeze: bool
+    cache: bool
+    cache_dir: str | os.PathLike[str] | None
+    precision: str
+    extract_batch_size: int
+    environ: Mapping[str, str]
+    log: Callable[[str], None]
+    show_bars: bool
+
+
+@dataclass
+class _Run:
+    """What :func:`_build_run` set up: the model, where it checkpoints, whether it resumes, how it sees images."""
+
+    spec: BackboneSpec
+    model: DogClassifierNet
+    checkpoint: Path
+    resuming: bool
+    fingerprint: dict[str, Any]
+    weights_label: str
+    mode: str
+    precision: str | None = None
+
+
+def _read_data(
+    data_dir: str | os.PathLike[str],
+    *,
+    valid_fraction: float | None,
+    names: Mapping[str, str] | str | os.PathLike[str] | None,
+    strict: bool,
+    options: _Options,
+) -> DataSplits:
+    """Step 1: the splits, every image decoded once to leave out unreadable files."""
+    log = options.log
     log(f"Reading {data_dir} and decoding every image once to find unreadable files ...")
-    splits = load_splits(data_dir, valid_fraction=valid_fraction, names=names, seed=config.seed, strict=strict)
+    splits = load_splits(data_dir, valid_fraction=valid_fraction, names=names, seed=options.config.seed, strict=strict)
     _describe_skipped(splits, log)
     log(
         f"Data {splits.root}: {len(splits.classes)} classes, {len(splits.train)} train, {len(splits.valid)} valid "
         f"({splits.valid_source}), {len(splits.test)} test images"
         + (f"; {len(splits.skipped)} unreadable file(s) skipped" if splits.skipped else "")
     )
+    return splits
 
-    recorded_weights = weights_label(weights)
+
+def _build_run(spec: BackboneSpec, splits: DataSplits, checkpoint: Path, *, resume: bool, options: _Options) -> _Run:
+    """Step 2: the seeded model (weights from the checkpoint when resuming) and the run's fingerprint."""
+    config = options.config
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    checkpoint = out / CHECKPOINT_NAME
     resuming = resume and checkpoint.is_file()
     if resume and not resuming:
         raise ModelDirError(
@@ -218,119 +284,154 @@ def train(
     model = build_model(
         spec,
         len(splits.classes),
-        weights=None if resuming else weights,  # a resumed run takes every weight from the checkpoint
-        freeze=freeze,
-        head=head,
+        weights=None if resuming else options.weights,  # a resumed run takes every weight from the checkpoint
+        freeze=options.freeze,
+        head=options.head,
     )
+    label = weights_label(options.weights)
     fingerprint = {
         "backbone": spec.name,
-        "weights": recorded_weights,
-        "freeze": freeze,
-        "head": head.to_dict(),
+        "weights": label,
+        "freeze": options.freeze,
+        "head": options.head.to_dict(),
         "classes": [c.folder for c in splits.classes],
         "n_train": len(splits.train),
         "n_valid": len(splits.valid),
         **{k: v for k, v in config.to_dict().items() if k not in ("epochs", "device", "num_workers")},
     }
-    show_bars = sys.stderr.isatty() if progress is None else progress
-    all_callbacks: list[Callback] = [EpochLogLine()]
-    if show_bars:
-        all_callbacks.insert(0, ProgressBars())
-    mode = _feature_mode(freeze=freeze, augment=config.augment, cache=cache)
-    feature_sets: dict[str, FeatureSet] | None = None
-    used_precision: str | None = None
-    if mode == "images":
+    mode = _feature_mode(freeze=options.freeze, augment=config.augment, cache=options.cache)
+    return _Run(spec, model, checkpoint, resuming, fingerprint, label, mode)
+
+
+def _make_trainer(
+    run: _Run, splits: DataSplits, callbacks: Sequence[Callback], options: _Options
+) -> tuple[Trainer, dict[str, FeatureSet] | None]:
+    """Step 3: a trainer over images, or over backbone features extracted once (cached) on the feature path."""
+    hooks: list[Callback] = [ProgressBars(), EpochLogLine()] if options.show_bars else [EpochLogLine()]
+    hooks += callbacks
+    if run.mode == "images":
         trainer = Trainer(
-            model,
+            run.model,
             train_samples=splits.train,
             valid_samples=splits.valid,
-            preprocessing=spec.preprocessing,
-            config=config,
-            checkpoint_path=checkpoint,
-            callbacks=[*all_callbacks, *callbacks],
-            fingerprint=fingerprint,
+            preprocessing=run.spec.preprocessing,
+            config=options.config,
+            checkpoint_path=run.checkpoint,
+            callbacks=hooks,
+            fingerprint=run.fingerprint,
         )
-    else:
-        from dogclf.features.cache import default_cache_dir
-        from dogclf.features.extract import ExtractOptions
-        from dogclf.features.head_training import make_head_trainer
-        from dogclf.features.pipeline import effective_precision, prepare_features
+        return trainer, None
+    from dogclf.training.head import make_head_trainer
 
-        if resuming:
-            _restore_checkpoint_weights(model, checkpoint, fingerprint)
-        options = ExtractOptions(
-            batch_size=extract_batch_size, num_workers=config.num_workers, precision=precision, device=config.device
-        )
-        used_precision = effective_precision(options)
-        folder = None
-        if mode == "cached":
-            env = os.environ if environ is None else environ
-            folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(env)
-        feature_sets = prepare_features(
-            splits,
-            spec,
-            model.backbone,
-            weights_label=recorded_weights,
-            cache_dir=folder,
-            options=options,
-            log=log,
-            progress=show_bars,
-        )
-        trainer = make_head_trainer(
-            model,
-            feature_sets["train"],
-            feature_sets["valid"],
-            config,
-            callbacks=[*all_callbacks, *callbacks],
-            checkpoint_path=checkpoint,
-            fingerprint=fingerprint,
-        )
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if resuming:
-        done = trainer.resume()
-        log(f"Resuming from {checkpoint} after epoch {done} of {config.epochs}")
-    log(
-        f"Training {spec.name} ({'frozen backbone' if freeze else 'whole network'}, {trainable:,} trainable "
-        f"parameters) for {config.epochs} epochs on {trainer.device}: batch {config.batch_size}, Adam lr {config.lr:g}"
-        + ("" if mode == "images" else f", on {mode} features")
+    features = _extract_features(run, splits, options)
+    trainer = make_head_trainer(
+        run.model,
+        features["train"],
+        features["valid"],
+        options.config,
+        callbacks=hooks,
+        checkpoint_path=run.checkpoint,
+        fingerprint=run.fingerprint,
     )
-    history = trainer.fit()
-    calibration = _calibrate(
-        model,
+    return trainer, features
+
+
+def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[str, FeatureSet]:
+    """The backbone's features of every image: from the feature cache, the rest extracted once."""
+    from dogclf.features.cache import default_cache_dir
+    from dogclf.features.extract import ExtractOptions
+    from dogclf.features.pipeline import effective_precision, prepare_features
+
+    if run.resuming:
+        _restore_checkpoint_weights(run.model, run.checkpoint, run.fingerprint)
+    config = options.config
+    extract = ExtractOptions(
+        batch_size=options.extract_batch_size,
+        num_workers=config.num_workers,
+        precision=options.precision,
+        device=config.device,
+    )
+    run.precision = effective_precision(extract)
+    folder = None
+    if run.mode == "cached":
+        cache_dir = options.cache_dir
+        folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(options.environ)
+    return prepare_features(
         splits,
-        spec,
-        config,
-        trainer.device,
-        log,
-        valid_features=feature_sets["valid"] if feature_sets is not None else None,
+        run.spec,
+        run.model.backbone,
+        weights_label=run.weights_label,
+        cache_dir=folder,
+        options=extract,
+        log=options.log,
+        progress=options.show_bars,
     )
 
-    test_metrics = None
-    if splits.test and feature_sets is not None:
-        test_metrics = _feature_metrics(model, feature_sets["test"])
-        log(f"test_top1={test_metrics['top1']:.4f} test_top5={test_metrics['top5']:.4f} n={test_metrics['n']}")
-    elif splits.test:
+
+def _fit(trainer: Trainer, run: _Run, options: _Options) -> list[dict[str, float]]:
+    """Step 4: the epochs (continued from the checkpoint when resuming)."""
+    config, log = options.config, options.log
+    if run.resuming:
+        done = trainer.resume()
+        log(f"Resuming from {run.checkpoint} after epoch {done} of {config.epochs}")
+    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    log(
+        f"Training {run.spec.name} ({'frozen backbone' if options.freeze else 'whole network'}, {trainable:,} "
+        f"trainable parameters) for {config.epochs} epochs on {trainer.device}: batch {config.batch_size}, "
+        f"Adam lr {config.lr:g}" + ("" if run.mode == "images" else f", on {run.mode} features")
+    )
+    return trainer.fit()
+
+
+def _test_metrics(
+    run: _Run,
+    splits: DataSplits,
+    features: dict[str, FeatureSet] | None,
+    device: torch.device,
+    options: _Options,
+) -> dict[str, Any] | None:
+    """Step 6: test-split metrics, from the test features on the feature path or the images otherwise."""
+    if not splits.test:
+        return None
+    if features is not None:
+        metrics = _feature_metrics(run.model, features["test"])
+    else:
         from dogclf.classifier import Classifier
         from dogclf.evaluation import evaluate
 
-        classifier = Classifier(model, spec=spec, class_names=splits.class_names, device=trainer.device)
+        classifier = Classifier(run.model, spec=run.spec, class_names=splits.class_names, device=device)
+        config = options.config
         report = evaluate(classifier, splits.test, batch_size=config.batch_size, num_workers=config.workers())
-        test_metrics = {"top1": report.top1, "top5": report.top5, "n": report.n, "loss": report.loss}
-        log(f"test_top1={report.top1:.4f} test_top5={report.top5:.4f} n={report.n}")
+        metrics = {"top1": report.top1, "top5": report.top5, "n": report.n, "loss": report.loss}
+    options.log(f"test_top1={metrics['top1']:.4f} test_top5={metrics['top5']:.4f} n={metrics['n']}")
+    return metrics
 
+
+def _save(
+    run: _Run,
+    splits: DataSplits,
+    out: Path,
+    history: list[dict[str, float]],
+    calibration: Calibration,
+    test_metrics: dict[str, Any] | None,
+    *,
+    valid_fraction: float | None,
+    options: _Options,
+) -> None:
+    """Step 7: the model directory (weights, config with classes, metrics, calibration and settings)."""
     final = history[-1] if history else {}
     save_model(
-        model,
+        run.model,
         out,
-        spec=spec,
+        spec=run.spec,
         classes=splits.classes,
-        head=head.to_dict(),
+        head=options.head.to_dict(),
         metrics={"final": final, "history": history, "test": test_metrics},
         calibration=calibration.to_dict(),
         training={
-            **config.to_dict(),
-            "weights": recorded_weights,
-            "freeze": freeze,
+            **options.config.to_dict(),
+            "weights": run.weights_label,
+            "freeze": options.freeze,
             "data": str(splits.root),
             "valid_source": splits.valid_source,
             "valid_fraction": valid_fraction if splits.valid_source.startswith("fraction") else None,
@@ -338,9 +439,7 @@ def train(
             "n_valid": len(splits.valid),
             "n_test": len(splits.test),
             "skipped_files": len(splits.skipped),
-            "features": mode,
-            "precision": used_precision,
+            "features": run.mode,
+            "precision": run.precision,
         },
     )
-    log(f"Saved model to {out}")
-    return TrainResult(model_dir=out, history=history, splits=splits, test=test_metrics)

@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from dogclf.train_config import TrainConfig
+    from dogclf.training.config import TrainConfig
 
 __all__ = ["Callback", "CallbackList", "EpochLogLine", "ProgressBars", "TrainState", "format_epoch_line"]
 

@@ -12,14 +12,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from dogclf.backbones.spec import Preprocessing
-from dogclf.callbacks import Callback, CallbackList, TrainState
-from dogclf.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from dogclf.data.dataset import EpochShuffleSampler, ImageDataset
 from dogclf.data.folder import Sample
 from dogclf.data.transforms import eval_transform, train_transform
 from dogclf.errors import ModelDirError
 from dogclf.model import DogClassifierNet
-from dogclf.train_config import TrainConfig, resolve_device
+from dogclf.training.callbacks import Callback, CallbackList, TrainState
+from dogclf.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from dogclf.training.config import TrainConfig, resolve_device
 
 __all__ = ["Batches", "TrainBatches", "Trainer", "check_fingerprint", "make_optimizer"]
 
@@ -78,7 +78,7 @@ class Trainer:
 
     By default it reads images (``train_samples``, ``valid_samples``, ``preprocessing``); given ``batches`` it
     trains on those instead, e.g. cached backbone features through the head alone
-    (:mod:`dogclf.features.head_training`). Either way the optimizer, loss, epoch order, metrics, callbacks and
+    (:mod:`dogclf.training.head`). Either way the optimizer, loss, epoch order, metrics, callbacks and
     checkpoints are the same.
 
     Args:
