@@ -1,10 +1,15 @@
-"""A loaded, trained model that predicts breeds: ``load_model(DIR).predict(images)``."""
+"""A loaded, trained model that predicts breeds: ``load_model(DIR).predict(images)``.
+
+A :class:`Classifier` is a model directory made ready for inference: its network inside an
+:class:`~dogclf.inference.engine.Engine` (batched, channels-last, in the precision the model was calibrated in) and
+its :class:`~dogclf.inference.postprocess.PostProcessor` (temperature, unknown decision, top-k). ``predict``,
+``evaluate``, ``serve`` and the SageMaker handlers all use these two, so they give the same answers.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +18,12 @@ from PIL import Image
 
 from dogclf.artifact import load_state, read_config, resolve_spec
 from dogclf.backbones.spec import BackboneSpec
-from dogclf.data.images import load_rgb
-from dogclf.data.transforms import eval_transform
 from dogclf.errors import ModelDirError
+from dogclf.inference.engine import Engine, EngineOutput, TorchEngine
+from dogclf.inference.postprocess import PostProcessor, Scores
+from dogclf.inference.precision import PrecisionChoice, choose_precision
+from dogclf.inference.results import ImageResult, Prediction
+from dogclf.inference.threads import ThreadBudget
 from dogclf.model import DogClassifierNet, HeadConfig, build_head
 from dogclf.training.config import resolve_device
 
@@ -24,56 +32,24 @@ __all__ = ["Classifier", "ImageResult", "Prediction", "load_model"]
 ImageInput = str | os.PathLike[str] | bytes | Image.Image
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """One ranked answer: class index, display name and probability."""
-
-    index: int
-    label: str
-    score: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """Returns ``{"label", "score", "index"}``."""
-        return {"label": self.label, "score": self.score, "index": self.index}
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    """The answer for one image: ranked breeds, and whether it looks like none of them.
-
-    Attributes:
-        predictions: The top-k breeds, best first (calibrated scores).
-        unknown: True when the top score is under the model's unknown threshold.
-    """
-
-    predictions: list[Prediction]
-    unknown: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        """Returns ``{"predictions": [{"label", "score", "index"}, ...], "unknown": bool}``."""
-        return {"predictions": [p.to_dict() for p in self.predictions], "unknown": self.unknown}
-
-
-def _calibration(config: dict[str, Any]) -> tuple[float, float | None]:
-    """Temperature and unknown threshold recorded in a config (1.0 and None for models trained before them)."""
-    calibration = config.get("calibration") or {}
-    temperature = float(calibration.get("temperature", 1.0))
-    threshold = calibration.get("unknown_threshold")
-    return temperature, None if threshold is None else float(threshold)
+def _check_top_k(top_k: Any) -> None:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
 
 
 class Classifier:
-    """A trained model with its class names and preprocessing.
+    """A trained model with its class names, preprocessing, engine and post-processing.
 
     Args:
         net: The network.
         spec: Its backbone spec (preprocessing included).
         class_names: Display names in index order.
-        config: The model directory's config.
+        config: The model directory's config (calibration and its precision).
         device: Where the network runs.
-        precision: ``"fp32"`` (default: exact), ``"bf16"``, ``"fp16"`` (CUDA) or ``"auto"`` (bf16 autocast with
-            channels-last on CPUs with native bfloat16 and on CUDA, as feature extraction does; several times faster
-            on such CPUs, scores differ from fp32 in about the third decimal).
+        precision: ``None`` (default): the precision the model was calibrated in (``config.json``); or ``"fp32"``,
+            ``"bf16"``, ``"fp16"`` (CUDA), ``"auto"`` (bf16 on CPUs with native bfloat16 and on CUDA, else fp32).
+        engine: Another engine for the same model (for example an ONNX Runtime one); default: the torch engine.
+        forward_batch: Most images per forward pass (default: 8 on a CPU, 64 on CUDA).
     """
 
     def __init__(
@@ -84,78 +60,138 @@ class Classifier:
         class_names: Sequence[str],
         config: dict[str, Any] | None = None,
         device: torch.device | str = "cpu",
-        precision: str = "fp32",
+        precision: str | None = None,
+        engine: Engine | None = None,
+        forward_batch: int | None = None,
     ) -> None:
-        from dogclf.features.extract import ExtractOptions, resolve_precision
-
-        self.device = torch.device(device)
-        self.precision = resolve_precision(ExtractOptions(precision=precision), self.device)
-        self.net = net.to(self.device).eval()
-        if self.precision != "fp32":
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.config = config or {}
         self.spec = spec
         self.class_names = list(class_names)
-        self.config = config or {}
-        self.transform = eval_transform(spec.preprocessing)
-        self.temperature, self.unknown_threshold = _calibration(self.config)
+        device = torch.device(device)
+        self.precision_choice: PrecisionChoice = choose_precision(precision, self.config, device)
+        self.engine: Engine = engine or TorchEngine(
+            net,
+            spec.preprocessing,
+            device=device,
+            precision=self.precision_choice.precision,
+            forward_batch=forward_batch,
+        )
+        if engine is not None:
+            self.precision_choice = PrecisionChoice(engine.precision, f"{engine.name} engine")
+        self.net = net
+        self.post = PostProcessor.from_config(self.config, self.class_names)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the forward pass runs."""
+        return self.engine.device
+
+    @property
+    def precision(self) -> str:
+        """The precision the forward pass runs in: ``"fp32"``, ``"bf16"`` or ``"fp16"``."""
+        return self.engine.precision
 
     @property
     def preprocessing(self) -> Any:
         """The input contract of the backbone."""
         return self.spec.preprocessing
 
-    def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
-        """Decodes and transforms images into one batch tensor."""
-        size = self.spec.preprocessing.resize_size
-        return torch.stack([self.transform(load_rgb(image, min_size=size)) for image in images])
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature (1.0 for uncalibrated models)."""
+        return self.post.temperature
 
-    @torch.inference_mode()
+    @property
+    def unknown_threshold(self) -> float | None:
+        """The top-score threshold under which an image is unknown (``None``: none)."""
+        return self.post.unknown_threshold
+
+    @property
+    def transform(self) -> Any:
+        """The eval transform as one callable (PIL image -> normalised tensor), for code that wants torchvision's."""
+        from dogclf.data.transforms import eval_transform
+
+        return eval_transform(self.spec.preprocessing)
+
+    def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """Decodes and transforms images into one normalised ``(N, 3, H, W)`` float batch."""
+        from dogclf.inference.preprocess import Normaliser, stack
+
+        arrays = [self.engine.prepare(image) for image in images]
+        return Normaliser(self.preprocessing, torch.device("cpu"))(stack(arrays)).contiguous()
+
+    def forward(self, batch: torch.Tensor | Sequence[Any]) -> EngineOutput:
+        """Logits and backbone features of a batch (prepared uint8 images, or a normalised float tensor)."""
+        return self.engine.forward(batch)
+
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Raw logits ``(N, C)`` (float32, on the CPU) of a preprocessed batch, in this classifier's precision."""
-        if self.precision == "fp32":
-            return self.net(batch.to(self.device)).float().cpu()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        # Small forward batches are several times faster per image on CPUs (see docs/features.md).
-        step = 8 if self.device.type == "cpu" else len(batch) or 1
-        parts = []
-        with torch.autocast(device_type=self.device.type, dtype=dtype):
-            for start in range(0, len(batch), step):
-                x = batch[start : start + step].to(self.device).contiguous(memory_format=torch.channels_last)
-                parts.append(self.net(x).float().cpu())
-        return torch.cat(parts) if parts else torch.empty(0, len(self.class_names))
+        """Raw logits ``(N, C)`` (float32, on the CPU) of a batch, in this classifier's precision."""
+        return self.engine.forward(batch).logits
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Calibrated class probabilities ``(N, C)`` of a preprocessed batch (softmax of logits / temperature)."""
-        return torch.softmax(self.logits(batch) / self.temperature, dim=1)
+        """Calibrated class probabilities ``(N, C)`` of a batch (softmax of logits / temperature)."""
+        return self.post.probabilities(self.logits(batch))
+
+    def scores(self, output: EngineOutput) -> Scores:
+        """Calibrated probabilities and unknown flags of an engine output (:meth:`PostProcessor.scores`)."""
+        return self.post.scores(output)
 
     def is_unknown(self, top_score: float) -> bool:
-        """Whether a top score is too low for any known breed (never, for models without a threshold)."""
+        """Whether a top score alone is too low for any known breed (never, for models without a threshold)."""
         return self.unknown_threshold is not None and top_score < self.unknown_threshold
 
     def rank(self, probs: torch.Tensor, *, top_k: int = 5) -> list[ImageResult]:
-        """Turns probabilities ``(N, C)`` into one :class:`ImageResult` per row."""
-        k = min(top_k, len(self.class_names))
-        scores, indices = probs.topk(k, dim=1)
-        results = []
-        for row_s, row_i in zip(scores.tolist(), indices.tolist(), strict=True):
-            predictions = [Prediction(i, self.class_names[i], s) for s, i in zip(row_s, row_i, strict=True)]
-            results.append(ImageResult(predictions, self.is_unknown(row_s[0])))
-        return results
+        """Turns calibrated probabilities ``(N, C)`` into one :class:`ImageResult` per row.
+
+        Without features the unknown decision sees the scores only; prefer :meth:`answer` on an engine output.
+        """
+        return self.post.results(Scores(probs, self.post.unknown(probs, None)), top_k=top_k)
+
+    def answer(self, output: EngineOutput, *, top_k: int | Sequence[int] = 5) -> list[ImageResult]:
+        """The answers for an engine output: the one post-processing every entry point uses."""
+        return self.post(output, top_k=top_k)
+
+    def classify_stream(
+        self, images: Iterable[ImageInput], *, top_k: int = 5, budget: ThreadBudget | None = None
+    ) -> Iterator[tuple[int, ImageResult | str]]:
+        """Classifies images as they are decoded, in input order.
+
+        Yields ``(index, ImageResult)``, or ``(index, reason)`` for an image that cannot be decoded.
+
+        Args:
+            images: Paths, bytes or PIL images (any iterable: a folder listing is streamed, not loaded).
+            top_k: Breeds per answer.
+            budget: Decoding and forward threads (default :meth:`ThreadBudget.plan`).
+        """
+        _check_top_k(top_k)
+        for batch in self.engine.stream(images, budget=budget):
+            answers = self.answer(batch.output, top_k=top_k) if batch.positions else []
+            merged: list[tuple[int, ImageResult | str]] = [*zip(batch.positions, answers, strict=True)]
+            merged += batch.failures
+            yield from sorted(merged, key=lambda pair: pair[0])
 
     def classify(
         self, images: ImageInput | Sequence[ImageInput], *, top_k: int = 5, batch_size: int = 32
     ) -> list[ImageResult]:
-        """Like :meth:`predict`, but each answer also says whether the image looks like an unknown breed."""
+        """Like :meth:`predict`, but each answer also says whether the image looks like an unknown breed.
+
+        Raises:
+            UnreadableImageError: An image that cannot be decoded.
+        """
+        from dogclf.errors import UnreadableImageError
+
         if isinstance(images, (str, os.PathLike, bytes, Image.Image)):
             images = [images]
-        if not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
+        _check_top_k(top_k)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         images = list(images)
+        budget = ThreadBudget.plan(decode_workers=0) if len(images) <= 1 else None
         results: list[ImageResult] = []
-        for start in range(0, len(images), batch_size):
-            results += self.rank(self.probabilities(self.preprocess(images[start : start + batch_size])), top_k=top_k)
+        for _, answer in self.classify_stream(images, top_k=top_k, budget=budget):
+            if isinstance(answer, str):
+                raise UnreadableImageError(answer)
+            results.append(answer)
         return results
 
     def predict(
@@ -166,21 +202,63 @@ class Classifier:
         Args:
             images: One image or a list of them: paths, bytes or PIL images.
             top_k: How many classes to return per image (capped at the class count).
-            batch_size: Images per forward pass.
+            batch_size: Kept for compatibility; the engine picks its forward batch.
 
         Returns:
             For each image, the ``top_k`` best predictions, best first.
         """
         return [r.predictions for r in self.classify(images, top_k=top_k, batch_size=batch_size)]
 
+    def info(self) -> dict[str, Any]:
+        """The engine, precision (and why) and device, for ``/info`` and start-up lines."""
+        return {
+            "engine": self.engine.name,
+            "precision": self.precision,
+            "precision_reason": self.precision_choice.reason,
+            "device": str(self.device),
+            "forward_batch": self.engine.forward_batch,
+        }
 
-def load_model(model_dir: str | os.PathLike[str], *, device: str = "cpu", precision: str = "fp32") -> Classifier:
+
+def build_net(config: dict[str, Any], spec: BackboneSpec, root: Path) -> DogClassifierNet:
+    """The network of a model directory, with its weights loaded (no network, no pickle).
+
+    Raises:
+        ModelDirError: Weights that do not fit the backbone and head.
+    """
+    net = DogClassifierNet(
+        spec.build(pretrained=False, progress=False),
+        build_head(spec.num_features, len(config["class_names"]), HeadConfig(**config["head"])),
+        frozen=True,
+    )
+    missing, unexpected = net.load_state_dict(load_state(root), strict=False)
+    if missing or unexpected:
+        raise ModelDirError(
+            f"Weights in {str(root)!r} do not fit backbone {spec.name!r} with this head: "
+            f"{len(missing)} missing (e.g. {', '.join(missing[:3])}), "
+            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})."
+        )
+    return net
+
+
+def load_model(
+    model_dir: str | os.PathLike[str],
+    *,
+    device: str = "cpu",
+    precision: str | None = None,
+    engine: str = "torch",
+    forward_batch: int | None = None,
+) -> Classifier:
     """Loads a model directory written by ``dogclf train`` (no network, no pickle).
 
     Args:
         model_dir: The directory holding ``model.safetensors`` and ``config.json``.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
-        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"`` (see :class:`Classifier`).
+        precision: ``None`` (the precision the model was calibrated in), ``"fp32"``, ``"bf16"``, ``"fp16"`` or
+            ``"auto"`` (see :class:`Classifier`).
+        engine: ``"torch"`` (default), or ``"onnxruntime"`` / ``"openvino"`` (the model exported to ONNX and run by
+            that runtime; needs ``pip install "dogclf[onnx]"``).
+        forward_batch: Most images per forward pass (default: 8 on a CPU, 64 on CUDA).
 
     Returns:
         A ready :class:`Classifier`.
@@ -191,25 +269,29 @@ def load_model(model_dir: str | os.PathLike[str], *, device: str = "cpu", precis
     root = Path(model_dir)
     config = read_config(root)
     spec = resolve_spec(config, root)
-    head_config = HeadConfig(**config["head"])
-    net = DogClassifierNet(
-        spec.build(pretrained=False, progress=False),
-        build_head(spec.num_features, len(config["class_names"]), head_config),
-        frozen=True,
-    )
-    state = load_state(root)
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ModelDirError(
-            f"Weights in {str(root)!r} do not fit backbone {spec.name!r} with this head: "
-            f"{len(missing)} missing (e.g. {', '.join(missing[:3])}), "
-            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})."
+    net = build_net(config, spec, root)
+    device_ = resolve_device(device)
+    other = None
+    if engine != "torch":
+        from dogclf.inference.runtimes import runtime_engine
+
+        choice = choose_precision(precision, config, device_)
+        other = runtime_engine(
+            engine,
+            net,
+            spec.preprocessing,
+            precision=choice.precision,
+            forward_batch=forward_batch,
+            model_dir=root,
+            config=config,
         )
     return Classifier(
         net,
         spec=spec,
         class_names=config["class_names"],
         config=config,
-        device=resolve_device(device),
+        device=device_,
         precision=precision,
+        engine=other,
+        forward_batch=forward_batch,
     )

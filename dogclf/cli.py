@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    _add_precision_arg(ev)
     ev.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
 
     pr = sub.add_parser("predict", help="predict the breed of images (with a model directory or a running server)")
@@ -104,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     pr.add_argument("--json", action="store_true", help="print JSON")
     pr.add_argument("--device", default="cpu", help="with --model: cpu (default), auto, cuda or cuda:N")
+    _add_precision_arg(pr)
 
     sv = sub.add_parser("serve", help="serve a model over HTTP with batching and a web page (SageMaker contract)")
     sv.add_argument("--model", required=True, type=Path, help="model directory")
@@ -116,17 +118,39 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--queue-size", type=int, default=256, help="images waiting before 503 Busy (default 256)")
     sv.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB (default 16)")
     sv.add_argument("--top-k", type=int, default=None, help="breeds per answer (default $DOGCLF_TOP_K or 5)")
-    sv.add_argument("--decode-workers", type=int, default=None, help="image decoding threads (default: cores / 2)")
-    sv.add_argument("--device", default="auto", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
     sv.add_argument(
-        "--precision",
-        choices=("auto", "bf16", "fp16", "fp32"),
-        default="auto",
-        help="auto (default): bf16 autocast + channels-last on CPUs with native bf16 and on CUDA, else fp32",
+        "--decode-workers", type=int, default=None, help="image decoding threads (default: a quarter of the cores)"
+    )
+    sv.add_argument(
+        "--forward-workers", type=int, default=1, help="forward passes that may run at once, each on its own batch"
+    )
+    sv.add_argument(
+        "--forward-threads",
+        type=int,
+        default=None,
+        help="torch threads per forward worker (default: the cores not used for decoding, shared among workers)",
+    )
+    sv.add_argument(
+        "--request-timeout", type=float, default=30.0, help="seconds before a request gets 504 (default 30; 0: none)"
+    )
+    sv.add_argument("--device", default="auto", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
+    _add_precision_arg(sv)
+    sv.add_argument(
+        "--engine",
+        choices=("torch", "onnxruntime", "openvino"),
+        default="torch",
+        help="torch (default), or the model exported to ONNX and run by ONNX Runtime or OpenVINO (dogclf[onnx])",
     )
     sv.add_argument(
         "--access-log", action=argparse.BooleanOptionalAction, default=True, help="log one line per request"
     )
+
+    ex = sub.add_parser("export", help="export a model to ONNX (or TorchScript) for other runtimes")
+    ex.add_argument("model", type=Path, metavar="MODEL_DIR", help="model directory written by `dogclf train`")
+    ex.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="onnx (default) or torchscript")
+    ex.add_argument("-o", "--output", type=Path, default=None, help="file to write (default MODEL_DIR/model.onnx)")
+    ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 18 or later)")
+    ex.add_argument("--overwrite", action="store_true", help="replace the file if it exists")
 
     pk = sub.add_parser("package", help="write the model.tar.gz the SageMaker PyTorch inference container serves")
     pk.add_argument("model", type=Path, metavar="MODEL_DIR", help="model directory written by `dogclf train`")
@@ -137,6 +161,16 @@ def _parser() -> argparse.ArgumentParser:
 
     add_tune_parser(sub)
     return parser
+
+
+def _add_precision_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        default=None,
+        help="default: the precision the model was calibrated in (config.json); auto: bf16 on CUDA and on CPUs "
+        "with native bf16, else fp32",
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -249,7 +283,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dogclf.data.folder import load_splits
     from dogclf.evaluation import evaluate, plot_confusion_matrix
 
-    classifier = load_model(args.model, device=args.device)
+    classifier = load_model(args.model, device=args.device, precision=args.precision)
     config = classifier.config
     training = config.get("training", {})
     fraction = None
@@ -280,11 +314,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         payload: dict[str, Any] = report.to_dict()
         payload.update(split=args.split, confusion_png=str(plot), skipped=len(splits.skipped))
+        payload.update(precision_reason=classifier.precision_choice.reason)
         print(json.dumps(payload, indent=2))
         return 0
     if splits.skipped:
         print(f"Skipped {len(splits.skipped)} unreadable file(s): " + ", ".join(str(p) for p, _ in splits.skipped[:5]))
     print(f"{args.split}: n={report.n} top1={report.top1:.4f} top5={report.top5:.4f} loss={report.loss:.4f}")
+    print(
+        f"precision: {classifier.precision_choice.describe()}, {classifier.engine.name} engine on {classifier.device}"
+    )
     calibration = f"ECE {report.ece_uncalibrated:.3f} -> {report.ece:.3f} (temperature {report.temperature:.2f}); "
     if report.unknown_rate is None:
         calibration += "unknown rate n/a (the model has no unknown threshold)"
@@ -305,8 +343,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from dogclf.classifier import load_model
-    from dogclf.data.images import load_rgb
-    from dogclf.errors import UnreadableImageError
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
@@ -314,19 +350,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         from dogclf.serving.client import predict_remote
 
         return _print_predictions(predict_remote(args.url, args.images, top_k=args.top_k), as_json=args.json)
-    classifier = load_model(args.model, device=args.device)
-    results: list[dict[str, Any]] = []
-    decoded: dict[int, Any] = {}
-    for i, path in enumerate(args.images):
-        results.append({"image": str(path)})
-        try:
-            decoded[i] = load_rgb(path, min_size=classifier.preprocessing.resize_size)
-        except (UnreadableImageError, FileNotFoundError) as exc:
-            results[i]["error"] = str(exc)
-    # The readable images go through the network in batches, not one forward pass each.
-    ranked = classifier.classify(list(decoded.values()), top_k=args.top_k) if decoded else []
-    for i, answer in zip(decoded, ranked, strict=True):
-        results[i].update(answer.to_dict())
+    classifier = load_model(args.model, device=args.device, precision=args.precision)
+    print(f"dogclf predict: {classifier.precision_choice.describe()} on {classifier.device}", file=sys.stderr)
+    results: list[dict[str, Any]] = [{"image": str(path)} for path in args.images]
+    # The images stream through the engine: decoded in threads while batched forward passes run.
+    for i, answer in classifier.classify_stream(args.images, top_k=args.top_k):
+        if isinstance(answer, str):
+            results[i]["error"] = answer
+        else:
+            results[i].update(answer.to_dict())
     return _print_predictions(results, as_json=args.json)
 
 
@@ -360,6 +392,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         queue_size=args.queue_size,
         decode_workers=args.decode_workers,
+        forward_workers=args.forward_workers,
+        forward_threads=args.forward_threads,
+        request_timeout_s=args.request_timeout,
     )
     limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024))
     top_k = default_top_k(os.environ) if args.top_k is None else args.top_k
@@ -372,8 +407,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         top_k=top_k,
         device=args.device,
         precision=args.precision,
+        engine=args.engine,
         access_log=args.access_log,
     )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from dogclf.inference.export import export_model
+
+    report = export_model(args.model, args.output, format=args.format, opset=args.opset, overwrite=args.overwrite)
+    print(report.summary())
     return 0
 
 
@@ -398,6 +442,7 @@ _COMMANDS = {
     "evaluate": _cmd_evaluate,
     "predict": _cmd_predict,
     "serve": _cmd_serve,
+    "export": _cmd_export,
     "package": _cmd_package,
     "tune": _cmd_tune,
 }

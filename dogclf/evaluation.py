@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from dogclf.classifier import Classifier
-from dogclf.data.dataset import ImageDataset
 from dogclf.data.folder import Sample
+from dogclf.errors import UnreadableImageError
+from dogclf.inference.postprocess import Scores
+from dogclf.inference.threads import ThreadBudget
 from dogclf.training.calibration import ece_from_confidences
 
 __all__ = ["EvalReport", "evaluate", "plot_confusion_matrix"]
@@ -32,10 +33,11 @@ class EvalReport:
         confusion: ``confusion[true][pred]`` counts.
         ece: Expected calibration error of the scores the classifier gives (its temperature applied).
         ece_uncalibrated: The same at temperature 1 (raw softmax).
-        unknown_rate: Fraction of images whose top score is under the model's unknown threshold (``None``: the
-            model has no threshold).
+        unknown_rate: Fraction of images the model flags unknown (:meth:`dogclf.inference.PostProcessor.unknown`;
+            ``None``: the model has no unknown threshold).
         temperature: The model's temperature.
         unknown_threshold: The model's unknown threshold, if any.
+        precision: The precision the forward passes ran in (``"fp32"``, ``"bf16"``, ``"fp16"``).
     """
 
     n: int
@@ -49,6 +51,7 @@ class EvalReport:
     unknown_rate: float | None = None
     temperature: float = 1.0
     unknown_threshold: float | None = None
+    precision: str = "fp32"
 
     def per_class(self) -> dict[str, dict[str, float]]:
         """Accuracy and image count of each class that has images."""
@@ -85,6 +88,7 @@ class EvalReport:
             "unknown_rate": self.unknown_rate,
             "temperature": self.temperature,
             "unknown_threshold": self.unknown_threshold,
+            "precision": self.precision,
         }
 
 
@@ -93,66 +97,96 @@ def evaluate(
     samples: Sequence[Sample],
     *,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     progress: bool = False,
+    budget: ThreadBudget | None = None,
 ) -> EvalReport:
-    """Runs the classifier over labelled samples.
+    """Runs the classifier over labelled samples, streaming them through its engine.
+
+    Images are decoded in threads while the forward pass runs (see :meth:`dogclf.inference.Engine.stream`); scores
+    and the unknown decision come from the classifier's post-processing, as ``predict`` and ``serve`` give them.
 
     Args:
         classifier: The trained model.
         samples: Labelled images (labels index ``classifier.class_names``).
-        batch_size: Images per forward pass.
-        num_workers: DataLoader workers for decoding.
+        batch_size: Kept for compatibility; the engine picks its forward batch.
+        num_workers: Decoding threads (``None``: the thread budget's; 0: decode between forward passes).
         progress: Show a progress bar.
+        budget: The whole thread budget (overrides ``num_workers``).
 
     Returns:
         The report.
+
+    Raises:
+        UnreadableImageError: A sample that cannot be decoded (``load_splits`` leaves such files out).
     """
-    n_classes = len(classifier.class_names)
+    del batch_size
     if not samples:
         raise ValueError("evaluate() needs at least one image")
-    dataset = ImageDataset(samples, classifier.transform, min_size=classifier.preprocessing.resize_size)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
-    k = min(5, n_classes)
-    top1 = top5 = 0
-    loss_sum = 0.0
-    top_raw: list[torch.Tensor] = []  # top softmax score at temperature 1, per image
-    top_calibrated: list[torch.Tensor] = []  # top score as Classifier.probabilities gives it
-    hits: list[torch.Tensor] = []
-    batches: Any = loader
+    budget = budget or ThreadBudget.plan(decode_workers=num_workers)
+    tally = _Tally(len(classifier.class_names))
+    bar: Any = None
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(loader, desc="evaluate", unit="batch", leave=False)
-    with torch.inference_mode():
-        for images, labels in batches:
-            logits = classifier.logits(images)  # in the classifier's precision, as predictions are made
-            loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            best = logits.topk(k, dim=1).indices
-            top1 += int((best[:, 0] == labels).sum())
-            top5 += int((best == labels[:, None]).any(dim=1).sum())
-            confusion.index_put_((labels, best[:, 0]), torch.ones_like(labels), accumulate=True)
-            top_raw.append(torch.softmax(logits, dim=1).max(dim=1).values)
-            top_calibrated.append(torch.softmax(logits / classifier.temperature, dim=1).max(dim=1).values)
-            hits.append(best[:, 0] == labels)
-    n = len(samples)
-    correct = torch.cat(hits)
-    calibrated = torch.cat(top_calibrated)
-    threshold = classifier.unknown_threshold
-    return EvalReport(
-        n=n,
-        top1=top1 / n,
-        top5=top5 / n,
-        loss=loss_sum / n,
-        class_names=list(classifier.class_names),
-        confusion=confusion.tolist(),
-        ece=ece_from_confidences(calibrated, correct),
-        ece_uncalibrated=ece_from_confidences(torch.cat(top_raw), correct),
-        unknown_rate=None if threshold is None else float((calibrated < threshold).double().mean()),
-        temperature=classifier.temperature,
-        unknown_threshold=threshold,
-    )
+        bar = tqdm(total=len(samples), desc="evaluate", unit="img", leave=False)
+    try:
+        for batch in classifier.engine.stream([s.path for s in samples], budget=budget):
+            if batch.failures:
+                index, reason = batch.failures[0]
+                raise UnreadableImageError(f"{reason} (image {index} of the split)")
+            labels = torch.tensor([samples[i].label for i in batch.positions], dtype=torch.long)
+            tally.add(batch.output.logits, classifier.scores(batch.output), labels)
+            if bar is not None:
+                bar.update(len(batch.positions))
+    finally:
+        if bar is not None:
+            bar.close()
+    return tally.report(classifier)
+
+
+class _Tally:
+    """Running sums of one evaluation, batch by batch."""
+
+    def __init__(self, n_classes: int) -> None:
+        self.confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
+        self.k = min(5, n_classes)
+        self.top1 = self.top5 = 0
+        self.loss_sum = 0.0
+        self.top_raw: list[torch.Tensor] = []  # top softmax score at temperature 1, per image
+        self.top_calibrated: list[torch.Tensor] = []  # top score as the classifier gives it
+        self.unknown: list[torch.Tensor] = []
+        self.hits: list[torch.Tensor] = []
+
+    def add(self, logits: torch.Tensor, scores: Scores, labels: torch.Tensor) -> None:
+        self.loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        best = logits.topk(self.k, dim=1).indices
+        self.top1 += int((best[:, 0] == labels).sum())
+        self.top5 += int((best == labels[:, None]).any(dim=1).sum())
+        self.confusion.index_put_((labels, best[:, 0]), torch.ones_like(labels), accumulate=True)
+        self.top_raw.append(torch.softmax(logits, dim=1).max(dim=1).values)
+        self.top_calibrated.append(scores.top)
+        self.unknown.append(scores.unknown)
+        self.hits.append(best[:, 0] == labels)
+
+    def report(self, classifier: Classifier) -> EvalReport:
+        n = int(self.confusion.sum())
+        correct = torch.cat(self.hits)
+        threshold = classifier.unknown_threshold
+        return EvalReport(
+            n=n,
+            top1=self.top1 / n,
+            top5=self.top5 / n,
+            loss=self.loss_sum / n,
+            class_names=list(classifier.class_names),
+            confusion=self.confusion.tolist(),
+            ece=ece_from_confidences(torch.cat(self.top_calibrated), correct),
+            ece_uncalibrated=ece_from_confidences(torch.cat(self.top_raw), correct),
+            unknown_rate=None if threshold is None else float(torch.cat(self.unknown).double().mean()),
+            temperature=classifier.temperature,
+            unknown_threshold=threshold,
+            precision=classifier.precision,
+        )
 
 
 def plot_confusion_matrix(report: EvalReport, path: str | os.PathLike[str], *, title: str = "") -> Path:

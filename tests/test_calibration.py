@@ -223,7 +223,11 @@ def test_training_through_the_backbone_calibrates_on_the_valid_images(
     )
     stored = Calibration.from_dict(json.loads((result.model_dir / "config.json").read_text())["calibration"])
     net = dogclf.load_model(result.model_dir).net
-    logits, labels = collect_logits(net, result.splits.valid, tiny_spec.preprocessing, batch_size=4, device="cpu")
+    # The pass through the images runs in the precision the model will be served in, and the calibration says which.
+    assert stored.precision in ("fp32", "bf16")
+    logits, labels = collect_logits(
+        net, result.splits.valid, tiny_spec.preprocessing, batch_size=4, device="cpu", precision=stored.precision
+    )
 
     assert stored.n == len(result.splits.valid) == 9
     assert stored.temperature == pytest.approx(calibrate(logits, labels).temperature, rel=1e-3)

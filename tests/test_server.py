@@ -70,7 +70,7 @@ def classifier(model_dir: Path) -> Classifier:
 
 
 class SlowNet(torch.nn.Module):
-    """The real network, plus a fixed delay per forward pass (to fill the queue deterministically)."""
+    """The real backbone, plus a fixed delay per forward pass (to fill the queue deterministically)."""
 
     def __init__(self, net: torch.nn.Module, seconds: float) -> None:
         super().__init__()
@@ -83,7 +83,7 @@ class SlowNet(torch.nn.Module):
 
 
 class GatedNet(torch.nn.Module):
-    """The real network, held inside its forward pass until the test opens the gate (at most 20 s)."""
+    """The real backbone, held inside its forward pass until the test opens the gate (at most 20 s)."""
 
     def __init__(self, net: torch.nn.Module) -> None:
         super().__init__()
@@ -313,8 +313,8 @@ def test_body_limits_are_enforced_without_reading_the_body(classifier: Classifie
 def test_the_server_answers_while_a_forward_pass_runs(classifier: Classifier) -> None:
     probe = jpeg(9)
     want = expected(classifier, [probe])[0]
-    gated = GatedNet(classifier.net)
-    classifier.net = gated
+    gated = GatedNet(classifier.engine.backbone)
+    classifier.engine.backbone = gated
     with running(classifier) as (port, _), ThreadPoolExecutor(1) as pool:
         pending = pool.submit(post_image, port, probe)
         assert gated.entered.wait(timeout=20), "the forward pass never started"
@@ -331,7 +331,7 @@ def test_the_server_answers_while_a_forward_pass_runs(classifier: Classifier) ->
 def test_full_queue_answers_503_with_retry_after(classifier: Classifier) -> None:
     probe = jpeg(8)
     want = expected(classifier, [probe])[0]
-    classifier.net = SlowNet(classifier.net, 0.4)
+    classifier.engine.backbone = SlowNet(classifier.engine.backbone, 0.4)
     batching = BatchConfig(max_batch_size=1, max_wait_ms=0, queue_size=1, retry_after_s=2)
     with running(classifier, batching=batching) as (port, _):
         barrier = threading.Barrier(6)

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-__all__ = ["eval_transform", "train_transform"]
+__all__ = ["eval_resize_crop", "eval_transform", "train_transform"]
 
 
 def _interpolation(name: str) -> object:
@@ -20,17 +20,21 @@ def _interpolation(name: str) -> object:
     return {"nearest": modes.NEAREST, "bilinear": modes.BILINEAR, "bicubic": modes.BICUBIC}[name]
 
 
-def eval_transform(pre: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
-    """Resize the shorter side to ``resize_size``, centre-crop ``input_size``, normalise."""
+def eval_resize_crop(pre: Preprocessing) -> Callable[[Image.Image], Image.Image]:
+    """The pixel part of :func:`eval_transform`: resize the shorter side to ``resize_size``, centre-crop (PIL only)."""
     t = import_torchvision().transforms
     return t.Compose(
         [
             t.Resize(pre.resize_size, interpolation=_interpolation(pre.interpolation), antialias=True),
             t.CenterCrop(pre.input_size),
-            t.ToTensor(),
-            t.Normalize(pre.mean, pre.std),
         ]
     )
+
+
+def eval_transform(pre: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
+    """Resize the shorter side to ``resize_size``, centre-crop ``input_size``, normalise."""
+    t = import_torchvision().transforms
+    return t.Compose([eval_resize_crop(pre), t.ToTensor(), t.Normalize(pre.mean, pre.std)])
 
 
 def train_transform(pre: Preprocessing, *, augment: bool = False) -> Callable[[Image.Image], torch.Tensor]:

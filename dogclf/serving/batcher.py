@@ -1,35 +1,46 @@
 """Dynamic batching: many clients' images, one forward pass.
 
-Each request's images are decoded and transformed in a small thread pool (Pillow releases the GIL while decoding),
-then wait in a bounded queue. One worker coroutine takes up to ``max_batch_size`` images at a time, waiting at most
-``max_wait_ms`` after the oldest one arrived for more to join, and runs the forward pass in its own thread (torch
-releases the GIL), so the event loop keeps accepting and answering requests while the model works.
+Each request's images are decoded, resized and cropped in a small thread pool (Pillow releases the GIL; no torch
+runs there), then wait in a bounded queue. The batching worker takes up to ``max_batch_size`` images at a time,
+waiting at most ``max_wait_ms`` after the oldest one arrived for more to join, and hands the batch to a forward
+thread (torch releases the GIL), so the event loop keeps accepting and answering requests while the model works.
+With ``forward_workers`` above 1, that many batches run at once, each on its own share of the cores.
+
+The thread budget is set on purpose (:class:`~dogclf.inference.threads.ThreadBudget`): decoding threads, and each
+forward thread's torch thread count, which the forward thread sets itself before every pass (torch keeps the count
+per thread, and a new thread inherits whatever another one set last). ``stats.forward_threads`` reports the count the
+last forward pass actually ran with.
 
 Admission is decided once per request, before any decoding: when the images already waiting plus the new ones would
 exceed ``queue_size``, the request is refused with 503 and ``Retry-After``. A request whose image cannot be decoded
-fails alone with 400/413; it never enters the queue, so it cannot disturb the batch it would have joined.
+fails alone with 400/413; it never enters the queue, so it cannot disturb the batch it would have joined. A request
+not answered within ``request_timeout_s`` gets 504; if the batching worker itself dies, every waiting request gets
+503 and :attr:`Batcher.healthy` turns false (``/ping`` answers 503).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import os
+import logging
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from dogclf.serving.codec import Limits, RequestError, image_tensor
+from dogclf.inference.threads import ThreadBudget
+from dogclf.serving.codec import Limits, RequestError, prepared_image
 
 __all__ = ["BatchConfig", "BatchStats", "Batcher", "default_decode_workers"]
 
+_LOG = logging.getLogger("dogclf.serve")
+
 
 def default_decode_workers(cpu_count: int | None = None) -> int:
-    """Decoding threads for a machine: half its cores (the forward pass uses the rest), from 1 to 4."""
-    cores = cpu_count if cpu_count is not None else os.cpu_count() or 1
-    return max(1, min(4, cores // 2))
+    """Decoding threads for a machine: those of :meth:`ThreadBudget.plan` (a quarter of the cores, 1 to 4)."""
+    return ThreadBudget.plan(cores=cpu_count).decode_workers
 
 
 @dataclass(frozen=True)
@@ -40,29 +51,48 @@ class BatchConfig:
         max_batch_size: Most images in one forward pass.
         max_wait_ms: How long the oldest waiting image may wait for others to join its batch.
         queue_size: Most images waiting (decoding or queued) before requests are refused with 503.
-        decode_workers: Threads that decode and transform images (``None``: :func:`default_decode_workers`).
+        decode_workers: Threads that decode and resize images (``None``: :meth:`ThreadBudget.plan`).
+        forward_workers: Forward passes that may run at once, each in its own thread on its own batch.
+        forward_threads: torch threads of each forward pass (``None``: the cores not used for decoding, shared
+            among the forward workers).
         retry_after_s: The ``Retry-After`` seconds sent with a 503.
+        request_timeout_s: A request not answered by then gets 504 (0: no limit).
     """
 
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     queue_size: int = 256
     decode_workers: int | None = None
+    forward_workers: int = 1
+    forward_threads: int | None = None
     retry_after_s: int = 1
+    request_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         checks = [
             ("max_batch_size", self.max_batch_size, self.max_batch_size >= 1, "an integer >= 1"),
             ("max_wait_ms", self.max_wait_ms, self.max_wait_ms >= 0, "a number >= 0"),
             ("queue_size", self.queue_size, self.queue_size >= 1, "an integer >= 1"),
+            ("forward_workers", self.forward_workers, self.forward_workers >= 1, "an integer >= 1"),
             ("retry_after_s", self.retry_after_s, self.retry_after_s >= 0, "an integer >= 0"),
+            ("request_timeout_s", self.request_timeout_s, self.request_timeout_s >= 0, "a number >= 0"),
         ]
         if self.decode_workers is not None:
             checks.append(("decode_workers", self.decode_workers, self.decode_workers >= 1, "an integer >= 1"))
+        if self.forward_threads is not None:
+            checks.append(("forward_threads", self.forward_threads, self.forward_threads >= 1, "an integer >= 1"))
         for name, value, ok, wanted in checks:
             if not ok:
-                flag = "--" + name.replace("_", "-")
+                flag = "--" + name.replace("_", "-").removesuffix("-s")
                 raise ValueError(f"{name} ({flag} of dogclf serve) must be {wanted}, got {value!r}.")
+
+    def budget(self) -> ThreadBudget:
+        """The thread budget these settings ask for on this machine."""
+        return ThreadBudget.plan(
+            decode_workers=self.decode_workers,
+            forward_workers=self.forward_workers,
+            forward_threads=self.forward_threads,
+        )
 
 
 @dataclass
@@ -75,7 +105,11 @@ class BatchStats:
         batches: Forward passes run.
         largest_batch: Most images in one forward pass.
         rejected: Requests refused because the queue was full.
-        failed: Requests that failed (bad images or a failed forward pass).
+        failed: Requests that failed (bad images, a failed forward pass, a timeout).
+        timed_out: Requests answered 504 because they were not done within the request timeout.
+        decode_seconds: Thread time spent decoding and resizing images.
+        forward_seconds: Thread time spent in forward passes (post-processing included).
+        forward_threads: torch threads the last forward pass ran with (0 before the first).
     """
 
     requests: int = 0
@@ -84,29 +118,22 @@ class BatchStats:
     largest_batch: int = 0
     rejected: int = 0
     failed: int = 0
+    timed_out: int = 0
+    decode_seconds: float = 0.0
+    forward_seconds: float = 0.0
+    forward_threads: int = 0
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | float]:
         """The counters as a plain dict."""
         return dict(vars(self))
 
 
 @dataclass
 class _Item:
-    tensor: Any
+    image: Any
     top_k: int
     future: asyncio.Future[Any]
     arrived: float = field(default_factory=time.monotonic)
-
-
-def _single_threaded_torch() -> None:
-    """Decoding threads run torch's small per-image ops on one thread.
-
-    Each thread that calls torch gets its own OpenMP team, and idle teams spin for a while; a second 2-thread team
-    next to the forward pass's competes with it for the cores and roughly doubled single-request latency here.
-    """
-    import torch
-
-    torch.set_num_threads(1)
 
 
 class Batcher:
@@ -116,7 +143,7 @@ class Batcher:
     then ``await stop()``.
 
     Args:
-        classifier: A loaded :class:`~dogclf.classifier.Classifier` (``transform``, ``probabilities``, ``rank``).
+        classifier: A loaded :class:`~dogclf.classifier.Classifier` (its ``engine`` and ``answer``).
         config: Batching knobs (default :class:`BatchConfig`).
         limits: Request limits; the pixel limit is checked before decoding (default ``Limits()``).
     """
@@ -125,37 +152,52 @@ class Batcher:
         self.classifier = classifier
         self.config = config or BatchConfig()
         self.limits = limits or Limits()
+        self.budget = self.config.budget()
         self.stats = BatchStats()
         self._items: collections.deque[_Item] = collections.deque()
         self._waiting = 0  # images admitted and not yet taken into a batch (decoding or queued)
         self._wakeup: asyncio.Future[None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
+        self._died: BaseException | None = None
         self._decode_pool: ThreadPoolExecutor | None = None
         self._forward_pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()  # the time counters are added to from several threads
 
     @property
     def running(self) -> bool:
         """Whether the batcher accepts work."""
-        return self._worker is not None and not self._closing
+        return self._worker is not None and not self._closing and self._died is None
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the batching worker is alive (false once it died, or before start)."""
+        return self._worker is not None and not self._worker.done() and self._died is None
 
     async def start(self) -> None:
         """Starts the thread pools and the batching worker on the running event loop."""
         if self._worker is not None:
             raise RuntimeError("Batcher.start() was already called.")
-        workers = self.config.decode_workers or default_decode_workers()
+        budget = self.budget
+        self.classifier.engine.use_threads(budget.forward_threads)
         self._decode_pool = ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="dogclf-decode", initializer=_single_threaded_torch
+            max_workers=max(1, budget.decode_workers), thread_name_prefix="dogclf-decode"
         )
-        self._forward_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dogclf-forward")
+        self._forward_pool = ThreadPoolExecutor(
+            max_workers=budget.forward_workers,
+            thread_name_prefix="dogclf-forward",
+            initializer=_set_torch_threads,
+            initargs=(budget.forward_threads,),
+        )
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="dogclf-batcher")
+        self._worker.add_done_callback(self._worker_done)
 
     async def stop(self) -> None:
         """Refuses new work, finishes every image already queued, then stops the worker and the threads."""
         self._closing = True
         self._wake()
         if self._worker is not None:
-            await self._worker
+            await asyncio.wait([self._worker])
         for pool in (self._decode_pool, self._forward_pool):
             if pool is not None:
                 pool.shutdown(wait=True)
@@ -172,17 +214,32 @@ class Batcher:
             One :class:`~dogclf.classifier.ImageResult` per image, in order.
 
         Raises:
-            RequestError: 503 when the queue is full or the server is stopping, 413 when the request alone holds
-                more images than the queue, 400/413 for an image that cannot be decoded.
+            RequestError: 503 when the queue is full, the server is stopping or its worker died; 504 when the
+                request was not answered within ``request_timeout_s``; 413 when the request alone holds more images
+                than the queue; 400/413 for an image that cannot be decoded.
         """
         n = len(images)
         if labels is None:
             labels = ["image"] if n == 1 else [f"images[{i}]" for i in range(n)]
         self._admit(n)
         self._waiting += n
-        loop = asyncio.get_running_loop()
+        timeout = self.config.request_timeout_s or None
         try:
-            tensors = await asyncio.gather(
+            return await asyncio.wait_for(self._classify(images, top_k, labels), timeout)
+        except asyncio.TimeoutError:
+            self.stats.timed_out += 1
+            self.stats.failed += 1
+            raise RequestError(
+                504,
+                f"The request was not answered within {self.config.request_timeout_s:g} s (the server is overloaded "
+                "or its model is stuck); retry later, or raise --request-timeout.",
+            ) from None
+
+    async def _classify(self, images: Sequence[bytes], top_k: int, labels: Sequence[str]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        n = len(images)
+        try:
+            prepared = await asyncio.gather(
                 *(
                     loop.run_in_executor(self._decode_pool, self._prepare, data, label)
                     for data, label in zip(images, labels, strict=True)
@@ -193,12 +250,17 @@ class Batcher:
             self.stats.failed += 1
             self._wake()  # a stopping worker waits for decodes in flight
             raise
-        items = [_Item(tensor, top_k, loop.create_future()) for tensor in tensors]
+        if self._died is not None:
+            self._waiting -= n
+            raise self.unavailable_error()
+        items = [_Item(image, top_k, loop.create_future()) for image in prepared]
         self._items.extend(items)
         self._wake()
         try:
             results = await asyncio.gather(*(item.future for item in items))
         except BaseException:
+            for item in items:  # a timed-out request's images are skipped if they are still queued
+                item.future.cancel()
             self.stats.failed += 1
             raise
         self.stats.requests += 1
@@ -206,6 +268,8 @@ class Batcher:
 
     def _admit(self, n: int) -> None:
         retry = {"Retry-After": str(self.config.retry_after_s)}
+        if self._died is not None:
+            raise self.unavailable_error()
         if not self.running:
             raise RequestError(503, "The server is shutting down; retry on another instance or later.", retry)
         if n > self.config.queue_size:
@@ -221,16 +285,34 @@ class Batcher:
                 retry,
             )
 
+    def unavailable_error(self) -> RequestError:
+        """The 503 answered once the batching worker has died (with its reason)."""
+        reason = f"{type(self._died).__name__}: {self._died}" if self._died is not None else "stopped"
+        return RequestError(
+            503, f"The server's batching worker has stopped ({reason}); restart the server.", {"Retry-After": "5"}
+        )
+
     def _prepare(self, data: bytes, label: str) -> Any:
-        """Decodes (header checked first) and transforms one image; runs in the decoding pool."""
-        return image_tensor(self.classifier, data, label=label, max_pixels=self.limits.max_pixels)
+        """Decodes (header checked first), resizes and crops one image; runs in the decoding pool."""
+        started = time.perf_counter()
+        try:
+            return prepared_image(self.classifier, data, label=label, max_pixels=self.limits.max_pixels)
+        finally:
+            with self._lock:
+                self.stats.decode_seconds += time.perf_counter() - started
 
     def _forward(self, items: list[_Item]) -> list[Any]:
-        """One forward pass for a batch; runs in the forward thread."""
+        """One forward pass for a batch and its answers; runs in a forward thread, with the budget's threads."""
         import torch
 
-        probs = self.classifier.probabilities(torch.stack([item.tensor for item in items]))
-        return [self.classifier.rank(probs[i : i + 1], top_k=item.top_k)[0] for i, item in enumerate(items)]
+        started = time.perf_counter()
+        _set_torch_threads(self.budget.forward_threads)
+        self.stats.forward_threads = torch.get_num_threads()
+        output = self.classifier.forward([item.image for item in items])
+        answers = self.classifier.answer(output, top_k=[item.top_k for item in items])
+        with self._lock:
+            self.stats.forward_seconds += time.perf_counter() - started
+        return answers
 
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
@@ -262,24 +344,61 @@ class Batcher:
         return batch
 
     async def _run(self) -> None:
+        slots = asyncio.Semaphore(self.budget.forward_workers)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await slots.acquire()
+                taken = await self._next_batch()
+                if not taken:  # closing, and nothing queued or decoding
+                    return
+                batch = [item for item in taken if not item.future.done()]  # skip clients that went away
+                if not batch:
+                    slots.release()
+                    continue
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+                running.add(task)
+                task.add_done_callback(lambda done: (running.discard(done), slots.release()))
+        finally:
+            if running:
+                await asyncio.wait(running)
+
+    async def _run_batch(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._next_batch()
-            if not batch:
-                return
-            batch = [item for item in batch if not item.future.done()]  # the client went away
-            if not batch:
-                continue
-            try:
-                results = await loop.run_in_executor(self._forward_pool, self._forward, batch)
-            except Exception as exc:  # a failed forward pass fails its own batch only
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            self.stats.batches += 1
-            self.stats.images += len(batch)
-            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-            for item, result in zip(batch, results, strict=True):
+        try:
+            results = await loop.run_in_executor(self._forward_pool, self._forward, batch)
+        except Exception as exc:  # a failed forward pass fails its own batch only
+            for item in batch:
                 if not item.future.done():
-                    item.future.set_result(result)
+                    item.future.set_exception(exc)
+            return
+        self.stats.batches += 1
+        self.stats.images += len(batch)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        for item, result in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        """When the batching worker ends by an error, fail everything queued with 503 and mark the batcher dead."""
+        if task.cancelled():
+            self._died = asyncio.CancelledError("the batching worker was cancelled")
+        elif task.exception() is not None:
+            self._died = task.exception()
+            _LOG.error("the batching worker died: %r", self._died)
+        if self._died is None:
+            return
+        error = self.unavailable_error()
+        while self._items:
+            item = self._items.popleft()
+            self._waiting -= 1
+            if not item.future.done():
+                item.future.set_exception(error)
+
+
+def _set_torch_threads(count: int) -> None:
+    """Sets this thread's torch thread count (forward threads call it before every pass)."""
+    import torch
+
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)

@@ -3,13 +3,16 @@
 Accepted request content types:
 
 * ``image/jpeg``, ``image/png``, ``application/x-image``, ``application/octet-stream``: the body is one image file.
-* ``application/json``: ``{"images": ["<base64>", ...], "top_k": 5}`` (a batch; ``data:`` URLs are accepted too).
+* ``application/json``: ``{"images": ["<base64>", ...], "top_k": 5}`` (a batch; ``data:`` URLs are accepted too),
+  or the convention of TF Serving, KServe v1 and Vertex AI, ``{"instances": [{"b64": "<base64>"}, ...]}`` (``top_k``
+  at the top level or in ``"parameters"``).
 
 The answer is ``application/json``. For one image::
 
     {"predictions": [{"label": "Beagle", "score": 0.91, "index": 3}, ...], "unknown": false}
 
-For a JSON batch, ``{"results": [<one answer per image>, ...]}`` in request order.
+For an ``images`` batch, ``{"results": [<one answer per image>, ...]}`` in request order; for an ``instances``
+batch, ``{"predictions": [<one answer per image>, ...]}``.
 
 Every problem with a request raises :class:`RequestError`, which carries the HTTP status to answer with and a
 message that says what was wrong and what would work. Nothing here unpickles anything; images are decoded by Pillow
@@ -42,7 +45,7 @@ __all__ = [
     "decode_request",
     "encode_error",
     "encode_results",
-    "image_tensor",
+    "prepared_image",
     "media_type",
     "open_image",
 ]
@@ -90,18 +93,28 @@ class DecodedRequest:
 
     Attributes:
         images: The image files' bytes, in request order.
-        batch: Whether the request was a JSON batch (answer with ``{"results": [...]}``).
+        batch: Whether the request was a JSON batch (answer with ``{batch_key: [...]}``).
         top_k: The ``top_k`` the request asked for, or ``None`` for the server's default.
+        batch_key: The batch's JSON key: ``"images"`` (answered under ``"results"``) or ``"instances"`` (answered
+            under ``"predictions"``).
     """
 
     images: list[bytes]
     batch: bool
     top_k: int | None = None
+    batch_key: str = "images"
 
     @property
     def labels(self) -> list[str]:
-        """How error messages name each image: ``image`` alone, ``images[i]`` in a JSON batch."""
-        return [f"images[{i}]" for i in range(len(self.images))] if self.batch else ["image"]
+        """How error messages name each image: ``image`` alone, ``images[i]`` / ``instances[i]`` in a batch."""
+        return [f"{self.batch_key}[{i}]" for i in range(len(self.images))] if self.batch else ["image"]
+
+    @property
+    def answer_key(self) -> str | None:
+        """The key of the JSON answer's list: ``"results"``, ``"predictions"``, or ``None`` for one image."""
+        if not self.batch:
+            return None
+        return "predictions" if self.batch_key == "instances" else "results"
 
 
 def media_type(header: str | None) -> str:
@@ -142,21 +155,50 @@ def check_accept(accept: str | None) -> str:
     )
 
 
-def _b64(item: Any, position: int) -> bytes:
+def _b64(item: Any, name: str) -> bytes:
     if not isinstance(item, str):
-        raise RequestError(400, f"images[{position}] must be a base64 string, got {type(item).__name__}.")
+        raise RequestError(400, f"{name} must be a base64 string, got {type(item).__name__}.")
     text = item.strip()
     if text.startswith("data:"):
         head, _, text = text.partition(",")
         if ";base64" not in head:
-            raise RequestError(400, f"images[{position}] is a data: URL without ';base64'.")
+            raise RequestError(400, f"{name} is a data: URL without ';base64'.")
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise RequestError(400, f"images[{position}] is not valid base64: {exc}.") from exc
+        raise RequestError(400, f"{name} is not valid base64: {exc}.") from exc
     if not data:
-        raise RequestError(400, f"images[{position}] is empty.")
+        raise RequestError(400, f"{name} is empty.")
     return data
+
+
+def _instance(item: Any, position: int) -> bytes:
+    """One ``instances`` entry: ``{"b64": "..."}`` (TF Serving / KServe v1 / Vertex AI), or a bare base64 string."""
+    name = f"instances[{position}]"
+    if isinstance(item, dict):
+        if "b64" not in item:
+            keys = ", ".join(sorted(map(str, item))) or "none"
+            raise RequestError(400, f'{name} must be {{"b64": "<base64 image>"}}; its keys are: {keys}.')
+        return _b64(item["b64"], f"{name}.b64")
+    return _b64(item, name)
+
+
+def _batch_items(payload: Any) -> tuple[str, list[Any], Any]:
+    """``(key, items, top_k)`` of a JSON request: an ``images`` or an ``instances`` batch."""
+    usage = 'A JSON request must be {"images": ["<base64 image>", ...]} or {"instances": [{"b64": "<base64>"}, ...]}.'
+    if not isinstance(payload, dict):
+        raise RequestError(400, usage)
+    keys = [key for key in ("images", "instances") if key in payload]
+    if len(keys) != 1:
+        raise RequestError(400, usage + (" Send one of the two, not both." if keys else ""))
+    key = keys[0]
+    if not isinstance(payload[key], list):
+        raise RequestError(400, f'"{key}" must be a list. ' + usage)
+    top_k = payload.get("top_k")
+    parameters = payload.get("parameters")
+    if top_k is None and isinstance(parameters, dict):
+        top_k = parameters.get("top_k")
+    return key, payload[key], top_k
 
 
 def decode_request(body: bytes | str | None, content_type: str | None, *, limits: Limits = Limits()) -> DecodedRequest:
@@ -185,19 +227,20 @@ def decode_request(body: bytes | str | None, content_type: str | None, *, limits
         payload = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"Malformed JSON: {exc}.") from exc
-    if not isinstance(payload, dict) or not isinstance(payload.get("images"), list):
-        raise RequestError(400, 'A JSON request must be an object {"images": ["<base64 image>", ...]}.')
-    items = payload["images"]
+    key, items, top_k = _batch_items(payload)
     if not items:
-        raise RequestError(400, '"images" is empty: send at least one base64 image.')
+        raise RequestError(400, f'"{key}" is empty: send at least one base64 image.')
     if len(items) > limits.max_images:
         raise RequestError(413, f"{len(items)} images in one request; the limit is {limits.max_images}.")
-    top_k = payload.get("top_k")
     if top_k is not None and (
         isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= limits.max_top_k
     ):
         raise RequestError(400, f'"top_k" must be an integer from 1 to {limits.max_top_k}, got {top_k!r}.')
-    return DecodedRequest(images=[_b64(item, i) for i, item in enumerate(items)], batch=True, top_k=top_k)
+    if key == "instances":
+        images = [_instance(item, i) for i, item in enumerate(items)]
+    else:
+        images = [_b64(item, f"images[{i}]") for i, item in enumerate(items)]
+    return DecodedRequest(images=images, batch=True, top_k=top_k, batch_key=key)
 
 
 def open_image(
@@ -236,20 +279,26 @@ def open_image(
         raise RequestError(400, f"{label}: cannot decode the image: {reason} (the bytes may be cut short).") from exc
 
 
-def image_tensor(classifier: Any, data: bytes, *, label: str = "image", max_pixels: int = Limits.max_pixels) -> Any:
-    """One request image as the model's input tensor: :func:`open_image` at the model's resize size, then its transform.
+def prepared_image(classifier: Any, data: bytes, *, label: str = "image", max_pixels: int = Limits.max_pixels) -> Any:
+    """One request image as the engine's input: a ``(H, W, 3)`` uint8 array.
+
+    :func:`open_image` at the model's resize size, then resized and cropped by the engine's preparer (no torch, so
+    it runs in any thread).
 
     Raises:
         RequestError: As :func:`open_image`.
     """
     size = classifier.preprocessing.resize_size
-    return classifier.transform(open_image(data, min_size=size, max_pixels=max_pixels, label=label))
+    return classifier.engine.prepare.from_pil(open_image(data, min_size=size, max_pixels=max_pixels, label=label))
 
 
-def encode_results(results: Sequence[Any], *, batch: bool) -> str:
-    """JSON for a list of :class:`~dogclf.classifier.ImageResult` (one object, or ``{"results": [...]}``)."""
+def encode_results(results: Sequence[Any], *, batch: bool, key: str | None = "results") -> str:
+    """JSON for a list of :class:`~dogclf.classifier.ImageResult`: one object, or ``{key: [...]}`` for a batch.
+
+    The key is ``"results"`` for an ``images`` request and ``"predictions"`` for an ``instances`` one.
+    """
     answers = [r.to_dict() for r in results]
-    return json.dumps({"results": answers} if batch else answers[0])
+    return json.dumps({key or "results": answers} if batch else answers[0])
 
 
 def encode_error(error: RequestError) -> str:

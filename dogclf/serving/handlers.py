@@ -9,7 +9,8 @@ arity the toolkit expects without a context; ``tests/test_sagemaker_handlers.py`
 Where the work happens: ``input_fn`` has no model argument, so it only checks the request (content type, size,
 JSON and base64) with :func:`~dogclf.serving.codec.decode_request` and returns the still-encoded images.
 ``predict_fn`` has the model: it checks each image's header against the pixel limit, decodes it with the model's
-resize size (JPEG draft mode), applies the model's eval transform, and runs one forward pass for the whole request.
+resize size (JPEG draft mode), resizes and crops it with the engine's preparer, and runs the request's images through
+the model's engine and post-processing, exactly as ``dogclf serve`` and ``dogclf predict`` do.
 ``output_fn`` checks ``Accept`` and writes the JSON answer.
 
 A bad request raises :class:`~dogclf.serving.codec.RequestError`. When the toolkit is importable it is re-raised as
@@ -37,7 +38,7 @@ from dogclf.serving.codec import (
     decode_request,
     encode_error,
     encode_results,
-    image_tensor,
+    prepared_image,
 )
 
 __all__ = [
@@ -64,11 +65,13 @@ class Answer:
 
     Attributes:
         results: One :class:`~dogclf.classifier.ImageResult` per image, in request order.
-        batch: Whether the request was a JSON batch (answer ``{"results": [...]}``).
+        batch: Whether the request was a JSON batch.
+        key: The batch answer's key: ``"results"`` (an ``images`` request) or ``"predictions"`` (``instances``).
     """
 
     results: list[Any]
     batch: bool
+    key: str | None = "results"
 
 
 def default_top_k(environ: Mapping[str, str] = os.environ) -> int:
@@ -120,7 +123,9 @@ def _answer_errors() -> Iterator[None]:
 def model_fn(model_dir: str) -> Any:
     """Loads the model directory (``model.safetensors`` + ``config.json``) on CUDA if available, else CPU.
 
-    The precision is ``$DOGCLF_PRECISION`` (``fp32`` by default; ``auto`` uses bf16 autocast where the hardware has it).
+    The precision is ``$DOGCLF_PRECISION`` if set (``fp32``, ``bf16``, ``fp16``, ``auto``), else the precision the
+    model was calibrated in, as ``dogclf serve`` and ``dogclf predict`` run it. The torch threads are the container's
+    (TorchServe sets ``OMP_NUM_THREADS`` per worker).
 
     Args:
         model_dir: The unpacked archive root (``/opt/ml/model`` in the container).
@@ -135,7 +140,7 @@ def model_fn(model_dir: str) -> Any:
     from dogclf.classifier import load_model
 
     default_top_k()
-    return load_model(model_dir, device="auto", precision=os.environ.get(PRECISION_ENV, "fp32"))
+    return load_model(model_dir, device="auto", precision=os.environ.get(PRECISION_ENV, "").strip() or None)
 
 
 def input_fn(request_body: bytes | str, content_type: str) -> DecodedRequest:
@@ -156,7 +161,7 @@ def input_fn(request_body: bytes | str, content_type: str) -> DecodedRequest:
 
 
 def predict_fn(data: DecodedRequest, model: Any) -> Answer:
-    """Decodes, preprocesses and classifies the request's images in one forward pass.
+    """Decodes, preprocesses and classifies the request's images through the model's engine.
 
     Args:
         data: What ``input_fn`` returned.
@@ -169,17 +174,14 @@ def predict_fn(data: DecodedRequest, model: Any) -> Answer:
         RequestError: 400 for bytes that are not a decodable image, 413 for too many pixels (checked from the
             header, before decoding).
     """
-    import torch
-
     with _answer_errors():
         top_k = data.top_k or default_top_k()
-        batch = torch.stack(
-            [
-                image_tensor(model, item, label=label, max_pixels=_LIMITS.max_pixels)
-                for item, label in zip(data.images, data.labels, strict=True)
-            ]
-        )
-    return Answer(results=model.rank(model.probabilities(batch), top_k=top_k), batch=data.batch)
+        images = [
+            prepared_image(model, item, label=label, max_pixels=_LIMITS.max_pixels)
+            for item, label in zip(data.images, data.labels, strict=True)
+        ]
+    results = model.answer(model.forward(images), top_k=top_k)
+    return Answer(results=results, batch=data.batch, key=data.answer_key)
 
 
 def output_fn(prediction: Answer, accept: str) -> tuple[str, str]:
@@ -190,11 +192,12 @@ def output_fn(prediction: Answer, accept: str) -> tuple[str, str]:
         accept: The request's Accept header (the toolkit puts ``application/json`` for a missing one or ``*/*``).
 
     Returns:
-        ``(body, "application/json")``: the ImageResult object for one image, ``{"results": [...]}`` for a batch.
+        ``(body, "application/json")``: the ImageResult object for one image, ``{"results": [...]}`` for an
+        ``images`` batch, ``{"predictions": [...]}`` for an ``instances`` batch.
 
     Raises:
         RequestError: 406 when JSON is not acceptable.
     """
     with _answer_errors():
         check_accept(accept)
-    return encode_results(prediction.results, batch=prediction.batch), JSON_CONTENT_TYPE
+    return encode_results(prediction.results, batch=prediction.batch, key=prediction.key), JSON_CONTENT_TYPE

@@ -2,11 +2,14 @@
 
 Endpoints:
 
-* ``GET /ping``: 200 once the model is loaded and the batcher runs (503 while stopping).
+* ``GET /ping``: 200 once the model is loaded and the batcher runs (503 while stopping, or once the batching worker
+  has died).
 * ``POST /invocations``: one image (``image/jpeg``, ``image/png``, ...) or a JSON batch; JSON answers, see
   :mod:`dogclf.serving.codec`. Concurrent requests share forward passes (:mod:`dogclf.serving.batcher`).
 * ``GET /``: a web page to try the model with a photo.
-* ``GET /info``: the model (backbone, classes, calibration), the limits, the batching knobs and counters.
+* ``GET /info``: the model (backbone, classes, calibration), the engine (precision and why, device), the thread
+  budget (decode threads, forward workers and their torch threads), the limits, the batching knobs and counters
+  (including decode and forward seconds).
 
 Every bad request gets a JSON error ``{"error": {"status": ..., "message": ...}}`` and the server goes on serving.
 Starlette and uvicorn are imported by the functions that need them, so ``import dogclf`` stays light.
@@ -83,6 +86,7 @@ def _model_info(classifier: Any, model_dir: str | None) -> dict[str, Any]:
         "calibration": {"temperature": classifier.temperature, "unknown_threshold": classifier.unknown_threshold},
         "input_size": classifier.preprocessing.input_size,
         "device": str(classifier.device),
+        "engine": classifier.info(),
         "metrics": (config.get("metrics") or {}).get("final") or {},  # the last epoch's, as training recorded them
     }
 
@@ -139,6 +143,8 @@ def create_app(
             _LOG.info("stopped: %d requests, %d images in %d batches", stats.requests, stats.images, stats.batches)
 
     async def ping(request: Request) -> Response:
+        if not batcher.healthy:
+            return JSONResponse({"status": "unhealthy", "error": batcher.unavailable_error().message}, status_code=503)
         if not batcher.running:
             return JSONResponse({"status": "stopping"}, status_code=503)
         return JSONResponse({"status": "ok"})
@@ -159,7 +165,8 @@ def create_app(
             _LOG.exception("request failed")
             error = RequestError(500, f"Internal error while classifying: {type(exc).__name__}: {exc}")
             return _error_response(error)
-        return Response(encode_results(results, batch=decoded.batch), media_type=JSON_CONTENT_TYPE)
+        body = encode_results(results, batch=decoded.batch, key=decoded.answer_key)
+        return Response(body, media_type=JSON_CONTENT_TYPE)
 
     async def show_info(request: Request) -> Response:
         payload = {
@@ -167,6 +174,7 @@ def create_app(
             "top_k": top_k,
             "limits": asdict(limits),
             "batching": asdict(batching),
+            "threads": batcher.budget.to_dict(),
             "stats": batcher.stats.to_dict(),
         }
         return Response(json.dumps(payload), media_type=JSON_CONTENT_TYPE)
@@ -256,7 +264,8 @@ def serve(
     limits: Limits | None = None,
     top_k: int = 5,
     device: str = "cpu",
-    precision: str = "fp32",
+    precision: str | None = None,
+    engine: str = "torch",
     access_log: bool = True,
 ) -> None:
     """Loads a model directory and serves it until SIGINT/SIGTERM (blocking).
@@ -269,7 +278,9 @@ def serve(
         limits: Request limits (default :class:`~dogclf.serving.codec.Limits`).
         top_k: Breeds per answer when a request names none.
         device: ``cpu``, ``auto``, ``cuda`` or ``cuda:N``.
-        precision: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (see :class:`~dogclf.classifier.Classifier`).
+        precision: ``None`` (the precision the model was calibrated in), ``fp32``, ``bf16``, ``fp16`` or ``auto``
+            (see :class:`~dogclf.classifier.Classifier`).
+        engine: ``torch``, ``onnxruntime`` or ``openvino`` (see :func:`~dogclf.classifier.load_model`).
         access_log: Log one line per request.
 
     Raises:
@@ -281,7 +292,7 @@ def serve(
     batching = batching or BatchConfig()
     sock = bind_socket(host, port)  # first: a taken port fails before the model loads
     with sock:
-        classifier = load_model(model_dir, device=device, precision=precision)
+        classifier = load_model(model_dir, device=device, precision=precision, engine=engine)
         url = _url(sock)
 
         def announce() -> None:
@@ -289,8 +300,10 @@ def serve(
                 f"dogclf serve: {classifier.spec.name} model with {len(classifier.class_names)} classes from "
                 f"{os.fspath(model_dir)} on {classifier.device}\n"
                 f"  web page     {url}\n  predictions  POST {url}invocations\n"
+                f"  engine       {classifier.engine.name}, {classifier.precision_choice.describe()}\n"
+                f"  threads      {batching.budget().describe()}\n"
                 f"  batching     up to {batching.max_batch_size} images, {batching.max_wait_ms:g} ms wait, "
-                f"queue {batching.queue_size}\nPress Ctrl-C to stop.",
+                f"queue {batching.queue_size}, timeout {batching.request_timeout_s:g} s\nPress Ctrl-C to stop.",
                 flush=True,
             )
 

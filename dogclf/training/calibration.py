@@ -8,8 +8,9 @@ image whose top score is under ``unknown_threshold`` is flagged ``unknown``.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -185,6 +186,8 @@ class Calibration:
         nll_before: Validation mean NLL at temperature 1.
         nll_after: Validation mean NLL at ``temperature``.
         n: Validation images used (0: not calibrated).
+        precision: The precision the validation logits were computed in (``"fp32"``, ``"bf16"``, ``"fp16"``); the
+            model is served in it by default, so served scores are the ones calibrated. ``None``: not recorded.
     """
 
     temperature: float = 1.0
@@ -195,6 +198,7 @@ class Calibration:
     nll_before: float | None = None
     nll_after: float | None = None
     n: int = 0
+    precision: str | None = None
 
     @property
     def fitted(self) -> bool:
@@ -226,6 +230,7 @@ class Calibration:
             nll_before=optional("nll_before"),
             nll_after=optional("nll_after"),
             n=int(data.get("n", 0)),
+            precision=data.get("precision"),
         )
 
     def summary(self) -> str:
@@ -281,40 +286,52 @@ def collect_logits(
     preprocessing: Preprocessing,
     *,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Runs a model over labelled images with the evaluation transform.
+    """Runs a model over labelled images through the inference engine, as ``predict`` and ``serve`` will.
 
     Args:
-        model: The network (put in eval mode for the pass, then back in its previous mode).
+        model: The network (``backbone`` + ``head``; put in eval mode for the pass, then back in its previous mode,
+            on its previous device and memory format).
         samples: Labelled image files.
         preprocessing: The backbone's input contract.
-        batch_size: Images per forward pass.
-        num_workers: DataLoader worker processes.
+        batch_size: Kept for compatibility; the engine picks its forward batch.
+        num_workers: Decoding threads (``None``: the thread budget's).
         device: Where the model runs.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the precision the model will be served in.
 
     Returns:
         ``(logits, labels)``: a float32 ``(N, C)`` tensor and a long ``(N,)`` tensor, on the CPU.
     """
-    from torch.utils.data import DataLoader
+    from dogclf.errors import UnreadableImageError
+    from dogclf.inference.engine import EngineOutput, TorchEngine
+    from dogclf.inference.threads import ThreadBudget
 
-    from dogclf.data.dataset import ImageDataset
-    from dogclf.data.transforms import eval_transform
-
-    dataset = ImageDataset(samples, eval_transform(preprocessing), min_size=preprocessing.resize_size)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    was_training = model.training
-    model.eval()
-    outputs: list[torch.Tensor] = []
-    targets: list[torch.Tensor] = []
-    try:
-        with torch.inference_mode():
-            for images, labels in loader:
-                outputs.append(model(images.to(device)).float().cpu())
-                targets.append(labels.long())
-    finally:
-        model.train(was_training)
-    if not outputs:
+    del batch_size
+    if not samples:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
-    return torch.cat(outputs), torch.cat(targets)
+    outputs: list[EngineOutput] = []
+    with _restored(model):
+        engine = TorchEngine(model, preprocessing, device=device, precision=precision)
+        for batch in engine.stream([s.path for s in samples], budget=ThreadBudget.plan(decode_workers=num_workers)):
+            if batch.failures:
+                raise UnreadableImageError(batch.failures[0][1])
+            outputs.append(batch.output)
+    labels = torch.tensor([s.label for s in samples], dtype=torch.long)
+    return EngineOutput.cat(outputs).logits, labels
+
+
+@contextlib.contextmanager
+def _restored(model: torch.nn.Module) -> Iterator[None]:
+    """Restores a model's train/eval modes, device and memory format after an inference pass."""
+    modes = [(module, module.training) for module in model.modules()]
+    tensors = [*model.parameters(), *model.buffers()]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    try:
+        yield
+    finally:
+        model.to(device, memory_format=torch.contiguous_format)
+        for module, training in modes:
+            module.training = training

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import sys
@@ -70,10 +71,12 @@ def _calibrate(
     device: torch.device,
     log: Callable[[str], None],
     valid_features: FeatureSet | None = None,
+    precision: str = "fp32",
 ) -> Calibration:
     """Step 5: the temperature and unknown threshold, fitted on the valid split (identity when there is none).
 
-    With ``valid_features`` (the feature path) the valid logits come from the head alone, not the images.
+    With ``valid_features`` (the feature path) the valid logits come from the head alone, not the images. The
+    calibration records ``precision`` (the features' or the pass's), the precision the model is then served in.
     """
     if not splits.valid:
         calibration = Calibration()
@@ -90,10 +93,18 @@ def _calibrate(
             batch_size=config.batch_size,
             num_workers=config.workers(),
             device=device,
+            precision=precision,
         )
         calibration = calibrate(logits, labels)
     log(calibration.summary())
-    return calibration
+    return dataclasses.replace(calibration, precision=precision) if calibration.fitted else calibration
+
+
+def _inference_precision(requested: str, device: torch.device) -> str:
+    """The precision of the pass through the images (calibration and test) when no features were extracted."""
+    from dogclf.inference.precision import choose_precision
+
+    return choose_precision(requested, {}, device).precision
 
 
 def _feature_mode(*, freeze: bool, augment: bool, cache: bool) -> str:
@@ -212,8 +223,9 @@ def train(
     trainer, features = _make_trainer(run, splits, callbacks, options)
     history = _fit(trainer, run, options)
     valid_features = features["valid"] if features is not None else None
-    calibration = _calibrate(run.model, splits, spec, options.config, trainer.device, log, valid_features)
-    test_metrics = _test_metrics(run, splits, features, trainer.device, options)
+    precision = run.precision or _inference_precision(options.precision, trainer.device)
+    calibration = _calibrate(run.model, splits, spec, options.config, trainer.device, log, valid_features, precision)
+    test_metrics = _test_metrics(run, splits, features, trainer.device, options, precision)
     _save(run, splits, out, history, calibration, test_metrics, valid_fraction=valid_fraction, options=options)
     log(f"Saved model to {out}")
     return TrainResult(model_dir=out, history=history, splits=splits, test=test_metrics)
@@ -389,8 +401,12 @@ def _test_metrics(
     features: dict[str, FeatureSet] | None,
     device: torch.device,
     options: _Options,
+    precision: str,
 ) -> dict[str, Any] | None:
-    """Step 6: test-split metrics, from the test features on the feature path or the images otherwise."""
+    """Step 6: test-split metrics, from the test features on the feature path or the images otherwise.
+
+    Through the images, they come from the inference engine in the calibrated precision.
+    """
     if not splits.test:
         return None
     if features is not None:
@@ -399,7 +415,9 @@ def _test_metrics(
         from dogclf.classifier import Classifier
         from dogclf.evaluation import evaluate
 
-        classifier = Classifier(run.model, spec=run.spec, class_names=splits.class_names, device=device)
+        classifier = Classifier(
+            run.model, spec=run.spec, class_names=splits.class_names, device=device, precision=precision
+        )
         config = options.config
         report = evaluate(classifier, splits.test, batch_size=config.batch_size, num_workers=config.workers())
         metrics = {"top1": report.top1, "top5": report.top5, "n": report.n, "loss": report.loss}

@@ -1,0 +1,116 @@
+"""The one place where a forward pass's output becomes scores and answers: every entry point goes through it.
+
+``predict``, ``evaluate``, ``serve``, the SageMaker handlers and the exported-model engines all hand their
+:class:`~dogclf.inference.engine.EngineOutput` (logits and backbone features of a batch) to
+:meth:`PostProcessor.scores` (temperature-scaled softmax and the unknown decision) and, for answers, to
+:meth:`PostProcessor.results` (top-k). A new "unknown" signal (for example a feature-space novelty score) is added
+in :meth:`PostProcessor.unknown`, which sees the features of the same forward pass, and every entry point follows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from dogclf.inference.results import ImageResult, Prediction
+
+if TYPE_CHECKING:
+    from dogclf.inference.engine import EngineOutput
+
+__all__ = ["PostProcessor", "Scores"]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The calibrated view of one batch.
+
+    Attributes:
+        probabilities: ``(N, C)`` float32 class probabilities, ``softmax(logits / temperature)``.
+        unknown: ``(N,)`` booleans: the image looks like none of the known breeds.
+    """
+
+    probabilities: torch.Tensor
+    unknown: torch.Tensor
+
+    @property
+    def top(self) -> torch.Tensor:
+        """``(N,)`` the best probability of each image."""
+        return self.probabilities.max(dim=1).values
+
+
+@dataclass(frozen=True)
+class PostProcessor:
+    """Temperature, unknown threshold and class names of a model, applied the same way for every entry point.
+
+    Attributes:
+        class_names: Display names in index order.
+        temperature: Scores are ``softmax(logits / temperature)`` (1.0: raw softmax).
+        unknown_threshold: A top score under it flags the image unknown (``None``: never, on the top score alone).
+    """
+
+    class_names: tuple[str, ...]
+    temperature: float = 1.0
+    unknown_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise ValueError(f"calibration temperature must be a finite number > 0, got {self.temperature!r}")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], class_names: Sequence[str] | None = None) -> PostProcessor:
+        """Reads a model directory's ``config.json`` (temperature 1.0 and no threshold for uncalibrated models)."""
+        calibration = config.get("calibration") or {}
+        threshold = calibration.get("unknown_threshold")
+        names = class_names if class_names is not None else config.get("class_names", ())
+        return cls(
+            class_names=tuple(names),
+            temperature=float(calibration.get("temperature", 1.0)),
+            unknown_threshold=None if threshold is None else float(threshold),
+        )
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities ``(N, C)`` (float32) of raw logits."""
+        return torch.softmax(logits.float() / self.temperature, dim=1)
+
+    def unknown(self, probabilities: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+        """The unknown decision ``(N,)`` for a batch: here, a top score under the threshold.
+
+        Args:
+            probabilities: Calibrated probabilities of the batch.
+            features: The backbone features of the same forward pass (for feature-space novelty scores), or
+                ``None`` where the caller has none.
+        """
+        del features  # the top-score rule needs none; a novelty score would
+        if self.unknown_threshold is None:
+            return torch.zeros(len(probabilities), dtype=torch.bool)
+        return probabilities.max(dim=1).values < self.unknown_threshold
+
+    def scores(self, output: EngineOutput) -> Scores:
+        """Calibrated probabilities and unknown flags of one forward pass's output."""
+        probabilities = self.probabilities(output.logits)
+        return Scores(probabilities, self.unknown(probabilities, output.features))
+
+    def results(self, scores: Scores, *, top_k: int | Sequence[int] = 5) -> list[ImageResult]:
+        """One :class:`ImageResult` per image: the ``top_k`` breeds (one value, or one per image) and the flag."""
+        n = len(scores.probabilities)
+        ks = [top_k] * n if isinstance(top_k, int) else list(top_k)
+        if len(ks) != n:
+            raise ValueError(f"{len(ks)} top_k values for {n} images; give one, or one per image")
+        classes = len(self.class_names)
+        if n == 0:
+            return []
+        values, indices = scores.probabilities.topk(min(max(ks), classes), dim=1)
+        flags = scores.unknown.tolist()
+        answers = []
+        for row_s, row_i, k, unknown in zip(values.tolist(), indices.tolist(), ks, flags, strict=True):
+            ranked = [Prediction(i, self.class_names[i], s) for s, i in zip(row_s[:k], row_i[:k], strict=True)]
+            answers.append(ImageResult(ranked, bool(unknown)))
+        return answers
+
+    def __call__(self, output: EngineOutput, *, top_k: int | Sequence[int] = 5) -> list[ImageResult]:
+        """Scores and answers of one forward pass: :meth:`scores`, then :meth:`results`."""
+        return self.results(self.scores(output), top_k=top_k)

@@ -1,0 +1,99 @@
+"""Which numeric precision an inference pass runs in, and why.
+
+A model is served in the precision it was calibrated in (recorded in ``config.json`` under
+``calibration.precision``, or the feature path's ``training.precision`` for older models): its temperature and
+unknown threshold were fitted on those scores, so every entry point gives the scores calibration saw. A
+``--precision`` given by the user overrides that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dogclf.errors import DogclfError
+
+__all__ = ["PRECISIONS", "InvalidPrecisionError", "PrecisionChoice", "choose_precision", "recorded_precision"]
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class InvalidPrecisionError(DogclfError, ValueError):
+    """A precision that is unknown or that the device cannot run."""
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision a pass runs in (``"fp32"``, ``"bf16"`` or ``"fp16"``) and why, for the output to say."""
+
+    precision: str
+    reason: str
+
+    def describe(self) -> str:
+        """E.g. ``bf16 (as calibrated)``."""
+        return f"{self.precision} ({self.reason})"
+
+
+def recorded_precision(config: Mapping[str, Any]) -> str | None:
+    """The precision a model directory was calibrated in, or ``None`` when its config does not say."""
+    for section in ("calibration", "training"):
+        value = (config.get(section) or {}).get("precision")
+        if value in ("fp32", "bf16", "fp16"):
+            return str(value)
+    return None
+
+
+def _native_bf16() -> bool:
+    from dogclf.features.extract import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
+
+
+def _auto(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and _native_bf16() else "fp32"
+
+
+def _check_runs(precision: str, device: torch.device) -> None:
+    if precision == "fp16" and device.type != "cuda":
+        raise InvalidPrecisionError(
+            f"precision fp16 needs a CUDA device, but the device is {device}; use bf16, fp32 or auto"
+        )
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise InvalidPrecisionError(f"precision bf16: the GPU {device} has no bfloat16 support; use fp16, fp32 or auto")
+
+
+def choose_precision(requested: str | None, config: Mapping[str, Any], device: torch.device) -> PrecisionChoice:
+    """The precision to run a model in on ``device``.
+
+    Args:
+        requested: The user's ``--precision`` (``"auto"``, ``"fp32"``, ``"bf16"``, ``"fp16"``), or ``None`` for
+            the precision the model was calibrated in.
+        config: The model directory's config.
+        device: Where it runs.
+
+    Raises:
+        InvalidPrecisionError: An unknown precision, or one the device cannot run.
+    """
+    if requested is not None:
+        if requested not in PRECISIONS:
+            raise InvalidPrecisionError(f"unknown precision {requested!r}; use one of {', '.join(PRECISIONS)}")
+        if requested == "auto":
+            return PrecisionChoice(_auto(device), "auto for this hardware")
+        _check_runs(requested, device)
+        return PrecisionChoice(requested, "as requested")
+    recorded = recorded_precision(config)
+    if recorded is None:
+        return PrecisionChoice("fp32", "the model records no calibration precision")
+    if recorded == "fp16" and device.type != "cuda":
+        fallback = _auto(device)
+        return PrecisionChoice(fallback, "calibrated in fp16, which needs CUDA")
+    if recorded == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return PrecisionChoice("fp16", "calibrated in bf16, which this GPU lacks")
+    if recorded == "bf16" and device.type == "cpu" and not _native_bf16():
+        return PrecisionChoice("bf16", "as calibrated; emulated on this CPU, --precision fp32 is faster")
+    return PrecisionChoice(recorded, "as calibrated")

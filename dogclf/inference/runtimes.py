@@ -1,0 +1,208 @@
+"""The exported model run by ONNX Runtime or OpenVINO, behind the torch engine's interface.
+
+The same :class:`~dogclf.inference.engine.Engine` preparation and post-processing apply, and the engines return
+logits and features too.
+
+``load_model(DIR, engine="onnxruntime")`` uses ``DIR/model.onnx`` when ``dogclf export`` wrote one for these exact
+weights, and otherwise exports the model to a temporary file first (tens of seconds on a CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dogclf.errors import DogclfError
+from dogclf.inference.engine import Engine, EngineOutput
+from dogclf.inference.preprocess import Normaliser, stack
+
+__all__ = ["RUNTIMES", "OnnxRuntimeEngine", "OpenVinoEngine", "RuntimeUnavailableError", "runtime_engine"]
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+class RuntimeUnavailableError(DogclfError, ImportError):
+    """An engine whose runtime is not installed."""
+
+
+class _OnnxEngine(Engine):
+    """What both exported-model engines share: normalising on the CPU and the ``(logits, features)`` outputs."""
+
+    def __init__(self, path: Path, preprocessing: Any, *, precision: str, forward_batch: int | None) -> None:
+        super().__init__(preprocessing, device=torch.device("cpu"), precision=precision, forward_batch=forward_batch)
+        self.path = path
+        self.normalise = Normaliser(preprocessing, torch.device("cpu"))
+        self.threads: int | None = None
+
+    def use_threads(self, count: int | None) -> None:
+        """Sets the runtime's intra-op threads (it builds its session on first use, or again when this changes)."""
+        if count != self.threads:
+            self.threads = count
+            self._reset()
+
+    def _reset(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, batch: torch.Tensor | Sequence[np.ndarray]) -> EngineOutput:
+        """Logits and features of a batch (see :meth:`Engine.forward`), in :attr:`forward_batch` chunks."""
+        if not isinstance(batch, torch.Tensor):
+            batch = stack(batch)
+        logits, features = [], []
+        for chunk in batch.split(self.forward_batch):
+            images = np.ascontiguousarray(self.normalise(chunk).numpy())
+            chunk_logits, chunk_features = self._run(images)
+            logits.append(torch.from_numpy(np.asarray(chunk_logits, dtype=np.float32)))
+            features.append(torch.from_numpy(np.asarray(chunk_features, dtype=np.float32)))
+        return EngineOutput.cat([EngineOutput(lo, fe) for lo, fe in zip(logits, features, strict=True)])
+
+
+class OnnxRuntimeEngine(_OnnxEngine):
+    """An exported model run by ONNX Runtime's CPU execution provider (float32).
+
+    Args:
+        path: The ONNX file (from :func:`~dogclf.inference.export.export_onnx`).
+        preprocessing: The backbone's input contract.
+        forward_batch: Most images per run (default 8).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, preprocessing: Any, *, forward_batch: int | None = None) -> None:
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise RuntimeUnavailableError(
+                f'--engine onnxruntime needs ONNX Runtime: pip install "dogclf[onnx]" ({exc})'
+            ) from exc
+        self._ort = onnxruntime
+        super().__init__(path, preprocessing, precision="fp32", forward_batch=forward_batch)
+        self._session: Any = None
+        self._lock = threading.Lock()
+
+    def _reset(self) -> None:
+        self._session = None
+
+    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            if self._session is None:
+                options = self._ort.SessionOptions()
+                if self.threads is not None:
+                    options.intra_op_num_threads = self.threads
+                    options.inter_op_num_threads = 1
+                self._session = self._ort.InferenceSession(
+                    os.fspath(self.path), options, providers=["CPUExecutionProvider"]
+                )
+            session = self._session
+        logits, features = session.run(["logits", "features"], {"images": images})
+        return logits, features
+
+
+class OpenVinoEngine(_OnnxEngine):
+    """An exported model compiled by OpenVINO for the CPU.
+
+    It infers in bfloat16 when the model's precision is bf16 (fast where the CPU has native bfloat16), else float32.
+
+    Args:
+        path: The ONNX file.
+        preprocessing: The backbone's input contract.
+        precision: ``"bf16"`` or ``"fp32"``.
+        forward_batch: Most images per run (default 8).
+    """
+
+    name = "openvino"
+
+    def __init__(
+        self, path: Path, preprocessing: Any, *, precision: str = "fp32", forward_batch: int | None = None
+    ) -> None:
+        try:
+            import openvino
+        except ImportError as exc:
+            raise RuntimeUnavailableError(f"--engine openvino needs OpenVINO: pip install openvino ({exc})") from exc
+        self._ov = openvino
+        super().__init__(
+            path, preprocessing, precision="bf16" if precision == "bf16" else "fp32", forward_batch=forward_batch
+        )
+        self._compiled: Any = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def _reset(self) -> None:
+        self._compiled = None
+        self._local = threading.local()
+
+    def _request(self) -> Any:
+        with self._lock:
+            if self._compiled is None:
+                config = {
+                    "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+                    "PERFORMANCE_HINT": "LATENCY",
+                }
+                if self.threads is not None:
+                    config["INFERENCE_NUM_THREADS"] = str(self.threads)
+                self._compiled = self._ov.Core().compile_model(os.fspath(self.path), "CPU", config)
+            compiled = self._compiled
+        request = getattr(self._local, "request", None)
+        if request is None or getattr(self._local, "compiled", None) is not compiled:
+            request = compiled.create_infer_request()
+            self._local.request, self._local.compiled = request, compiled
+        return request
+
+    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        request = self._request()
+        results = request.infer({"images": images})
+        by_name = {output.get_any_name(): value for output, value in results.items()}
+        return by_name["logits"].copy(), by_name["features"].copy()
+
+
+def _onnx_file(net: nn.Module, preprocessing: Any, model_dir: Path | None, config: dict[str, Any]) -> Path:
+    """``model_dir/model.onnx`` when it was exported from these weights; otherwise a fresh export in a temp file."""
+    from dogclf.inference.export import _metadata, export_onnx, onnx_metadata, weights_digest
+
+    digest = weights_digest(model_dir) if model_dir is not None else ""
+    existing = None if model_dir is None else model_dir / "model.onnx"
+    if existing is not None and existing.is_file() and onnx_metadata(existing).get("dogclf_weights_sha256") == digest:
+        return existing
+    folder = Path(tempfile.mkdtemp(prefix="dogclf-onnx-"))
+    path = folder / "model.onnx"
+    export_onnx(net, preprocessing, path, metadata=_metadata(config, digest))
+    return path
+
+
+def runtime_engine(
+    name: str,
+    net: nn.Module,
+    preprocessing: Any,
+    *,
+    precision: str,
+    forward_batch: int | None = None,
+    model_dir: str | os.PathLike[str] | None = None,
+    config: dict[str, Any] | None = None,
+) -> Engine:
+    """An ONNX Runtime or OpenVINO engine for ``net`` (exported from it, or from ``model_dir/model.onnx``).
+
+    Raises:
+        ValueError: An unknown engine name.
+        RuntimeUnavailableError: The runtime is not installed.
+    """
+    if name not in RUNTIMES:
+        raise ValueError(f"unknown engine {name!r}; use torch, {', '.join(RUNTIMES)}")
+    try:  # fail before a long export
+        __import__(name)
+    except ImportError as exc:
+        extra = '"dogclf[onnx]"' if name == "onnxruntime" else "openvino"
+        raise RuntimeUnavailableError(f"--engine {name} needs {name}: pip install {extra} ({exc})") from exc
+    path = _onnx_file(net, preprocessing, None if model_dir is None else Path(model_dir), config or {})
+    if name == "onnxruntime":
+        return OnnxRuntimeEngine(path, preprocessing, forward_batch=forward_batch)
+    return OpenVinoEngine(path, preprocessing, precision=precision, forward_batch=forward_batch)

@@ -1,0 +1,232 @@
+"""The inference engine: inputs equal to the training transform's, logits and features from one pass, streaming in
+order with decoding overlapped, the thread budget, the precision choice and the one post-processing."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import jpeg
+from PIL import Image
+
+from dogclf.data.transforms import eval_transform
+from dogclf.inference.engine import EngineOutput, TorchEngine
+from dogclf.inference.postprocess import PostProcessor
+from dogclf.inference.precision import InvalidPrecisionError, choose_precision, recorded_precision
+from dogclf.inference.preprocess import ImagePreparer, Normaliser, stack
+from dogclf.inference.threads import ThreadBudget, available_cores, torch_threads
+from dogclf.model import HeadConfig, build_model
+
+
+@pytest.fixture
+def net(tiny_spec: Any) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(tiny_spec, 4, weights=None, head=HeadConfig()).eval()
+
+
+def _photos(tmp_path: Path, n: int) -> list[Path]:
+    paths = []
+    for i in range(n):
+        path = tmp_path / f"img{i:02d}.jpg"
+        path.write_bytes(jpeg(i, size=(50 + 7 * i, 40 + 3 * i)))
+        paths.append(path)
+    return paths
+
+
+class ThreadRecorder:
+    """A forward pre-hook that records the torch thread count and the thread of every backbone pass."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.threads: list[int] = []
+        self.names: list[str] = []
+        self.calls = 0
+        module.register_forward_pre_hook(self)
+
+    def __call__(self, module: torch.nn.Module, args: Any) -> None:
+        self.calls += 1
+        self.threads.append(torch.get_num_threads())
+        self.names.append(threading.current_thread().name)
+
+
+def test_prepared_inputs_are_bit_for_bit_those_of_the_training_transform(tiny_spec: Any) -> None:
+    pre = tiny_spec.preprocessing
+    images = [Image.open(io.BytesIO(jpeg(seed, size=(83, 61)))).convert("RGB") for seed in range(3)]
+    images.append(Image.new("RGB", (20, 90), (10, 200, 30)))  # smaller than the crop on one side
+    prepare = ImagePreparer(pre)
+    ours = Normaliser(pre, torch.device("cpu"))(stack([prepare.from_pil(image) for image in images]))
+    reference = torch.stack([eval_transform(pre)(image) for image in images])
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(ours, reference)
+
+
+def test_one_pass_gives_logits_and_the_features_they_came_from(net: torch.nn.Module, tiny_spec: Any) -> None:
+    engine = TorchEngine(net, tiny_spec.preprocessing, precision="fp32", forward_batch=4)
+    calls = ThreadRecorder(net.backbone)
+    arrays = [engine.prepare(jpeg(seed)) for seed in range(6)]
+    output = engine.forward(arrays)
+    assert calls.calls == 2  # 6 images in forward batches of 4: two backbone passes, no extra pass for features
+    assert output.logits.shape == (6, 4)
+    assert output.features.shape == (6, 16)
+    assert output.logits.dtype == output.features.dtype == torch.float32
+    with torch.inference_mode():
+        assert torch.allclose(net.head(output.features), output.logits, atol=1e-6)
+        batch = Normaliser(tiny_spec.preprocessing, torch.device("cpu"))(stack(arrays)).contiguous()
+        assert torch.allclose(net(batch), output.logits, atol=1e-5)
+
+
+def test_bf16_runs_the_backbone_in_bf16_and_the_head_in_fp32(net: torch.nn.Module, tiny_spec: Any) -> None:
+    engine = TorchEngine(net, tiny_spec.preprocessing, precision="bf16")
+    output = engine.forward([engine.prepare(jpeg(seed)) for seed in range(3)])
+    with torch.inference_mode():
+        assert torch.allclose(net.head(output.features), output.logits, atol=1e-6)  # the head as trained: fp32
+    exact = TorchEngine(net, tiny_spec.preprocessing, precision="fp32").forward(
+        [engine.prepare(jpeg(seed)) for seed in range(3)]
+    )
+    assert not torch.equal(exact.features, output.features)
+    assert torch.allclose(exact.features, output.features, atol=0.05, rtol=0.05)
+
+
+def test_stream_keeps_order_reports_broken_files_and_decodes_in_threads(
+    net: torch.nn.Module, tiny_spec: Any, tmp_path: Path
+) -> None:
+    paths: list[Any] = _photos(tmp_path, 11)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really")
+    paths.insert(4, broken)
+    paths.insert(9, tmp_path / "missing.jpg")
+    engine = TorchEngine(net, tiny_spec.preprocessing, precision="fp32", forward_batch=3)
+    decoders: set[str] = set()
+    prepare = engine.prepare
+
+    def recording(source: Any) -> Any:
+        decoders.add(threading.current_thread().name)
+        return prepare(source)
+
+    batches = list(engine.stream(paths, budget=ThreadBudget.plan(decode_workers=2), prepare=recording))
+    positions = [p for b in batches for p in b.positions]
+    failures = dict(f for b in batches for f in b.failures)
+    assert positions == [i for i in range(len(paths)) if i not in (4, 9)]
+    assert set(failures) == {4, 9}
+    assert "broken.jpg" in failures[4]
+    assert "missing.jpg" in failures[9]
+    assert decoders
+    assert all(name.startswith("dogclf-decode") for name in decoders)
+    logits = torch.cat([b.output.logits for b in batches if b.positions])
+    readable = [p for p in paths if p not in (broken, tmp_path / "missing.jpg")]
+    alone = engine.forward([engine.prepare(p) for p in readable]).logits
+    assert torch.allclose(logits, alone, atol=1e-6)
+
+
+def test_stream_runs_the_forward_pass_with_the_budgets_threads_and_restores_them(
+    net: torch.nn.Module, tiny_spec: Any, tmp_path: Path
+) -> None:
+    engine = TorchEngine(net, tiny_spec.preprocessing, precision="fp32", forward_batch=2)
+    recorder = ThreadRecorder(net.backbone)
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    budget = ThreadBudget(cores=2, decode_workers=1, forward_threads=wanted)
+    list(engine.stream(_photos(tmp_path, 5), budget=budget))
+    assert recorder.threads == [wanted] * 3
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(
+    ("cores", "decode", "forward"),
+    [(1, 1, 1), (2, 1, 1), (4, 1, 3), (8, 2, 6), (16, 4, 12), (64, 4, 60)],
+)
+def test_thread_budget_gives_forward_passes_the_cores_decoding_does_not_use(
+    cores: int, decode: int, forward: int
+) -> None:
+    budget = ThreadBudget.plan(cores=cores)
+    assert (budget.decode_workers, budget.forward_threads) == (decode, forward)
+    assert ThreadBudget.plan(cores=16, forward_workers=2).forward_threads == 6
+    assert ThreadBudget.plan(cores=16, decode_workers=2, forward_threads=3).forward_threads == 3
+
+
+def test_thread_budget_reads_omp_num_threads_and_describes_itself() -> None:
+    assert available_cores({"OMP_NUM_THREADS": "1"}) == 1
+    budget = ThreadBudget.plan(cores=2)
+    assert budget.describe() == "2 cores: 1 decode thread, 1 forward worker x 1 torch thread"
+    assert budget.to_dict() == {"cores": 2, "decode_workers": 1, "forward_workers": 1, "forward_threads": 1}
+    with pytest.raises(ValueError, match="forward_threads must be an integer >= 1"):
+        ThreadBudget(cores=2, decode_workers=1, forward_threads=0)
+
+
+def test_torch_threads_sets_and_restores() -> None:
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("requested", "config", "precision", "reason"),
+    [
+        (None, {"calibration": {"precision": "bf16"}}, "bf16", "as calibrated"),
+        (None, {"training": {"precision": "fp32"}}, "fp32", "as calibrated"),
+        (None, {"calibration": {"precision": "fp32"}, "training": {"precision": "bf16"}}, "fp32", "as calibrated"),
+        (None, {}, "fp32", "records no calibration precision"),
+        ("fp32", {"calibration": {"precision": "bf16"}}, "fp32", "as requested"),
+        ("bf16", {}, "bf16", "as requested"),
+    ],
+)
+def test_the_model_runs_in_the_precision_it_was_calibrated_in_unless_told(
+    requested: str | None, config: dict[str, Any], precision: str, reason: str
+) -> None:
+    choice = choose_precision(requested, config, CPU)
+    assert choice.precision == precision
+    assert reason in choice.reason
+    assert choice.describe().startswith(f"{precision} (")
+
+
+def test_precisions_a_cpu_cannot_run() -> None:
+    with pytest.raises(InvalidPrecisionError, match="fp16 needs a CUDA device"):
+        choose_precision("fp16", {}, CPU)
+    with pytest.raises(InvalidPrecisionError, match="unknown precision 'int8'"):
+        choose_precision("int8", {}, CPU)
+    fallback = choose_precision(None, {"calibration": {"precision": "fp16"}}, CPU)
+    assert fallback.precision in ("bf16", "fp32")
+    assert "needs CUDA" in fallback.reason
+    assert recorded_precision({"calibration": {"precision": None}, "training": {"precision": "bf16"}}) == "bf16"
+
+
+def test_post_processing_applies_temperature_threshold_and_per_image_top_k() -> None:
+    post = PostProcessor(class_names=("a", "b", "c"), temperature=2.0, unknown_threshold=0.5)
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.1, 0.0, 0.2]])
+    output = EngineOutput(logits, torch.zeros(2, 5))
+    scores = post.scores(output)
+    assert torch.allclose(scores.probabilities, torch.softmax(logits / 2.0, dim=1))
+    assert scores.unknown.tolist() == [False, True]
+    first, second = post(output, top_k=[1, 3])
+    assert [p.label for p in first.predictions] == ["a"]
+    assert [p.label for p in second.predictions] == ["c", "a", "b"]
+    assert (first.unknown, second.unknown) == (False, True)
+    assert PostProcessor.from_config({"class_names": ["x", "y"]}).unknown_threshold is None
+    with pytest.raises(ValueError, match="temperature"):
+        PostProcessor(class_names=("a",), temperature=0.0)
+
+
+def test_a_novelty_rule_hooked_into_post_processing_sees_the_same_passes_features(
+    net: torch.nn.Module, tiny_spec: Any
+) -> None:
+    """The unknown decision is one method that receives the features of the pass the logits came from."""
+    seen: list[torch.Tensor] = []
+
+    class Novelty(PostProcessor):
+        def unknown(self, probabilities: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+            assert features is not None
+            seen.append(features)
+            return features.norm(dim=1) > 0  # every image "novel"
+
+    engine = TorchEngine(net, tiny_spec.preprocessing, precision="fp32")
+    output = engine.forward([engine.prepare(jpeg(seed)) for seed in range(2)])
+    answers = Novelty(class_names=("a", "b", "c", "d"))(output, top_k=2)
+    assert [a.unknown for a in answers] == [True, True]
+    assert seen[0] is output.features
