@@ -1,27 +1,46 @@
-"""Serving throughput and latency: ``dogclf serve`` vs TorchServe + the SageMaker PyTorch inference toolkit.
+"""Serving throughput and latency: ``dogclf serve`` (each engine) vs a tuned TorchServe + SageMaker toolkit and a
+tuned LitServe, in one run, with the same model, photos, precision and clients.
 
-Both servers serve the same model directory with the same handlers (``dogclf package`` writes the archive the AWS
-PyTorch inference container serves; TorchServe 0.12 runs it here through ``sagemaker-pytorch-inference``, exactly as
-that container does, bound to 127.0.0.1). Clients POST real JPEG bytes from Imagewoof to ``/invocations``; each
-concurrency level runs for a fixed time after a warm-up. Both run in this one process's run, on the same machine.
+Servers (each bound to 127.0.0.1, started, measured at every client count, stopped, one after the other):
 
-    python bench/serve_speed.py --model MODEL_DIR [--clients 1,4,16] [--seconds 20]
+* ``dogclf serve`` with its defaults, once per engine (``torch``; ``onnxruntime`` and ``openvino`` serve the model's
+  ``model.onnx``, which this script exports first if it is missing or stale);
+* TorchServe 0.12 running the ``dogclf package`` archive through ``sagemaker-pytorch-inference``, exactly as the AWS
+  PyTorch inference container does (its config, handler service, ``SAGEMAKER_PROGRAM=inference.py``), over a small
+  grid: workers 1 and 2 with ``OMP_NUM_THREADS`` = cores / workers, TorchServe batch size 1, and 8 with a 5 ms
+  ``maxBatchDelay`` (set as the container's ``SAGEMAKER_TS_*`` settings do);
+* LitServe with dynamic batching over a small grid (``bench/_litserve_app.py``): workers 1 and 2 with torch threads
+  = cores / workers, ``max_batch_size`` 8 and 16, ``batch_timeout`` 5 ms.
 
-MODEL_DIR is any dogclf model directory, e.g. an ``efficientnet_lite0`` head trained with::
+Every server runs the same model directory with dogclf's engine and post-processing in the precision the model was
+calibrated in (bf16 for a feature-path model on a CPU with native bfloat16; the ONNX Runtime engine runs fp32):
+the handlers' ``model_fn``, LitServe's ``setup`` and ``dogclf serve`` all call ``load_model`` without a precision.
+Requests are each server's natural format: the JPEG bytes as ``image/jpeg`` to ``/invocations`` for dogclf and
+TorchServe, ``{"image": "<base64>"}`` to ``/predict`` for LitServe.
 
-    dogclf train --data ../shared/data/imagewoof/train --names examples/imagewoof_names.txt \
-        --backbone efficientnet_lite0 --valid-fraction 0.2 --out models/woof
+Clients are threads, each with its own keep-alive connection, sending real Imagewoof JPEGs back to back; each level
+runs ``--warmup`` seconds unmeasured, then ``--seconds`` measured. For each level the script reports requests/s,
+p50/p99 latency, errors, and the server's CPU use (its whole process tree, in cores) and CPU milliseconds per request;
+for dogclf also the decode and forward seconds per request from ``/info``. The engine's own decode-only and
+forward-only cost per image is measured once, in this process, for comparison. The peers' best row at each level is
+their best configuration at that level. Top-1 answers of every server are compared on ``--check`` photos.
 
-Needs the ``bench`` extra (``pip install -c constraints.txt -e ".[dev,bench]"``) and Java 17 for TorchServe.
+    python bench/serve_speed.py --model MODEL_DIR [--clients 1,4,16,64] [--seconds 10] [--warmup 3]
+        [--servers dogclf,dogclf-onnxruntime,dogclf-openvino,torchserve,litserve]
+
+Needs the ``bench`` extra (TorchServe, torch-model-archiver, LitServe), Java 17 for TorchServe, ``dogclf[onnx]`` and
+``openvino`` for those engines.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -31,19 +50,24 @@ import tarfile
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from _common import IMAGEWOOF, REPO, machine  # bench/ is on sys.path when a script runs
 
+BENCH = Path(__file__).resolve().parent
+
 
 @dataclass
-class LevelResult:
+class Level:
     clients: int
     ok: int
     errors: int
     seconds: float
     latencies_ms: list[float]
+    cpu_cores: float = float("nan")
+    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -54,6 +78,21 @@ class LevelResult:
             return float("nan")
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return self.cpu_cores * self.seconds * 1000 / self.ok if self.ok else float("nan")
+
+
+@dataclass
+class Server:
+    """How to start one server configuration and talk to it."""
+
+    name: str
+    family: str  # "dogclf", "torchserve", "litserve"
+    start: Callable[[int, Path], subprocess.Popen]
+    path: str = "/invocations"
+    json_body: bool = False
 
 
 def free_port() -> int:
@@ -70,24 +109,32 @@ def pick_images(n: int, seed: int) -> list[bytes]:
     return [p.read_bytes() for p in files[:n]]
 
 
-def post(conn: http.client.HTTPConnection, body: bytes) -> tuple[int, bytes]:
-    conn.request(
-        "POST", "/invocations", body=body, headers={"Content-Type": "image/jpeg", "Accept": "application/json"}
-    )
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
+
+
+def request(conn: http.client.HTTPConnection, server: Server, image: bytes) -> tuple[int, bytes]:
+    if server.json_body:
+        body = json.dumps({"image": base64.b64encode(image).decode("ascii")}).encode()
+        headers = {"Content-Type": "application/json"}
+    else:
+        body, headers = image, {"Content-Type": "image/jpeg", "Accept": "application/json"}
+    conn.request("POST", server.path, body=body, headers=headers)
     response = conn.getresponse()
     return response.status, response.read()
 
 
-def wait_ready(port: int, probe: bytes, process: subprocess.Popen, timeout: float) -> None:
-    """Waits until a real image gets a 200 (TorchServe answers /ping before its workers have loaded the model)."""
+def wait_ready(port: int, server: Server, probe: bytes, process: subprocess.Popen, timeout: float) -> None:
+    """Waits until a real image gets a 200 (TorchServe and LitServe answer health checks before their workers load)."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with code {process.returncode} before it was ready")
+            raise RuntimeError(f"{server.name} exited with code {process.returncode} before it was ready")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            status, body = post(conn, probe)
+            status, body = request(conn, server, probe)
             conn.close()
             if status == 200:
                 return
@@ -95,33 +142,62 @@ def wait_ready(port: int, probe: bytes, process: subprocess.Popen, timeout: floa
         except OSError as exc:
             last = str(exc)
         time.sleep(0.5)
-    raise RuntimeError(f"server on port {port} not ready after {timeout:.0f} s (last: {last})")
+    raise RuntimeError(f"{server.name} on port {port} not ready after {timeout:.0f} s (last: {last})")
 
 
-def run_level(port: int, images: list[bytes], clients: int, seconds: float, warmup: float) -> LevelResult:
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its descendants."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        pass
+    return total
+
+
+def dogclf_stats(port: int) -> dict[str, float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/info")
+    stats = json.loads(conn.getresponse().read())["stats"]
+    conn.close()
+    return stats
+
+
+def run_level(
+    port: int, server: Server, images: list[bytes], clients: int, args: argparse.Namespace, pid: int
+) -> Level:
     """``clients`` threads, each with its own keep-alive connection, send images back to back."""
-    stop_at = [0.0]
-    measure_from = [0.0]
     lock = threading.Lock()
     latencies: list[float] = []
     counts = {"ok": 0, "errors": 0}
+    now = time.perf_counter()
+    measure_from, stop_at = now + args.warmup, now + args.warmup + args.seconds
+    marks: dict[str, float] = {}
 
     def client(index: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         i = index
         while True:
             started = time.perf_counter()
-            if started >= stop_at[0]:
+            if started >= stop_at:
                 break
             try:
-                status, _ = post(conn, images[i % len(images)])
+                status, _ = request(conn, server, images[i % len(images)])
             except OSError:
                 status = -1
                 conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
             finished = time.perf_counter()
             i += clients
-            if started < measure_from[0] or finished > stop_at[0]:
+            if started < measure_from or finished > stop_at:
                 continue  # warm-up, or a request that straddles the end of the window
             with lock:
                 if status == 200:
@@ -131,161 +207,307 @@ def run_level(port: int, images: list[bytes], clients: int, seconds: float, warm
                     counts["errors"] += 1
         conn.close()
 
-    now = time.perf_counter()
-    measure_from[0] = now + warmup
-    stop_at[0] = now + warmup + seconds
+    def meter() -> None:
+        time.sleep(max(0.0, measure_from - time.perf_counter()))
+        marks["cpu0"], marks["t0"] = process_tree_cpu(pid), time.perf_counter()
+        if server.family == "dogclf":
+            marks.update({f"{k}0": v for k, v in dogclf_stats(port).items() if k.endswith("seconds")})
+        time.sleep(max(0.0, stop_at - time.perf_counter()))
+        marks["cpu1"], marks["t1"] = process_tree_cpu(pid), time.perf_counter()
+        if server.family == "dogclf":
+            marks.update({f"{k}1": v for k, v in dogclf_stats(port).items() if k.endswith("seconds")})
+
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
+    metering = threading.Thread(target=meter)
+    for t in [*threads, metering]:
         t.start()
-    for t in threads:
+    for t in [*threads, metering]:
         t.join()
-    return LevelResult(clients, counts["ok"], counts["errors"], seconds, latencies)
+    level = Level(clients, counts["ok"], counts["errors"], args.seconds, latencies)
+    level.cpu_cores = (marks["cpu1"] - marks["cpu0"]) / (marks["t1"] - marks["t0"])
+    for key in ("decode_seconds", "forward_seconds"):
+        if f"{key}0" in marks and level.ok:
+            level.extra[key] = (marks[f"{key}1"] - marks[f"{key}0"]) * 1000 / level.ok
+    return level
+
+
+def top_labels(port: int, server: Server, images: list[bytes]) -> list[str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    labels = []
+    for image in images:
+        status, body = request(conn, server, image)
+        labels.append(json.loads(body)["predictions"][0]["label"] if status == 200 else f"HTTP {status}")
+    conn.close()
+    return labels
 
 
 def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=20)
+            process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 
-def start_dogclf(model: Path, port: int, extra: list[str], log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "dogclf", "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port)]
-    return subprocess.Popen(
-        [*cmd, *extra], stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO
-    )
+def _env() -> dict[str, str]:
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
 
 
-def start_torchserve(model: Path, work: Path, port: int, log: Path) -> subprocess.Popen:
-    """Runs the ``dogclf package`` archive the way the AWS PyTorch inference container does, on 127.0.0.1."""
-    archive = work / "model.tar.gz"
-    subprocess.run([sys.executable, "-m", "dogclf", "package", str(model), "-o", str(archive)], check=True, cwd=REPO)
-    model_dir = work / "model"
-    model_dir.mkdir()
-    with tarfile.open(archive) as tar:
-        tar.extractall(model_dir, filter="data")
-    store = work / "store"
-    store.mkdir()
-    import sagemaker_pytorch_serving_container
+def dogclf_server(model: Path, name: str, flags: list[str]) -> Server:
+    def start(port: int, work: Path) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "dogclf", "serve", "--model", str(model), "--host", "127.0.0.1"]
+        cmd += ["--port", str(port), "--no-access-log", "--device", "cpu", *flags]
+        log = (work / f"{name}.log").open("wb")
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_env(), cwd=REPO)
 
-    defaults = (Path(sagemaker_pytorch_serving_container.__file__).parent / "etc" / "default-ts.properties").read_text()
-    config = work / "config.properties"
-    config.write_text(
-        defaults
-        + "\n"
-        + "\n".join(
-            [
-                f"inference_address=http://127.0.0.1:{port}",
-                f"management_address=http://127.0.0.1:{free_port()}",
-                f"metrics_address=http://127.0.0.1:{free_port()}",
-                "default_service_handler=sagemaker_pytorch_serving_container.handler_service:handle",
-                "vmargs=-XX:-UseContainerSupport -Xmx1g",
-                "",
-            ]
+    return Server(name, "dogclf", start)
+
+
+def torchserve_server(model: Path, workers: int, batch: int, delay_ms: int, cores: int) -> Server:
+    """The ``dogclf package`` archive under TorchServe + the SageMaker toolkit, as the AWS container runs it."""
+    name = f"torchserve w{workers} b{batch}" + (f" {delay_ms}ms" if batch > 1 else "")
+
+    def start(port: int, work: Path) -> subprocess.Popen:
+        import sagemaker_pytorch_serving_container
+
+        root = work / name.replace(" ", "_")
+        root.mkdir()
+        archive = root / "model.tar.gz"
+        subprocess.run(
+            [sys.executable, "-m", "dogclf", "package", str(model), "-o", str(archive)],
+            check=True,
+            cwd=REPO,
+            env=_env(),
+            capture_output=True,
         )
-    )
-    env = {
-        **os.environ,
-        "SAGEMAKER_PROGRAM": "inference.py",
-        "SAGEMAKER_HANDLER": "sagemaker_pytorch_serving_container.handler_service",
-        "PYTHONPATH": str(model_dir / "code"),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    cmd = ["torchserve", "--start", "--foreground", "--ncs", "--model-store", str(store), "--ts-config", str(config)]
-    cmd += ["--models", f"model={model_dir}"]
-    torchserve = shutil.which("torchserve", path=env["PATH"])
-    if torchserve is None:
-        sys.exit("torchserve is not installed: pip install -c constraints.txt -e '.[bench]'")
-    cmd[0] = torchserve
-    return subprocess.Popen(
-        cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=work, start_new_session=True
-    )
+        model_dir = root / "model"
+        with tarfile.open(archive) as tar:
+            tar.extractall(model_dir, filter="data")
+        store = root / "store"
+        store.mkdir()
+        etc = Path(sagemaker_pytorch_serving_container.__file__).parent / "etc"
+        models = {
+            "model": {
+                "1.0": {
+                    "defaultVersion": True,
+                    "marName": "model.mar",
+                    "minWorkers": workers,
+                    "maxWorkers": workers,
+                    "batchSize": batch,
+                    "maxBatchDelay": delay_ms,
+                    "responseTimeout": 120,
+                }
+            }
+        }
+        lines = [
+            f"inference_address=http://127.0.0.1:{port}",
+            f"management_address=http://127.0.0.1:{free_port()}",
+            f"metrics_address=http://127.0.0.1:{free_port()}",
+            f"default_workers_per_model={workers}",
+            "default_service_handler=sagemaker_pytorch_serving_container.handler_service:handle",
+            "vmargs=-XX:-UseContainerSupport -Xmx1g",
+            f"models={json.dumps(models)}",
+            "",
+        ]
+        config = root / "config.properties"
+        config.write_text((etc / "default-ts.properties").read_text() + "\n" + "\n".join(lines))
+        env = {
+            **_env(),
+            "SAGEMAKER_PROGRAM": "inference.py",
+            "SAGEMAKER_HANDLER": "sagemaker_pytorch_serving_container.handler_service",
+            "PYTHONPATH": str(model_dir / "code"),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "OMP_NUM_THREADS": str(max(1, cores // workers)),
+        }
+        torchserve = shutil.which("torchserve", path=env["PATH"])
+        if torchserve is None:
+            sys.exit("torchserve is not installed: pip install -c constraints.txt -e '.[bench]'")
+        cmd = [torchserve, "--start", "--foreground", "--ncs", "--model-store", str(store), "--ts-config", str(config)]
+        cmd += ["--models", f"model={model_dir}"]
+        log = (work / f"{root.name}.log").open("wb")
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
+
+    return Server(name, "torchserve", start)
 
 
-def top_labels(port: int, images: list[bytes]) -> list[str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    labels = []
-    for image in images:
-        status, body = post(conn, image)
-        labels.append(json.loads(body)["predictions"][0]["label"] if status == 200 else f"HTTP {status}")
-    conn.close()
-    return labels
+def litserve_server(model: Path, workers: int, batch: int, timeout_ms: float, cores: int) -> Server:
+    name = f"litserve w{workers} b{batch} {timeout_ms:g}ms"
+
+    def start(port: int, work: Path) -> subprocess.Popen:
+        cmd = [sys.executable, str(BENCH / "_litserve_app.py"), "--model", str(model), "--port", str(port)]
+        cmd += ["--workers", str(workers), "--max-batch-size", str(batch), "--batch-timeout-ms", str(timeout_ms)]
+        cmd += ["--threads", str(max(1, cores // workers))]
+        log = (work / f"{name.replace(' ', '_')}.log").open("wb")
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_env(), cwd=REPO)
+
+    return Server(name, "litserve", start, path="/predict", json_body=True)
+
+
+def ensure_onnx(model: Path) -> None:
+    """Exports ``model/model.onnx`` unless a fresh one is there (so the engines do not export at start-up)."""
+    from dogclf.inference.runtimes import fresh_export
+
+    if fresh_export(model) is None:
+        print(f"exporting {model}/model.onnx for the onnxruntime and openvino engines ...", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "dogclf", "export", str(model), "--overwrite"], check=True, cwd=REPO, env=_env()
+        )
+
+
+def engine_costs(model: Path, images: list[bytes]) -> str:
+    """Decode-only and forward-only milliseconds per image of the torch engine, in this process."""
+    from dogclf.classifier import load_model
+    from dogclf.inference.threads import ThreadBudget, torch_threads
+    from dogclf.serving.codec import prepared_image
+
+    classifier = load_model(model, device="cpu")
+    started = time.perf_counter()
+    arrays = [prepared_image(classifier, data) for data in images]
+    decode = (time.perf_counter() - started) * 1000 / len(images)
+    lines = [f"decode + resize + crop: {decode:.2f} ms per image (one thread)"]
+    cores = ThreadBudget.plan().cores
+    for threads in sorted({1, cores}):
+        with torch_threads(threads):
+            for batch in (1, 8):
+                classifier.forward(arrays[:batch])
+                started = time.perf_counter()
+                for start in range(0, len(arrays), batch):
+                    classifier.forward(arrays[start : start + batch])
+                ms = (time.perf_counter() - started) * 1000 / len(arrays)
+                lines.append(
+                    f"forward ({classifier.precision}) batch {batch}, {threads} thread(s): {ms:.2f} ms per image"
+                )
+    return "; ".join(lines)
 
 
 def bench_server(
-    name: str, process: subprocess.Popen, port: int, images: list[bytes], args: argparse.Namespace
-) -> tuple[list[LevelResult], list[str]]:
+    server: Server, images: list[bytes], args: argparse.Namespace, work: Path
+) -> tuple[list[Level], list[str]]:
+    port = free_port()
+    process = server.start(port, work)
     try:
-        wait_ready(port, images[0], process, timeout=180)
-        results = []
+        wait_ready(port, server, images[0], process, timeout=300)
+        levels = []
         for clients in args.clients:
-            level = run_level(port, images, clients, args.seconds, args.warmup)
+            level = run_level(port, server, images, clients, args, process.pid)
+            extra = "".join(f"  {k.split('_')[0]} {v:.1f} ms/req" for k, v in level.extra.items())
             print(
-                f"{name:>10} clients={clients:<3} {level.rps:7.1f} req/s  p50 {level.percentile(50):7.1f} ms  "
-                f"p99 {level.percentile(99):7.1f} ms  ok={level.ok} errors={level.errors}",
+                f"{server.name:>26} clients={clients:<3} {level.rps:7.1f} req/s  p50 {level.percentile(50):7.1f} ms  "
+                f"p99 {level.percentile(99):7.1f} ms  errors={level.errors}  cpu {level.cpu_cores:.2f} cores "
+                f"({level.cpu_ms_per_request:.1f} ms/req){extra}",
                 flush=True,
             )
-            results.append(level)
-        results_labels = top_labels(port, images[: args.check])
-        return results, results_labels
+            levels.append(level)
+        return levels, top_labels(port, server, images[: args.check])
     finally:
         stop(process)
+
+
+def servers_to_run(args: argparse.Namespace, cores: int) -> list[Server]:
+    wanted = args.servers.split(",")
+    servers: list[Server] = []
+    if "dogclf" in wanted:
+        servers.append(dogclf_server(args.model, "dogclf serve", shlex.split(args.serve_args)))
+    for engine in ("onnxruntime", "openvino"):
+        if f"dogclf-{engine}" in wanted:
+            servers.append(dogclf_server(args.model, f"dogclf serve --engine {engine}", ["--engine", engine]))
+    if "torchserve" in wanted:
+        for workers in (1, 2):
+            for batch, delay in ((1, 0), (8, 5)):
+                servers.append(torchserve_server(args.model, workers, batch, delay, cores))
+    if "litserve" in wanted:
+        for workers in (1, 2):
+            for batch in (8, 16):
+                servers.append(litserve_server(args.model, workers, batch, 5.0, cores))
+    return servers
+
+
+def best(results: dict[str, list[Level]], family: str, servers: list[Server], index: int) -> tuple[str, Level] | None:
+    rows = [(s.name, results[s.name][index]) for s in servers if s.family == family and s.name in results]
+    return max(rows, key=lambda row: row[1].rps) if rows else None
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="a dogclf model directory")
-    parser.add_argument("--clients", default="1,4,16", help="concurrency levels (default 1,4,16)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per level (default 20)")
+    parser.add_argument("--clients", default="1,4,16,64", help="concurrency levels (default 1,4,16,64)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per level (default 10)")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each level (default 3)")
     parser.add_argument("--images", type=int, default=256, help="distinct JPEGs to cycle through (default 256)")
     parser.add_argument("--check", type=int, default=16, help="images whose answers must agree (default 16)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--serve-args", default="", help="extra `dogclf serve` flags, e.g. '--max-batch-size 16'")
-    parser.add_argument("--skip-torchserve", action="store_true")
+    parser.add_argument(
+        "--servers",
+        default="dogclf,dogclf-onnxruntime,dogclf-openvino,torchserve,litserve",
+        help="which servers (default all: dogclf,dogclf-onnxruntime,dogclf-openvino,torchserve,litserve)",
+    )
+    parser.add_argument("--serve-args", default="", help="extra `dogclf serve` flags for the torch engine row")
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
 
+    from dogclf.inference.threads import ThreadBudget
+
+    cores = ThreadBudget.plan().cores
     images = pick_images(args.images, args.seed)
+    servers = servers_to_run(args, cores)
+    if any(s.name.startswith("dogclf serve --engine") for s in servers):
+        ensure_onnx(args.model)
     print(f"machine: {machine()}")
-    print(f"model: {args.model}; {len(images)} JPEGs from {IMAGEWOOF}; {args.seconds:g} s per level\n", flush=True)
+    print(f"load average (1/5/15 min) at start: {load_average()}")
+    print(f"model: {args.model}; {len(images)} JPEGs from {IMAGEWOOF}")
+    print(f"each level: {args.warmup:g} s warm-up, then {args.seconds:g} s measured")
+    print(f"engine costs in this process: {engine_costs(args.model, images[:64])}\n", flush=True)
     work = Path(tempfile.mkdtemp(prefix="dogclf-serve-bench-"))
+    results: dict[str, list[Level]] = {}
+    labels: dict[str, list[str]] = {}
     try:
-        port = free_port()
-        ours, our_labels = bench_server(
-            "dogclf", start_dogclf(args.model, port, args.serve_args.split(), work / "dogclf.log"), port, images, args
-        )
-        peer = peer_labels = None
-        if not args.skip_torchserve:
-            port = free_port()
-            peer, peer_labels = bench_server(
-                "torchserve", start_torchserve(args.model, work, port, work / "torchserve.log"), port, images, args
-            )
-    except Exception:
-        for log in work.glob("*.log"):
-            print(f"--- {log.name} (last 3000 chars) ---\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
-        raise
+        for server in servers:
+            try:
+                results[server.name], labels[server.name] = bench_server(server, images, args, work)
+            except Exception as exc:
+                print(f"{server.name}: FAILED: {exc}", flush=True)
+                for log in sorted(work.glob("*.log")):
+                    if log.stem.replace("_", " ") == server.name or log.stem == server.name.replace(" ", "_"):
+                        print(f"--- {log.name} (last 2000 chars) ---\n{log.read_text(errors='replace')[-2000:]}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print("\n| clients | dogclf serve req/s | p50 ms | p99 ms | TorchServe req/s | p50 ms | p99 ms | req/s ratio |")
-    print("|---|---|---|---|---|---|---|---|")
-    for i, level in enumerate(ours):
-        row = f"| {level.clients} | {level.rps:.1f} | {level.percentile(50):.0f} | {level.percentile(99):.0f} |"
-        if peer:
-            other = peer[i]
-            ratio = level.rps / other.rps if other.rps else float("inf")
-            row += f" {other.rps:.1f} | {other.percentile(50):.0f} | {other.percentile(99):.0f} | {ratio:.2f}x |"
-        else:
-            row += " - | - | - | - |"
-        print(row)
-    if peer_labels is not None:
-        same = sum(a == b for a, b in zip(our_labels, peer_labels, strict=True))
-        print(f"\nTop-1 answers agree on {same}/{len(our_labels)} images.")
-    print(f"\ncommand: python {' '.join(sys.argv)}")
+    print("\nAll rows:\n")
+    print("| server | clients | req/s | p50 ms | p99 ms | errors | CPU cores | CPU ms/req |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, levels in results.items():
+        for level in levels:
+            latency = f"{level.percentile(50):.0f} | {level.percentile(99):.0f}"
+            print(
+                f"| {name} | {level.clients} | {level.rps:.1f} | {latency} | {level.errors} | {level.cpu_cores:.2f} "
+                f"| {level.cpu_ms_per_request:.1f} |"
+            )
+    ours = results.get("dogclf serve")
+    if ours is not None:
+        print("\ndogclf serve (torch engine, defaults) vs each peer's best configuration at each level:\n")
+        peer = "req/s | p99 ms | ratio"
+        print(f"| clients | dogclf req/s | p99 ms | best TorchServe | {peer} | best LitServe | {peer} |")
+        print("|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|")
+        for i, level in enumerate(ours):
+            row = f"| {level.clients} | {level.rps:.1f} | {level.percentile(99):.0f} |"
+            for family in ("torchserve", "litserve"):
+                peer = best(results, family, servers, i)
+                if peer is None:
+                    row += " - | - | - | - |"
+                    continue
+                name, other = peer
+                ratio = level.rps / other.rps if other.rps else float("inf")
+                row += f" {name} | {other.rps:.1f} | {other.percentile(99):.0f} | {ratio:.2f}x |"
+            print(row)
+    if labels:
+        reference = next(iter(labels.values()))
+        agree = {name: sum(a == b for a, b in zip(got, reference, strict=True)) for name, got in labels.items()}
+        print(f"\nTop-1 answers agreeing with {next(iter(labels))} on {len(reference)} images: {agree}")
+    print(f"\nload average (1/5/15 min) at end: {load_average()}")
+    print(f"command: python {shlex.join(sys.argv)}")
     return 0
 
 

@@ -145,9 +145,9 @@ def _parser() -> argparse.ArgumentParser:
         "--access-log", action=argparse.BooleanOptionalAction, default=True, help="log one line per request"
     )
 
-    ex = sub.add_parser("export", help="export a model to ONNX (or TorchScript) for other runtimes")
+    ex = sub.add_parser("export", help="export a model to ONNX (dynamic batch) for other runtimes")
     ex.add_argument("model", type=Path, metavar="MODEL_DIR", help="model directory written by `dogclf train`")
-    ex.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="onnx (default) or torchscript")
+    ex.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only format)")
     ex.add_argument("-o", "--output", type=Path, default=None, help="file to write (default MODEL_DIR/model.onnx)")
     ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 18 or later)")
     ex.add_argument("--overwrite", action="store_true", help="replace the file if it exists")

@@ -132,26 +132,38 @@ def test_stream_runs_the_forward_pass_with_the_budgets_threads_and_restores_them
     list(engine.stream(_photos(tmp_path, 5), budget=budget))
     assert recorder.threads == [wanted] * 3
     assert torch.get_num_threads() == before
+    # Two forward workers with one thread each run the passes in their own threads.
+    recorder.threads.clear()
+    recorder.names.clear()
+    budget = ThreadBudget(cores=2, decode_workers=1, forward_workers=2, forward_threads=1)
+    batches = list(engine.stream(_photos(tmp_path, 9), budget=budget))
+    assert [p for b in batches for p in b.positions] == list(range(9))
+    assert recorder.threads == [1] * 5
+    assert all(name.startswith("dogclf-forward") for name in recorder.names)
+    assert torch.get_num_threads() == before
 
 
 @pytest.mark.parametrize(
-    ("cores", "decode", "forward"),
-    [(1, 1, 1), (2, 1, 1), (4, 1, 3), (8, 2, 6), (16, 4, 12), (64, 4, 60)],
+    ("cores", "decode", "workers", "threads"),
+    [(1, 1, 1, 1), (2, 1, 2, 1), (4, 1, 2, 1), (8, 1, 2, 3), (16, 2, 2, 7), (64, 4, 2, 30)],
 )
 def test_thread_budget_gives_forward_passes_the_cores_decoding_does_not_use(
-    cores: int, decode: int, forward: int
+    cores: int, decode: int, workers: int, threads: int
 ) -> None:
     budget = ThreadBudget.plan(cores=cores)
-    assert (budget.decode_workers, budget.forward_threads) == (decode, forward)
-    assert ThreadBudget.plan(cores=16, forward_workers=2).forward_threads == 6
+    assert (budget.decode_workers, budget.forward_workers, budget.forward_threads) == (decode, workers, threads)
+    assert budget.threads_for(0) == workers * threads  # a pass alone gets every forward thread
+    assert budget.threads_for(1) == threads
+    assert ThreadBudget.plan(cores=16, forward_workers=1).forward_threads == 14
     assert ThreadBudget.plan(cores=16, decode_workers=2, forward_threads=3).forward_threads == 3
 
 
 def test_thread_budget_reads_omp_num_threads_and_describes_itself() -> None:
     assert available_cores({"OMP_NUM_THREADS": "1"}) == 1
     budget = ThreadBudget.plan(cores=2)
-    assert budget.describe() == "2 cores: 1 decode thread, 1 forward worker x 1 torch thread"
-    assert budget.to_dict() == {"cores": 2, "decode_workers": 1, "forward_workers": 1, "forward_threads": 1}
+    assert budget.describe() == "2 cores: 1 decode thread, 2 forward workers x 1 torch thread (2 when one runs alone)"
+    assert budget.to_dict() == {"cores": 2, "decode_workers": 1, "forward_workers": 2, "forward_threads": 1}
+    assert ThreadBudget.plan(cores=1).describe() == "1 core: 1 decode thread, 1 forward worker x 1 torch thread"
     with pytest.raises(ValueError, match="forward_threads must be an integer >= 1"):
         ThreadBudget(cores=2, decode_workers=1, forward_threads=0)
 

@@ -473,3 +473,107 @@ def test_listening_socket_is_tcp_with_nodelay() -> None:
         with client, accepted:
             assert accepted.proto == socket.IPPROTO_TCP
             assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def test_the_forward_pass_runs_with_the_configured_torch_threads(classifier: Classifier) -> None:
+    """The decoding threads must not leave the forward thread with fewer torch threads than the budget gives it."""
+    seen: list[int] = []
+    classifier.engine.backbone.register_forward_pre_hook(lambda module, args: seen.append(torch.get_num_threads()))
+    batching = BatchConfig(decode_workers=1, forward_workers=1, forward_threads=2)
+    with running(classifier, batching=batching) as (port, _):
+        for seed in range(3):
+            assert post_image(port, jpeg(seed))[0] == 200
+        info = call(port, "GET", "/info")[2]
+    assert seen == [2, 2, 2]
+    assert info["stats"]["forward_threads"] == 2
+    assert info["threads"] == {
+        "cores": info["threads"]["cores"],
+        "decode_workers": 1,
+        "forward_workers": 1,
+        "forward_threads": 2,
+    }
+    assert info["engine"]["precision"] == classifier.precision
+    assert info["stats"]["decode_seconds"] > 0
+    assert info["stats"]["forward_seconds"] > 0
+
+
+def test_instances_requests_get_predictions_answers(classifier: Classifier) -> None:
+    """The TF Serving / KServe v1 / Vertex AI convention: {"instances": [{"b64": ...}]} -> {"predictions": [...]}."""
+    images = [jpeg(30), png(31)]
+    want = expected(classifier, images, top_k=2)
+    with running(classifier) as (port, _):
+        body = json.dumps({"instances": [{"b64": b64(images[0])}, {"b64": b64(images[1])}], "parameters": {"top_k": 2}})
+        status, _, answer = call(port, "POST", "/invocations", body.encode(), {"Content-Type": "application/json"})
+        assert status == 200
+        assert list(answer) == ["predictions"]
+        for got, wanted in zip(answer["predictions"], want, strict=True):
+            assert_same_answer(got, wanted)
+        bad = json.dumps({"instances": [{"b64": b64(images[0])}, {"bytes": "x"}]}).encode()
+        status, _, answer = call(port, "POST", "/invocations", bad, {"Content-Type": "application/json"})
+        assert status == 400
+        assert answer["error"]["message"] == 'instances[1] must be {"b64": "<base64 image>"}; its keys are: bytes.'
+        both = json.dumps({"images": [b64(images[0])], "instances": [{"b64": b64(images[0])}]}).encode()
+        status, _, answer = call(port, "POST", "/invocations", both, {"Content-Type": "application/json"})
+        assert status == 400
+        assert "not both" in answer["error"]["message"]
+
+
+def test_a_request_that_is_not_answered_in_time_gets_504(classifier: Classifier) -> None:
+    gated = GatedNet(classifier.engine.backbone)
+    classifier.engine.backbone = gated
+    batching = BatchConfig(request_timeout_s=0.5)
+    with running(classifier, batching=batching) as (port, _):
+        started = time.monotonic()
+        status, _, answer = post_image(port, jpeg(5))
+        assert status == 504
+        assert time.monotonic() - started < 10
+        assert "not answered within 0.5 s" in answer["error"]["message"]
+        gated.gate.set()
+        assert post_image(port, jpeg(6))[0] == 200
+        assert call(port, "GET", "/info")[2]["stats"]["timed_out"] == 1
+
+
+def test_ping_fails_and_requests_get_503_once_the_batching_worker_died(
+    classifier: Classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running(classifier) as (port, app):
+        assert call(port, "GET", "/ping")[0] == 200
+        batcher = app.state.batcher
+
+        async def broken() -> list[Any]:
+            raise RuntimeError("worker bug")
+
+        monkeypatch.setattr(batcher, "_next_batch", broken)
+        # The worker is already waiting for this batch; it answers it, then dies fetching the next one.
+        assert post_image(port, jpeg(7))[0] == 200
+        deadline = time.monotonic() + 10
+        while call(port, "GET", "/ping")[0] == 200:
+            assert time.monotonic() < deadline, "/ping still answers 200 after the worker died"
+            time.sleep(0.05)
+        status, _, ping = call(port, "GET", "/ping")
+        assert status == 503
+        assert ping["status"] == "unhealthy"
+        status, headers, answer = post_image(port, jpeg(8))
+        assert status == 503
+        assert "batching worker has stopped (RuntimeError: worker bug); restart" in answer["error"]["message"]
+        assert headers["retry-after"] == "5"
+
+
+def test_a_pass_alone_gets_every_forward_thread_and_side_by_side_passes_share_them(classifier: Classifier) -> None:
+    """Two forward workers of one thread: a lone request's pass runs with 2 threads, concurrent passes with 1 each."""
+    seen: list[int] = []
+    gated = GatedNet(classifier.engine.backbone)
+    classifier.engine.backbone = gated
+    gated.register_forward_pre_hook(lambda module, args: seen.append(torch.get_num_threads()))
+    batching = BatchConfig(forward_workers=2, forward_threads=1, max_batch_size=1, max_wait_ms=0)
+    with running(classifier, batching=batching) as (port, _), ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post_image, port, jpeg(1))
+        assert gated.entered.wait(timeout=20)
+        second = pool.submit(post_image, port, jpeg(2))
+        deadline = time.monotonic() + 20
+        while len(seen) < 2:  # the second pass starts beside the first, which the gate holds
+            assert time.monotonic() < deadline, "the second forward pass did not start beside the first"
+            time.sleep(0.01)
+        gated.gate.set()
+        assert first.result(timeout=20)[0] == second.result(timeout=20)[0] == 200
+    assert seen == [2, 1]

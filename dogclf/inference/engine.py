@@ -127,11 +127,12 @@ class Engine:
         budget: ThreadBudget | None = None,
         prepare: Callable[[Any], np.ndarray] | None = None,
     ) -> Iterator[EngineBatch]:
-        """Runs the engine over images, decoding ahead in threads while the calling thread runs forward passes.
+        """Runs the engine over images: decoding threads work ahead while forward workers run batches.
 
         Args:
             sources: Paths, image bytes or PIL images (anything ``prepare`` takes).
-            budget: Decoding threads and torch threads of the forward pass (default :meth:`ThreadBudget.plan`).
+            budget: Decoding threads, forward workers and their torch threads (default :meth:`ThreadBudget.plan`).
+                With one forward worker the passes run in the calling thread.
             prepare: Source -> ``(H, W, 3)`` uint8 array; default :attr:`prepare` (decode, resize, crop).
 
         Yields:
@@ -146,26 +147,66 @@ class Engine:
             if budget.decode_workers > 0:
                 pool = ThreadPoolExecutor(max_workers=budget.decode_workers, thread_name_prefix="dogclf-decode")
                 stack_.callback(pool.shutdown, wait=True, cancel_futures=True)  # also when the caller stops early
-            stack_.enter_context(torch_threads(budget.forward_threads))
-            decoded = _decoded_in_order(sources, load, pool, ahead=self.forward_batch * 2 + 2 * budget.decode_workers)
-            yield from self._batches(decoded)
+            ahead = self.forward_batch * (1 + budget.forward_workers) + 2 * budget.decode_workers
+            groups = _groups(_decoded_in_order(sources, load, pool, ahead=ahead), self.forward_batch)
+            if budget.forward_workers == 1:
+                stack_.enter_context(torch_threads(budget.threads_for(0)))
+                for positions, arrays, failures in groups:
+                    yield EngineBatch(positions, self._forward_or_empty(arrays), failures)
+                return
+            workers = ThreadPoolExecutor(
+                max_workers=budget.forward_workers,
+                thread_name_prefix="dogclf-forward",
+                initializer=_set_threads,
+                initargs=(budget.forward_threads,),
+            )
+            stack_.callback(workers.shutdown, wait=True, cancel_futures=True)
+            yield from self._in_workers(groups, workers, budget.forward_workers + 1)
 
-    def _batches(self, decoded: Iterator[tuple[int, np.ndarray | str]]) -> Iterator[EngineBatch]:
-        positions: list[int] = []
-        arrays: list[np.ndarray] = []
-        failures: list[tuple[int, str]] = []
-        for index, item in decoded:
-            if isinstance(item, str):
-                failures.append((index, item))
-                continue
-            positions.append(index)
-            arrays.append(item)
-            if len(arrays) == self.forward_batch:
-                yield EngineBatch(positions, self.forward(arrays), failures)
-                positions, arrays, failures = [], [], []
-        if arrays or failures:
-            output = self.forward(arrays) if arrays else EngineOutput(torch.empty(0, 0), torch.empty(0, 0))
-            yield EngineBatch(positions, output, failures)
+    def _forward_or_empty(self, arrays: list[np.ndarray]) -> EngineOutput:
+        return self.forward(arrays) if arrays else EngineOutput(torch.empty(0, 0), torch.empty(0, 0))
+
+    def _in_workers(
+        self,
+        groups: Iterator[tuple[list[int], list[np.ndarray], list[tuple[int, str]]]],
+        pool: ThreadPoolExecutor,
+        depth: int,
+    ) -> Iterator[EngineBatch]:
+        """Runs groups' forward passes in ``pool``, at most ``depth`` in flight, yielding them in order."""
+        pending: collections.deque[tuple[list[int], Future[EngineOutput], list[tuple[int, str]]]] = collections.deque()
+        for positions, arrays, failures in groups:
+            pending.append((positions, pool.submit(self._forward_or_empty, arrays), failures))
+            if len(pending) >= depth:
+                done_positions, future, done_failures = pending.popleft()
+                yield EngineBatch(done_positions, future.result(), done_failures)
+        while pending:
+            done_positions, future, done_failures = pending.popleft()
+            yield EngineBatch(done_positions, future.result(), done_failures)
+
+
+def _set_threads(count: int) -> None:
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+
+
+def _groups(
+    decoded: Iterator[tuple[int, np.ndarray | str]], size: int
+) -> Iterator[tuple[list[int], list[np.ndarray], list[tuple[int, str]]]]:
+    """``(positions, arrays, failures)`` of up to ``size`` decoded images each, in order."""
+    positions: list[int] = []
+    arrays: list[np.ndarray] = []
+    failures: list[tuple[int, str]] = []
+    for index, item in decoded:
+        if isinstance(item, str):
+            failures.append((index, item))
+            continue
+        positions.append(index)
+        arrays.append(item)
+        if len(arrays) == size:
+            yield positions, arrays, failures
+            positions, arrays, failures = [], [], []
+    if arrays or failures:
+        yield positions, arrays, failures
 
 
 def _decode_one(load: Callable[[Any], np.ndarray], source: Any) -> np.ndarray | str:

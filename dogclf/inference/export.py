@@ -1,4 +1,4 @@
-"""``dogclf export``: a model directory as one ONNX (or TorchScript) file for other runtimes.
+"""``dogclf export``: a model directory as one ONNX file for other runtimes.
 
 The exported graph takes the normalised float32 batch ``images`` ``(batch, 3, H, W)`` (dynamic batch) and returns
 ``logits`` ``(batch, classes)`` and the backbone ``features`` ``(batch, num_features)``, in float32. What a runtime
@@ -37,8 +37,7 @@ __all__ = [
     "weights_digest",
 ]
 
-FORMATS = ("onnx", "torchscript")
-_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMATS = ("onnx",)
 
 
 class ExportError(DogclfError, ValueError):
@@ -65,24 +64,24 @@ class ExportReport:
 
     Attributes:
         path: The file.
-        format: ``"onnx"`` or ``"torchscript"``.
-        opset: The ONNX opset (``None`` for TorchScript).
+        format: ``"onnx"``.
+        opset: The ONNX opset.
         seconds: How long the export took.
         max_abs_diff: Largest difference between the file's logits and torch's on a check batch.
     """
 
     path: Path
     format: str
-    opset: int | None
+    opset: int
     seconds: float
     max_abs_diff: float
 
     def summary(self) -> str:
         """Lines for the CLI."""
         size = self.path.stat().st_size / 1e6
-        opset = f", opset {self.opset}" if self.opset is not None else ""
         return (
-            f"Exported {self.format}{opset}, dynamic batch, to {self.path} ({size:.1f} MB) in {self.seconds:.0f} s\n"
+            f"Exported {self.format}, opset {self.opset}, dynamic batch, to {self.path} ({size:.1f} MB) "
+            f"in {self.seconds:.0f} s\n"
             f"  input   images (batch, 3, H, W) float32, normalised as the model's preprocessing says\n"
             f"  outputs logits (batch, classes), features (batch, num_features), float32\n"
             f"  check   logits within {self.max_abs_diff:.1e} of torch fp32 on a check batch"
@@ -166,30 +165,17 @@ def export_onnx(
     return next(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx"))
 
 
-def _export_torchscript(net: nn.Module, preprocessing: Any, path: Path, metadata: Mapping[str, str]) -> None:
-    model = ExportedNet(net.get_submodule("backbone"), net.get_submodule("head")).eval()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TorchScript is deprecated upstream; the file still loads with torch.jit
-        traced = torch.jit.trace(model, _example(preprocessing), check_trace=False)
-        torch.jit.save(traced, os.fspath(path), _extra_files={"config.json": metadata["dogclf_config"]})
-
-
-def _check(net: nn.Module, preprocessing: Any, path: Path, format: str) -> float:
-    """Largest |logit difference| between the file (ONNX Runtime or torch.jit) and eager torch fp32."""
+def _check(net: nn.Module, preprocessing: Any, path: Path) -> float:
+    """Largest |logit difference| between the file (run by ONNX Runtime) and eager torch fp32."""
     images = _example(preprocessing, batch=3)
     with torch.inference_mode():
         expected = net.get_submodule("head")(net.get_submodule("backbone")(images))
-    if format == "onnx":
-        try:
-            import onnxruntime
-        except ImportError:
-            return float("nan")
-        session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
-        logits = torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0])
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            logits = torch.jit.load(os.fspath(path))(images)[0].detach()
+    try:
+        import onnxruntime
+    except ImportError:
+        return float("nan")
+    session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    logits = torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0])
     return float((logits - expected).abs().max())
 
 
@@ -201,12 +187,15 @@ def export_model(
     opset: int | None = None,
     overwrite: bool = False,
 ) -> ExportReport:
-    """Exports a model directory to ONNX or TorchScript and checks the file against torch.
+    """Exports a model directory to ONNX and checks the file against torch (with ONNX Runtime).
+
+    ``dogclf serve --engine onnxruntime|openvino`` uses ``MODEL_DIR/model.onnx`` when it was exported from the
+    directory's current weights. TorchScript is not offered: torch deprecates it (``torch.jit.load`` warns).
 
     Args:
         model_dir: A directory written by ``dogclf train``.
-        output: The file (default ``MODEL_DIR/model.onnx`` or ``MODEL_DIR/model.pt``).
-        format: ``"onnx"`` or ``"torchscript"``.
+        output: The file (default ``MODEL_DIR/model.onnx``).
+        format: ``"onnx"``.
         opset: ONNX opset (default: the exporter's own, 18 or later).
         overwrite: Replace an existing file.
 
@@ -225,7 +214,7 @@ def export_model(
     root = Path(model_dir)
     config = read_config(root)
     spec = resolve_spec(config, root)
-    target = Path(output) if output is not None else root / f"model{_SUFFIXES[format]}"
+    target = Path(output) if output is not None else root / "model.onnx"
     if target.exists() and not overwrite:
         raise ExportError(f"{str(target)!r} already exists; pass --overwrite to replace it, or choose another -o.")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -234,12 +223,8 @@ def export_model(
     started = time.perf_counter()
     partial = target.with_name(f".{target.name}.tmp")
     try:
-        if format == "onnx":
-            written_opset: int | None = export_onnx(net, spec.preprocessing, partial, opset=opset, metadata=metadata)
-        else:
-            _export_torchscript(net, spec.preprocessing, partial, metadata)
-            written_opset = None
-        diff = _check(net, spec.preprocessing, partial, format)
+        written_opset = export_onnx(net, spec.preprocessing, partial, opset=opset, metadata=metadata)
+        diff = _check(net, spec.preprocessing, partial)
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)

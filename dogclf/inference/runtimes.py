@@ -24,7 +24,14 @@ from dogclf.errors import DogclfError
 from dogclf.inference.engine import Engine, EngineOutput
 from dogclf.inference.preprocess import Normaliser, stack
 
-__all__ = ["RUNTIMES", "OnnxRuntimeEngine", "OpenVinoEngine", "RuntimeUnavailableError", "runtime_engine"]
+__all__ = [
+    "RUNTIMES",
+    "OnnxRuntimeEngine",
+    "OpenVinoEngine",
+    "RuntimeUnavailableError",
+    "fresh_export",
+    "runtime_engine",
+]
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -165,14 +172,24 @@ class OpenVinoEngine(_OnnxEngine):
         return by_name["logits"].copy(), by_name["features"].copy()
 
 
-def _onnx_file(net: nn.Module, preprocessing: Any, model_dir: Path | None, config: dict[str, Any]) -> Path:
-    """``model_dir/model.onnx`` when it was exported from these weights; otherwise a fresh export in a temp file."""
-    from dogclf.inference.export import _metadata, export_onnx, onnx_metadata, weights_digest
+def fresh_export(model_dir: str | os.PathLike[str]) -> Path | None:
+    """``model_dir/model.onnx`` if ``dogclf export`` wrote it from the directory's current weights, else ``None``."""
+    from dogclf.inference.export import onnx_metadata, weights_digest
 
-    digest = weights_digest(model_dir) if model_dir is not None else ""
-    existing = None if model_dir is None else model_dir / "model.onnx"
-    if existing is not None and existing.is_file() and onnx_metadata(existing).get("dogclf_weights_sha256") == digest:
+    path = Path(model_dir) / "model.onnx"
+    if path.is_file() and onnx_metadata(path).get("dogclf_weights_sha256") == weights_digest(model_dir):
+        return path
+    return None
+
+
+def _onnx_file(net: nn.Module, preprocessing: Any, model_dir: Path | None, config: dict[str, Any]) -> Path:
+    """:func:`fresh_export` when there is one; otherwise a new export in a temp file."""
+    from dogclf.inference.export import _metadata, export_onnx, weights_digest
+
+    existing = fresh_export(model_dir) if model_dir is not None else None
+    if existing is not None:
         return existing
+    digest = weights_digest(model_dir) if model_dir is not None else ""
     folder = Path(tempfile.mkdtemp(prefix="dogclf-onnx-"))
     path = folder / "model.onnx"
     export_onnx(net, preprocessing, path, metadata=_metadata(config, digest))

@@ -1,9 +1,15 @@
 """How an inference process splits its CPU cores between decoding images and the forward pass.
 
-Decoding (Pillow, which releases the GIL) runs in worker threads; the forward pass runs torch's intra-op thread pool.
-Giving both all the cores makes them fight: an OpenMP team waits at every barrier for its slowest thread, and a
-thread that shares its core with a decoder is slow. So the budget is set on purpose: decoding gets
-``decode_workers`` threads, and each forward worker gets ``forward_threads`` torch threads on the remaining cores.
+Decoding (Pillow, which releases the GIL) runs in worker threads; forward passes run in forward workers, each with
+its own torch (OpenMP) threads. The budget is set on purpose, from what was measured on CPUs:
+
+* decoding, resizing and cropping a photo costs about a tenth of its forward pass, so decoding gets one thread per
+  eight cores (at least 1, at most 4), and those cores are taken from the forward passes only from 4 cores up (on 1
+  or 2 cores a whole core for decoding would sit idle most of the time);
+* a small CNN's forward pass scales poorly over many intra-op threads (every operator ends at an OpenMP barrier), so
+  the cores left are split among ``forward_workers`` (2 by default) that run separate batches side by side, each with
+  ``forward_threads`` threads. A pass that starts while no other is running may use every forward thread
+  (:meth:`ThreadBudget.threads_for`), so a lone request is not slowed down by the split.
 
 torch keeps the thread count per calling thread (OpenMP), and a new thread starts with the count last set anywhere in
 the process. :func:`torch_threads` therefore sets it in the thread that runs the forward pass, every time, rather
@@ -40,7 +46,7 @@ class ThreadBudget:
         cores: The cores the budget shares out.
         decode_workers: Threads that decode and resize images (0: decode in the forward thread, no overlap).
         forward_workers: Threads that each run whole forward passes (each on its own batch).
-        forward_threads: torch intra-op threads of each forward worker.
+        forward_threads: torch intra-op threads of each forward worker while the others are busy too.
     """
 
     cores: int
@@ -65,27 +71,37 @@ class ThreadBudget:
         *,
         cores: int | None = None,
         decode_workers: int | None = None,
-        forward_workers: int = 1,
+        forward_workers: int | None = None,
         forward_threads: int | None = None,
         environ: Mapping[str, str] = os.environ,
     ) -> ThreadBudget:
         """The budget for ``cores`` (default :func:`available_cores`), filling in what is not given.
 
-        Decoding gets a quarter of the cores (at least 1, at most 4): decoding a photo costs a fraction of its
-        forward pass. Each forward worker gets an equal share of the cores left (at least 1 thread).
+        Decoding gets one thread per eight cores (1 to 4), reserved from the forward passes from 4 cores up; the
+        cores left are split among ``forward_workers`` (default: 2, or 1 on one core), at least 1 thread each.
         """
         total = available_cores(environ) if cores is None else cores
-        decode = max(1, min(4, total // 4)) if decode_workers is None else decode_workers
+        decode = max(1, min(4, total // 8)) if decode_workers is None else decode_workers
+        left = total - min(decode, total - 1) if total >= 4 else total
+        workers = min(2, left) if forward_workers is None else forward_workers
         if forward_threads is None:
-            forward_threads = max(1, (total - min(decode, total - 1)) // max(1, forward_workers))
-        return cls(cores=total, decode_workers=decode, forward_workers=forward_workers, forward_threads=forward_threads)
+            forward_threads = max(1, left // max(1, workers))
+        return cls(cores=total, decode_workers=decode, forward_workers=workers, forward_threads=forward_threads)
+
+    def threads_for(self, running: int) -> int:
+        """The torch threads of a forward pass that starts while ``running`` other passes run.
+
+        Alone, a pass may use every forward thread of the budget; otherwise it gets its worker's share.
+        """
+        return self.forward_threads * self.forward_workers if running == 0 else self.forward_threads
 
     def describe(self) -> str:
-        """One line, e.g. ``2 cores: 1 decode thread, 1 forward worker x 1 torch thread``."""
+        """One line, e.g. ``2 cores: 1 decode thread, 2 forward workers x 1 torch thread (2 when one runs alone)``."""
         decode = f"{self.decode_workers} decode thread{'s' if self.decode_workers != 1 else ''}"
         workers = f"{self.forward_workers} forward worker{'s' if self.forward_workers != 1 else ''}"
         threads = f"{self.forward_threads} torch thread{'s' if self.forward_threads != 1 else ''}"
-        return f"{self.cores} core{'s' if self.cores != 1 else ''}: {decode}, {workers} x {threads}"
+        alone = f" ({self.threads_for(0)} when one runs alone)" if self.forward_workers > 1 else ""
+        return f"{self.cores} core{'s' if self.cores != 1 else ''}: {decode}, {workers} x {threads}{alone}"
 
     def to_dict(self) -> dict[str, int]:
         """A JSON-ready dict of the fields."""

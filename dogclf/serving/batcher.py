@@ -6,10 +6,11 @@ waiting at most ``max_wait_ms`` after the oldest one arrived for more to join, a
 thread (torch releases the GIL), so the event loop keeps accepting and answering requests while the model works.
 With ``forward_workers`` above 1, that many batches run at once, each on its own share of the cores.
 
-The thread budget is set on purpose (:class:`~dogclf.inference.threads.ThreadBudget`): decoding threads, and each
-forward thread's torch thread count, which the forward thread sets itself before every pass (torch keeps the count
-per thread, and a new thread inherits whatever another one set last). ``stats.forward_threads`` reports the count the
-last forward pass actually ran with.
+The thread budget is set on purpose (:class:`~dogclf.inference.threads.ThreadBudget`): decoding threads, forward
+workers, and the torch thread count of each pass, which the forward thread sets itself before every pass (torch
+keeps the count per thread, and a new thread inherits whatever another one set last). A pass that starts while no
+other runs gets every forward thread; one that starts beside another gets its worker's share.
+``stats.forward_threads`` reports the count the last forward pass actually ran with.
 
 Admission is decided once per request, before any decoding: when the images already waiting plus the new ones would
 exceed ``queue_size``, the request is refused with 503 and ``Retry-After``. A request whose image cannot be decoded
@@ -52,9 +53,10 @@ class BatchConfig:
         max_wait_ms: How long the oldest waiting image may wait for others to join its batch.
         queue_size: Most images waiting (decoding or queued) before requests are refused with 503.
         decode_workers: Threads that decode and resize images (``None``: :meth:`ThreadBudget.plan`).
-        forward_workers: Forward passes that may run at once, each in its own thread on its own batch.
-        forward_threads: torch threads of each forward pass (``None``: the cores not used for decoding, shared
-            among the forward workers).
+        forward_workers: Forward passes that may run at once, each in its own thread on its own batch (``None``:
+            :meth:`ThreadBudget.plan`'s, 2 on two cores or more).
+        forward_threads: torch threads of each forward pass while another runs too (``None``: the cores not used
+            for decoding, shared among the forward workers; a pass running alone gets them all).
         retry_after_s: The ``Retry-After`` seconds sent with a 503.
         request_timeout_s: A request not answered by then gets 504 (0: no limit).
     """
@@ -63,7 +65,7 @@ class BatchConfig:
     max_wait_ms: float = 5.0
     queue_size: int = 256
     decode_workers: int | None = None
-    forward_workers: int = 1
+    forward_workers: int | None = None
     forward_threads: int | None = None
     retry_after_s: int = 1
     request_timeout_s: float = 30.0
@@ -73,12 +75,13 @@ class BatchConfig:
             ("max_batch_size", self.max_batch_size, self.max_batch_size >= 1, "an integer >= 1"),
             ("max_wait_ms", self.max_wait_ms, self.max_wait_ms >= 0, "a number >= 0"),
             ("queue_size", self.queue_size, self.queue_size >= 1, "an integer >= 1"),
-            ("forward_workers", self.forward_workers, self.forward_workers >= 1, "an integer >= 1"),
             ("retry_after_s", self.retry_after_s, self.retry_after_s >= 0, "an integer >= 0"),
             ("request_timeout_s", self.request_timeout_s, self.request_timeout_s >= 0, "a number >= 0"),
         ]
         if self.decode_workers is not None:
             checks.append(("decode_workers", self.decode_workers, self.decode_workers >= 1, "an integer >= 1"))
+        if self.forward_workers is not None:
+            checks.append(("forward_workers", self.forward_workers, self.forward_workers >= 1, "an integer >= 1"))
         if self.forward_threads is not None:
             checks.append(("forward_threads", self.forward_threads, self.forward_threads >= 1, "an integer >= 1"))
         for name, value, ok, wanted in checks:
@@ -301,12 +304,12 @@ class Batcher:
             with self._lock:
                 self.stats.decode_seconds += time.perf_counter() - started
 
-    def _forward(self, items: list[_Item]) -> list[Any]:
-        """One forward pass for a batch and its answers; runs in a forward thread, with the budget's threads."""
+    def _forward(self, items: list[_Item], threads: int) -> list[Any]:
+        """One forward pass for a batch and its answers; runs in a forward thread, with ``threads`` torch threads."""
         import torch
 
         started = time.perf_counter()
-        _set_torch_threads(self.budget.forward_threads)
+        _set_torch_threads(threads)
         self.stats.forward_threads = torch.get_num_threads()
         output = self.classifier.forward([item.image for item in items])
         answers = self.classifier.answer(output, top_k=[item.top_k for item in items])
@@ -356,17 +359,18 @@ class Batcher:
                 if not batch:
                     slots.release()
                     continue
-                task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+                threads = self.budget.threads_for(len(running))
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch, threads))
                 running.add(task)
                 task.add_done_callback(lambda done: (running.discard(done), slots.release()))
         finally:
             if running:
                 await asyncio.wait(running)
 
-    async def _run_batch(self, batch: list[_Item]) -> None:
+    async def _run_batch(self, batch: list[_Item], threads: int) -> None:
         loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(self._forward_pool, self._forward, batch)
+            results = await loop.run_in_executor(self._forward_pool, self._forward, batch, threads)
         except Exception as exc:  # a failed forward pass fails its own batch only
             for item in batch:
                 if not item.future.done():
