@@ -33,7 +33,7 @@ def _real_photo() -> Path | None:
 
 @pytest.fixture
 def model_dir(tmp_path: Path, tiny_spec: Any) -> Path:
-    """A tiny model calibrated (temperature 1, so raw and calibrated scores agree) in bf16, as `dogclf train` records."""
+    """A tiny model calibrated in bf16 (temperature 1: raw and calibrated scores agree), as `dogclf train` records."""
     torch.manual_seed(3)
     net = build_model(tiny_spec, NUM_CLASSES, weights=None, head=HeadConfig())
     with torch.no_grad():
