@@ -17,6 +17,7 @@ from PIL import Image
 import dogclf
 from dogclf.cli import main
 from dogclf.data.folder import load_splits
+from dogclf.errors import UnreadableImageError
 from dogclf.features import cache as cache_module
 from dogclf.features.cache import (
     FeatureCache,
@@ -659,3 +660,50 @@ def test_an_older_cache_format_is_left_alone_and_named_once(
     _, messages = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
     assert not [m for m in messages if "older cache format" in m]
     assert _counts(messages) == (42, 0)
+
+
+# --- decoding once ----------------------------------------------------------------------------------------------------
+
+
+def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    from dogclf.data import images
+
+    decoded: list[object] = []
+    real = images.load_rgb
+
+    def counting(source: Any, **kwargs: Any) -> Any:
+        decoded.append(source)
+        return real(source, **kwargs)
+
+    monkeypatch.setattr(images, "load_rgb", counting)
+    return decoded
+
+
+def test_training_on_features_decodes_each_new_image_once_and_cached_ones_never(
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tiny_tree / "train" / "002.Synthetic_blue_stripes" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    decoded = _count_decodes(monkeypatch)
+    common: dict[str, Any] = {"weights": None, "progress": False, "cache_dir": tmp_path / "cache", "precision": "fp32"}
+
+    messages: list[str] = []
+    first = dogclf.train(tiny_tree, "tinynet", tmp_path / "m1", config=_config(1), log=messages.append, **common)
+    assert len(decoded) == 43, "one decode per image: extraction is the check"
+    assert [p for p, _ in first.splits.skipped] == [broken]
+    assert any(f"skipped {broken}: " in m for m in messages), messages
+    assert len(first.splits.train) == 24
+    assert _counts(messages) == (0, 43)
+
+    decoded.clear()
+    messages.clear()
+    second = dogclf.train(tiny_tree, "tinynet", tmp_path / "m2", config=_config(1), log=messages.append, **common)
+    assert len(decoded) == 1, "only the unreadable file, which is never cached, is decoded again"
+    assert _counts(messages) == (42, 1)
+    assert [p for p, _ in second.splits.skipped] == [broken]
+    _assert_same_history(second.history, first.history)
+
+    decoded.clear()
+    with pytest.raises(UnreadableImageError, match="strict mode"):
+        dogclf.train(tiny_tree, "tinynet", tmp_path / "m3", config=_config(1), log=print, strict=True, **common)
+    assert len(decoded) == 43, "--strict checks every image before anything else"

@@ -16,7 +16,7 @@ from dogclf.artifact import CONFIG_NAME, WEIGHTS_NAME, save_model
 from dogclf.backbones.registry import get_backbone
 from dogclf.backbones.spec import BackboneSpec
 from dogclf.backbones.weights import weights_label
-from dogclf.data.folder import DataSplits, load_splits
+from dogclf.data.folder import DataSplits, drop_unreadable, load_splits
 from dogclf.errors import ModelDirError
 from dogclf.model import DogClassifierNet, HeadConfig, build_model
 from dogclf.training.calibration import Calibration, calibrate, collect_logits
@@ -235,6 +235,10 @@ class _Options:
     log: Callable[[str], None]
     show_bars: bool
 
+    def feature_mode(self) -> str:
+        """``"cached"``, ``"in-memory"`` or ``"images"``: see :func:`_feature_mode`."""
+        return _feature_mode(freeze=self.freeze, augment=self.config.augment, cache=self.cache)
+
 
 @dataclass
 class _Run:
@@ -258,10 +262,23 @@ def _read_data(
     strict: bool,
     options: _Options,
 ) -> DataSplits:
-    """Step 1: the splits, every image decoded once to leave out unreadable files."""
+    """Step 1: the splits, every image decoded once to leave out unreadable files.
+
+    On the feature path (without ``strict``) nothing is decoded here: extraction decodes the images the feature
+    cache does not hold and reports the unreadable ones (:func:`_extract_features`), and cached images decoded when
+    they were extracted.
+    """
     log = options.log
-    log(f"Reading {data_dir} and decoding every image once to find unreadable files ...")
-    splits = load_splits(data_dir, valid_fraction=valid_fraction, names=names, seed=options.config.seed, strict=strict)
+    check = strict or options.feature_mode() == "images"
+    log(
+        f"Reading {data_dir} and decoding every image once to find unreadable files ..."
+        if check
+        else f"Reading {data_dir} (unreadable images are found and skipped while extracting features) ..."
+    )
+    seed = options.config.seed
+    splits = load_splits(
+        data_dir, valid_fraction=valid_fraction, names=names, seed=seed, strict=strict, check_images=check
+    )
     _describe_skipped(splits, log)
     log(
         f"Data {splits.root}: {len(splits.classes)} classes, {len(splits.train)} train, {len(splits.valid)} valid "
@@ -299,8 +316,7 @@ def _build_run(spec: BackboneSpec, splits: DataSplits, checkpoint: Path, *, resu
         "n_valid": len(splits.valid),
         **{k: v for k, v in config.to_dict().items() if k not in ("epochs", "device", "num_workers")},
     }
-    mode = _feature_mode(freeze=options.freeze, augment=config.augment, cache=options.cache)
-    return _Run(spec, model, checkpoint, resuming, fingerprint, label, mode)
+    return _Run(spec, model, checkpoint, resuming, fingerprint, label, options.feature_mode())
 
 
 def _make_trainer(
@@ -356,7 +372,8 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
     if run.mode == "cached":
         cache_dir = options.cache_dir
         folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(options.environ)
-    return prepare_features(
+    unreadable: list[tuple[Path, str]] = []
+    features = prepare_features(
         splits,
         run.spec,
         run.model.backbone,
@@ -365,7 +382,16 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
         options=extract,
         log=options.log,
         progress=options.show_bars,
+        unreadable=unreadable,
     )
+    if unreadable:
+        drop_unreadable(splits, unreadable, strict=False)
+        _describe_skipped(splits, options.log)
+        options.log(
+            f"{len(unreadable)} unreadable file(s) skipped: {len(splits.train)} train, {len(splits.valid)} valid, "
+            f"{len(splits.test)} test images left"
+        )
+    return features
 
 
 def _fit(trainer: Trainer, run: _Run, options: _Options) -> list[dict[str, float]]:
