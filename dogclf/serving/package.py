@@ -20,12 +20,14 @@ import importlib.util
 import io
 import os
 import re
+import shutil
 import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dogclf.errors import DogclfError
 
@@ -37,7 +39,10 @@ __all__ = [
     "PackageError",
     "PackageReport",
     "format_report",
+    "add_vendored",
     "package_model",
+    "serving_requirements",
+    "write_serving_code",
 ]
 
 # dogclf's own third-party needs when serving; keep in step with pyproject.toml (a test checks).
@@ -152,6 +157,24 @@ class _Archive:
         return [ArchiveEntry(name, size, files, self.notes[name]) for name, (size, files) in self.entries.items()]
 
 
+class _Folder(_Archive):
+    """The same members written as files under a folder (``code/`` of a model directory, a source directory)."""
+
+    def __init__(self, root: Path) -> None:  # no tar: every member is written under root
+        self.root = root
+        self.entries = {}
+        self.notes = {}
+
+    def add_bytes(self, name: str, data: bytes, *, group: str | None = None, note: str = "") -> None:
+        target = self.root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        self._tally(group or name, len(data), note)
+
+    def add_file(self, name: str, path: Path, *, group: str | None = None, note: str = "") -> None:
+        self.add_bytes(name, path.read_bytes(), group=group, note=note)
+
+
 @dataclass(frozen=True)
 class _Plugin:
     """A plugin distribution to vendor: its metadata and the import roots it provides."""
@@ -264,7 +287,6 @@ def package_model(
         ModelDirError: The model directory is missing files, is malformed, or its backbone is not installed.
         PackageError: ``output`` exists (without ``overwrite``) or is a folder, or the backbone cannot be vendored.
     """
-    import dogclf
     from dogclf.classifier import load_model
 
     root = Path(model_dir)
@@ -286,10 +308,7 @@ def package_model(
     recorded = config.get("backbone_distribution") or ""
     if plugin is not None and recorded and recorded != f"{plugin.name} {plugin.version}":
         notes.append(f"the model was trained with {recorded}; packaging the installed {plugin.name} {plugin.version}")
-    requirements = list(SERVING_REQUIREMENTS)
-    if config["backbone"].startswith("timm/"):
-        requirements.append(TIMM_REQUIREMENT)
-    requirements = _merge_requirements(requirements + (plugin.requires if plugin else []))
+    requirements = serving_requirements(config["backbone"], plugin)
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
@@ -299,25 +318,7 @@ def package_model(
             archive = _Archive(tar)
             for name in _MODEL_FILES:
                 archive.add_file(name, root / name, note="model")
-            archive.add_bytes("code/inference.py", INFERENCE_SOURCE.encode(), note="the four SageMaker handlers")
-            archive.add_bytes(
-                "code/requirements.txt",
-                "".join(f"{line}\n" for line in requirements).encode(),
-                note="pip-installed by the container at start-up",
-            )
-            archive.add_tree("code/dogclf", Path(dogclf.__file__).parent, note=f"dogclf {dogclf.__version__} source")
-            if plugin is not None:
-                label = f"plugin {plugin.name} {plugin.version}"
-                for name, source in plugin.roots:
-                    if source.is_dir():
-                        archive.add_tree(f"code/{name}", source, note=label)
-                    else:
-                        archive.add_file(f"code/{name}", source, note=label)
-                info = f"code/{re.sub(r'[-_.]+', '_', plugin.name)}-{plugin.version}.dist-info"
-                archive.add_bytes(f"{info}/METADATA", plugin.metadata.encode(), group=f"{info}/", note=label)
-                archive.add_bytes(
-                    f"{info}/entry_points.txt", plugin.entry_points.encode(), group=f"{info}/", note=label
-                )
+            _add_serving_code(archive, requirements, plugin)
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     finally:
@@ -325,6 +326,67 @@ def package_model(
     return PackageReport(
         archive=out, size=out.stat().st_size, entries=archive.report(), requirements=requirements, notes=notes
     )
+
+
+def serving_requirements(backbone: str, plugin: _Plugin | None) -> list[str]:
+    """The lines of ``code/requirements.txt``: dogclf's serving needs, timm for ``timm/`` backbones, a plugin's."""
+    requirements = list(SERVING_REQUIREMENTS)
+    if backbone.startswith("timm/"):
+        requirements.append(TIMM_REQUIREMENT)
+    return _merge_requirements(requirements + (plugin.requires if plugin else []))
+
+
+def add_vendored(sink: _Archive, plugin: _Plugin | None, *, prefix: str = "code") -> None:
+    """Adds dogclf's source and a plugin backbone's import packages and metadata under ``prefix/``."""
+    import dogclf
+
+    sink.add_tree(f"{prefix}/dogclf", Path(dogclf.__file__).parent, note=f"dogclf {dogclf.__version__} source")
+    if plugin is None:
+        return
+    label = f"plugin {plugin.name} {plugin.version}"
+    for name, source in plugin.roots:
+        if source.is_dir():
+            sink.add_tree(f"{prefix}/{name}", source, note=label)
+        else:
+            sink.add_file(f"{prefix}/{name}", source, note=label)
+    info = f"{prefix}/{re.sub(r'[-_.]+', '_', plugin.name)}-{plugin.version}.dist-info"
+    sink.add_bytes(f"{info}/METADATA", plugin.metadata.encode(), group=f"{info}/", note=label)
+    sink.add_bytes(f"{info}/entry_points.txt", plugin.entry_points.encode(), group=f"{info}/", note=label)
+
+
+def _add_serving_code(sink: _Archive, requirements: list[str], plugin: _Plugin | None) -> None:
+    sink.add_bytes("code/inference.py", INFERENCE_SOURCE.encode(), note="the four SageMaker handlers")
+    sink.add_bytes(
+        "code/requirements.txt",
+        "".join(f"{line}\n" for line in requirements).encode(),
+        note="pip-installed by the container at start-up",
+    )
+    add_vendored(sink, plugin)
+
+
+def write_serving_code(model_dir: str | os.PathLike[str], config: dict[str, Any], distribution: str) -> list[str]:
+    """Writes the ``code/`` folder ``dogclf package`` puts in the archive into a model directory itself.
+
+    A training job's ``model.tar.gz`` (the contents of ``SM_MODEL_DIR``) then deploys to the PyTorch inference
+    container as it is, with no repack step.
+
+    Args:
+        model_dir: The model directory (``config.json`` and ``model.safetensors`` already written).
+        config: Its ``config.json``.
+        distribution: Where its backbone comes from (``BackboneSpec.distribution``).
+
+    Returns:
+        The lines of ``code/requirements.txt``.
+
+    Raises:
+        PackageError: A backbone that cannot be vendored (registered in-process, not a plugin).
+    """
+    root = Path(model_dir)
+    plugin = _find_plugin(config["backbone"], distribution, root)
+    requirements = serving_requirements(config["backbone"], plugin)
+    shutil.rmtree(root / "code", ignore_errors=True)
+    _add_serving_code(_Folder(root), requirements, plugin)
+    return requirements
 
 
 def format_report(report: PackageReport) -> str:

@@ -23,6 +23,7 @@ from dogclf.training.calibration import Calibration, calibrate, collect_logits
 from dogclf.training.callbacks import Callback, EpochLogLine, ProgressBars
 from dogclf.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from dogclf.training.config import TrainConfig
+from dogclf.training.log_line import format_test_line
 from dogclf.training.loop import Trainer, check_fingerprint
 
 if TYPE_CHECKING:
@@ -403,7 +404,7 @@ def _test_metrics(
         config = options.config
         report = evaluate(classifier, splits.test, batch_size=config.batch_size, num_workers=config.workers())
         metrics = {"top1": report.top1, "top5": report.top5, "n": report.n, "loss": report.loss}
-    options.log(f"test_top1={metrics['top1']:.4f} test_top5={metrics['top5']:.4f} n={metrics['n']}")
+    options.log(format_test_line(metrics))
     return metrics
 
 
