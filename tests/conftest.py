@@ -98,6 +98,23 @@ def tiny_plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture
+def tiny_plugin(tiny_plugin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dogclf.BackboneSpec:
+    """The tiny backbone found in this process through its real entry point (distribution ``dogclf-tinybb 0.1``).
+
+    The process-wide registry is a fresh one for the test, so what other tests registered does not interfere.
+    """
+    import importlib.metadata
+
+    from dogclf.backbones import registry as registry_module
+
+    monkeypatch.syspath_prepend(str(tiny_plugin_dir))
+    monkeypatch.setattr(registry_module, "_DEFAULT", None)
+    spec = registry_module.default_registry().get("tinynet")
+    assert spec.distribution == "dogclf-tinybb 0.1", importlib.metadata.version("dogclf-tinybb")
+    return spec
+
+
 def plugin_environ(plugin_dir: Path) -> dict[str, str]:
     """Environment for ``dogclf`` subprocesses that can see the tiny plugin in ``plugin_dir``, with no network use."""
     env = dict(os.environ)
