@@ -67,9 +67,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
 
 
-def train_parser(prog: str = "dogclf train") -> argparse.ArgumentParser:
+def train_parser(prog: str = "dogclf train", *, add_help: bool = True) -> argparse.ArgumentParser:
     """A parser of ``dogclf train``'s options alone (the SageMaker entry script reads its hyperparameters with it)."""
-    parser = argparse.ArgumentParser(prog=prog, description="Train a classifier on a data folder.")
+    parser = argparse.ArgumentParser(prog=prog, description="Train a classifier on a data folder.", add_help=add_help)
     add_train_args(parser)
     return parser
 
@@ -156,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     from dogclf.tuning.cli import add_tune_parser  # argparse only; Optuna is imported when `tune` runs
 
     add_tune_parser(sub)
+    from dogclf.sagemaker.cli import add_sagemaker_parser  # argparse only; boto3 and the SDK load when it runs
+
+    add_sagemaker_parser(sub)
     return parser
 
 
@@ -407,6 +410,12 @@ def _cmd_package(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sagemaker(args: argparse.Namespace) -> int:
+    from dogclf.sagemaker.cli import run_sagemaker
+
+    return run_sagemaker(args)
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     from dogclf.tuning.cli import run_tune
 
@@ -423,6 +432,7 @@ _COMMANDS = {
     "serve": _cmd_serve,
     "package": _cmd_package,
     "tune": _cmd_tune,
+    "sagemaker": _cmd_sagemaker,
 }
 
 

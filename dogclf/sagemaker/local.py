@@ -25,10 +25,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dogclf.errors import DogclfError
 
-__all__ = ["LocalJobError", "LocalResult", "parse_metrics", "run_local"]
+if TYPE_CHECKING:
+    from dogclf.sagemaker.training_job import TrainingJobSpec
+
+__all__ = ["LocalJobError", "LocalResult", "parse_metrics", "run_local", "run_request", "run_spec_locally"]
 
 # The PyTorch training container sets this, so the toolkit hands control to the PyTorch toolkit (which launches
 # torchrun for distributed jobs); used when sagemaker-pytorch-training is installed.
@@ -223,3 +227,87 @@ def run_local(
         seconds=time.perf_counter() - started,
         log=lines,
     )
+
+
+def run_request(
+    request: Mapping[str, Any],
+    out_dir: str | os.PathLike[str],
+    *,
+    channels: Mapping[str, str | os.PathLike[str]],
+    submit_directory: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    log: Callable[[str], None] = print,
+) -> LocalResult:
+    """Runs a CreateTrainingJob request (sent, or described back by SageMaker) here, as its container would.
+
+    Its hyperparameters, metric definitions, instance type and name are the request's; ``channels`` gives each of
+    its channels as a local folder (SageMaker copies S3 to ``/opt/ml/input/data/<channel>``: the caller provides
+    that copy), and ``submit_directory`` may replace its ``sagemaker_submit_directory`` (a local ``.tar.gz``).
+
+    Raises:
+        LocalJobError: The job failed, or a channel of the request has no local folder.
+    """
+    wanted = [c["ChannelName"] for c in request.get("InputDataConfig", [])]
+    missing = [name for name in wanted if name not in channels]
+    if missing:
+        raise LocalJobError(f"No local folder for channel(s) {', '.join(missing)} of job {request['TrainingJobName']}")
+    hyperparameters = dict(request.get("HyperParameters", {}))
+    if submit_directory is not None:
+        hyperparameters["sagemaker_submit_directory"] = json.dumps(str(submit_directory))
+    return run_local(
+        out_dir,
+        hyperparameters=hyperparameters,
+        channels={name: channels[name] for name in wanted},
+        job_name=request["TrainingJobName"],
+        metric_definitions=request.get("AlgorithmSpecification", {}).get("MetricDefinitions", []),
+        instance_type=request.get("ResourceConfig", {}).get("InstanceType", "local"),
+        environ=environ,
+        log=log,
+    )
+
+
+LOCAL_ROLE = "arn:aws:iam::000000000000:role/dogclf-local"
+
+
+def run_spec_locally(
+    spec: TrainingJobSpec,
+    *,
+    data: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    features: str | os.PathLike[str] | None = None,
+    job_name: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    log: Callable[[str], None] = print,
+) -> LocalResult:
+    """``dogclf sagemaker train --local``: the request a launch would send, run here on local folders.
+
+    The request is built exactly as for AWS (its S3 locations name a placeholder bucket; ``OUT/request.json`` keeps
+    it); the source directory is built locally and the data folder (and ``features`` folder) are its channels.
+    """
+    from dogclf.sagemaker import training_job as jobs
+    from dogclf.sagemaker.source import build_source_dir
+
+    environ = os.environ if environ is None else environ
+    data_dir = Path(data)
+    jobs.check_local_data(data_dir, spec.hyperparameters)
+    name = job_name or jobs.job_name(spec.base_name, spec.backbone)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    source = build_source_dir(out / "source", backbone=spec.backbone, names_file=spec.names_file)
+    channels: dict[str, Path] = {"training": data_dir}
+    if features is not None:
+        channels["features"] = Path(features).expanduser()
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    request = jobs.plan_request(
+        spec,
+        str(data_dir),
+        region=region,
+        role=LOCAL_ROLE,
+        bucket="dogclf-local",
+        prefix=spec.base_name,
+        name=name,
+        features="s3://dogclf-local/features/" if features is not None else None,
+    )
+    (out / "request.json").write_text(jobs.format_request(request) + "\n", encoding="utf-8")
+    log(f"Running training job {name} here through the SageMaker training toolkit ({out / 'request.json'})")
+    return run_request(request, out, channels=channels, submit_directory=str(source.archive), environ=environ, log=log)
