@@ -40,17 +40,11 @@ def _aws_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--region", default=None, help="AWS region (default $AWS_REGION or ~/.aws/config)")
 
 
-def _add_train(sub: Any) -> None:
+def _with_train_options(sub: Any, command: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand that takes ``dogclf train``'s options (they become the job's hyperparameters)."""
     from dogclf.cli import train_parser
 
-    p: argparse.ArgumentParser = sub.add_parser(
-        "train",
-        parents=[train_parser(add_help=False)],
-        help="launch a SageMaker training job that runs dogclf train",
-        description="Upload the data and dogclf's code, then launch a SageMaker training job that runs `dogclf "
-        "train` with these options as hyperparameters. --local runs the same job here through the SageMaker "
-        "training toolkit (no Docker, no AWS account).",
-    )
+    p: argparse.ArgumentParser = sub.add_parser(command, parents=[train_parser(add_help=False)], **kwargs)
     for action in p._actions:
         if action.dest in _CONTAINER_OPTIONS:
             action.help = argparse.SUPPRESS
@@ -59,13 +53,61 @@ def _add_train(sub: Any) -> None:
             action.help = "local data folder (uploaded; unchanged files are skipped) or an s3:// prefix"
         elif action.dest == "out":
             action.required = False
-            action.help = "with --local: where model.tar.gz, output.tar.gz and checkpoints/ go"
+    return p
+
+
+def _add_train(sub: Any) -> None:
+    p = _with_train_options(
+        sub,
+        "train",
+        help="launch a SageMaker training job that runs dogclf train",
+        description="Upload the data and dogclf's code, then launch a SageMaker training job that runs `dogclf "
+        "train` with these options as hyperparameters. --local runs the same job here through the SageMaker "
+        "training toolkit (no Docker, no AWS account).",
+    )
+    _set_help(p, "out", "with --local: where model.tar.gz, output.tar.gz and checkpoints/ go")
     _job_options(p)
     _aws_options(p)
     p.add_argument("--job-name", default=None, help="job name (default dogclf-<backbone>-<time>-<random>)")
     p.add_argument("--wait", action="store_true", help="follow the job's status and log lines until it ends")
     p.add_argument("--dry-run", action="store_true", help="print the CreateTrainingJob request as JSON, send nothing")
     p.add_argument("--local", action="store_true", help="run the job here through the SageMaker training toolkit")
+
+
+def _set_help(p: argparse.ArgumentParser, dest: str, text: str) -> None:
+    for action in p._actions:
+        if action.dest == dest:
+            action.help = text
+
+
+def _add_tune(sub: Any) -> None:
+    p = _with_train_options(
+        sub,
+        "tune",
+        help="launch a SageMaker tuning job over dogclf tune's search space",
+        description="A SageMaker hyperparameter tuning job whose trials run `dogclf train`: the search space is "
+        "dogclf tune's (or a seed's preset), the objective valid_top1 maximised from the training log. Other dogclf "
+        "train options are fixed for every trial. --local runs the trials here through the training toolkit.",
+    )
+    _set_help(p, "out", "where best_params.json, trials.csv and history.png go (and, with --local, the trials)")
+    p.add_argument(
+        "--space",
+        default="default",
+        help="search space: default, seed-resnet18, seed-inception, or a JSON file (see docs/tuning.md)",
+    )
+    p.add_argument("--max-jobs", type=int, default=20, help="trials in all (default 20)")
+    p.add_argument("--max-parallel-jobs", type=int, default=2, help="trials at a time (default 2)")
+    p.add_argument("--strategy", default="Bayesian", help="Bayesian (default), Random, Hyperband or Grid")
+    p.add_argument(
+        "--early-stopping", action=argparse.BooleanOptionalAction, default=True, help="SageMaker early stopping Auto"
+    )
+    _job_options(p)
+    _aws_options(p)
+    p.add_argument("--job-name", default=None, help="tuning job name (at most 32 characters)")
+    p.add_argument("--wait", action="store_true", help="wait for the tuning job, then write its results to --out")
+    p.add_argument("--train-best", action="store_true", help="then train the final model with the best values")
+    p.add_argument("--dry-run", action="store_true", help="print the tuning request as JSON, send nothing")
+    p.add_argument("--local", action="store_true", help="run the trials here through the SageMaker training toolkit")
 
 
 def add_sagemaker_parser(sub: Any) -> argparse.ArgumentParser:
@@ -75,6 +117,26 @@ def add_sagemaker_parser(sub: Any) -> argparse.ArgumentParser:
     )
     commands = p.add_subparsers(dest="sagemaker_command", required=True, metavar="COMMAND")
     _add_train(commands)
+    _add_tune(commands)
+    deploy = commands.add_parser("deploy", help="serve a model on a SageMaker endpoint")
+    deploy.add_argument("model", metavar="MODEL", help="model directory, or a job's s3://.../model.tar.gz")
+    where = deploy.add_mutually_exclusive_group()
+    where.add_argument("--instance-type", default="ml.m5.large", help="endpoint instance (default ml.m5.large)")
+    where.add_argument("--serverless", type=int, default=None, metavar="MEMORY_MB", help="serverless, with this memory")
+    deploy.add_argument("--max-concurrency", type=int, default=5, help="serverless: concurrent requests (default 5)")
+    deploy.add_argument("--endpoint-name", default=None, help="name of the endpoint, its config and model")
+    deploy.add_argument("--top-k", type=int, default=5, help="breeds per answer (default 5)")
+    deploy.add_argument("--wait", action="store_true", help="wait until the endpoint is InService")
+    _aws_options(deploy)
+    invoke = commands.add_parser("invoke", help="send photos (their JPEG/PNG bytes) to an endpoint")
+    invoke.add_argument("endpoint", metavar="ENDPOINT")
+    invoke.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    invoke.add_argument("--top-k", type=int, default=None, help="show at most this many breeds")
+    invoke.add_argument("--json", action="store_true", help="print JSON (a list, one object per image)")
+    invoke.add_argument("--region", default=None, help="AWS region (default $AWS_REGION or ~/.aws/config)")
+    delete = commands.add_parser("delete", help="delete an endpoint, its endpoint config and its model")
+    delete.add_argument("endpoint", metavar="ENDPOINT")
+    delete.add_argument("--region", default=None, help="AWS region (default $AWS_REGION or ~/.aws/config)")
     download = commands.add_parser("download", help="fetch a training job's model into a model directory")
     download.add_argument("job", metavar="JOB", help="training job name")
     download.add_argument("--out", required=True, type=Path, help="model directory to write")
@@ -210,8 +272,155 @@ def _cmd_download(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from dogclf.tuning.space import resolve_space
+
+    space = resolve_space(args.space)
+    searched = {name.replace("_", "-") for name in space.params}
+    hyperparameters = {k: v for k, v in hyperparameters_from_args(args).items() if k not in searched}
+    spec = _spec(args, hyperparameters)
+    if args.local:
+        return _tune_local(args, spec, space, environ)
+    from dogclf.sagemaker.aws import Aws, resolve_role
+    from dogclf.sagemaker.training_job import format_request
+    from dogclf.sagemaker.tuning_job import describe_trials, launch_tuning_job, write_tuning_results
+
+    role = resolve_role(args.role, environ)
+    aws = Aws.from_environ(environ, region=args.region, require_credentials=not (args.dry_run and args.bucket))
+    job = launch_tuning_job(
+        spec,
+        space,
+        str(args.data),
+        aws=aws,
+        role=role,
+        bucket=args.bucket,
+        prefix=args.prefix,
+        name=args.job_name,
+        features=_features_uri(args.features, aws, args, environ),
+        max_jobs=args.max_jobs,
+        max_parallel_jobs=args.max_parallel_jobs,
+        strategy=args.strategy,
+        early_stopping=args.early_stopping,
+        dry_run=args.dry_run,
+        log=_log,
+    )
+    if args.dry_run:
+        print(format_request(job.request))
+        return 0
+    if not (args.wait or args.train_best):
+        print(f"Follow it at {job.console_url}; rerun with --wait --out DIR to collect the results.")
+        return 0
+    job.wait(log=_log)
+    if args.out is not None:
+        write_tuning_results(
+            args.out,
+            describe_trials(aws, job.name, space),
+            space=space,
+            metric="valid_top1",
+            job_name=job.name,
+            backbone=spec.backbone,
+            log=_log,
+        )
+    if args.train_best:
+        _launch_best(args, spec, job.best_hyperparameters(), aws, role)
+    return 0
+
+
+def _launch_best(args: argparse.Namespace, spec: Any, best: Mapping[str, str], aws: Any, role: str) -> None:
+    import dataclasses
+
+    from dogclf.sagemaker.training_job import launch_training_job
+
+    _log("Training the final model with the best trial's values: " + " ".join(f"{k}={v}" for k, v in best.items()))
+    final = launch_training_job(
+        dataclasses.replace(spec, hyperparameters=dict(best)),
+        str(args.data),
+        aws=aws,
+        role=role,
+        bucket=args.bucket,
+        prefix=args.prefix,
+        log=_log,
+    )
+    final.wait(log=_log)
+    print(f"Fetch the model with: dogclf sagemaker download {final.name} --out models/{final.name}")
+
+
+def _tune_local(args: argparse.Namespace, spec: Any, space: Any, environ: Mapping[str, str]) -> int:
+    import dataclasses
+
+    from dogclf.sagemaker.local import run_spec_locally
+    from dogclf.sagemaker.local_tuning import run_tuning_locally
+
+    if args.out is None:
+        raise ValueError("--local needs --out DIR: where the trials, best_params.json and trials.csv go")
+    result = run_tuning_locally(
+        spec,
+        space,
+        data=args.data,
+        out_dir=args.out,
+        max_jobs=args.max_jobs,
+        features=args.features,
+        seed=args.seed,
+        environ=environ,
+        log=_log,
+    )
+    mean = sum(result.trial_seconds) / len(result.trial_seconds)
+    print(f"{len(result.records)} trials, {mean:.1f} s per trial on average; results in {args.out}")
+    if args.train_best:
+        best = dataclasses.replace(spec, hyperparameters=result.best_hyperparameters)
+        final = run_spec_locally(best, data=args.data, out_dir=Path(args.out) / "best", environ=environ)
+        print(f"Final model trained with the best values: {final.model_tar}")
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from dogclf.sagemaker.aws import Aws, resolve_role
+    from dogclf.sagemaker.endpoint import deploy
+
+    role = resolve_role(args.role, environ)
+    aws = Aws.from_environ(environ, region=args.region)
+    endpoint = deploy(
+        args.model,
+        aws=aws,
+        role=role,
+        instance_type=args.instance_type,
+        serverless_memory=args.serverless,
+        max_concurrency=args.max_concurrency,
+        endpoint_name=args.endpoint_name,
+        bucket=args.bucket,
+        prefix=args.prefix,
+        wait=args.wait,
+        top_k=args.top_k,
+        log=_log,
+    )
+    print(f"Query it with: dogclf sagemaker invoke {endpoint.name} photo.jpg")
+    print(f"Remove it (it bills while it exists) with: dogclf sagemaker delete {endpoint.name}")
+    return 0
+
+
+def _cmd_invoke(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from dogclf.cli import _print_predictions as print_predictions
+    from dogclf.sagemaker.aws import Aws
+    from dogclf.sagemaker.endpoint import invoke
+
+    aws = Aws.from_environ(environ, region=args.region)
+    return print_predictions(invoke(aws, args.endpoint, args.images, top_k=args.top_k), as_json=args.json)
+
+
+def _cmd_delete(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from dogclf.sagemaker.aws import Aws
+    from dogclf.sagemaker.endpoint import delete_endpoint
+
+    delete_endpoint(Aws.from_environ(environ, region=args.region), args.endpoint, log=_log)
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
+    "deploy": _cmd_deploy,
+    "invoke": _cmd_invoke,
+    "delete": _cmd_delete,
     "train": _cmd_train,
+    "tune": _cmd_tune,
     "download": _cmd_download,
 }
 

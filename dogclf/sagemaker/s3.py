@@ -21,7 +21,7 @@ from dogclf.errors import DogclfError
 if TYPE_CHECKING:
     from dogclf.sagemaker.aws import Aws
 
-__all__ = ["S3Uri", "SyncReport", "download_file", "sha256_file", "sync_folder", "upload_file"]
+__all__ = ["S3Uri", "SyncReport", "download_file", "download_prefix", "sha256_file", "sync_folder", "upload_file"]
 
 _SHA_KEY = "sha256"
 _WORKERS = 8
@@ -183,3 +183,25 @@ def download_file(aws: Aws, uri: S3Uri, path: Path) -> Path:
     with aws_errors(f"Downloading {uri}"):
         aws.client("s3").download_file(uri.bucket, uri.key, str(path))
     return path
+
+
+def download_prefix(aws: Aws, uri: S3Uri, folder: str | os.PathLike[str]) -> Path:
+    """Downloads every object under ``uri`` into ``folder``, keeping the key's path below the prefix.
+
+    This is what SageMaker does for a File-mode channel (into ``/opt/ml/input/data/<channel>``).
+    """
+    from dogclf.sagemaker.aws import aws_errors
+
+    root = Path(folder)
+    base = uri.prefix()
+    with aws_errors(f"Listing {uri}"):
+        keys = list(_existing_sizes(aws, uri))
+    for key in keys:
+        relative = key[len(base) :]
+        if not relative or relative.endswith("/"):
+            continue
+        target = (root / relative).resolve()
+        if root.resolve() not in target.parents:
+            raise S3UriError(f"Object {key} of {uri} would land outside {root}; refusing to download it")
+        download_file(aws, S3Uri(uri.bucket, key), target)
+    return root

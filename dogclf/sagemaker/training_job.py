@@ -380,8 +380,13 @@ def plan_request(
     prefix: str,
     name: str,
     features: str | None = None,
+    tuning_job: str | None = None,
 ) -> dict[str, Any]:
-    """The request a launch sends: the job's S3 locations under ``s3://bucket/prefix/`` and its image."""
+    """The request a launch sends: the job's S3 locations under ``s3://bucket/prefix/`` and its image.
+
+    With ``tuning_job`` it is the template of that tuning job's trials: source, outputs and checkpoints under
+    ``tuning/<tuning_job>/`` (each trial's model at ``tuning/<tuning_job>/trials/<trial>/output/model.tar.gz``).
+    """
     from dogclf.sagemaker.images import gpus_per_instance, training_image
     from dogclf.sagemaker.s3 import S3Uri
 
@@ -391,16 +396,17 @@ def plan_request(
     channels = {"training": data_uri}
     if features is not None:
         channels["features"] = features
+    home = root.join("jobs", name) if tuning_job is None else root.join("tuning", tuning_job)
     return build_request(
         spec,
         name=name,
         role=role,
         image=image,
         region=region,
-        source_uri=str(root.join("jobs", name, "source", "sourcedir.tar.gz")),
+        source_uri=str(home.join("source", "sourcedir.tar.gz")),
         channels=channels,
-        output_uri=str(root.join("jobs")),
-        checkpoint_uri=str(root.join("jobs", name, "checkpoints")),
+        output_uri=str(root.join("jobs") if tuning_job is None else home.join("trials")),
+        checkpoint_uri=str(home.join("checkpoints")),
         gpus=gpus_per_instance(spec.instance_type, region),
     )
 
