@@ -97,9 +97,7 @@ def main() -> None:
         with_s = dogclf("sagemaker", "tune", *common, "--out", str(root / "with"), "--features", str(cache), env=env)
         without, with_features = trial_seconds(root / "without"), trial_seconds(root / "with")
         shutil.rmtree(root / "data")
-    print(
-        f"\n{args.images} photos, {args.trials} trials each, seed-resnet18 space, {BACKBONE}, trials through the toolkit"
-    )
+    print(f"\n{args.images} photos, {args.trials} trials each, seed-resnet18 space, {BACKBONE}, via the toolkit")
     print("| trial | without features channel (s) | with features channel (s) |")
     print("|---:|---:|---:|")
     for i, (a, b) in enumerate(zip(without, with_features, strict=True), 1):
