@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -296,3 +297,36 @@ def test_the_whole_path_with_sagemaker_played_here(
         "endpoint config e2e-ep",
         "model e2e-ep",
     ]
+
+
+@pytest.mark.slow
+def test_tune_local_runs_the_trials_through_the_toolkit_and_trains_the_best(
+    tiny_plugin: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"batch_size": {"type": "categorical", "choices": [4, 8]}}), encoding="utf-8")
+    environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DOGCLF_FEATURE_CACHE")}
+    environ["HF_HUB_OFFLINE"] = "1"
+    out = tmp_path / "tune"
+    args = ["sagemaker", "tune", "--local", "--data", str(tiny_tree), "--backbone", "tinynet", "--weights", "none"]
+    args += ["--epochs", "2", "--workers", "0", "--space", str(space), "--max-jobs", "2", "--out", str(out)]
+
+    assert main([*args, "--train-best"], environ=environ) == 0
+
+    printed = capsys.readouterr().out
+    assert "2 trials, " in printed
+    request = json.loads((out / "tuning-request.json").read_text())
+    assert request["HyperParameterTuningJobConfig"]["ParameterRanges"] == {
+        "CategoricalParameterRanges": [{"Name": "batch-size", "Values": ["4", "8"]}]
+    }
+    best = json.loads((out / "best_params.json").read_text())
+    assert best["params"]["batch_size"] in (4, 8)
+    trials = sorted((out / "trials").iterdir())
+    assert len(trials) == 2
+    # Each trial got its categorical value as SageMaker hands it over (JSON-quoted) and trained with it.
+    for trial in trials:
+        assert re.search(r"^dogclf train .* --batch-size [48]( |$)", (trial / "log.txt").read_text(), re.M)
+    with tarfile.open(out / "best" / "model.tar.gz") as tar:
+        model = json.loads(tar.extractfile("config.json").read())  # type: ignore[union-attr]
+    assert model["training"]["batch_size"] == best["params"]["batch_size"]
+    assert model["training"]["epochs"] == 2
