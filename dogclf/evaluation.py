@@ -13,11 +13,10 @@ import torch
 from dogclf.classifier import Classifier
 from dogclf.data.folder import Sample
 from dogclf.errors import UnreadableImageError
-from dogclf.inference.postprocess import Scores
 from dogclf.inference.threads import ThreadBudget
 from dogclf.training.calibration import ece_from_confidences
 
-__all__ = ["EvalReport", "evaluate", "plot_confusion_matrix"]
+__all__ = ["EvalReport", "evaluate", "plot_confusion_matrix", "report_from_logits"]
 
 
 @dataclass
@@ -37,7 +36,7 @@ class EvalReport:
             ``None``: the model has no unknown threshold).
         temperature: The model's temperature.
         unknown_threshold: The model's unknown threshold, if any.
-        precision: The precision the forward passes ran in (``"fp32"``, ``"bf16"``, ``"fp16"``).
+        precision: The precision the forward passes ran in (``"fp32"``, ``"bf16"``, ``"fp16"``), if known.
     """
 
     n: int
@@ -51,7 +50,7 @@ class EvalReport:
     unknown_rate: float | None = None
     temperature: float = 1.0
     unknown_threshold: float | None = None
-    precision: str = "fp32"
+    precision: str | None = None
 
     def per_class(self) -> dict[str, dict[str, float]]:
         """Accuracy and image count of each class that has images."""
@@ -103,7 +102,7 @@ def evaluate(
 ) -> EvalReport:
     """Runs the classifier over labelled samples, streaming them through its engine.
 
-    Images are decoded in threads while the forward pass runs (see :meth:`dogclf.inference.Engine.stream`); scores
+    Images are decoded in threads while forward passes run (see :meth:`dogclf.inference.Engine.stream`); scores
     and the unknown decision come from the classifier's post-processing, as ``predict`` and ``serve`` give them.
 
     Args:
@@ -124,7 +123,8 @@ def evaluate(
     if not samples:
         raise ValueError("evaluate() needs at least one image")
     budget = budget or ThreadBudget.plan(decode_workers=num_workers)
-    tally = _Tally(len(classifier.class_names))
+    logits: list[torch.Tensor] = []
+    unknown: list[torch.Tensor] = []
     bar: Any = None
     if progress:
         from tqdm.auto import tqdm
@@ -135,58 +135,77 @@ def evaluate(
             if batch.failures:
                 index, reason = batch.failures[0]
                 raise UnreadableImageError(f"{reason} (image {index} of the split)")
-            labels = torch.tensor([samples[i].label for i in batch.positions], dtype=torch.long)
-            tally.add(batch.output.logits, classifier.scores(batch.output), labels)
+            logits.append(batch.output.logits)
+            unknown.append(classifier.scores(batch.output).unknown)
             if bar is not None:
                 bar.update(len(batch.positions))
     finally:
         if bar is not None:
             bar.close()
-    return tally.report(classifier)
+    return report_from_logits(
+        torch.cat(logits),
+        torch.tensor([s.label for s in samples], dtype=torch.long),
+        class_names=classifier.class_names,
+        temperature=classifier.temperature,
+        unknown_threshold=classifier.unknown_threshold,
+        unknown=torch.cat(unknown),
+        precision=classifier.precision,
+    )
 
 
-class _Tally:
-    """Running sums of one evaluation, batch by batch."""
+def report_from_logits(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    class_names: Sequence[str],
+    temperature: float = 1.0,
+    unknown_threshold: float | None = None,
+    unknown: torch.Tensor | None = None,
+    precision: str | None = None,
+) -> EvalReport:
+    """The report of raw logits against true labels (from images, or from a head over cached features).
 
-    def __init__(self, n_classes: int) -> None:
-        self.confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
-        self.k = min(5, n_classes)
-        self.top1 = self.top5 = 0
-        self.loss_sum = 0.0
-        self.top_raw: list[torch.Tensor] = []  # top softmax score at temperature 1, per image
-        self.top_calibrated: list[torch.Tensor] = []  # top score as the classifier gives it
-        self.unknown: list[torch.Tensor] = []
-        self.hits: list[torch.Tensor] = []
+    Args:
+        logits: ``(N, C)`` raw scores.
+        labels: ``(N,)`` true class indices.
+        class_names: Names in index order (``C`` of them).
+        temperature: The model's temperature (scores are ``softmax(logits / temperature)``).
+        unknown_threshold: Top scores under it count as unknown; ``None``: never unknown.
+        unknown: ``(N,)`` the unknown flags the model's post-processing gave
+            (:meth:`dogclf.inference.PostProcessor.scores`); ``None``: top score under ``unknown_threshold``.
+        precision: The precision the logits were computed in, for the report.
 
-    def add(self, logits: torch.Tensor, scores: Scores, labels: torch.Tensor) -> None:
-        self.loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
-        best = logits.topk(self.k, dim=1).indices
-        self.top1 += int((best[:, 0] == labels).sum())
-        self.top5 += int((best == labels[:, None]).any(dim=1).sum())
-        self.confusion.index_put_((labels, best[:, 0]), torch.ones_like(labels), accumulate=True)
-        self.top_raw.append(torch.softmax(logits, dim=1).max(dim=1).values)
-        self.top_calibrated.append(scores.top)
-        self.unknown.append(scores.unknown)
-        self.hits.append(best[:, 0] == labels)
-
-    def report(self, classifier: Classifier) -> EvalReport:
-        n = int(self.confusion.sum())
-        correct = torch.cat(self.hits)
-        threshold = classifier.unknown_threshold
-        return EvalReport(
-            n=n,
-            top1=self.top1 / n,
-            top5=self.top5 / n,
-            loss=self.loss_sum / n,
-            class_names=list(classifier.class_names),
-            confusion=self.confusion.tolist(),
-            ece=ece_from_confidences(torch.cat(self.top_calibrated), correct),
-            ece_uncalibrated=ece_from_confidences(torch.cat(self.top_raw), correct),
-            unknown_rate=None if threshold is None else float(torch.cat(self.unknown).double().mean()),
-            temperature=classifier.temperature,
-            unknown_threshold=threshold,
-            precision=classifier.precision,
-        )
+    Returns:
+        The report.
+    """
+    logits = logits.float()
+    labels = labels.long()
+    n, n_classes = logits.shape
+    if n == 0:
+        raise ValueError("an evaluation report needs at least one image")
+    if n_classes != len(class_names):
+        raise ValueError(f"{n_classes} logit columns but {len(class_names)} class names")
+    best = logits.topk(min(5, n_classes), dim=1).indices
+    correct = best[:, 0] == labels
+    confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
+    confusion.index_put_((labels, best[:, 0]), torch.ones_like(labels), accumulate=True)
+    raw = torch.softmax(logits, dim=1).max(dim=1).values  # top softmax score at temperature 1
+    calibrated = torch.softmax(logits / temperature, dim=1).max(dim=1).values  # as Classifier.probabilities gives it
+    flags = unknown if unknown is not None else calibrated < (unknown_threshold or 0.0)
+    return EvalReport(
+        n=n,
+        top1=float(correct.double().mean()),
+        top5=float((best == labels[:, None]).any(dim=1).double().mean()),
+        loss=float(torch.nn.functional.cross_entropy(logits, labels)),
+        class_names=list(class_names),
+        confusion=confusion.tolist(),
+        ece=ece_from_confidences(calibrated, correct),
+        ece_uncalibrated=ece_from_confidences(raw, correct),
+        unknown_rate=None if unknown_threshold is None else float(flags.double().mean()),
+        temperature=temperature,
+        unknown_threshold=unknown_threshold,
+        precision=precision,
+    )
 
 
 def plot_confusion_matrix(report: EvalReport, path: str | os.PathLike[str], *, title: str = "") -> Path:

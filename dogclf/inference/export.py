@@ -131,13 +131,13 @@ def export_onnx(
     """Writes ``net`` (``backbone`` + ``head``) as one ONNX file with a dynamic batch; returns the opset written.
 
     Raises:
-        ExportError: The ONNX extra is not installed, or torch cannot export the backbone.
+        MissingExtraError: The onnx extra is not installed.
+        ExportError: torch cannot export the backbone.
     """
-    try:
-        import onnx
-        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
-    except ImportError as exc:
-        raise ExportError(f'ONNX export needs the onnx extra: pip install "dogclf[onnx]" ({exc})') from exc
+    from dogclf._extras import require
+
+    onnx = require("onnx", extra="onnx", purpose="ONNX export")
+    require("onnxscript", extra="onnx", purpose="ONNX export (torch's exporter)")
     model = ExportedNet(net.get_submodule("backbone"), net.get_submodule("head")).eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
     target = Path(path)

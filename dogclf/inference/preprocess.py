@@ -1,7 +1,7 @@
 """Images to network inputs, split where the work belongs.
 
 :class:`ImagePreparer` does the per-image work that needs no torch: decode (JPEG draft mode for large photos), EXIF
-orientation, RGB, resize and centre crop, exactly as :func:`dogclf.data.transforms.eval_transform` does, ending in a
+orientation, RGB, resize and centre crop, exactly as :class:`dogclf.data.transforms.EvalTransform` does, ending in a
 ``(H, W, 3)`` uint8 array. It runs in decoding threads (Pillow releases the GIL) without touching torch's thread
 pools. :class:`Normaliser` then turns a stacked ``(N, H, W, 3)`` uint8 batch into the normalised float input on the
 forward pass's device, in one vectorised step; the uint8 layout is already channels-last, so nothing is transposed,
@@ -33,10 +33,10 @@ class ImagePreparer:
     """
 
     def __init__(self, preprocessing: Preprocessing) -> None:
-        from dogclf.data.transforms import eval_resize_crop
+        from dogclf.data.transforms import EvalTransform
 
         self.preprocessing = preprocessing
-        self._resize_crop = eval_resize_crop(preprocessing)
+        self._resize_crop = EvalTransform(preprocessing).resize_crop
 
     def from_pil(self, image: Image.Image) -> np.ndarray:
         """Resizes and crops a decoded RGB image."""

@@ -20,24 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from dogclf.errors import DogclfError
+from dogclf._extras import require
 from dogclf.inference.engine import Engine, EngineOutput
 from dogclf.inference.preprocess import Normaliser, stack
 
-__all__ = [
-    "RUNTIMES",
-    "OnnxRuntimeEngine",
-    "OpenVinoEngine",
-    "RuntimeUnavailableError",
-    "fresh_export",
-    "runtime_engine",
-]
+__all__ = ["RUNTIMES", "OnnxRuntimeEngine", "OpenVinoEngine", "fresh_export", "runtime_engine"]
 
 RUNTIMES = ("onnxruntime", "openvino")
-
-
-class RuntimeUnavailableError(DogclfError, ImportError):
-    """An engine whose runtime is not installed."""
+_EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
 
 
 class _OnnxEngine(Engine):
@@ -86,13 +76,7 @@ class OnnxRuntimeEngine(_OnnxEngine):
     name = "onnxruntime"
 
     def __init__(self, path: Path, preprocessing: Any, *, forward_batch: int | None = None) -> None:
-        try:
-            import onnxruntime
-        except ImportError as exc:
-            raise RuntimeUnavailableError(
-                f'--engine onnxruntime needs ONNX Runtime: pip install "dogclf[onnx]" ({exc})'
-            ) from exc
-        self._ort = onnxruntime
+        self._ort = require("onnxruntime", extra="onnx", purpose="--engine onnxruntime")
         super().__init__(path, preprocessing, precision="fp32", forward_batch=forward_batch)
         self._session: Any = None
         self._lock = threading.Lock()
@@ -132,11 +116,7 @@ class OpenVinoEngine(_OnnxEngine):
     def __init__(
         self, path: Path, preprocessing: Any, *, precision: str = "fp32", forward_batch: int | None = None
     ) -> None:
-        try:
-            import openvino
-        except ImportError as exc:
-            raise RuntimeUnavailableError(f"--engine openvino needs OpenVINO: pip install openvino ({exc})") from exc
-        self._ov = openvino
+        self._ov = require("openvino", extra="openvino", purpose="--engine openvino")
         super().__init__(
             path, preprocessing, precision="bf16" if precision == "bf16" else "fp32", forward_batch=forward_batch
         )
@@ -210,15 +190,11 @@ def runtime_engine(
 
     Raises:
         ValueError: An unknown engine name.
-        RuntimeUnavailableError: The runtime is not installed.
+        MissingExtraError: The runtime (or the ONNX exporter) is not installed.
     """
     if name not in RUNTIMES:
         raise ValueError(f"unknown engine {name!r}; use torch, {', '.join(RUNTIMES)}")
-    try:  # fail before a long export
-        __import__(name)
-    except ImportError as exc:
-        extra = '"dogclf[onnx]"' if name == "onnxruntime" else "openvino"
-        raise RuntimeUnavailableError(f"--engine {name} needs {name}: pip install {extra} ({exc})") from exc
+    require(name, extra=_EXTRAS[name], purpose=f"--engine {name}")  # fail before a long export
     path = _onnx_file(net, preprocessing, None if model_dir is None else Path(model_dir), config or {})
     if name == "onnxruntime":
         return OnnxRuntimeEngine(path, preprocessing, forward_batch=forward_batch)
