@@ -36,7 +36,7 @@ class DogAPI(ls.LitAPI):
         self.classifier = load_model(self.model, device="cpu")
         self.forward_threads = self.threads
 
-    def decode_request(self, request: dict[str, Any]) -> Any:
+    def decode_request(self, request):  # no annotation: LitServe would turn it into a query-string schema
         from dogclf.serving.codec import prepared_image
 
         return prepared_image(self.classifier, base64.b64decode(request["image"]))
