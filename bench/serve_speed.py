@@ -101,12 +101,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pick_images(n: int, seed: int) -> list[bytes]:
+def pick_images(n: int, seed: int) -> list[Path]:
     files = sorted(p for p in IMAGEWOOF.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
     if not files:
         sys.exit(f"No JPEGs under {IMAGEWOOF}: this benchmark needs ../shared/data/imagewoof.")
     random.Random(seed).shuffle(files)
-    return [p.read_bytes() for p in files[:n]]
+    return files[:n]
+
+
+def extraction_rate(model: Path, paths: list[Path]) -> float:
+    """Images/s of the extraction path (``features.extract`` defaults) over the photos: the engine's ceiling."""
+    from dogclf.classifier import load_model
+    from dogclf.features.extract import ExtractOptions, extract_features
+
+    backbone = load_model(model, device="cpu").net.backbone
+    started = time.perf_counter()
+    extract_features(backbone, paths, load_model(model).preprocessing, ExtractOptions(device="cpu"), progress=False)
+    return len(paths) / (time.perf_counter() - started)
 
 
 def load_average() -> str:
@@ -252,8 +263,11 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def _env() -> dict[str, str]:
+    """The servers' environment: this checkout's dogclf, and no DOGCLF_PRECISION (every side as calibrated)."""
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+    env.pop("DOGCLF_PRECISION", None)
+    return env
 
 
 def dogclf_server(model: Path, name: str, flags: list[str]) -> Server:
@@ -451,7 +465,8 @@ def main() -> int:
     from dogclf.inference.threads import ThreadBudget
 
     cores = ThreadBudget.plan().cores
-    images = pick_images(args.images, args.seed)
+    paths = pick_images(args.images, args.seed)
+    images = [p.read_bytes() for p in paths]
     servers = servers_to_run(args, cores)
     if any(s.name.startswith("dogclf serve --engine") for s in servers):
         ensure_onnx(args.model)
@@ -459,7 +474,9 @@ def main() -> int:
     print(f"load average (1/5/15 min) at start: {load_average()}")
     print(f"model: {args.model}; {len(images)} JPEGs from {IMAGEWOOF}")
     print(f"each level: {args.warmup:g} s warm-up, then {args.seconds:g} s measured")
-    print(f"engine costs in this process: {engine_costs(args.model, images[:64])}\n", flush=True)
+    print(f"engine costs in this process: {engine_costs(args.model, images[:32])}", flush=True)
+    extraction = extraction_rate(args.model, paths)
+    print(f"extraction path (features.extract defaults) on the same photos: {extraction:.1f} img/s\n", flush=True)
     work = Path(tempfile.mkdtemp(prefix="dogclf-serve-bench-"))
     results: dict[str, list[Level]] = {}
     labels: dict[str, list[str]] = {}
@@ -492,7 +509,8 @@ def main() -> int:
         print(f"| clients | dogclf req/s | p99 ms | best TorchServe | {peer} | best LitServe | {peer} |")
         print("|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|")
         for i, level in enumerate(ours):
-            row = f"| {level.clients} | {level.rps:.1f} | {level.percentile(99):.0f} |"
+            row = f"| {level.clients} | {level.rps:.1f} ({level.rps / extraction:.2f}x extraction) | "
+            row += f"{level.percentile(99):.0f} |"
             for family in ("torchserve", "litserve"):
                 peer = best(results, family, servers, i)
                 if peer is None:

@@ -108,13 +108,13 @@ class Engine:
         """
         raise NotImplementedError
 
-    def use_threads(self, count: int | None) -> None:
-        """Tells the engine how many threads each forward pass may use (``None``: the runtime's default).
+    def use_threads(self, budget: ThreadBudget) -> None:
+        """Tells the engine the thread budget its forward passes run under.
 
-        The torch engine sets torch's count in the thread that runs the pass instead (see
+        The torch engine sets torch's count in the thread that runs each pass instead (see
         :func:`~dogclf.inference.threads.torch_threads`); engines with their own thread pools size them here.
         """
-        del count
+        del budget
 
     def describe(self) -> str:
         """E.g. ``torch bf16 on cpu, forward batch 8``."""
@@ -141,7 +141,7 @@ class Engine:
         """
         budget = budget or ThreadBudget.plan()
         load = prepare or self.prepare
-        self.use_threads(budget.forward_threads)
+        self.use_threads(budget)
         with contextlib.ExitStack() as stack_:
             pool = None
             if budget.decode_workers > 0:

@@ -23,6 +23,7 @@ from torch import nn
 from dogclf._extras import require
 from dogclf.inference.engine import Engine, EngineOutput
 from dogclf.inference.preprocess import Normaliser, stack
+from dogclf.inference.threads import ThreadBudget
 
 __all__ = ["RUNTIMES", "OnnxRuntimeEngine", "OpenVinoEngine", "fresh_export", "runtime_engine"]
 
@@ -37,12 +38,12 @@ class _OnnxEngine(Engine):
         super().__init__(preprocessing, device=torch.device("cpu"), precision=precision, forward_batch=forward_batch)
         self.path = path
         self.normalise = Normaliser(preprocessing, torch.device("cpu"))
-        self.threads: int | None = None
+        self.budget: ThreadBudget | None = None
 
-    def use_threads(self, count: int | None) -> None:
-        """Sets the runtime's intra-op threads (it builds its session on first use, or again when this changes)."""
-        if count != self.threads:
-            self.threads = count
+    def use_threads(self, budget: ThreadBudget) -> None:
+        """Sizes the runtime's threads (it builds its session on first use, or again when the budget changes)."""
+        if budget != self.budget:
+            self.budget = budget
             self._reset()
 
     def _reset(self) -> None:  # pragma: no cover - abstract
@@ -88,8 +89,8 @@ class OnnxRuntimeEngine(_OnnxEngine):
         with self._lock:
             if self._session is None:
                 options = self._ort.SessionOptions()
-                if self.threads is not None:
-                    options.intra_op_num_threads = self.threads
+                if self.budget is not None:  # each forward worker's run uses its own share of the cores
+                    options.intra_op_num_threads = self.budget.forward_threads
                     options.inter_op_num_threads = 1
                 self._session = self._ort.InferenceSession(
                     os.fspath(self.path), options, providers=["CPUExecutionProvider"]
@@ -131,12 +132,12 @@ class OpenVinoEngine(_OnnxEngine):
     def _request(self) -> Any:
         with self._lock:
             if self._compiled is None:
-                config = {
-                    "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
-                    "PERFORMANCE_HINT": "LATENCY",
-                }
-                if self.threads is not None:
-                    config["INFERENCE_NUM_THREADS"] = str(self.threads)
+                config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
+                if self.budget is not None:  # one stream per forward worker, so their requests run side by side
+                    config["NUM_STREAMS"] = str(self.budget.forward_workers)
+                    config["INFERENCE_NUM_THREADS"] = str(self.budget.forward_workers * self.budget.forward_threads)
+                else:
+                    config["PERFORMANCE_HINT"] = "LATENCY"
                 self._compiled = self._ov.Core().compile_model(os.fspath(self.path), "CPU", config)
             compiled = self._compiled
         request = getattr(self._local, "request", None)

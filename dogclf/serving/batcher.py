@@ -182,7 +182,7 @@ class Batcher:
         if self._worker is not None:
             raise RuntimeError("Batcher.start() was already called.")
         budget = self.budget
-        self.classifier.engine.use_threads(budget.forward_threads)
+        self.classifier.engine.use_threads(budget)
         self._decode_pool = ThreadPoolExecutor(
             max_workers=max(1, budget.decode_workers), thread_name_prefix="dogclf-decode"
         )
