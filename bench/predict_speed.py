@@ -152,11 +152,6 @@ def breakdown(model_dir: Path, paths: list[Path]) -> str:
     with ThreadPoolExecutor(max(1, budget.decode_workers)) as pool:
         arrays = list(pool.map(engine.prepare, paths))
     decode = len(paths) / (time.perf_counter() - started)
-    started = time.perf_counter()
-    with ThreadPoolExecutor(1) as pool:
-        arrays_1 = list(pool.map(engine.prepare, paths))
-    decode_1 = len(paths) / (time.perf_counter() - started)
-    del arrays_1
     results = []
     for threads in sorted({budget.forward_threads, os.cpu_count() or 1}):
         with torch_threads(threads):
@@ -166,8 +161,8 @@ def breakdown(model_dir: Path, paths: list[Path]) -> str:
                 engine.forward(arrays[start : start + 64])
             results.append(f"{len(arrays) / (time.perf_counter() - started):.1f} img/s with {threads} torch thread(s)")
     return (
-        f"decode + resize + crop only: {decode_1:.1f} img/s on 1 thread, {decode:.1f} img/s on "
-        f"{budget.decode_workers} thread(s); forward only ({classifier.precision}, pre-decoded): {', '.join(results)}"
+        f"decode + resize + crop only: {decode:.1f} img/s on {budget.decode_workers} thread(s); "
+        f"forward only ({classifier.precision}, pre-decoded, one worker): {', '.join(results)}"
     )
 
 
