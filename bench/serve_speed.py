@@ -429,11 +429,11 @@ def servers_to_run(args: argparse.Namespace, cores: int) -> list[Server]:
         if f"dogclf-{engine}" in wanted:
             servers.append(dogclf_server(args.model, f"dogclf serve --engine {engine}", ["--engine", engine]))
     if "torchserve" in wanted:
-        for workers in (1, 2):
+        for workers in args.peer_workers:
             for batch, delay in ((1, 0), (8, 5)):
                 servers.append(torchserve_server(args.model, workers, batch, delay, cores))
     if "litserve" in wanted:
-        for workers in (1, 2):
+        for workers in args.peer_workers:
             for batch in (8, 16):
                 servers.append(litserve_server(args.model, workers, batch, 5.0, cores))
     return servers
@@ -459,8 +459,10 @@ def main() -> int:
         help="which servers (default all: dogclf,dogclf-onnxruntime,dogclf-openvino,torchserve,litserve)",
     )
     parser.add_argument("--serve-args", default="", help="extra `dogclf serve` flags for the torch engine row")
+    parser.add_argument("--peer-workers", default="1,2", help="TorchServe and LitServe worker counts (default 1,2)")
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
+    args.peer_workers = [int(w) for w in args.peer_workers.split(",")]
 
     from dogclf.inference.threads import ThreadBudget
 

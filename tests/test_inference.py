@@ -152,8 +152,6 @@ def test_thread_budget_gives_forward_passes_the_cores_decoding_does_not_use(
 ) -> None:
     budget = ThreadBudget.plan(cores=cores)
     assert (budget.decode_workers, budget.forward_workers, budget.forward_threads) == (decode, workers, threads)
-    assert budget.threads_for(0) == workers * threads  # a pass alone gets every forward thread
-    assert budget.threads_for(1) == threads
     assert ThreadBudget.plan(cores=16, forward_workers=1).forward_threads == 14
     assert ThreadBudget.plan(cores=16, decode_workers=2, forward_threads=3).forward_threads == 3
 
@@ -161,7 +159,7 @@ def test_thread_budget_gives_forward_passes_the_cores_decoding_does_not_use(
 def test_thread_budget_reads_omp_num_threads_and_describes_itself() -> None:
     assert available_cores({"OMP_NUM_THREADS": "1"}) == 1
     budget = ThreadBudget.plan(cores=2)
-    assert budget.describe() == "2 cores: 1 decode thread, 2 forward workers x 1 torch thread (2 when one runs alone)"
+    assert budget.describe() == "2 cores: 1 decode thread, 2 forward workers x 1 torch thread"
     assert budget.to_dict() == {"cores": 2, "decode_workers": 1, "forward_workers": 2, "forward_threads": 1}
     assert ThreadBudget.plan(cores=1).describe() == "1 core: 1 decode thread, 1 forward worker x 1 torch thread"
     with pytest.raises(ValueError, match="forward_threads must be an integer >= 1"):

@@ -557,23 +557,3 @@ def test_ping_fails_and_requests_get_503_once_the_batching_worker_died(
         assert status == 503
         assert "batching worker has stopped (RuntimeError: worker bug); restart" in answer["error"]["message"]
         assert headers["retry-after"] == "5"
-
-
-def test_a_pass_alone_gets_every_forward_thread_and_side_by_side_passes_share_them(classifier: Classifier) -> None:
-    """Two forward workers of one thread: a lone request's pass runs with 2 threads, concurrent passes with 1 each."""
-    seen: list[int] = []
-    gated = GatedNet(classifier.engine.backbone)
-    classifier.engine.backbone = gated
-    gated.register_forward_pre_hook(lambda module, args: seen.append(torch.get_num_threads()))
-    batching = BatchConfig(forward_workers=2, forward_threads=1, max_batch_size=1, max_wait_ms=0)
-    with running(classifier, batching=batching) as (port, _), ThreadPoolExecutor(2) as pool:
-        first = pool.submit(post_image, port, jpeg(1))
-        assert gated.entered.wait(timeout=20)
-        second = pool.submit(post_image, port, jpeg(2))
-        deadline = time.monotonic() + 20
-        while len(seen) < 2:  # the second pass starts beside the first, which the gate holds
-            assert time.monotonic() < deadline, "the second forward pass did not start beside the first"
-            time.sleep(0.01)
-        gated.gate.set()
-        assert first.result(timeout=20)[0] == second.result(timeout=20)[0] == 200
-    assert seen == [2, 1]

@@ -150,7 +150,7 @@ class Engine:
             ahead = self.forward_batch * (1 + budget.forward_workers) + 2 * budget.decode_workers
             groups = _groups(_decoded_in_order(sources, load, pool, ahead=ahead), self.forward_batch)
             if budget.forward_workers == 1:
-                stack_.enter_context(torch_threads(budget.threads_for(0)))
+                stack_.enter_context(torch_threads(budget.forward_threads))
                 for positions, arrays, failures in groups:
                     yield EngineBatch(positions, self._forward_or_empty(arrays), failures)
                 return

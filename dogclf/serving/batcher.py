@@ -8,8 +8,7 @@ With ``forward_workers`` above 1, that many batches run at once, each on its own
 
 The thread budget is set on purpose (:class:`~dogclf.inference.threads.ThreadBudget`): decoding threads, forward
 workers, and the torch thread count of each pass, which the forward thread sets itself before every pass (torch
-keeps the count per thread, and a new thread inherits whatever another one set last). A pass that starts while no
-other runs gets every forward thread; one that starts beside another gets its worker's share.
+keeps the count per thread, and a new thread inherits whatever another one set last).
 ``stats.forward_threads`` reports the count the last forward pass actually ran with.
 
 Admission is decided once per request, before any decoding: when the images already waiting plus the new ones would
@@ -55,8 +54,8 @@ class BatchConfig:
         decode_workers: Threads that decode and resize images (``None``: :meth:`ThreadBudget.plan`).
         forward_workers: Forward passes that may run at once, each in its own thread on its own batch (``None``:
             :meth:`ThreadBudget.plan`'s, 2 on two cores or more).
-        forward_threads: torch threads of each forward pass while another runs too (``None``: the cores not used
-            for decoding, shared among the forward workers; a pass running alone gets them all).
+        forward_threads: torch threads of each forward pass (``None``: the cores not used for decoding, shared
+            among the forward workers).
         retry_after_s: The ``Retry-After`` seconds sent with a 503.
         request_timeout_s: A request not answered by then gets 504 (0: no limit).
     """
@@ -359,8 +358,7 @@ class Batcher:
                 if not batch:
                     slots.release()
                     continue
-                threads = self.budget.threads_for(len(running))
-                task = asyncio.get_running_loop().create_task(self._run_batch(batch, threads))
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch, self.budget.forward_threads))
                 running.add(task)
                 task.add_done_callback(lambda done: (running.discard(done), slots.release()))
         finally:
