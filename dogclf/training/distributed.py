@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -98,28 +99,47 @@ def shard_splits(splits: DataSplits, group: ProcessGroup) -> DataSplits:
 
 
 def gather_features(
-    local: Mapping[str, FeatureSet], sizes: Mapping[str, int], group: ProcessGroup
-) -> dict[str, FeatureSet]:
-    """Every rank's share of each split, interleaved back into the split's order, on every rank."""
+    local: Mapping[str, FeatureSet],
+    splits: DataSplits,
+    unreadable: Sequence[tuple[Path, str]],
+    group: ProcessGroup,
+) -> tuple[dict[str, FeatureSet], list[tuple[Path, str]]]:
+    """Every rank's share of each split put back in the split's order, on every rank.
+
+    Args:
+        local: This rank's feature sets of :func:`shard_splits` (its unreadable images left out).
+        splits: All the splits (as before sharding).
+        unreadable: The ``(path, reason)`` this rank could not decode.
+        group: The process group.
+
+    Returns:
+        The features of every split without any rank's unreadable images, and all the unreadable images (drop them
+        from ``splits`` so its samples and the features line up).
+    """
     import torch
     import torch.distributed as dist
 
     from dogclf.features.pipeline import FeatureSet
 
     shares: list[Any] = [None] * group.world_size
-    dist.all_gather_object(shares, {name: (fs.features, fs.labels) for name, fs in local.items()})
+    mine = ({name: (fs.features, fs.labels) for name, fs in local.items()}, list(unreadable))
+    dist.all_gather_object(shares, mine)
+    everything = list(dict.fromkeys(item for _, bad in shares for item in bad))
+    bad_paths = {path for path, _ in everything}
     gathered: dict[str, FeatureSet] = {}
-    for name, size in sizes.items():
-        parts = [share[name] for share in shares]
-        width = next((f.shape[1] for f, _ in parts if f.numel()), 0)
-        features = torch.empty(size, width, dtype=torch.float32)
-        labels = torch.empty(size, dtype=torch.long)
-        for rank, (part_features, part_labels) in enumerate(parts):
-            if len(part_labels):
-                features[rank :: group.world_size] = part_features
-                labels[rank :: group.world_size] = part_labels
+    for name in ("train", "valid", "test"):
+        samples = getattr(splits, name)
+        kept = [g for g in range(len(samples)) if samples[g].path not in bad_paths]
+        row = {g: i for i, g in enumerate(kept)}
+        width = next((features.shape[1] for part, _ in shares if (features := part[name][0]).numel()), 0)
+        features = torch.empty(len(kept), width, dtype=torch.float32)
+        labels = torch.tensor([samples[g].label for g in kept], dtype=torch.long)
+        for rank, (part, _) in enumerate(shares):
+            owned = [g for g in range(rank, len(samples), group.world_size) if g in row]
+            if owned:
+                features[torch.tensor([row[g] for g in owned])] = part[name][0]
         gathered[name] = FeatureSet(features=features, labels=labels)
-    return gathered
+    return gathered, everything
 
 
 class ShardedEpochSampler:
@@ -156,6 +176,23 @@ class ShardedEpochSampler:
             cuts = [len(batch) * i // world for i in range(world + 1)]
             steps.append(batch[cuts[rank] : cuts[rank + 1]])
         return steps
+
+    def step_shares(self) -> list[float]:
+        """For each step of the current epoch, ``world_size x`` this rank's fraction of the step's images.
+
+        Scaling a rank's mean loss by it makes DistributedDataParallel's gradient average equal the gradient of
+        the whole step's mean loss.
+        """
+        order = len(self.base)
+        world, rank = self.group.world_size, self.group.rank
+        shares = []
+        for start in range(0, order, self.batch_size):
+            size = min(self.batch_size, order - start)
+            if size < world:
+                break
+            cuts = [size * i // world for i in range(world + 1)]
+            shares.append(world * (cuts[rank + 1] - cuts[rank]) / size)
+        return shares
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         return iter(self.batches())
