@@ -150,9 +150,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         with resolve_data(env) as data:
             args = container_train_args(sys.argv[1:] if argv is None else argv, env, data)
-            print("dogclf train " + " ".join(args), flush=True)
+            if int(environ.get("RANK", "0") or 0) == 0:
+                print("dogclf train " + " ".join(args), flush=True)
             code = cli_main(["train", *args], environ=environ)
-        if code == 0:
+        if code == 0 and int(environ.get("RANK", "0") or 0) == 0:  # under torchrun, rank 0 wrote the model
             _make_deployable(Path(args[args.index("--out") + 1]))
     except DogclfError as exc:
         return _error(str(exc))

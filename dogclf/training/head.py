@@ -22,6 +22,7 @@ from dogclf.training.loop import TrainBatches, Trainer
 if TYPE_CHECKING:
     from dogclf.features.pipeline import FeatureSet
     from dogclf.model import DogClassifierNet
+    from dogclf.training.distributed import ProcessGroup
 
 __all__ = ["FeatureBatches", "fit_head", "head_logits", "make_head_trainer"]
 
@@ -86,10 +87,12 @@ def make_head_trainer(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     checkpoint_path: Path | None = None,
     fingerprint: dict[str, Any] | None = None,
+    group: ProcessGroup | None = None,
 ) -> Trainer:
     """A :class:`~dogclf.training.loop.Trainer` whose batches are features and whose forward pass is ``model.head``.
 
-    The features are moved to the training device once. Arguments are those of :func:`fit_head`.
+    The features are moved to the training device once. Arguments are those of :func:`fit_head`; under torchrun
+    (``group``) every rank trains alike on all the features and only rank 0 checkpoints.
 
     Raises:
         ValueError: If ``train`` is empty or the feature width does not fit the head.
@@ -114,6 +117,7 @@ def make_head_trainer(
         callbacks=hooks,
         fingerprint=fingerprint,
         batches=TrainBatches(train=train_batches, valid=valid_batches, sampler=sampler, head_only=True),
+        group=group,
     )
 
 

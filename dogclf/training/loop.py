@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader
@@ -20,6 +20,9 @@ from dogclf.model import DogClassifierNet
 from dogclf.training.callbacks import Callback, CallbackList, TrainState
 from dogclf.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from dogclf.training.config import TrainConfig, resolve_device
+
+if TYPE_CHECKING:
+    from dogclf.training.distributed import ProcessGroup
 
 __all__ = ["Batches", "TrainBatches", "Trainer", "check_fingerprint", "make_optimizer"]
 
@@ -92,6 +95,9 @@ class Trainer:
         fingerprint: What must match for a checkpoint to be resumed (backbone,
             classes, head...); stored in the checkpoint.
         batches: Ready-made batches to train on instead of images.
+        group: The torchrun process group this process is part of (:mod:`dogclf.training.distributed`): on images,
+            each rank takes its part of every batch under DistributedDataParallel and the epoch metrics are summed
+            over ranks; with ready-made batches every rank trains alike. Only rank 0 writes checkpoints.
     """
 
     def __init__(
@@ -106,6 +112,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         fingerprint: dict[str, Any] | None = None,
         batches: TrainBatches | None = None,
+        group: ProcessGroup | None = None,
     ) -> None:
         self.config = config
         self.device = resolve_device(config.device)
@@ -113,6 +120,7 @@ class Trainer:
         self.checkpoint_path = checkpoint_path
         self.fingerprint = fingerprint or {}
         self.callbacks = CallbackList(callbacks)
+        self.group = group
         if batches is None:
             if preprocessing is None:
                 raise ValueError("Trainer needs the backbone's preprocessing to read images (or ready batches).")
@@ -122,6 +130,13 @@ class Trainer:
         self.valid_loader = batches.valid
         # What maps a batch's inputs to logits: the whole network for images, the head alone for features.
         self.forward: torch.nn.Module = self.model.head if batches.head_only else self.model
+        # The ranks share the work (and so sum their metrics) only when they split the images between them.
+        self.sharded = group is not None and not batches.head_only
+        if self.sharded:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(self.model, device_ids=ids)
         self.loss_fn = torch.nn.CrossEntropyLoss()
         self.optimizer = make_optimizer(model, config)
         self.state = TrainState(
@@ -152,12 +167,19 @@ class Trainer:
             train_transform(preprocessing, augment=config.augment),
             min_size=preprocessing.resize_size,
         )
-        sampler = EpochShuffleSampler(len(train_set), seed=config.seed)
+        sampler: Any = EpochShuffleSampler(len(train_set), seed=config.seed)
         # Each loader gets its own generator: DataLoader start-up draws worker seeds from it, and drawing them from
         # the global RNG instead (which head dropout uses) would make a resumed run differ from an uninterrupted one.
-        train_loader = DataLoader(
-            train_set, sampler=sampler, generator=torch.Generator().manual_seed(config.seed), **common
-        )
+        generator = torch.Generator().manual_seed(config.seed)
+        if self.group is not None:  # this rank's part of every global batch, and of the valid images
+            from dogclf.training.distributed import ShardedEpochSampler
+
+            sampler = ShardedEpochSampler(sampler, config.batch_size, self.group)
+            shared = {k: v for k, v in common.items() if k != "batch_size"}
+            train_loader = DataLoader(train_set, batch_sampler=sampler, generator=generator, **shared)
+            valid_samples = list(valid_samples)[self.group.rank :: self.group.world_size]
+        else:
+            train_loader = DataLoader(train_set, sampler=sampler, generator=generator, **common)
         valid_set = ImageDataset(valid_samples, eval_transform(preprocessing), min_size=preprocessing.resize_size)
         valid_loader = (
             DataLoader(valid_set, shuffle=False, generator=torch.Generator().manual_seed(config.seed), **common)
@@ -202,7 +224,7 @@ class Trainer:
                 "seconds": time.perf_counter() - started,
             }
             state.history.append(metrics)
-            if self.checkpoint_path is not None:
+            if self.checkpoint_path is not None and (self.group is None or self.group.is_main):
                 save_checkpoint(
                     self.checkpoint_path,
                     epoch=state.epoch,
@@ -223,13 +245,16 @@ class Trainer:
         self.sampler.set_epoch(state.epoch)
         self.callbacks.on_epoch_start(state)
         total_loss, correct, seen = 0.0, 0, 0
-        for images, labels in self.train_loader:
+        shares = self.sampler.step_shares() if self.sharded else None
+        for index, (images, labels) in enumerate(self.train_loader):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             logits = self.forward(images)
             loss = self.loss_fn(logits, labels)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages the ranks' gradients; weighting each rank's mean by its share of the step's images makes
+            # that average the gradient of the whole batch's mean loss, as in one process (uneven last batches too).
+            (loss * shares[index] if shares is not None else loss).backward()
             self.callbacks.on_after_backward(state, loss)
             self.optimizer.step()
             state.step += 1
@@ -238,25 +263,36 @@ class Trainer:
             correct += int((logits.detach().argmax(1) == labels).sum())
             seen += len(labels)
             self.callbacks.on_batch_end(state, value, len(labels))
-        return total_loss / max(seen, 1), correct / max(seen, 1)
+        return self._averages(total_loss, correct, seen)
+
+    def _averages(self, total_loss: float, correct: float, seen: float) -> tuple[float, float]:
+        """Mean loss and accuracy of an epoch (over every rank's images when the ranks share them)."""
+        if self.sharded:
+            from dogclf.training.distributed import all_reduce_sums
+
+            total_loss, correct, seen = all_reduce_sums((total_loss, correct, seen), self.device)
+        if not seen:
+            return float("nan"), float("nan")
+        return total_loss / seen, correct / seen
 
     def _validate(self) -> tuple[float, float]:
-        if self.valid_loader is None:
+        if self.valid_loader is None and not self.sharded:  # a rank with no valid images still sums with the rest
             return float("nan"), float("nan")
         state = self.state
         self.model.eval()
         state.phase = "eval"
         self.callbacks.on_eval_start(state)
         total_loss, correct, seen = 0.0, 0, 0
+        forward = self.model if self.sharded else self.forward  # no DDP: ranks may hold different batch counts
         with torch.inference_mode():
-            for images, labels in self.valid_loader:
+            for images, labels in self.valid_loader or ():
                 images = images.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
-                logits = self.forward(images)
+                logits = forward(images)
                 loss = float(self.loss_fn(logits, labels))
                 total_loss += loss * len(labels)
                 correct += int((logits.argmax(1) == labels).sum())
                 seen += len(labels)
                 self.callbacks.on_eval_batch_end(state, loss, len(labels))
         state.phase = "train"
-        return total_loss / max(seen, 1), correct / max(seen, 1)
+        return self._averages(total_loss, correct, seen)

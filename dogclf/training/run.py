@@ -23,13 +23,14 @@ from dogclf.model import DogClassifierNet, HeadConfig, build_model
 from dogclf.training.calibration import Calibration, calibrate, collect_logits
 from dogclf.training.callbacks import Callback, EpochLogLine, ProgressBars
 from dogclf.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from dogclf.training.config import TrainConfig
+from dogclf.training.config import TrainConfig, resolve_device
 from dogclf.training.log_line import format_test_line
 from dogclf.training.loop import Trainer, check_fingerprint
 
 if TYPE_CHECKING:
     from dogclf.evaluation import EvalReport
     from dogclf.features.pipeline import FeatureSet
+    from dogclf.training.distributed import ProcessGroup
 
 __all__ = ["TrainResult", "train"]
 
@@ -195,8 +196,11 @@ def train(
     Returns:
         The result, with the model directory path.
     """
+    environ = os.environ if environ is None else environ
+    config, group = _join_processes(config or TrainConfig(), environ)
+    main = group is None or group.is_main
     options = _Options(
-        config=config or TrainConfig(),
+        config=config,
         head=head or HeadConfig(),
         weights=weights,
         freeze=freeze,
@@ -204,10 +208,12 @@ def train(
         cache_dir=cache_dir,
         precision=precision,
         extract_batch_size=extract_batch_size,
-        environ=os.environ if environ is None else environ,
-        log=log,
-        show_bars=sys.stderr.isatty() if progress is None else progress,
+        environ=environ,
+        log=log if main else _quiet,
+        show_bars=(sys.stderr.isatty() if progress is None else progress) and main,
+        group=group,
     )
+    log = options.log
     out = Path(out_dir)
     checkpoint = Path(checkpoint_dir if checkpoint_dir is not None else out) / CHECKPOINT_NAME
     _check_out_dir(out, checkpoint, resume=resume, overwrite=overwrite)
@@ -216,6 +222,9 @@ def train(
     run = _build_run(spec, splits, checkpoint, resume=resume, options=options)
     trainer, features = _make_trainer(run, splits, callbacks, options)
     history = _fit(trainer, run, options)
+    if group is not None and not group.is_main:
+        group.barrier()  # rank 0 calibrates, evaluates and saves
+        return TrainResult(model_dir=out, history=history, splits=splits)
     valid_features = features["valid"] if features is not None else None
     precision = run.precision or _inference_precision(options.precision, trainer.device)
     calibration = _calibrate(run.model, splits, spec, options.config, trainer.device, log, valid_features, precision)
@@ -228,7 +237,26 @@ def train(
     log(f"Saved model to {out}")
     if output_dir is not None:
         _write_reports(output_dir, history, report, held_out, spec, log)
+    if group is not None:
+        group.barrier()
     return TrainResult(model_dir=out, history=history, splits=splits, test=test_metrics)
+
+
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0 in a torchrun group."""
+
+
+def _join_processes(config: TrainConfig, environ: Mapping[str, str]) -> tuple[TrainConfig, ProcessGroup | None]:
+    """Step 0: under torchrun, join the process group (each rank on its own GPU where there are GPUs)."""
+    from dogclf.training.distributed import process_group
+
+    if int(environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return config, None
+    device = resolve_device(config.device)
+    if device.type == "cuda" and device.index is None:
+        config = dataclasses.replace(config, device=f"cuda:{int(environ.get('LOCAL_RANK', '0'))}")
+        device = resolve_device(config.device)
+    return config, process_group(environ, device)
 
 
 @dataclass(frozen=True)
@@ -246,6 +274,7 @@ class _Options:
     environ: Mapping[str, str]
     log: Callable[[str], None]
     show_bars: bool
+    group: ProcessGroup | None = None
 
     def feature_mode(self) -> str:
         """``"cached"``, ``"in-memory"`` or ``"images"``: see :func:`_feature_mode`."""
@@ -335,7 +364,10 @@ def _make_trainer(
     run: _Run, splits: DataSplits, callbacks: Sequence[Callback], options: _Options
 ) -> tuple[Trainer, dict[str, FeatureSet] | None]:
     """Step 3: a trainer over images, or over backbone features extracted once (cached) on the feature path."""
-    hooks: list[Callback] = [ProgressBars(), EpochLogLine()] if options.show_bars else [EpochLogLine()]
+    main = options.group is None or options.group.is_main
+    hooks: list[Callback] = [EpochLogLine()] if main else []  # one log, from rank 0, under torchrun
+    if options.show_bars:
+        hooks.insert(0, ProgressBars())
     hooks += callbacks
     if run.mode == "images":
         trainer = Trainer(
@@ -347,6 +379,7 @@ def _make_trainer(
             checkpoint_path=run.checkpoint,
             callbacks=hooks,
             fingerprint=run.fingerprint,
+            group=options.group,
         )
         return trainer, None
     from dogclf.training.head import make_head_trainer
@@ -360,6 +393,7 @@ def _make_trainer(
         callbacks=hooks,
         checkpoint_path=run.checkpoint,
         fingerprint=run.fingerprint,
+        group=options.group,
     )
     return trainer, features
 
@@ -369,6 +403,7 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
     from dogclf.features.cache import default_cache_dir
     from dogclf.features.extract import ExtractOptions
     from dogclf.features.pipeline import effective_precision, prepare_features
+    from dogclf.training.distributed import gather_features, shard_splits
 
     if run.resuming:
         _restore_checkpoint_weights(run.model, run.checkpoint, run.fingerprint)
@@ -385,8 +420,9 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
         cache_dir = options.cache_dir
         folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(options.environ)
     unreadable: list[tuple[Path, str]] = []
+    group = options.group
     features = prepare_features(
-        splits,
+        splits if group is None else shard_splits(splits, group),
         run.spec,
         run.model.backbone,
         weights_label=run.weights_label,
@@ -396,6 +432,8 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
         progress=options.show_bars,
         unreadable=unreadable,
     )
+    if group is not None:  # every rank extracted its share: put the splits back together, on every rank
+        features, unreadable = gather_features(features, splits, unreadable, group)
     if unreadable:
         drop_unreadable(splits, unreadable, strict=False)
         _describe_skipped(splits, options.log)
