@@ -13,6 +13,7 @@ from typing import Any
 
 from dogclf import __version__
 from dogclf._cli_args import add_data_args
+from dogclf.diagnostics.cli_args import add_diagnostics_args, diagnostics_from_args
 from dogclf.errors import DogclfError
 
 __all__ = ["main"]
@@ -52,6 +53,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    add_diagnostics_args(p)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -218,6 +220,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             precision=args.precision,
             extract_batch_size=args.extract_batch_size,
+            diagnostics=diagnostics_from_args(args),
         )
     except KeyboardInterrupt:
         argv = list(args.argv)  # not sys.argv: under `python -m dogclf` its [0] is the path of __main__.py

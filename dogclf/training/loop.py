@@ -131,6 +131,7 @@ class Trainer:
             config=config,
             num_batches=len(self.train_loader),
             num_eval_batches=len(self.valid_loader) if self.valid_loader is not None else 0,
+            forward_module=self.forward,
         )
 
     def _image_batches(
@@ -224,10 +225,12 @@ class Trainer:
         self.callbacks.on_epoch_start(state)
         total_loss, correct, seen = 0.0, 0, 0
         for images, labels in self.train_loader:
+            self.callbacks.on_batch_start(state)
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             logits = self.forward(images)
             loss = self.loss_fn(logits, labels)
+            self.callbacks.on_forward(state, logits, labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.callbacks.on_after_backward(state, loss)

@@ -17,6 +17,7 @@ from dogclf.backbones.registry import get_backbone
 from dogclf.backbones.spec import BackboneSpec
 from dogclf.backbones.weights import weights_label
 from dogclf.data.folder import DataSplits, load_splits
+from dogclf.diagnostics.phases import phase
 from dogclf.errors import ModelDirError
 from dogclf.model import DogClassifierNet, HeadConfig, build_model
 from dogclf.training.calibration import Calibration, calibrate, collect_logits
@@ -26,6 +27,7 @@ from dogclf.training.config import TrainConfig
 from dogclf.training.loop import Trainer, check_fingerprint
 
 if TYPE_CHECKING:
+    from dogclf.diagnostics.session import Diagnostics
     from dogclf.features.pipeline import FeatureSet
 
 __all__ = ["TrainResult", "train"]
@@ -62,6 +64,7 @@ def _describe_skipped(splits: DataSplits, log: Callable[[str], None]) -> None:
         log(f"  ... and {len(splits.skipped) - 50} more")
 
 
+@phase("calibration")
 def _calibrate(
     model: torch.nn.Module,
     splits: DataSplits,
@@ -159,6 +162,7 @@ def train(
     precision: str = "auto",
     extract_batch_size: int = 64,
     environ: Mapping[str, str] | None = None,
+    diagnostics: Diagnostics | None = None,
 ) -> TrainResult:
     """Trains a classifier on a data folder and saves it as a model directory.
 
@@ -187,6 +191,8 @@ def train(
         precision: Feature-extraction precision: ``"auto"``, ``"bf16"``, ``"fp16"`` or ``"fp32"``.
         extract_batch_size: Images per batch during feature extraction.
         environ: The environment (for the default cache folder); ``os.environ`` when ``None``.
+        diagnostics: Training rules (on by default), profiling, TensorBoard and smdebug
+            (:class:`dogclf.diagnostics.Diagnostics`).
 
     Returns:
         The result, with the model directory path.
@@ -207,15 +213,19 @@ def train(
     out = Path(out_dir)
     _check_out_dir(out, resume=resume, overwrite=overwrite)
     spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
+    from dogclf.diagnostics.session import open_session
+
+    session = open_session(diagnostics, out, environ=options.environ, log=log)
     splits = _read_data(data_dir, valid_fraction=valid_fraction, names=names, strict=strict, options=options)
     run = _build_run(spec, splits, out / CHECKPOINT_NAME, resume=resume, options=options)
-    trainer, features = _make_trainer(run, splits, callbacks, options)
+    trainer, features = _make_trainer(run, splits, [*callbacks, *session.callbacks(splits.class_names)], options)
     history = _fit(trainer, run, options)
     valid_features = features["valid"] if features is not None else None
     calibration = _calibrate(run.model, splits, spec, options.config, trainer.device, log, valid_features)
     test_metrics = _test_metrics(run, splits, features, trainer.device, options)
     _save(run, splits, out, history, calibration, test_metrics, valid_fraction=valid_fraction, options=options)
     log(f"Saved model to {out}")
+    session.close()
     return TrainResult(model_dir=out, history=history, splits=splits, test=test_metrics)
 
 
@@ -250,6 +260,7 @@ class _Run:
     precision: str | None = None
 
 
+@phase("decode-check")
 def _read_data(
     data_dir: str | os.PathLike[str],
     *,
@@ -271,6 +282,7 @@ def _read_data(
     return splits
 
 
+@phase("model")
 def _build_run(spec: BackboneSpec, splits: DataSplits, checkpoint: Path, *, resume: bool, options: _Options) -> _Run:
     """Step 2: the seeded model (weights from the checkpoint when resuming) and the run's fingerprint."""
     config = options.config
@@ -303,6 +315,7 @@ def _build_run(spec: BackboneSpec, splits: DataSplits, checkpoint: Path, *, resu
     return _Run(spec, model, checkpoint, resuming, fingerprint, label, mode)
 
 
+@phase("trainer setup")
 def _make_trainer(
     run: _Run, splits: DataSplits, callbacks: Sequence[Callback], options: _Options
 ) -> tuple[Trainer, dict[str, FeatureSet] | None]:
@@ -336,6 +349,7 @@ def _make_trainer(
     return trainer, features
 
 
+@phase("extraction")
 def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[str, FeatureSet]:
     """The backbone's features of every image: from the feature cache, the rest extracted once."""
     from dogclf.features.cache import default_cache_dir
@@ -368,6 +382,7 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
     )
 
 
+@phase("training")
 def _fit(trainer: Trainer, run: _Run, options: _Options) -> list[dict[str, float]]:
     """Step 4: the epochs (continued from the checkpoint when resuming)."""
     config, log = options.config, options.log
@@ -383,6 +398,7 @@ def _fit(trainer: Trainer, run: _Run, options: _Options) -> list[dict[str, float
     return trainer.fit()
 
 
+@phase("test")
 def _test_metrics(
     run: _Run,
     splits: DataSplits,
@@ -407,6 +423,7 @@ def _test_metrics(
     return metrics
 
 
+@phase("saving")
 def _save(
     run: _Run,
     splits: DataSplits,
