@@ -93,8 +93,8 @@ class DiagnosticsSession:
             if rules
             else None
         )
-        if self.tensorboard is not None and self.rules is not None:
-            self.tensorboard.rule_names = [r.name for r in self.rules.rules]
+        if self.tensorboard is not None:
+            self.tensorboard.rules = self.rules
         self.profiler = None
         if diagnostics.profile:
             from dogclf.diagnostics.profiler import Profiler
@@ -115,7 +115,7 @@ class DiagnosticsSession:
         return self
 
     def callbacks(self, class_names: Sequence[str] = ()) -> list[Callback]:
-        """The loop callbacks: smdebug, TensorBoard, the rules, between the profiler's step timer halves.
+        """The loop callbacks: smdebug, the rules, TensorBoard, between the profiler's step timer halves.
 
         smdebug comes before TensorBoard: it must import protobuf first. ``class_names`` label the
         ClassImbalance rule's details.
@@ -123,13 +123,13 @@ class DiagnosticsSession:
         hooks: list[Callback] = list(self.profiler.first_callbacks) if self.profiler is not None else []
         if self.smdebug is not None:
             hooks.append(self.smdebug)
-        if self.tensorboard is not None:
-            hooks.append(self.tensorboard)
         if self.rules is not None:
             for rule in self.rules.rules:
                 if rule.name == "ClassImbalance" and not getattr(rule, "class_names", ()):
                     rule.class_names = list(class_names)  # type: ignore[attr-defined]
             hooks.append(self.rules)
+        if self.tensorboard is not None:  # after the rules: it logs the epoch's findings
+            hooks.append(self.tensorboard)
         if self.profiler is not None:
             hooks += self.profiler.last_callbacks
         return hooks

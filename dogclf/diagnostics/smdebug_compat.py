@@ -15,6 +15,7 @@ smdebug declares ``protobuf<=3.20.3``, which clashes with ONNX; dogclf's install
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import warnings
@@ -42,6 +43,8 @@ def import_smdebug() -> ModuleType:
         SmdebugUnavailableError: When smdebug is not installed, or protobuf was imported earlier in this process
             with its C implementation, naming the fix.
     """
+    if not _installed():
+        raise SmdebugUnavailableError(f"SageMaker Debugger's smdebug is not installed. Install it with: {INSTALL_HINT}")
     _select_python_protobuf()
     try:
         with warnings.catch_warnings():
@@ -60,6 +63,13 @@ def import_smdebug() -> ModuleType:
         raise SmdebugUnavailableError(_protobuf_message()) from exc
     _patch_tostring(tfevent_util, writer)
     return smd
+
+
+def _installed() -> bool:
+    try:
+        return importlib.util.find_spec("smdebug") is not None
+    except ValueError:  # sys.modules["smdebug"] is None: imports of it are blocked
+        return False
 
 
 def _select_python_protobuf() -> None:

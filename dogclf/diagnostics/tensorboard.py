@@ -26,12 +26,12 @@ import importlib.util
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from dogclf.diagnostics.errors import MissingExtraError
-from dogclf.diagnostics.rules.base import Finding
+from dogclf.diagnostics.rules.base import Finding, RuleSet
 from dogclf.training.callbacks import Callback, TrainState
 
 __all__ = ["TensorBoardLogger", "job_tensorboard_dir"]
@@ -75,14 +75,13 @@ class TensorBoardLogger(Callback):
 
     Args:
         log_dir: The TensorBoard log folder (``tensorboard --logdir DIR``).
-        rule_names: The rules that run, for their 0/1 series.
+        rules: The rule set whose findings to log (place this callback after it, so an epoch's findings are in).
     """
 
-    def __init__(self, log_dir: str | os.PathLike[str], *, rule_names: Sequence[str] = ()) -> None:
+    def __init__(self, log_dir: str | os.PathLike[str], *, rules: RuleSet | None = None) -> None:
         self.log_dir = Path(log_dir)
-        self.rule_names = list(rule_names)
+        self.rules = rules
         self.writer: Any = None
-        self._fired: set[str] = set()
         if importlib.util.find_spec("tensorboard") is None:  # fail now, not after the data has been read
             raise MissingExtraError(_INSTALL)
 
@@ -97,8 +96,7 @@ class TensorBoardLogger(Callback):
             self.writer.add_scalar("loss/train_step", loss, state.step)
 
     def add_finding(self, finding: Finding) -> None:
-        """Records a rule finding (the rule set calls this), as text now and as a 1 at the epoch's end."""
-        self._fired.add(finding.rule)
+        """Logs a new finding's line as text (the rule set calls this)."""
         if self.writer is not None:
             self.writer.add_text("rules", finding.line(), finding.epoch)
 
@@ -114,9 +112,8 @@ class TensorBoardLogger(Callback):
         for index, group in enumerate(state.optimizer.param_groups):
             name = _GROUPS[index] if index < len(_GROUPS) else f"group{index}"
             self.writer.add_scalar(f"lr/{name}", float(group["lr"]), epoch)
-        for rule in self.rule_names:
-            self.writer.add_scalar(f"rules/{rule}", 1.0 if rule in self._fired else 0.0, epoch)
-        self._fired = set()
+        for rule in self.rules.rules if self.rules is not None else ():
+            self.writer.add_scalar(f"rules/{rule.name}", 1.0 if self.rules.fired_in(rule.name, epoch) else 0.0, epoch)
         self.writer.flush()
 
     def on_train_end(self, state: TrainState) -> None:

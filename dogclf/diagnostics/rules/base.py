@@ -11,7 +11,8 @@ firing into one line::
 
 appends it to ``rules.json`` (written after every firing, so a crashed run keeps what was found), and with
 ``action="stop"`` sets ``state.stop`` so training ends after the current epoch, the loop's one stop mechanism (early
-stopping uses it too). A rule reports at most once per epoch.
+stopping uses it too). A rule reports at most once per epoch, and a rule that fires again in the next epoch extends
+its finding (``last_epoch``) rather than printing the same line every epoch.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ _LINE = re.compile(
 )
 
 
-@dataclass(frozen=True)
+@dataclass
 class Finding:
-    """One firing of a rule.
+    """One firing of a rule: the start of an episode of epochs in which the rule kept firing.
 
     Attributes:
         rule: The rule's name (``"Overfit"``).
@@ -54,6 +55,8 @@ class Finding:
         detail: What it saw, with numbers, and the parameter it crossed.
         status: ``"IssuesFound"``, as SageMaker's rule evaluation status.
         seconds: Seconds since training started.
+        last_epoch: The last epoch of the episode: a rule that fires again in the next epoch extends its finding
+            instead of printing a new line.
     """
 
     rule: str
@@ -62,6 +65,10 @@ class Finding:
     detail: str
     status: str = "IssuesFound"
     seconds: float = 0.0
+    last_epoch: int = 0
+
+    def __post_init__(self) -> None:
+        self.last_epoch = max(self.last_epoch, self.epoch)
 
     def line(self) -> str:
         """The fixed, parseable log line (``rule=... status=... epoch=... step=... detail=...``; detail is last)."""
@@ -90,6 +97,7 @@ class Finding:
             "epoch": self.epoch,
             "step": self.step,
             "seconds": round(self.seconds, 3),
+            "last_epoch": self.last_epoch,
             "detail": self.detail,
             "line": self.line(),
         }
@@ -201,7 +209,7 @@ class RuleSet(Callback):
         self.listeners = list(listeners)
         self.findings: list[Finding] = []
         self.stopped_by: Finding | None = None
-        self._reported: set[tuple[str, int]] = set()
+        self._latest: dict[str, Finding] = {}
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._status = "InProgress"
@@ -213,6 +221,7 @@ class RuleSet(Callback):
         """Starts the clock, writes ``rules.json`` (all rules in progress) and starts the rules."""
         self._started = time.monotonic()
         self._status = "InProgress"
+        self._latest = {}
         self.write()
         for rule in self.rules:
             rule.on_train_start(state)
@@ -276,6 +285,10 @@ class RuleSet(Callback):
                 self._status = outcome
                 self._write_locked()
 
+    def fired_in(self, name: str, epoch: int) -> bool:
+        """Whether rule ``name`` found its issue in ``epoch`` (a new finding or one carried on from before)."""
+        return any(f.rule == name and f.epoch <= epoch <= f.last_epoch for f in self.findings)
+
     def status_of(self, name: str) -> str:
         """A rule's evaluation status: ``InProgress``, ``IssuesFound``, ``NoIssuesFound`` or ``Stopped``."""
         if any(f.rule == name for f in self.findings):
@@ -286,11 +299,14 @@ class RuleSet(Callback):
 
     def _on_fire(self, rule: Rule, state: TrainState, detail: str, stop: bool) -> None:
         with self._lock:
-            key = (rule.name, state.epoch)
-            if key in self._reported:
+            previous = self._latest.get(rule.name)
+            if previous is not None and previous.last_epoch >= state.epoch - 1:
+                if previous.last_epoch < state.epoch:  # the issue persists: the same episode, no new line
+                    previous.last_epoch = state.epoch
+                    self._write_locked()
                 return
-            self._reported.add(key)
             finding = Finding(rule.name, state.epoch, state.step, detail, seconds=time.monotonic() - self._started)
+            self._latest[rule.name] = finding
             self.findings.append(finding)
             self.log(finding.line())
             stopping = (stop or self.action == "stop") and self.stopped_by is None

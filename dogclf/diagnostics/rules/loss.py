@@ -23,15 +23,17 @@ _MODES = (None, "GLOBAL", "TRAIN", "EVAL")
 class LossNotDecreasing(Rule):
     """Detects a loss that is not decreasing at an adequate rate (or is rising).
 
-    Every ``num_steps`` optimizer steps, the mean training loss of the last ``num_steps`` steps is compared with that
-    of the ``num_steps`` before (means, because single mini-batch losses are noisy; SageMaker compares the saved
-    values, which are 500 steps apart by default). It fires when the loss fell by less than ``diff_percent`` percent,
-    or rose by more than ``increase_threshold_percent`` percent. With ``mode="EVAL"`` it compares each epoch's
-    validation loss with the previous epoch's instead.
+    It compares the mean training loss of consecutive windows of steps: of consecutive epochs (``train_loss``) when
+    an epoch has at least ``num_steps`` steps, else of consecutive ``num_steps`` steps, evaluated every ``num_steps``
+    steps. It fires when the loss fell by less than ``diff_percent`` percent, or rose by more than
+    ``increase_threshold_percent`` percent. SageMaker compares single saved losses (500 steps apart with its default
+    save interval); single mini-batch losses are noisy, so dogclf compares means over whole epochs where it can, in
+    which every image counts once. With ``mode="EVAL"`` it compares each epoch's validation loss with the previous
+    epoch's instead.
 
     Attributes:
         num_steps: Steps between evaluations (SageMaker default 10).
-        diff_percent: The least decrease, in percent, the loss must make over ``num_steps`` (default 0.1).
+        diff_percent: The least decrease, in percent, the loss must make between windows (default 0.1).
         increase_threshold_percent: The most the loss may rise, in percent, before the rule fires (default 5).
         mode: ``None``/``"GLOBAL"``/``"TRAIN"``: training losses; ``"EVAL"``: validation losses. SageMaker's
             default ``GLOBAL`` numbers steps across modes; dogclf's global steps are its training steps.
@@ -46,7 +48,8 @@ class LossNotDecreasing(Rule):
     increase_threshold_percent: float = 5.0
     mode: str | None = None
     _recent: deque[float] = field(default_factory=deque, init=False, repr=False)
-    _previous_valid: float | None = field(default=None, init=False, repr=False)
+    _previous: float | None = field(default=None, init=False, repr=False)
+    _by_epoch: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_positive(self.name, num_steps=self.num_steps, diff_percent=self.diff_percent)
@@ -57,11 +60,12 @@ class LossNotDecreasing(Rule):
     def on_train_start(self, state: TrainState) -> None:
         """Forgets earlier runs' losses."""
         self._recent = deque(maxlen=2 * self.num_steps)
-        self._previous_valid = None
+        self._by_epoch = state.num_batches >= self.num_steps
+        self._previous = None
 
     def on_batch_end(self, state: TrainState, loss: float, batch_size: int) -> None:
-        """Every ``num_steps`` steps, compares the last two windows of training losses."""
-        if self.mode == "EVAL":
+        """Every ``num_steps`` steps, compares the last two windows of training losses (see the class docstring)."""
+        if self.mode == "EVAL" or self._by_epoch:
             return
         self._recent.append(loss)
         n = self.num_steps
@@ -72,13 +76,14 @@ class LossNotDecreasing(Rule):
             self._compare(state, before, now, what)
 
     def on_epoch_end(self, state: TrainState, metrics: Mapping[str, float]) -> None:
-        """With ``mode="EVAL"``, compares this epoch's validation loss with the last epoch's."""
-        if self.mode != "EVAL" or not is_finite(metrics.get("valid_loss")):
+        """Compares this epoch's mean loss (validation with ``mode="EVAL"``) with the last epoch's."""
+        key = "valid_loss" if self.mode == "EVAL" else "train_loss"
+        if (self.mode != "EVAL" and not self._by_epoch) or not is_finite(metrics.get(key)):
             return
-        now = float(metrics["valid_loss"])
-        if self._previous_valid is not None:
-            self._compare(state, self._previous_valid, now, f"valid_loss of epoch {state.epoch} vs epoch before")
-        self._previous_valid = now
+        now = float(metrics[key])
+        if self._previous is not None:
+            self._compare(state, self._previous, now, f"{key} of epoch {state.epoch} vs the epoch before")
+        self._previous = now
 
     def _compare(self, state: TrainState, before: float, now: float, what: str) -> None:
         if not (is_finite(before) and is_finite(now)):
@@ -141,9 +146,10 @@ class Overfit(Rule):
         ratio = (valid - train) / train
         self._exceeded = self._exceeded + 1 if ratio > self.ratio_threshold else 0
         if self._exceeded >= self.patience:
+            above = f"{ratio:.0%} above" if ratio < 10 else f"{valid / train:.0f}x"
             self.fire(
                 state,
-                f"valid_loss {valid:.4f} is {ratio:.0%} above train_loss {train:.4f} "
+                f"valid_loss {valid:.4f} is {above} train_loss {train:.4f} "
                 f"(ratio_threshold {self.ratio_threshold:g}) for {self._exceeded} epoch(s); "
                 "regularize (--dropout, --weight-decay, --augment), get more data, or train fewer epochs",
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 import time
 from collections.abc import Mapping
@@ -92,7 +93,10 @@ class StalledTrainingRule(Rule):
     def stop_requested(self, state: TrainState) -> None:
         """Interrupts the training thread when it is the main thread (a stalled loop never reaches its check)."""
         if threading.current_thread() is self._thread and self._owner is threading.main_thread():
-            _thread.interrupt_main()
+            if hasattr(signal, "pthread_kill"):  # a real signal also ends a blocking call (a hung loader's wait)
+                signal.pthread_kill(self._owner.ident or 0, signal.SIGINT)
+            else:
+                _thread.interrupt_main()
 
     def close(self) -> None:
         """Stops the watchdog thread."""

@@ -69,7 +69,9 @@ class _TensorRule(Rule):
 class VanishingGradient(_TensorRule):
     """Detects gradients that become extremely small or drop to zero.
 
-    A gradient counts as vanished when the mean of its absolute values is below ``threshold``.
+    A gradient counts as vanished when the mean of its absolute values is below ``threshold``. Only the weights of
+    layers (tensors of two or more dimensions) are looked at: a bias before a BatchNorm, and the BatchNorm's own
+    parameters, can have near-zero gradients by construction.
 
     Attributes:
         threshold: The mean absolute gradient at which a gradient counts as vanished (default 0.0000001).
@@ -89,7 +91,7 @@ class VanishingGradient(_TensorRule):
         """Reads the mean absolute value of every gradient (one device sync)."""
         if not self.due:
             return
-        named = [(n, p.grad) for n, p in trained_parameters(state) if p.grad is not None]
+        named = [(n, p.grad) for n, p in trained_parameters(state) if p.grad is not None and p.dim() >= 2]
         if not named:
             return
         means = torch.stack([g.detach().abs().float().mean() for _, g in named]).tolist()
@@ -257,22 +259,31 @@ class WeightUpdateRatio(_TensorRule):
             )
 
 
+_ACTIVATIONS = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.LeakyReLU, torch.nn.GELU, torch.nn.SiLU, torch.nn.ELU)
+
+
 @dataclass(kw_only=True)
 class PoorWeightInitialization(Rule):
-    """Detects poorly initialised parameters in the first ``steps`` steps.
+    """Detects poorly initialised parameters in the first steps of training.
 
-    Good initialisation keeps activation variances commensurate across layers. dogclf's newly initialised layers
-    are the head's, so the rule reads, while training, the input of each of the head's layers and the input of the
-    loss's softmax (the logits), named ``head.<i>_input`` and ``softmax_input``, and checks three things, as
-    SageMaker's rule does: the ratio of the largest to the smallest of those variances (above ``threshold``: poor);
-    the spread between the 5th and 95th percentiles of each head weight's gradient (below ``distribution_range``:
-    poor); and whether the loss decreases over the first ``steps`` steps (the mean of the last ``patience`` of them
-    not below the mean of the first ``patience``: poor).
+    Good initialisation (Xavier, Kaiming) keeps the variance of activations near one from layer to layer; too large
+    an initialisation saturates them, too small makes gradients vanish. dogclf's newly initialised layers are the
+    head's, so the rule reads the inputs of the head's activation functions (``head.<i>.relu_input``) and of the
+    loss's softmax (the logits, ``softmax_input``), and checks, as SageMaker's rule does:
+
+    * on the first step, the largest of those variances against the smallest (above ``threshold``: poor). A linear
+      head has a single activation input, the logits; its variance is compared with unit variance, the
+      initialisers' target, upwards only (a head initialised far too large saturates the softmax; small logits at
+      the start are harmless);
+    * on the first step, the spread between the 5th and 95th percentiles of each head weight's gradient (below
+      ``distribution_range``: poor, the gradients are all alike or zero);
+    * over the first ``steps`` steps, whether the loss decreases: the mean of the last ``patience`` of them not below
+      the mean of the first ``patience`` is poor.
 
     Attributes:
-        activation_inputs_regex: Which recorded inputs to compare. SageMaker's default ``.*relu_input`` names ReLU
-            inputs; a linear head has none, so dogclf's default ``.*_input`` takes every recorded input.
-        threshold: The largest allowed ratio between the largest and smallest input variance (default 10.0).
+        activation_inputs_regex: Which activation inputs to compare. SageMaker's default ``.*relu_input`` names ReLU
+            inputs; dogclf adds the softmax's (``.*relu_input|softmax_input``), as a linear head has no ReLU.
+        threshold: The largest allowed ratio of the largest to the smallest activation-input variance (default 10.0).
         distribution_range: The smallest allowed 5th-95th percentile spread of a gradient (default 0.001).
         patience: Steps averaged at each end of the first ``steps`` to judge the loss's decrease (default 5).
         steps: How many of the first steps the rule looks at (default 10).
@@ -281,16 +292,15 @@ class PoorWeightInitialization(Rule):
     name = "PoorWeightInitialization"
     anchor = "poor-weight-initialization"
     summary = "the new head's initialisation makes activations or gradients badly scaled"
-    cheap = False  # forward hooks and gradient quantiles, for the first `steps` steps only
+    cheap = False  # forward hooks and gradient quantiles, for the first steps only
 
-    activation_inputs_regex: str = r".*_input"
+    activation_inputs_regex: str = r".*relu_input|softmax_input"
     threshold: float = 10.0
     distribution_range: float = 0.001
     patience: int = 5
     steps: int = 10
     _variances: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _handles: list[Any] = field(default_factory=list, init=False, repr=False)
-    _first_loss: float | None = field(default=None, init=False, repr=False)
     _losses: list[float] = field(default_factory=list, init=False, repr=False)
     _state: TrainState | None = field(default=None, init=False, repr=False)
 
@@ -300,42 +310,50 @@ class PoorWeightInitialization(Rule):
         self._pattern = re.compile(self.activation_inputs_regex)
 
     def on_train_start(self, state: TrainState) -> None:
-        """Hooks the head's layers and the loss (unless a resumed run is past the first ``steps`` steps)."""
+        """Hooks the head's activations and the loss (unless a resumed run is past the first ``steps`` steps)."""
         self.close()
-        self._first_loss, self._losses, self._state = None, [], state
+        self._losses, self._variances, self._state = [], {}, state
         if state.step >= self.steps:
             return
         head = getattr(state.model, "head", None)
         if not isinstance(head, torch.nn.Module):
             head = state.forward_module if state.forward_module is not None else state.model
-        for index, (_, module) in enumerate(m for m in head.named_modules() if isinstance(m[1], torch.nn.Linear)):
-            self._hook(module, f"head.{index}_input")
+        for name, module in head.named_modules():
+            if isinstance(module, _ACTIVATIONS):
+                self._hook(
+                    module, f"head.{name}.relu_input" if isinstance(module, torch.nn.ReLU) else f"head.{name}_input"
+                )
         self._hook(state.loss_fn, "softmax_input")
 
     def _hook(self, module: torch.nn.Module, name: str) -> None:
         if self._pattern.fullmatch(name):
-            self._handles.append(module.register_forward_hook(self._recorder(name)))
+            self._handles.append(module.register_forward_pre_hook(self._recorder(name)))
 
     def _recorder(self, name: str) -> Any:
-        def record(module: torch.nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        def record(module: torch.nn.Module, inputs: tuple[Any, ...]) -> None:
             state = self._state
-            if state is not None and state.phase == "train" and state.step < self.steps and inputs:
+            if state is not None and state.phase == "train" and state.step == 0 and inputs:
                 self._variances[name] = float(inputs[0].detach().float().var())
 
         return record
 
     def on_after_backward(self, state: TrainState, loss: torch.Tensor) -> None:
-        """Checks the input variances and gradient spreads of this step."""
-        if state.step >= self.steps:
+        """On the first step: checks the activation-input variances and the gradient spreads."""
+        if state.step != 0:
             return
         problems = []
-        variances = {n: v for n, v in self._variances.items() if math.isfinite(v)}
-        self._variances = {}
-        if len(variances) >= 2 and min(variances.values()) > 0:
-            ratio = max(variances.values()) / min(variances.values())
+        variances = {n: v for n, v in self._variances.items() if math.isfinite(v) and v > 0}
+        if variances:
+            # Across layers as SageMaker compares them; a single input (a linear head's logits) against unit variance,
+            # upwards only: small logits at the start are harmless, large ones saturate the softmax.
+            low = min(variances.values()) if len(variances) > 1 else 1.0
+            ratio = max(variances.values()) / low
             if ratio > self.threshold:
                 listed = ", ".join(f"{n} {v:.3g}" for n, v in variances.items())
-                problems.append(f"layer-input variances differ {ratio:.3g}x (threshold {self.threshold:g}): {listed}")
+                against = "" if len(variances) > 1 else " against unit variance"
+                problems.append(
+                    f"activation-input variances differ {ratio:.3g}x{against} (threshold {self.threshold:g}): {listed}"
+                )
         narrow = []
         for name, parameter in trained_parameters(state):
             if name.startswith("head.") and name.endswith("weight") and parameter.grad is not None:
@@ -349,15 +367,17 @@ class PoorWeightInitialization(Rule):
                 + _names(narrow)
             )
         if problems:
-            self.fire(state, "; ".join(problems) + self._loss_note(state) + "; re-initialise the head")
+            self.fire(
+                state, "; ".join(problems) + self._loss_note(state, float(loss.detach())) + "; re-initialise the head"
+            )
 
     def on_batch_end(self, state: TrainState, loss: float, batch_size: int) -> None:
         """Judges the loss's decrease over the first ``steps`` steps, then drops the hooks."""
         if state.step <= self.steps and math.isfinite(loss):
             self._losses.append(loss)
-            if self._first_loss is None:
-                self._first_loss = loss
-        if state.step < self.steps:
+        if state.step == 1:
+            self._remove_hooks()  # the variances are only read on the first step
+        if state.step != self.steps:
             return
         n = min(self.patience, len(self._losses) // 2)
         if n:
@@ -366,23 +386,26 @@ class PoorWeightInitialization(Rule):
                 self.fire(
                     state,
                     f"the loss did not decrease over the first {len(self._losses)} steps (mean of the first {n} "
-                    f"{first:.4f}, of the last {n} {last:.4f}; patience {self.patience})" + self._loss_note(state),
+                    f"{first:.4f}, of the last {n} {last:.4f}; patience {self.patience})"
+                    + self._loss_note(state, self._losses[0]),
                 )
         self._losses = []
-        self.close()
 
-    def _loss_note(self, state: TrainState) -> str:
+    def _loss_note(self, state: TrainState, first_loss: float) -> str:
         classes = next((m.out_features for m in reversed(list(state.model.modules())) if hasattr(m, "out_features")), 0)
-        if self._first_loss is None or classes < 2:
+        if classes < 2 or not math.isfinite(first_loss):
             return ""
-        return f"; first loss {self._first_loss:.4g} vs ln({classes}) = {math.log(classes):.3g} for a uniform guess"
+        return f"; first loss {first_loss:.4g} vs ln({classes}) = {math.log(classes):.3g} for a uniform guess"
 
     def on_train_end(self, state: TrainState) -> None:
         """Drops the hooks."""
         self.close()
 
-    def close(self) -> None:
-        """Removes the forward hooks."""
+    def _remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+    def close(self) -> None:
+        """Removes the forward hooks."""
+        self._remove_hooks()
