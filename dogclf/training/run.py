@@ -16,7 +16,7 @@ from dogclf.artifact import CONFIG_NAME, WEIGHTS_NAME, save_model
 from dogclf.backbones.registry import get_backbone
 from dogclf.backbones.spec import BackboneSpec
 from dogclf.backbones.weights import weights_label
-from dogclf.data.folder import DataSplits, load_splits
+from dogclf.data.folder import DataSplits, drop_unreadable, load_splits
 from dogclf.diagnostics.phases import phase
 from dogclf.errors import ModelDirError
 from dogclf.model import DogClassifierNet, HeadConfig, build_model
@@ -24,10 +24,12 @@ from dogclf.training.calibration import Calibration, calibrate, collect_logits
 from dogclf.training.callbacks import Callback, EpochLogLine, ProgressBars
 from dogclf.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from dogclf.training.config import TrainConfig
+from dogclf.training.log_line import format_test_line
 from dogclf.training.loop import Trainer, check_fingerprint
 
 if TYPE_CHECKING:
     from dogclf.diagnostics.session import Diagnostics
+    from dogclf.evaluation import EvalReport
     from dogclf.features.pipeline import FeatureSet
 
 __all__ = ["TrainResult", "train"]
@@ -113,29 +115,14 @@ def _restore_checkpoint_weights(model: torch.nn.Module, checkpoint: Path, finger
     model.load_state_dict(payload["model"])
 
 
-def _feature_metrics(model: DogClassifierNet, features: FeatureSet) -> dict[str, Any]:
-    """Test metrics (``top1``, ``top5``, ``n``, ``loss``) from the head on precomputed features."""
-    from dogclf.training.head import head_logits
-
-    logits = head_logits(model.head, features.features)
-    labels = features.labels
-    best = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    n = len(labels)
-    return {
-        "top1": float((best[:, 0] == labels).float().mean()),
-        "top5": float((best == labels[:, None]).any(dim=1).float().mean()),
-        "n": n,
-        "loss": float(torch.nn.functional.cross_entropy(logits, labels)),
-    }
-
-
-def _check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+def _check_out_dir(out: Path, checkpoint: Path, *, resume: bool, overwrite: bool) -> None:
     if resume or overwrite:
         return
-    existing = [name for name in (WEIGHTS_NAME, CONFIG_NAME, CHECKPOINT_NAME) if (out / name).exists()]
-    if existing:
+    found = [path for path in (out / WEIGHTS_NAME, out / CONFIG_NAME, checkpoint) if path.exists()]
+    if found:
+        names = [path.name if path.parent == out else str(path) for path in found]
         raise ModelDirError(
-            f"Output folder {str(out)!r} already holds {', '.join(existing)}. Pass --resume to continue an "
+            f"Output folder {str(out)!r} already holds {', '.join(names)}. Pass --resume to continue an "
             "interrupted run, --overwrite to replace it, or choose another --out."
         )
 
@@ -162,6 +149,8 @@ def train(
     precision: str = "auto",
     extract_batch_size: int = 64,
     environ: Mapping[str, str] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
     diagnostics: Diagnostics | None = None,
 ) -> TrainResult:
     """Trains a classifier on a data folder and saves it as a model directory.
@@ -191,6 +180,10 @@ def train(
         precision: Feature-extraction precision: ``"auto"``, ``"bf16"``, ``"fp16"`` or ``"fp32"``.
         extract_batch_size: Images per batch during feature extraction.
         environ: The environment (for the default cache folder); ``os.environ`` when ``None``.
+        checkpoint_dir: Where the per-epoch ``checkpoint.pt`` goes (and ``resume`` reads it); default ``out_dir``.
+            A SageMaker job keeps it in ``/opt/ml/checkpoints``, which SageMaker syncs with S3.
+        output_dir: Also write the history (JSON, CSV, plot) and the held-out split's evaluation report and
+            confusion matrix here (:mod:`dogclf.training.reports`); a SageMaker job uses ``SM_OUTPUT_DATA_DIR``.
         diagnostics: Training rules (on by default), profiling, TensorBoard and smdebug
             (:class:`dogclf.diagnostics.Diagnostics`).
 
@@ -211,20 +204,27 @@ def train(
         show_bars=sys.stderr.isatty() if progress is None else progress,
     )
     out = Path(out_dir)
-    _check_out_dir(out, resume=resume, overwrite=overwrite)
+    checkpoint = Path(checkpoint_dir if checkpoint_dir is not None else out) / CHECKPOINT_NAME
+    _check_out_dir(out, checkpoint, resume=resume, overwrite=overwrite)
     spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
     from dogclf.diagnostics.session import open_session
 
     session = open_session(diagnostics, out, environ=options.environ, log=log)
     splits = _read_data(data_dir, valid_fraction=valid_fraction, names=names, strict=strict, options=options)
-    run = _build_run(spec, splits, out / CHECKPOINT_NAME, resume=resume, options=options)
+    run = _build_run(spec, splits, checkpoint, resume=resume, options=options)
     trainer, features = _make_trainer(run, splits, [*callbacks, *session.callbacks(splits.class_names)], options)
     history = _fit(trainer, run, options)
     valid_features = features["valid"] if features is not None else None
     calibration = _calibrate(run.model, splits, spec, options.config, trainer.device, log, valid_features)
-    test_metrics = _test_metrics(run, splits, features, trainer.device, options)
+    held_out = "test" if splits.test else "valid"
+    report = None
+    if splits.test or (output_dir is not None and splits.valid):
+        report = _evaluate(run, splits, held_out, features, calibration, trainer.device, options)
+    test_metrics = _test_metrics(report, log) if splits.test else None
     _save(run, splits, out, history, calibration, test_metrics, valid_fraction=valid_fraction, options=options)
     log(f"Saved model to {out}")
+    if output_dir is not None:
+        _write_reports(output_dir, history, report, held_out, spec, log)
     session.close()
     return TrainResult(model_dir=out, history=history, splits=splits, test=test_metrics)
 
@@ -244,6 +244,10 @@ class _Options:
     environ: Mapping[str, str]
     log: Callable[[str], None]
     show_bars: bool
+
+    def feature_mode(self) -> str:
+        """``"cached"``, ``"in-memory"`` or ``"images"``: see :func:`_feature_mode`."""
+        return _feature_mode(freeze=self.freeze, augment=self.config.augment, cache=self.cache)
 
 
 @dataclass
@@ -269,10 +273,23 @@ def _read_data(
     strict: bool,
     options: _Options,
 ) -> DataSplits:
-    """Step 1: the splits, every image decoded once to leave out unreadable files."""
+    """Step 1: the splits, every image decoded once to leave out unreadable files.
+
+    On the feature path (without ``strict``) nothing is decoded here: extraction decodes the images the feature
+    cache does not hold and reports the unreadable ones (:func:`_extract_features`), and cached images decoded when
+    they were extracted.
+    """
     log = options.log
-    log(f"Reading {data_dir} and decoding every image once to find unreadable files ...")
-    splits = load_splits(data_dir, valid_fraction=valid_fraction, names=names, seed=options.config.seed, strict=strict)
+    check = strict or options.feature_mode() == "images"
+    log(
+        f"Reading {data_dir} and decoding every image once to find unreadable files ..."
+        if check
+        else f"Reading {data_dir} (unreadable images are found and skipped while extracting features) ..."
+    )
+    seed = options.config.seed
+    splits = load_splits(
+        data_dir, valid_fraction=valid_fraction, names=names, seed=seed, strict=strict, check_images=check
+    )
     _describe_skipped(splits, log)
     log(
         f"Data {splits.root}: {len(splits.classes)} classes, {len(splits.train)} train, {len(splits.valid)} valid "
@@ -311,8 +328,7 @@ def _build_run(spec: BackboneSpec, splits: DataSplits, checkpoint: Path, *, resu
         "n_valid": len(splits.valid),
         **{k: v for k, v in config.to_dict().items() if k not in ("epochs", "device", "num_workers")},
     }
-    mode = _feature_mode(freeze=options.freeze, augment=config.augment, cache=options.cache)
-    return _Run(spec, model, checkpoint, resuming, fingerprint, label, mode)
+    return _Run(spec, model, checkpoint, resuming, fingerprint, label, options.feature_mode())
 
 
 @phase("trainer setup")
@@ -370,7 +386,8 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
     if run.mode == "cached":
         cache_dir = options.cache_dir
         folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(options.environ)
-    return prepare_features(
+    unreadable: list[tuple[Path, str]] = []
+    features = prepare_features(
         splits,
         run.spec,
         run.model.backbone,
@@ -379,7 +396,16 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
         options=extract,
         log=options.log,
         progress=options.show_bars,
+        unreadable=unreadable,
     )
+    if unreadable:
+        drop_unreadable(splits, unreadable, strict=False)
+        _describe_skipped(splits, options.log)
+        options.log(
+            f"{len(unreadable)} unreadable file(s) skipped: {len(splits.train)} train, {len(splits.valid)} valid, "
+            f"{len(splits.test)} test images left"
+        )
+    return features
 
 
 @phase("training")
@@ -398,29 +424,65 @@ def _fit(trainer: Trainer, run: _Run, options: _Options) -> list[dict[str, float
     return trainer.fit()
 
 
-@phase("test")
-def _test_metrics(
+@phase("evaluation")
+def _evaluate(
     run: _Run,
     splits: DataSplits,
+    split: str,
     features: dict[str, FeatureSet] | None,
+    calibration: Calibration,
     device: torch.device,
     options: _Options,
-) -> dict[str, Any] | None:
-    """Step 6: test-split metrics, from the test features on the feature path or the images otherwise."""
-    if not splits.test:
-        return None
-    if features is not None:
-        metrics = _feature_metrics(run.model, features["test"])
-    else:
-        from dogclf.classifier import Classifier
-        from dogclf.evaluation import evaluate
+) -> EvalReport:
+    """Step 6: the held-out split's report, from its features on the feature path or its images otherwise."""
+    from dogclf.evaluation import evaluate, report_from_logits
 
-        classifier = Classifier(run.model, spec=run.spec, class_names=splits.class_names, device=device)
-        config = options.config
-        report = evaluate(classifier, splits.test, batch_size=config.batch_size, num_workers=config.workers())
-        metrics = {"top1": report.top1, "top5": report.top5, "n": report.n, "loss": report.loss}
-    options.log(f"test_top1={metrics['top1']:.4f} test_top5={metrics['top5']:.4f} n={metrics['n']}")
+    if features is not None:
+        from dogclf.training.head import head_logits
+
+        held_out = features[split]
+        return report_from_logits(
+            head_logits(run.model.head, held_out.features),
+            held_out.labels,
+            class_names=splits.class_names,
+            temperature=calibration.temperature,
+            unknown_threshold=calibration.unknown_threshold,
+        )
+    from dogclf.classifier import Classifier
+
+    classifier = Classifier(
+        run.model,
+        spec=run.spec,
+        class_names=splits.class_names,
+        config={"calibration": calibration.to_dict()},
+        device=device,
+    )
+    config = options.config
+    return evaluate(classifier, splits.split(split), batch_size=config.batch_size, num_workers=config.workers())
+
+
+def _test_metrics(report: EvalReport | None, log: Callable[[str], None]) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    metrics = {"top1": report.top1, "top5": report.top5, "n": report.n, "loss": report.loss}
+    log(format_test_line(metrics))
     return metrics
+
+
+@phase("reports")
+def _write_reports(
+    folder: str | os.PathLike[str],
+    history: list[dict[str, float]],
+    report: EvalReport | None,
+    split: str,
+    spec: BackboneSpec,
+    log: Callable[[str], None],
+) -> None:
+    """Step 8 (with ``output_dir``): history, evaluation report and plots beside the model."""
+    from dogclf.training.reports import write_reports
+
+    written = write_reports(folder, history=history, report=report, split=split, title=spec.name)
+    log(f"Wrote {', '.join(path.name for path in written)} to {folder}")
 
 
 @phase("saving")
