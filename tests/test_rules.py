@@ -327,3 +327,16 @@ def test_selections_and_parameters() -> None:
         parse_rule_param("ratio_threshold=0.2")
     with pytest.raises(ValueError, match="Overfit patience must be > 0, got 0"):
         make_rules("Overfit", {"Overfit": {"patience": 0}})
+
+
+def test_a_resumed_run_keeps_the_findings_of_its_finished_epochs(tiny_spec: Any, tmp_path: Path) -> None:
+    noisy = clusters([40] * 3, noise=2.0)
+    for epochs, resume in ((2, False), (3, True)):
+        torch.manual_seed(0)
+        model = build_model(tiny_spec, 3, weights=None)
+        rule_set = RuleSet(make_rules("WeightUpdateRatio"), out_dirs=(tmp_path,), log=lambda line: None)
+        config = TrainConfig(epochs=epochs, batch_size=16, lr=10.0, device="cpu")
+        fit_head(model, noisy, None, config, callbacks=[rule_set], checkpoint_path=tmp_path / "c.pt", resume=resume)
+    record = json.loads((tmp_path / RULES_FILE).read_text())
+    assert record["findings"][0]["epoch"] == 1  # found before the interruption, still there
+    assert record["status"] == "Completed"

@@ -218,10 +218,16 @@ class RuleSet(Callback):
 
     # The loop's hooks, passed on to every rule.
     def on_train_start(self, state: TrainState) -> None:
-        """Starts the clock, writes ``rules.json`` (all rules in progress) and starts the rules."""
+        """Starts the clock, writes ``rules.json`` (all rules in progress) and starts the rules.
+
+        A resumed run (``state.epoch > 0``) keeps the findings its ``rules.json`` holds for the finished epochs.
+        """
         self._started = time.monotonic()
         self._status = "InProgress"
         self._latest = {}
+        self.findings = self._earlier_findings(state.epoch) if state.epoch > 0 else []
+        for finding in self.findings:
+            self._latest[finding.rule] = finding
         self.write()
         for rule in self.rules:
             rule.on_train_start(state)
@@ -271,6 +277,29 @@ class RuleSet(Callback):
         for rule in self.rules:
             rule.on_train_end(state)
         self.close("Completed")
+
+    def _earlier_findings(self, epochs: int) -> list[Finding]:
+        path = next((d / RULES_FILE for d in self.out_dirs if (d / RULES_FILE).is_file()), None)
+        if path is None:
+            return []
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8")).get("findings", [])
+            earlier = [
+                Finding(
+                    f["rule"],
+                    f["epoch"],
+                    f["step"],
+                    f["detail"],
+                    f.get("status", "IssuesFound"),
+                    f.get("seconds", 0.0),
+                    min(f.get("last_epoch", f["epoch"]), epochs),
+                )
+                for f in saved
+                if f["epoch"] <= epochs
+            ]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return []  # not a rules.json this version wrote: start afresh
+        return earlier
 
     def close(self, outcome: str = "Stopped") -> None:
         """Releases the rules' hooks and threads and writes ``rules.json`` with each rule's final status.
