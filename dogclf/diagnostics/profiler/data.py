@@ -144,6 +144,7 @@ class RunProfile:
                     {
                         "t": s.t,
                         "cpu": s.cpu_total,
+                        "process_cpu": s.process_cpu,
                         "iowait": s.iowait,
                         "memory": s.memory,
                         "rss_gb": s.rss_gb,

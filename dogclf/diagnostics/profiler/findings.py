@@ -83,7 +83,11 @@ def _cpu_bottleneck(run: RunProfile, p: Mapping[str, Any]) -> tuple[str, str, st
         )
     else:
         share = _fraction([s.cpu_total > p["cpu_threshold"] for s in samples])
-        detail = f"all {run.cpu_count} cores over {p['cpu_threshold']}% in {share:.0f}% of training, on the CPU"
+        own = statistics.fmean(s.process_cpu for s in samples) if samples else 0.0
+        detail = (
+            f"all {run.cpu_count} cores over {p['cpu_threshold']}% in {share:.0f}% of training, on the CPU "
+            f"(this process: {own:.0f}% of the cores on average; the rest is other processes)"
+        )
         advice = (
             "Training is compute-bound on the CPU: a GPU instance (e.g. ml.g5.xlarge), a smaller backbone, or "
             "the feature path (--freeze without --augment) which runs the backbone once per image."

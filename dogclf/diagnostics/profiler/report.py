@@ -96,6 +96,7 @@ def _system_plot(run: RunProfile) -> str:
     for core in range(cores):
         axes[0].plot(t, [s.cpu[core] if core < len(s.cpu) else 0 for s in samples], lw=0.6, alpha=0.35, color="#669bbc")
     axes[0].plot(t, [s.cpu_total for s in samples], lw=1.8, color="#29335c", label=f"all {cores} cores (thin: each)")
+    axes[0].plot(t, [s.process_cpu for s in samples], lw=1.2, color="#f3a712", label="this process")
     axes[0].plot(t, [s.iowait for s in samples], lw=1, color="#e4572e", label="I/O wait")
     axes[0].set_ylabel("CPU %")
     axes[0].set_ylim(0, 105)

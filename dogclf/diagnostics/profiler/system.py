@@ -33,6 +33,7 @@ class Sample:
         rss_gb: This process's resident memory, GiB.
         gpu: Utilisation of each GPU, percent (empty without CUDA or NVML).
         gpu_memory: Memory in use on each GPU, percent (empty without CUDA).
+        process_cpu: This process's CPU use, percent of all cores (the rest of ``cpu`` is other processes').
     """
 
     t: float
@@ -42,6 +43,7 @@ class Sample:
     rss_gb: float
     gpu: list[float] = field(default_factory=list)
     gpu_memory: list[float] = field(default_factory=list)
+    process_cpu: float = 0.0
 
     @property
     def cpu_total(self) -> float:
@@ -86,6 +88,7 @@ class SystemSampler:
         self.started = time.perf_counter()
         self._psutil.cpu_percent(percpu=True)  # primes the counters: later calls report since the previous one
         self._psutil.cpu_times_percent()
+        self._process.cpu_percent()
         self._thread = threading.Thread(target=self._run, name="dogclf-system-sampler", daemon=True)
         self._thread.start()
 
@@ -119,6 +122,7 @@ class SystemSampler:
             rss_gb=self._process.memory_info().rss / 2**30,
             gpu=gpu,
             gpu_memory=gpu_memory,
+            process_cpu=self._process.cpu_percent() / (ps.cpu_count() or 1),
         )
 
 

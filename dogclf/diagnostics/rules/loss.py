@@ -7,6 +7,7 @@ SageMaker's rule counts saved EVAL steps, these count epochs.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,19 @@ from dogclf.diagnostics.rules.base import Rule, check_positive, is_finite
 from dogclf.training.callbacks import TrainState
 
 __all__ = ["LossNotDecreasing", "Overfit", "Overtraining"]
+
+
+def _gap(valid: float, train: float) -> float:
+    """``(valid - train) / train``; infinite when the training set is memorised (zero loss) and valid is not."""
+    if train > 0:
+        return (valid - train) / train
+    return math.inf if valid > 0 else 0.0
+
+
+def _times(value: float, reference: float) -> str:
+    """``value`` as a multiple of ``reference`` ("78x"), or "far above" when the reference is about zero."""
+    return f"{value / reference:.3g}x" if reference > 1e-12 else "far above (from about zero)"
+
 
 _MODES = (None, "GLOBAL", "TRAIN", "EVAL")
 
@@ -92,9 +106,10 @@ class LossNotDecreasing(Rule):
         if now > before:
             rise = 100 * (now - before) / scale
             if rise > self.increase_threshold_percent:
+                amount = f"{rise:.1f}%" if rise < 1000 else f"{_times(now, before)}"
                 self.fire(
                     state,
-                    f"{what}: rose {rise:.1f}% ({before:.4f} -> {now:.4f}), more than increase_threshold_percent "
+                    f"{what}: rose {amount} ({before:.4f} -> {now:.4f}), more than increase_threshold_percent "
                     f"{self.increase_threshold_percent:g}; the learning rate may be too high",
                 )
             return
@@ -141,12 +156,12 @@ class Overfit(Rule):
     def on_epoch_end(self, state: TrainState, metrics: Mapping[str, float]) -> None:
         """Compares the epoch's mean losses."""
         train, valid = metrics.get("train_loss"), metrics.get("valid_loss")
-        if state.step < self.start_step or not (is_finite(train) and is_finite(valid)) or train <= 0:
+        if state.step < self.start_step or not (is_finite(train) and is_finite(valid)):
             return
-        ratio = (valid - train) / train
+        ratio = _gap(valid, train)
         self._exceeded = self._exceeded + 1 if ratio > self.ratio_threshold else 0
         if self._exceeded >= self.patience:
-            above = f"{ratio:.0%} above" if ratio < 10 else f"{valid / train:.0f}x"
+            above = f"{ratio:.0%} above" if ratio < 10 else f"{_times(valid, train)} the"
             self.fire(
                 state,
                 f"valid_loss {valid:.4f} is {above} train_loss {train:.4f} "
