@@ -191,3 +191,15 @@ def test_in_a_sagemaker_job_the_profile_lands_in_the_output_data_dir(
     assert not (tmp_path / "model" / "profile").exists()  # the model archive stays small
     assert (output / "rules.json").is_file()
     assert (tmp_path / "model" / "rules.json").is_file()
+
+
+def test_only_rank_zero_of_a_torchrun_group_records(tmp_path: Path) -> None:
+    from dogclf.diagnostics.session import open_session
+
+    session = open_session(Diagnostics(profile=True, tensorboard=tmp_path / "tb"), tmp_path, environ={"RANK": "1"})
+    assert session.callbacks() == []
+    session.close()
+    assert list(tmp_path.iterdir()) == []
+    rank_zero = open_session(None, tmp_path, environ={"RANK": "0"})
+    assert len(rank_zero.callbacks()) == 1  # the default rules
+    rank_zero.close()

@@ -205,7 +205,13 @@ def open_session(
     environ: Mapping[str, str],
     log: Callable[[str], None] = print,
 ) -> DiagnosticsSession:
-    """Opens and starts the diagnostics of a ``train()`` call (default :class:`Diagnostics`: the cheap rules)."""
+    """Opens and starts the diagnostics of a ``train()`` call (default :class:`Diagnostics`: the cheap rules).
+
+    In a ``torchrun`` group only rank 0 (``RANK`` in ``environ``) watches and records: the other ranks train the same
+    model and would write the same files.
+    """
+    if environ.get("RANK", "0") not in ("", "0"):
+        diagnostics, environ = Diagnostics(rules="none"), {}
     return DiagnosticsSession(diagnostics or Diagnostics(), Path(out_dir), environ=environ, log=log).start()
 
 
