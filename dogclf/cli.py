@@ -13,6 +13,7 @@ from typing import Any
 
 from dogclf import __version__
 from dogclf._cli_args import add_data_args
+from dogclf.diagnostics.cli_args import add_diagnostics_args, diagnostics_from_args
 from dogclf.errors import DogclfError
 
 __all__ = ["main"]
@@ -65,6 +66,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (or --checkpoint-dir)")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    add_diagnostics_args(p)
 
 
 def train_parser(prog: str = "dogclf train", *, add_help: bool = True) -> argparse.ArgumentParser:
@@ -244,6 +246,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             environ=args.environ,
             checkpoint_dir=args.checkpoint_dir,
             output_dir=args.output_dir,
+            diagnostics=diagnostics_from_args(args),
         )
     except KeyboardInterrupt:
         argv = list(args.argv)  # not sys.argv: under `python -m dogclf` its [0] is the path of __main__.py

@@ -146,6 +146,7 @@ class Trainer:
             config=config,
             num_batches=len(self.train_loader),
             num_eval_batches=len(self.valid_loader) if self.valid_loader is not None else 0,
+            forward_module=self.forward,
         )
 
     def _image_batches(
@@ -247,10 +248,12 @@ class Trainer:
         total_loss, correct, seen = 0.0, 0, 0
         shares = self.sampler.step_shares() if self.sharded else None
         for index, (images, labels) in enumerate(self.train_loader):
+            self.callbacks.on_batch_start(state)
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             logits = self.forward(images)
             loss = self.loss_fn(logits, labels)
+            self.callbacks.on_forward(state, logits, labels)
             self.optimizer.zero_grad(set_to_none=True)
             # DDP averages the ranks' gradients; weighting each rank's mean by its share of the step's images makes
             # that average the gradient of the whole batch's mean loss, as in one process (uneven last batches too).

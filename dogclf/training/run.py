@@ -18,6 +18,7 @@ from dogclf.backbones.registry import get_backbone
 from dogclf.backbones.spec import BackboneSpec
 from dogclf.backbones.weights import weights_label
 from dogclf.data.folder import DataSplits, drop_unreadable, load_splits
+from dogclf.diagnostics.phases import phase
 from dogclf.errors import ModelDirError
 from dogclf.model import DogClassifierNet, HeadConfig, build_model
 from dogclf.training.calibration import Calibration, calibrate, collect_logits
@@ -28,6 +29,7 @@ from dogclf.training.log_line import format_test_line
 from dogclf.training.loop import Trainer, check_fingerprint
 
 if TYPE_CHECKING:
+    from dogclf.diagnostics.session import Diagnostics
     from dogclf.evaluation import EvalReport
     from dogclf.features.pipeline import FeatureSet
     from dogclf.training.distributed import ProcessGroup
@@ -66,6 +68,7 @@ def _describe_skipped(splits: DataSplits, log: Callable[[str], None]) -> None:
         log(f"  ... and {len(splits.skipped) - 50} more")
 
 
+@phase("calibration")
 def _calibrate(
     model: torch.nn.Module,
     splits: DataSplits,
@@ -150,6 +153,7 @@ def train(
     environ: Mapping[str, str] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     output_dir: str | os.PathLike[str] | None = None,
+    diagnostics: Diagnostics | None = None,
 ) -> TrainResult:
     """Trains a classifier on a data folder and saves it as a model directory.
 
@@ -182,6 +186,8 @@ def train(
             A SageMaker job keeps it in ``/opt/ml/checkpoints``, which SageMaker syncs with S3.
         output_dir: Also write the history (JSON, CSV, plot) and the held-out split's evaluation report and
             confusion matrix here (:mod:`dogclf.training.reports`); a SageMaker job uses ``SM_OUTPUT_DATA_DIR``.
+        diagnostics: Training rules (on by default), profiling, TensorBoard and smdebug
+            (:class:`dogclf.diagnostics.Diagnostics`).
 
     Returns:
         The result, with the model directory path.
@@ -208,11 +214,15 @@ def train(
     checkpoint = Path(checkpoint_dir if checkpoint_dir is not None else out) / CHECKPOINT_NAME
     _check_out_dir(out, checkpoint, resume=resume, overwrite=overwrite)
     spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
+    from dogclf.diagnostics.session import open_session
+
+    session = open_session(diagnostics, out, environ=options.environ, log=log)
     splits = _read_data(data_dir, valid_fraction=valid_fraction, names=names, strict=strict, options=options)
     run = _build_run(spec, splits, checkpoint, resume=resume, options=options)
-    trainer, features = _make_trainer(run, splits, callbacks, options)
+    trainer, features = _make_trainer(run, splits, [*callbacks, *session.callbacks(splits.class_names)], options)
     history = _fit(trainer, run, options)
     if group is not None and not group.is_main:
+        session.close()
         group.barrier()  # rank 0 calibrates, evaluates and saves
         return TrainResult(model_dir=out, history=history, splits=splits)
     valid_features = features["valid"] if features is not None else None
@@ -226,6 +236,7 @@ def train(
     log(f"Saved model to {out}")
     if output_dir is not None:
         _write_reports(output_dir, history, report, held_out, spec, log)
+    session.close()
     if group is not None:
         group.barrier()
     return TrainResult(model_dir=out, history=history, splits=splits, test=test_metrics)
@@ -284,6 +295,7 @@ class _Run:
     precision: str | None = None
 
 
+@phase("decode-check")
 def _read_data(
     data_dir: str | os.PathLike[str],
     *,
@@ -318,6 +330,7 @@ def _read_data(
     return splits
 
 
+@phase("model")
 def _build_run(spec: BackboneSpec, splits: DataSplits, checkpoint: Path, *, resume: bool, options: _Options) -> _Run:
     """Step 2: the seeded model (weights from the checkpoint when resuming) and the run's fingerprint."""
     config = options.config
@@ -349,6 +362,7 @@ def _build_run(spec: BackboneSpec, splits: DataSplits, checkpoint: Path, *, resu
     return _Run(spec, model, checkpoint, resuming, fingerprint, label, options.feature_mode())
 
 
+@phase("trainer setup")
 def _make_trainer(
     run: _Run, splits: DataSplits, callbacks: Sequence[Callback], options: _Options
 ) -> tuple[Trainer, dict[str, FeatureSet] | None]:
@@ -387,6 +401,7 @@ def _make_trainer(
     return trainer, features
 
 
+@phase("extraction")
 def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[str, FeatureSet]:
     """The backbone's features of every image: from the feature cache, the rest extracted once."""
     from dogclf.features.cache import default_cache_dir
@@ -433,6 +448,7 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
     return features
 
 
+@phase("training")
 def _fit(trainer: Trainer, run: _Run, options: _Options) -> list[dict[str, float]]:
     """Step 4: the epochs (continued from the checkpoint when resuming)."""
     config, log = options.config, options.log
@@ -448,6 +464,7 @@ def _fit(trainer: Trainer, run: _Run, options: _Options) -> list[dict[str, float
     return trainer.fit()
 
 
+@phase("evaluation")
 def _evaluate(
     run: _Run,
     splits: DataSplits,
@@ -492,6 +509,7 @@ def _test_metrics(report: EvalReport | None, log: Callable[[str], None]) -> dict
     return metrics
 
 
+@phase("reports")
 def _write_reports(
     folder: str | os.PathLike[str],
     history: list[dict[str, float]],
@@ -507,6 +525,7 @@ def _write_reports(
     log(f"Wrote {', '.join(path.name for path in written)} to {folder}")
 
 
+@phase("saving")
 def _save(
     run: _Run,
     splits: DataSplits,
