@@ -10,12 +10,15 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dogclf.backbones.spec import BackboneSpec, Preprocessing
 from dogclf.errors import ModelDirError, UnknownBackboneError
 
-__all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "read_config", "save_model"]
+if TYPE_CHECKING:
+    from dogclf.data.folder import ClassInfo
+
+__all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "model_classes", "read_config", "save_model"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -113,6 +116,18 @@ def read_config(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
             f"({FORMAT_VERSION}); upgrade dogclf."
         )
     return config
+
+
+def model_classes(config: Mapping[str, Any]) -> list[ClassInfo]:
+    """The model's classes as ``ClassInfo`` (folder id and display name) in output order.
+
+    Models saved without ``class_folders`` use the display names as folder ids.
+    """
+    from dogclf.data.folder import ClassInfo
+
+    names = list(config["class_names"])
+    folders = list(config.get("class_folders") or names)
+    return [ClassInfo(str(f), str(n)) for f, n in zip(folders, names, strict=True)]
 
 
 def load_state(model_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -100,6 +100,13 @@ class Classifier:
         self.temperature, self.unknown_threshold = _calibration(self.config)
 
     @property
+    def classes(self) -> list[Any]:
+        """The classes (``ClassInfo``: folder id and display name) in output order, e.g. for ``load_labelled``."""
+        from dogclf.artifact import model_classes
+
+        return model_classes({"class_names": self.class_names, **self.config})
+
+    @property
     def preprocessing(self) -> Any:
         """The input contract of the backbone."""
         return self.spec.preprocessing

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from dogclf._progress import progress_reporter
 from dogclf.classifier import Classifier
 from dogclf.data.dataset import ImageDataset
 from dogclf.data.folder import Sample
@@ -90,24 +91,30 @@ class EvalReport:
 
 def evaluate(
     classifier: Classifier,
-    samples: Sequence[Sample],
+    samples: Sequence[Sample] | str | os.PathLike[str],
     *,
     batch_size: int = 64,
     num_workers: int = 0,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> EvalReport:
     """Runs the classifier over labelled samples.
 
     Args:
         classifier: The trained model.
-        samples: Labelled images (labels index ``classifier.class_names``).
+        samples: Labelled images (labels index ``classifier.class_names``), or a folder of class folders, read with
+            :func:`dogclf.data.labelled.load_labelled` against the classifier's classes (by folder id or name).
         batch_size: Images per forward pass.
         num_workers: DataLoader workers for decoding.
-        progress: Show a progress bar.
+        progress: ``True``: a progress bar; ``None``: a bar on a terminal, else a line every few seconds;
+            ``False``: neither.
 
     Returns:
         The report.
     """
+    if isinstance(samples, (str, os.PathLike)):
+        from dogclf.data.labelled import load_labelled
+
+        samples = load_labelled(samples, classifier.classes).samples
     n_classes = len(classifier.class_names)
     if not samples:
         raise ValueError("evaluate() needs at least one image")
@@ -120,13 +127,9 @@ def evaluate(
     top_raw: list[torch.Tensor] = []  # top softmax score at temperature 1, per image
     top_calibrated: list[torch.Tensor] = []  # top score as Classifier.probabilities gives it
     hits: list[torch.Tensor] = []
-    batches: Any = loader
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(loader, desc="evaluate", unit="batch", leave=False)
+    reporter = None if progress is False else progress_reporter(len(samples), desc="evaluate", unit="img", bar=progress)
     with torch.inference_mode():
-        for images, labels in batches:
+        for images, labels in loader:
             logits = classifier.logits(images)  # in the classifier's precision, as predictions are made
             loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
             best = logits.topk(k, dim=1).indices
@@ -136,6 +139,10 @@ def evaluate(
             top_raw.append(torch.softmax(logits, dim=1).max(dim=1).values)
             top_calibrated.append(torch.softmax(logits / classifier.temperature, dim=1).max(dim=1).values)
             hits.append(best[:, 0] == labels)
+            if reporter is not None:
+                reporter.update(len(labels))
+    if reporter is not None:
+        reporter.close()
     n = len(samples)
     correct = torch.cat(hits)
     calibrated = torch.cat(top_calibrated)

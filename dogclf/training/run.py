@@ -15,8 +15,8 @@ import torch
 from dogclf.artifact import CONFIG_NAME, WEIGHTS_NAME, save_model
 from dogclf.backbones.registry import get_backbone
 from dogclf.backbones.spec import BackboneSpec
-from dogclf.backbones.weights import weights_label
-from dogclf.data.folder import DataSplits, load_splits
+from dogclf.backbones.weights import check_weights_available, weights_label
+from dogclf.data.folder import DataSplits, check_fraction, load_splits
 from dogclf.errors import ModelDirError
 from dogclf.model import DogClassifierNet, HeadConfig, build_model
 from dogclf.training.calibration import Calibration, calibrate, collect_logits
@@ -137,6 +137,15 @@ def _check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
         )
 
 
+def _remove_previous_run(out: Path, log: Callable[[str], None]) -> None:
+    """With ``overwrite``: the previous run's files go before training starts, so none is mistaken for this run's."""
+    removed = [name for name in (CHECKPOINT_NAME, CONFIG_NAME, WEIGHTS_NAME) if (out / name).is_file()]
+    for name in removed:
+        (out / name).unlink()
+    if removed:
+        log(f"--overwrite: removed the previous run's {', '.join(removed)} from {out}")
+
+
 def train(
     data_dir: str | os.PathLike[str],
     backbone: str | BackboneSpec,
@@ -206,9 +215,15 @@ def train(
     )
     out = Path(out_dir)
     _check_out_dir(out, resume=resume, overwrite=overwrite)
+    if valid_fraction is not None:
+        check_fraction(valid_fraction)
     spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
+    if not (resume and (out / CHECKPOINT_NAME).is_file()):  # a resumed run takes its weights from the checkpoint
+        check_weights_available(spec, weights, environ=options.environ)
     splits = _read_data(data_dir, valid_fraction=valid_fraction, names=names, strict=strict, options=options)
     run = _build_run(spec, splits, out / CHECKPOINT_NAME, resume=resume, options=options)
+    if overwrite and not run.resuming:
+        _remove_previous_run(out, log)
     trainer, features = _make_trainer(run, splits, callbacks, options)
     history = _fit(trainer, run, options)
     valid_features = features["valid"] if features is not None else None
@@ -297,6 +312,8 @@ def _build_run(spec: BackboneSpec, splits: DataSplits, checkpoint: Path, *, resu
         "classes": [c.folder for c in splits.classes],
         "n_train": len(splits.train),
         "n_valid": len(splits.valid),
+        "train_files": splits.files_digest("train"),  # which files, not only how many
+        "valid_files": splits.files_digest("valid"),
         **{k: v for k, v in config.to_dict().items() if k not in ("epochs", "device", "num_workers")},
     }
     mode = _feature_mode(freeze=options.freeze, augment=config.augment, cache=options.cache)
@@ -438,6 +455,8 @@ def _save(
             "n_train": len(splits.train),
             "n_valid": len(splits.valid),
             "n_test": len(splits.test),
+            "train_files": run.fingerprint["train_files"],
+            "valid_files": run.fingerprint["valid_files"],
             "skipped_files": len(splits.skipped),
             "features": run.mode,
             "precision": run.precision,
