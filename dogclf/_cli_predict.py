@@ -67,7 +67,10 @@ def _text_lines(item: dict[str, Any]) -> Iterator[str]:
 
 
 class _FileOutput:
-    """Results written to ``--output`` as they come (JSONL, CSV) or at the end (JSON), then renamed into place."""
+    """Results written to ``--output`` as they come (JSONL, CSV) or at the end (JSON), then renamed into place.
+
+    The constructor only checks the path, so a bad ``--output`` is refused before the model loads.
+    """
 
     def __init__(self, path: Path, *, top_k: int, overwrite: bool) -> None:
         suffix = path.suffix.lower()
@@ -82,14 +85,16 @@ class _FileOutput:
         if not path.parent.is_dir():
             raise OutputError(f"--output folder {str(path.parent)!r} does not exist; create it first.")
         self.path, self.format, self.top_k = path, suffix, top_k
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        self.items: list[dict[str, Any]] = []
+
+    def open(self) -> None:
+        """Starts the temporary file next to the output (renamed into place by :meth:`close`)."""
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         self.tmp = Path(name)
         self.handle: IO[str] = os.fdopen(fd, "w", encoding="utf-8", newline="")
-        self.items: list[dict[str, Any]] = []
-        self.csv: Any = None
-        if suffix == ".csv":
+        if self.format == ".csv":
             self.csv = csv.writer(self.handle)
-            ranks = [f"{key}_{i}" for i in range(1, top_k + 1) for key in ("label", "score")]
+            ranks = [f"{key}_{i}" for i in range(1, self.top_k + 1) for key in ("label", "score")]
             self.csv.writerow(["image", *ranks, "unknown", "error"])
 
     def write(self, item: dict[str, Any]) -> None:
@@ -184,6 +189,8 @@ def run_predict(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     errors = 0
     done = False
+    if output is not None:
+        output.open()
     try:
         for item in _answers(items, predict, batch_size=args.batch_size):
             errors += "error" in item

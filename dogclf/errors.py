@@ -14,6 +14,7 @@ __all__ = [
     "DuplicateBackboneError",
     "InvalidBackboneSpecError",
     "ModelDirError",
+    "TrainingDivergedError",
     "UnknownBackboneError",
     "UnreadableImageError",
     "WeightsError",
@@ -62,3 +63,7 @@ class UnreadableImageError(DogclfError, ValueError):
 
 class ModelDirError(DogclfError, FileNotFoundError):
     """A trained-model directory that is missing files or is malformed."""
+
+
+class TrainingDivergedError(DogclfError, FloatingPointError):
+    """A training loss that became NaN or infinite; the last good checkpoint is kept."""

@@ -95,9 +95,9 @@ class DataSplits:
 
 
 def files_digest(samples: Sequence[Sample], root: str | os.PathLike[str]) -> str:
-    """``"sha256:<16 hex>"`` of the samples' paths (relative to ``root``, in order) and labels.
+    """``"sha256:<16 hex>"`` of the samples' paths (relative to ``root``, in order), sizes and labels.
 
-    The same files under another folder give the same digest; a renamed, added or removed file changes it.
+    The same files under another folder give the same digest; a renamed, added, removed or resized file changes it.
     """
     digest = hashlib.sha256()
     for sample in samples:
@@ -105,7 +105,11 @@ def files_digest(samples: Sequence[Sample], root: str | os.PathLike[str]) -> str
             name = sample.path.relative_to(root).as_posix()
         except ValueError:
             name = sample.path.as_posix()
-        digest.update(f"{sample.label}\t{name}\n".encode())
+        try:
+            size = sample.path.stat().st_size
+        except OSError:
+            size = -1
+        digest.update(f"{sample.label}\t{size}\t{name}\n".encode())
     return f"sha256:{digest.hexdigest()[:16]}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from dogclf.backbones.spec import Preprocessing
 from dogclf.data.dataset import EpochShuffleSampler, ImageDataset
 from dogclf.data.folder import Sample
 from dogclf.data.transforms import eval_transform, train_transform
-from dogclf.errors import ModelDirError
+from dogclf.errors import ModelDirError, TrainingDivergedError
 from dogclf.model import DogClassifierNet
 from dogclf.training.callbacks import Callback, CallbackList, TrainState
 from dogclf.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
@@ -228,17 +229,32 @@ class Trainer:
             labels = labels.to(self.device, non_blocking=True)
             logits = self.forward(images)
             loss = self.loss_fn(logits, labels)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise self._diverged(value)  # before the step: the weights and the last checkpoint stay good
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.callbacks.on_after_backward(state, loss)
             self.optimizer.step()
             state.step += 1
-            value = float(loss.detach())
             total_loss += value * len(labels)
             correct += int((logits.detach().argmax(1) == labels).sum())
             seen += len(labels)
             self.callbacks.on_batch_end(state, value, len(labels))
         return total_loss / max(seen, 1), correct / max(seen, 1)
+
+    def _diverged(self, value: float) -> TrainingDivergedError:
+        state = self.state
+        kept = (
+            f"The checkpoint of epoch {state.epoch - 1}, the last good one, is kept in {self.checkpoint_path}."
+            if self.checkpoint_path is not None and state.epoch > 1 and self.checkpoint_path.is_file()
+            else "No epoch finished, so there is no checkpoint to keep."
+        )
+        return TrainingDivergedError(
+            f"The training loss became {value} at epoch {state.epoch}, step {state.step + 1} (lr {self.config.lr:g}): "
+            f"training stopped. {kept} Train again with a lower --lr (e.g. {self.config.lr / 10:g}), or check the "
+            "data and the weights."
+        )
 
     def _validate(self) -> tuple[float, float]:
         if self.valid_loader is None:

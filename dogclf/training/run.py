@@ -444,7 +444,7 @@ def _save(
         classes=splits.classes,
         head=options.head.to_dict(),
         metrics={"final": final, "history": history, "test": test_metrics},
-        calibration=calibration.to_dict(),
+        calibration=calibration.to_dict() if calibration.fitted else None,  # skipped: nothing stored
         training={
             **options.config.to_dict(),
             "weights": run.weights_label,
