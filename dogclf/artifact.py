@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dogclf.artifact_checks import check_config, check_weight_shapes
+from dogclf.artifact_checks import check_class_lists, check_config, check_weight_shapes
 from dogclf.backbones.spec import BackboneSpec, Preprocessing
 from dogclf.errors import ModelDirError, UnknownBackboneError
 
@@ -118,6 +118,7 @@ def read_config(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise ModelDirError(f"{str(path)!r} lacks keys: {', '.join(absent)}.")
     check_config(config, path, format_version=FORMAT_VERSION)
     check_weight_shapes(config, root / WEIGHTS_NAME, config_path=path)
+    check_class_lists(config, path)
     return config
 
 

@@ -16,9 +16,10 @@ from typing import Any
 
 from dogclf.errors import ModelDirError
 
-__all__ = ["check_config", "check_state", "check_weight_shapes"]
+__all__ = ["check_class_lists", "check_config", "check_state", "check_weight_shapes"]
 
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+_MAX_SIDE = 4096  # pixels; a larger input would exhaust memory at the first image rather than fail clearly
 
 
 class _Checker:
@@ -33,10 +34,13 @@ class _Checker:
             "consistent directory."
         )
 
-    def int_(self, data: Mapping[str, Any], key: str, prefix: str = "", *, low: int = 0) -> int:
+    def int_(
+        self, data: Mapping[str, Any], key: str, prefix: str = "", *, low: int = 0, high: int | None = None
+    ) -> int:
         value = data.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise self.fail(prefix + key, f"must be an integer >= {low}, got {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"from {low} to {high}"
+            raise self.fail(prefix + key, f"must be an integer {bounds}, got {_short(value)}")
         return value
 
     def number(
@@ -62,8 +66,10 @@ class _Checker:
             ok = value <= high
         if not ok:
             bounds = " > 0" if positive else ""
-            if low is not None or high is not None:
-                bounds = f" in [{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            if low is not None and high is not None:
+                bounds = f" in [{low:g}, {high:g}]"
+            elif low is not None or high is not None:
+                bounds = f" >= {low:g}" if low is not None else f"{bounds} and <= {high:g}"
             none = " or null" if optional else ""
             raise self.fail(prefix + key, f"must be a finite number{bounds}{none}, got {value!r}")
         return float(value)
@@ -124,9 +130,9 @@ def check_config(config: Any, path: Path, *, format_version: int) -> None:
     if len(names) < 2:
         raise check.fail("class_names", f"must name at least 2 classes, got {len(names)}")
     if config.get("class_folders") is not None:
-        check.strings(config, "class_folders", length=len(names))
-    if config.get("num_classes") is not None and check.int_(config, "num_classes") != len(names):
-        raise check.fail("num_classes", f"is {config['num_classes']} but class_names has {len(names)} entries")
+        check.strings(config, "class_folders")
+    if config.get("num_classes") is not None:
+        check.int_(config, "num_classes")
     if config.get("frozen_backbone") is not None and not isinstance(config["frozen_backbone"], bool):
         raise check.fail("frozen_backbone", f"must be true or false, got {config['frozen_backbone']!r}")
     _check_preprocessing(check, check.mapping(config, "preprocessing"))
@@ -138,8 +144,8 @@ def check_config(config: Any, path: Path, *, format_version: int) -> None:
 
 def _check_preprocessing(check: _Checker, pre: Mapping[str, Any]) -> None:
     p = "preprocessing."
-    size = check.int_(pre, "input_size", p, low=8)
-    resize = check.int_(pre, "resize_size", p, low=8)
+    size = check.int_(pre, "input_size", p, low=8, high=_MAX_SIDE)
+    resize = check.int_(pre, "resize_size", p, low=8, high=2 * _MAX_SIDE)
     if resize < size:
         raise check.fail(p + "resize_size", f"({resize}) must be >= input_size ({size})")
     for key in ("mean", "std"):
@@ -181,7 +187,7 @@ def _check_calibration(check: _Checker, calibration: Mapping[str, Any]) -> None:
     p = "calibration."
     if "temperature" in calibration:
         check.number(calibration, "temperature", p, positive=True)
-    check.number(calibration, "unknown_threshold", p, low=0.0, high=1.0, optional=True)
+    check.number(calibration, "unknown_threshold", p, low=0.0, optional=True)  # above 1: every image is unknown
     if calibration.get("keep") is not None:
         check.number(calibration, "keep", p, positive=True, high=1.0)
     for key in ("ece_before", "ece_after", "nll_before", "nll_after"):
@@ -203,6 +209,20 @@ def _check_training(check: _Checker, training: Mapping[str, Any]) -> None:
     for key in ("data", "train_files", "valid_files"):
         if training.get(key) is not None and not isinstance(training[key], str):
             raise check.fail(p + key, f"must be a string or null, got {training[key]!r}")
+
+
+def check_class_lists(config: Mapping[str, Any], path: Path) -> None:
+    """Checks that ``class_folders`` and ``num_classes`` agree with ``class_names`` (after the weights did).
+
+    Raises:
+        ModelDirError: Naming the key that disagrees.
+    """
+    check = _Checker(path)
+    names = config["class_names"]
+    if config.get("class_folders") is not None:
+        check.strings(config, "class_folders", length=len(names))
+    if config.get("num_classes") is not None and config["num_classes"] != len(names):
+        raise check.fail("num_classes", f"is {config['num_classes']} but class_names has {len(names)} entries")
 
 
 def check_weight_shapes(config: Mapping[str, Any], weights: Path, *, config_path: Path) -> None:

@@ -266,9 +266,10 @@ def calibrate(
         min_images: Fewest validation images to calibrate on; with fewer, calibration is skipped.
 
     Returns:
-        The calibration; with no images, fewer than ``min_images``, or a temperature fit that runs to a search bound
-        ([:data:`MIN_TEMPERATURE`, :data:`MAX_TEMPERATURE`]: the images are too few or too easy), the identity
-        (temperature 1.0, no threshold, ``n == 0``) with ``skipped`` saying why.
+        The calibration; with no images, fewer than ``min_images``, every image classified right (the NLL then falls
+        for ever as the temperature goes to 0), or a fit that runs to a search bound ([:data:`MIN_TEMPERATURE`,
+        :data:`MAX_TEMPERATURE`]), the identity (temperature 1.0, no threshold, ``n == 0``) with ``skipped`` saying
+        why.
     """
     logits, labels = _check_logits(logits, labels)
     if not 0.0 < keep <= 1.0:
@@ -282,6 +283,10 @@ def calibrate(
         )
     logits = logits.detach().float().cpu()
     labels = labels.cpu()
+    if bool((logits.argmax(dim=1) == labels).all()):
+        return Calibration(
+            keep=keep, skipped=f"all {n} validation images are classified right, so no temperature fits best"
+        )
     temperature = fit_temperature(logits, labels)
     if temperature in (MIN_TEMPERATURE, MAX_TEMPERATURE):
         return Calibration(

@@ -231,11 +231,17 @@ class Trainer:
             loss = self.loss_fn(logits, labels)
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise self._diverged(value)  # before the step: the weights and the last checkpoint stay good
+                # Before the step: the weights and the last checkpoint stay good.
+                raise self._diverged(f"the training loss became {value}")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.callbacks.on_after_backward(state, loss)
-            self.optimizer.step()
+            try:
+                self.optimizer.step()
+            except RuntimeError as exc:  # e.g. Adam's step size lr / (1 - beta1) past the float32 range
+                if "overflow" not in str(exc):
+                    raise
+                raise self._diverged(f"the optimizer step overflowed ({exc})") from exc
             state.step += 1
             total_loss += value * len(labels)
             correct += int((logits.detach().argmax(1) == labels).sum())
@@ -243,7 +249,7 @@ class Trainer:
             self.callbacks.on_batch_end(state, value, len(labels))
         return total_loss / max(seen, 1), correct / max(seen, 1)
 
-    def _diverged(self, value: float) -> TrainingDivergedError:
+    def _diverged(self, what: str) -> TrainingDivergedError:
         state = self.state
         kept = (
             f"The checkpoint of epoch {state.epoch - 1}, the last good one, is kept in {self.checkpoint_path}."
@@ -251,7 +257,7 @@ class Trainer:
             else "No epoch finished, so there is no checkpoint to keep."
         )
         return TrainingDivergedError(
-            f"The training loss became {value} at epoch {state.epoch}, step {state.step + 1} (lr {self.config.lr:g}): "
+            f"{what[0].upper()}{what[1:]} at epoch {state.epoch}, step {state.step + 1} (lr {self.config.lr:g}): "
             f"training stopped. {kept} Train again with a lower --lr (e.g. {self.config.lr / 10:g}), or check the "
             "data and the weights."
         )
