@@ -20,7 +20,7 @@ from dogclf._json import dumps
 from dogclf._progress import progress_reporter
 from dogclf.errors import DogclfError
 
-__all__ = ["OUTPUT_FORMATS", "expand_inputs", "run_predict"]
+__all__ = ["OUTPUT_FORMATS", "expand_inputs", "print_predictions", "run_predict"]
 
 OUTPUT_FORMATS = (".jsonl", ".csv", ".json")
 
@@ -64,6 +64,16 @@ def _text_lines(item: dict[str, Any]) -> Iterator[str]:
         yield f"  {p['score']:6.1%}  {p['label']}"
     if item.get("unknown"):
         yield "  unknown: looks like none of the known breeds (top score under the model's threshold)"
+
+
+def print_predictions(results: Sequence[dict[str, Any]], *, as_json: bool) -> int:
+    """Prints answers as ``dogclf predict`` does (text, or a JSON list); returns 1 if any image failed, else 0."""
+    if as_json:
+        print(dumps(list(results), indent=2))
+    else:
+        for item in results:
+            print("\n".join(_text_lines(item)))
+    return 1 if any("error" in item for item in results) else 0
 
 
 class _FileOutput:

@@ -68,7 +68,7 @@ class ProgressLines:
         """Counts ``n`` more units done; prints a line if ``interval`` seconds passed since the last one."""
         self.n += n
         now = time.monotonic()
-        if now - self.last >= self.interval:
+        if now - self.last >= self.interval and self.n < self.total:  # the end is for close() to report
             self.last = now
             self.printed += 1
             print(self.line(), file=sys.stderr, flush=True)
@@ -88,12 +88,29 @@ class ProgressLines:
         self.close()
 
 
+class _Silent:
+    """A progress report that reports nothing."""
+
+    def update(self, n: int = 1) -> None:
+        """Does nothing."""
+
+    def close(self) -> None:
+        """Does nothing."""
+
+    def __enter__(self) -> _Silent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 def progress_reporter(
     total: int,
     *,
     desc: str,
     unit: str = "it",
     bar: bool | None = None,
+    enabled: bool = True,
     environ: Mapping[str, str] | None = None,
 ) -> Any:
     """A tqdm bar (``bar`` true; by default when stderr is a terminal), else :class:`ProgressLines`.
@@ -105,11 +122,14 @@ def progress_reporter(
         desc: What is being done.
         unit: The unit's name.
         bar: Force the bar (``True``) or the lines (``False``); ``None`` decides by ``sys.stderr.isatty()``.
+        enabled: ``False`` for a report that prints nothing at all.
         environ: Where ``$DOGCLF_PROGRESS_SECONDS`` is read; ``os.environ`` when ``None``.
 
     Raises:
         ValueError: If ``$DOGCLF_PROGRESS_SECONDS`` is not a positive number.
     """
+    if not enabled:
+        return _Silent()
     if sys.stderr.isatty() if bar is None else bar:
         from tqdm.auto import tqdm
 

@@ -280,25 +280,13 @@ def check_state(net: Any, state: Mapping[str, Any], root: Path, *, backbone: str
     """
     import torch
 
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [
-        f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            parts.append(f"{len(wrong)} with another shape (e.g. {', '.join(wrong[:3])})")
+    from dogclf.backbones.weights import state_dict_mismatch
+
+    mismatch = state_dict_mismatch(net.state_dict(), state)
+    if mismatch:
         raise ModelDirError(
-            f"Weights in {str(root)!r} do not fit backbone {backbone!r} with this head: "
-            f"{'; '.join(parts)}. The backbone installed here may differ from the one the model was trained with."
+            f"Weights in {str(root)!r} do not fit backbone {backbone!r} with this head: {mismatch} tensors. The "
+            "backbone installed here may differ from the one the model was trained with."
         )
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:

@@ -7,8 +7,9 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from dogclf import __version__
 from dogclf._cli_args import add_data_args
@@ -21,7 +22,8 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """Adds ``dogclf train``'s options (the SageMaker entry script parses the same ones)."""
     add_data_args(p)
     p.add_argument("--out", required=True, type=Path, help="model directory to write (also holds checkpoint.pt)")
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
@@ -50,8 +52,27 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--extract-batch-size", type=int, default=64, help="images per batch during feature extraction (default 64)"
     )
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="where the per-epoch checkpoint.pt goes and --resume reads it (default: --out)",
+    )
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="also write history (JSON, CSV, plot), the held-out evaluation report and confusion matrix here",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (or --checkpoint-dir)")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+
+
+def train_parser(prog: str = "dogclf train", *, add_help: bool = True) -> argparse.ArgumentParser:
+    """A parser of ``dogclf train``'s options alone (the SageMaker entry script reads its hyperparameters with it)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Train a classifier on a data folder.", add_help=add_help)
+    add_train_args(parser)
+    return parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-backbone", help="run the backbone contract checks (for plugin authors)")
     check.add_argument("name")
 
-    _add_train_args(sub.add_parser("train", help="train a classifier on a data folder"))
+    add_train_args(sub.add_parser("train", help="train a classifier on a data folder"))
 
     ev = sub.add_parser("evaluate", help="evaluate a trained model on a labelled folder or one split of a data folder")
     ev.add_argument("--model", required=True, type=Path, help="model directory")
@@ -161,6 +182,9 @@ def _parser() -> argparse.ArgumentParser:
     from dogclf.tuning.cli import add_tune_parser  # argparse only; Optuna is imported when `tune` runs
 
     add_tune_parser(sub)
+    from dogclf.sagemaker.cli import add_sagemaker_parser  # argparse only; boto3 and the SDK load when it runs
+
+    add_sagemaker_parser(sub)
     return parser
 
 
@@ -243,10 +267,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             precision=args.precision,
             extract_batch_size=args.extract_batch_size,
+            environ=args.environ,
+            checkpoint_dir=args.checkpoint_dir,
+            output_dir=args.output_dir,
         )
     except KeyboardInterrupt:
         argv = list(args.argv)  # not sys.argv: under `python -m dogclf` its [0] is the path of __main__.py
-        checkpoint = args.out / "checkpoint.pt"
+        checkpoint = (args.checkpoint_dir or args.out) / "checkpoint.pt"
         if checkpoint.is_file():
             command = shlex.join(["dogclf", *argv] if "--resume" in argv else ["dogclf", *argv, "--resume"])
             print(
@@ -281,6 +308,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return run_predict(args)
 
 
+def _print_predictions(results: list[dict[str, Any]], *, as_json: bool) -> int:
+    """Prints answers as ``dogclf predict`` does; returns 1 if any image failed (also for ``sagemaker invoke``)."""
+    from dogclf._cli_predict import print_predictions
+
+    return print_predictions(results, as_json=as_json)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from dogclf.serving.batcher import BatchConfig
     from dogclf.serving.codec import Limits
@@ -296,7 +330,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         decode_workers=args.decode_workers,
     )
     limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024))
-    top_k = default_top_k(os.environ) if args.top_k is None else args.top_k
+    top_k = default_top_k(args.environ) if args.top_k is None else args.top_k
     serve(
         args.model,
         host=args.host,
@@ -318,6 +352,12 @@ def _cmd_package(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sagemaker(args: argparse.Namespace) -> int:
+    from dogclf.sagemaker.cli import run_sagemaker
+
+    return run_sagemaker(args)
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     from dogclf.tuning.cli import run_tune
 
@@ -334,13 +374,20 @@ _COMMANDS = {
     "serve": _cmd_serve,
     "package": _cmd_package,
     "tune": _cmd_tune,
+    "sagemaker": _cmd_sagemaker,
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the CLI; returns the exit code (0 ok, 1 some inputs failed, 2 error, 130 interrupted)."""
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Runs the CLI; returns the exit code (0 ok, 1 some inputs failed, 2 error, 130 interrupted).
+
+    Args:
+        argv: The arguments (default ``sys.argv[1:]``).
+        environ: The environment commands read (default ``os.environ``).
+    """
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.environ = os.environ if environ is None else environ
     try:
         code = _COMMANDS[args.command](args)
         sys.stdout.flush()  # here, so a reader that went away (`| head`) is handled below, not at exit
@@ -349,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stdout_closed()
     except (DogclfError, ValueError) as exc:
         print(f"dogclf {args.command}: error: {exc}", file=sys.stderr)
-        if os.environ.get("DOGCLF_DEBUG"):
+        if args.environ.get("DOGCLF_DEBUG"):
             raise
         return EXIT_ERROR
     except KeyboardInterrupt:

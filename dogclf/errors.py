@@ -13,6 +13,7 @@ __all__ = [
     "DogclfError",
     "DuplicateBackboneError",
     "InvalidBackboneSpecError",
+    "MissingExtraError",
     "ModelDirError",
     "TrainingDivergedError",
     "UnknownBackboneError",
@@ -67,3 +68,7 @@ class ModelDirError(DogclfError, FileNotFoundError):
 
 class TrainingDivergedError(DogclfError, FloatingPointError):
     """A training loss that became NaN or infinite; the last good checkpoint is kept."""
+
+
+class MissingExtraError(DogclfError, ImportError):
+    """An optional dependency that is not installed; the message names the extra that installs it."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import _tiny_namespace
+from conftest import _tiny_namespace, train_tiny_model
 from PIL import Image
 
 import dogclf
@@ -135,16 +135,8 @@ def test_two_classes_with_one_display_name_are_an_error(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tinynet model trained on a 3-class dogImages-layout tree, and that tree."""
-    root = tmp_path_factory.mktemp("evaluate")
-    data = dogclf.make_synthetic_dataset(root / "data", num_classes=3, per_split=(8, 3, 3), size=40, seed=1)
-    registry = default_registry()
-    registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/test_evaluate_folders.py")  # type: ignore[operator]
-    try:
-        config = dogclf.TrainConfig(epochs=1, batch_size=8, num_workers=0, device="cpu")
-        dogclf.train(data, "tinynet", root / "model", config=config, weights=None, progress=False, log=lambda _: None)
-    finally:
-        registry.unregister("tinynet")
-    return {"data": data, "model": root / "model", "root": root}
+    data, model_dir = train_tiny_model(tmp_path_factory.mktemp("evaluate"))
+    return {"data": data, "model": model_dir}
 
 
 def _held_out_tree(model: dict[str, Path], root: Path, *, extra: str | None = None) -> Path:
@@ -292,3 +284,10 @@ def test_python_api_evaluates_a_folder_against_the_models_classes(
     assert [c.name for c in labelled.missing] == ["Synthetic blue stripes"]
     assert report.n == len(labelled.samples) == 6
     assert report.per_class().keys() == {"Synthetic red discs", "Synthetic green squares"}
+
+
+def test_load_splits_of_a_plain_tree_points_to_load_labelled_for_its_test_split(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "held", {"beagle": 2, "Shih-Tzu": 2})
+
+    with pytest.raises(DatasetError, match=r"dogclf\.evaluate\(classifier, folder\) or dogclf\.load_labelled"):
+        load_splits(root, valid_fraction=0.5).split("test")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import _tiny_namespace, dogclf_command, jpeg, plugin_environ
+from conftest import _tiny_namespace, dogclf_command, jpeg, plugin_environ, train_tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
@@ -52,17 +52,9 @@ def _strict_json(text: str) -> Any:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tinynet model directory (3 classes, linear head, calibrated: 51 valid images)."""
-    root = tmp_path_factory.mktemp("checks")
-    data = dogclf.make_synthetic_dataset(root / "data", num_classes=3, per_split=(8, 17, 0), size=40, seed=1)
-    registry = default_registry()
-    registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/test_model_dir_checks.py")  # type: ignore[operator]
-    try:
-        config = dogclf.TrainConfig(epochs=2, batch_size=8, num_workers=0, device="cpu")
-        dogclf.train(data, "tinynet", root / "model", config=config, weights=None, progress=False, log=lambda _: None)
-    finally:
-        registry.unregister("tinynet")
-    assert "calibration" in json.loads((root / "model" / "config.json").read_text())
-    return root / "model"
+    _, model = train_tiny_model(tmp_path_factory.mktemp("checks"), per_split=(8, 17, 0), epochs=2)
+    assert "calibration" in json.loads((model / "config.json").read_text())
+    return model
 
 
 @pytest.fixture
@@ -189,10 +181,8 @@ _JSON_SCALARS = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False, width=32),
     st.text(max_size=12),
 )
-_JSON = st.recursive(
-    _JSON_SCALARS,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=3),
-    max_leaves=8,
+_JSON = st.deferred(
+    lambda: _JSON_SCALARS | st.lists(_JSON, max_size=3) | st.dictionaries(st.text(max_size=6), _JSON, max_size=3)  # type: ignore[has-type]
 )
 
 

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import _tiny_namespace, dogclf_command, plugin_environ
+from conftest import dogclf_command, plugin_environ, train_tiny_model
 from PIL import Image
 
 import dogclf
 from dogclf._progress import ProgressLines, progress_reporter
-from dogclf.backbones.registry import default_registry
 from dogclf.cli import main
 
 SYNTHETIC = {"Synthetic red discs", "Synthetic blue stripes", "Synthetic green squares"}
@@ -23,16 +22,8 @@ SYNTHETIC = {"Synthetic red discs", "Synthetic blue stripes", "Synthetic green s
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tinynet model and its data tree (9 test images in three class folders)."""
-    root = tmp_path_factory.mktemp("predict")
-    data = dogclf.make_synthetic_dataset(root / "data", num_classes=3, per_split=(8, 3, 3), size=40, seed=1)
-    registry = default_registry()
-    registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/test_predict_folders.py")  # type: ignore[operator]
-    try:
-        config = dogclf.TrainConfig(epochs=1, batch_size=8, num_workers=0, device="cpu")
-        dogclf.train(data, "tinynet", root / "model", config=config, weights=None, progress=False, log=lambda _: None)
-    finally:
-        registry.unregister("tinynet")
-    return {"data": data, "model": root / "model"}
+    data, model_dir = train_tiny_model(tmp_path_factory.mktemp("predict"))
+    return {"data": data, "model": model_dir}
 
 
 def _photos(tmp_path: Path) -> tuple[Path, list[Path]]:

@@ -16,7 +16,14 @@ from dogclf.errors import WeightsError, WeightsUnavailableError
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["build_backbone", "check_weights_available", "load_state_dict_file", "parse_weights", "weights_label"]
+__all__ = [
+    "build_backbone",
+    "check_weights_available",
+    "load_state_dict_file",
+    "parse_weights",
+    "state_dict_mismatch",
+    "weights_label",
+]
 
 _STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "module")
 
@@ -246,9 +253,11 @@ def load_state_dict_file(path: Path) -> dict[str, Any]:
     return state
 
 
-def _load_into(module: nn.Module, state: dict[str, Any], *, spec: BackboneSpec, path: Path) -> None:
-    state = {k: v for k, v in state.items() if not k.startswith(spec.classifier_prefixes or ("\0",))}
-    own = module.state_dict()
+def state_dict_mismatch(own: Mapping[str, Any], state: Mapping[str, Any]) -> str:
+    """How ``state`` differs from a module's own state dict ``own``: missing, unexpected and misshapen keys, or ``""``.
+
+    E.g. ``"2 missing (e.g. fc.weight, fc.bias); 1 with the wrong shape (e.g. conv1.weight (8, 3) != (16, 3))"``.
+    """
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong_shape = [
@@ -256,16 +265,22 @@ def _load_into(module: nn.Module, state: dict[str, Any], *, spec: BackboneSpec, 
         for k in own
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
-    if missing or unexpected or wrong_shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if wrong_shape:
-            parts.append(f"{len(wrong_shape)} with the wrong shape (e.g. {', '.join(wrong_shape[:3])})")
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if wrong_shape:
+        parts.append(f"{len(wrong_shape)} with the wrong shape (e.g. {', '.join(wrong_shape[:3])})")
+    return "; ".join(parts)
+
+
+def _load_into(module: nn.Module, state: dict[str, Any], *, spec: BackboneSpec, path: Path) -> None:
+    state = {k: v for k, v in state.items() if not k.startswith(spec.classifier_prefixes or ("\0",))}
+    mismatch = state_dict_mismatch(module.state_dict(), state)
+    if mismatch:
         raise WeightsError(
-            f"Weights file {str(path)!r} does not fit backbone {spec.name!r}: {'; '.join(parts)} keys. "
+            f"Weights file {str(path)!r} does not fit backbone {spec.name!r}: {mismatch} keys. "
             f"Expected a state dict of {spec.weights_source or spec.name} (classifier keys "
             f"{', '.join(spec.classifier_prefixes) or 'none'} are ignored)."
         )

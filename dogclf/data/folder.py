@@ -90,7 +90,13 @@ class DataSplits:
             raise DatasetError(f"Unknown split {name!r}; choose one of {', '.join(SPLITS)}.")
         samples: list[Sample] = getattr(self, name)
         if not samples:
-            raise DatasetError(f"Split {name!r} of {self.root} has no images (looked for {self.root / name}).")
+            hint = ""
+            if name != "train" and not (self.root / "train").is_dir():
+                hint = (
+                    f" {self.root} is one class-folder tree, read as the training set; to evaluate a model on all of "
+                    "it, use dogclf.evaluate(classifier, folder) or dogclf.load_labelled(folder, classifier.classes)."
+                )
+            raise DatasetError(f"Split {name!r} of {self.root} has no images (looked for {self.root / name}).{hint}")
         return samples
 
 

@@ -23,9 +23,11 @@ from dogclf.training.calibration import Calibration, calibrate, collect_logits
 from dogclf.training.callbacks import Callback, EpochLogLine, ProgressBars
 from dogclf.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from dogclf.training.config import TrainConfig
+from dogclf.training.log_line import format_test_line
 from dogclf.training.loop import Trainer, check_fingerprint
 
 if TYPE_CHECKING:
+    from dogclf.evaluation import EvalReport
     from dogclf.features.pipeline import FeatureSet
 
 __all__ = ["TrainResult", "train"]
@@ -110,40 +112,30 @@ def _restore_checkpoint_weights(model: torch.nn.Module, checkpoint: Path, finger
     model.load_state_dict(payload["model"])
 
 
-def _feature_metrics(model: DogClassifierNet, features: FeatureSet) -> dict[str, Any]:
-    """Test metrics (``top1``, ``top5``, ``n``, ``loss``) from the head on precomputed features."""
-    from dogclf.training.head import head_logits
-
-    logits = head_logits(model.head, features.features)
-    labels = features.labels
-    best = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    n = len(labels)
-    return {
-        "top1": float((best[:, 0] == labels).float().mean()),
-        "top5": float((best == labels[:, None]).any(dim=1).float().mean()),
-        "n": n,
-        "loss": float(torch.nn.functional.cross_entropy(logits, labels)),
-    }
-
-
-def _check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+def _check_out_dir(out: Path, checkpoint: Path, *, resume: bool, overwrite: bool) -> None:
     if resume or overwrite:
         return
-    existing = [name for name in (WEIGHTS_NAME, CONFIG_NAME, CHECKPOINT_NAME) if (out / name).exists()]
-    if existing:
+    found = [path for path in (out / WEIGHTS_NAME, out / CONFIG_NAME, checkpoint) if path.exists()]
+    if found:
+        names = [path.name if path.parent == out else str(path) for path in found]
         raise ModelDirError(
-            f"Output folder {str(out)!r} already holds {', '.join(existing)}. Pass --resume to continue an "
+            f"Output folder {str(out)!r} already holds {', '.join(names)}. Pass --resume to continue an "
             "interrupted run, --overwrite to replace it, or choose another --out."
         )
 
 
-def _remove_previous_run(out: Path, log: Callable[[str], None]) -> None:
-    """With ``overwrite``: the previous run's files go before training starts, so none is mistaken for this run's."""
-    removed = [name for name in (CHECKPOINT_NAME, CONFIG_NAME, WEIGHTS_NAME) if (out / name).is_file()]
-    for name in removed:
-        (out / name).unlink()
+def _remove_previous_run(out: Path, checkpoint: Path, log: Callable[[str], None]) -> None:
+    """With ``overwrite``: the previous run's files go before training starts, so none is mistaken for this run's.
+
+    Only the files a run writes are removed (its checkpoint, ``config.json``, ``model.safetensors``); anything else in
+    the folder stays.
+    """
+    removed = [path for path in (checkpoint, out / CONFIG_NAME, out / WEIGHTS_NAME) if path.is_file()]
+    for path in removed:
+        path.unlink()
     if removed:
-        log(f"--overwrite: removed the previous run's {', '.join(removed)} from {out}")
+        names = ", ".join(path.name if path.parent == out else str(path) for path in removed)
+        log(f"--overwrite: removed the previous run's {names} from {out}")
 
 
 def train(
@@ -168,6 +160,8 @@ def train(
     precision: str = "auto",
     extract_batch_size: int = 64,
     environ: Mapping[str, str] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Trains a classifier on a data folder and saves it as a model directory.
 
@@ -196,6 +190,10 @@ def train(
         precision: Feature-extraction precision: ``"auto"``, ``"bf16"``, ``"fp16"`` or ``"fp32"``.
         extract_batch_size: Images per batch during feature extraction.
         environ: The environment (for the default cache folder); ``os.environ`` when ``None``.
+        checkpoint_dir: Where the per-epoch ``checkpoint.pt`` goes (and ``resume`` reads it); default ``out_dir``.
+            A SageMaker job keeps it in ``/opt/ml/checkpoints``, which SageMaker syncs with S3.
+        output_dir: Also write the history (JSON, CSV, plot) and the held-out split's evaluation report and
+            confusion matrix here (:mod:`dogclf.training.reports`); a SageMaker job uses ``SM_OUTPUT_DATA_DIR``.
 
     Returns:
         The result, with the model directory path.
@@ -214,23 +212,30 @@ def train(
         show_bars=sys.stderr.isatty() if progress is None else progress,
     )
     out = Path(out_dir)
-    _check_out_dir(out, resume=resume, overwrite=overwrite)
+    checkpoint = Path(checkpoint_dir if checkpoint_dir is not None else out) / CHECKPOINT_NAME
+    _check_out_dir(out, checkpoint, resume=resume, overwrite=overwrite)
     if valid_fraction is not None:
         check_fraction(valid_fraction)
     spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
-    if not (resume and (out / CHECKPOINT_NAME).is_file()):  # a resumed run takes its weights from the checkpoint
+    if not (resume and checkpoint.is_file()):  # a resumed run takes its weights from the checkpoint
         check_weights_available(spec, weights, environ=options.environ)
     splits = _read_data(data_dir, valid_fraction=valid_fraction, names=names, strict=strict, options=options)
-    run = _build_run(spec, splits, out / CHECKPOINT_NAME, resume=resume, options=options)
+    run = _build_run(spec, splits, checkpoint, resume=resume, options=options)
     if overwrite and not run.resuming:
-        _remove_previous_run(out, log)
+        _remove_previous_run(out, checkpoint, log)
     trainer, features = _make_trainer(run, splits, callbacks, options)
     history = _fit(trainer, run, options)
     valid_features = features["valid"] if features is not None else None
     calibration = _calibrate(run.model, splits, spec, options.config, trainer.device, log, valid_features)
-    test_metrics = _test_metrics(run, splits, features, trainer.device, options)
+    held_out = "test" if splits.test else "valid"
+    report = None
+    if splits.test or (output_dir is not None and splits.valid):
+        report = _evaluate(run, splits, held_out, features, calibration, trainer.device, options)
+    test_metrics = _test_metrics(report, log) if splits.test else None
     _save(run, splits, out, history, calibration, test_metrics, valid_fraction=valid_fraction, options=options)
     log(f"Saved model to {out}")
+    if output_dir is not None:
+        _write_reports(output_dir, history, report, held_out, spec, log)
     return TrainResult(model_dir=out, history=history, splits=splits, test=test_metrics)
 
 
@@ -400,28 +405,63 @@ def _fit(trainer: Trainer, run: _Run, options: _Options) -> list[dict[str, float
     return trainer.fit()
 
 
-def _test_metrics(
+def _evaluate(
     run: _Run,
     splits: DataSplits,
+    split: str,
     features: dict[str, FeatureSet] | None,
+    calibration: Calibration,
     device: torch.device,
     options: _Options,
-) -> dict[str, Any] | None:
-    """Step 6: test-split metrics, from the test features on the feature path or the images otherwise."""
-    if not splits.test:
-        return None
-    if features is not None:
-        metrics = _feature_metrics(run.model, features["test"])
-    else:
-        from dogclf.classifier import Classifier
-        from dogclf.evaluation import evaluate
+) -> EvalReport:
+    """Step 6: the held-out split's report, from its features on the feature path or its images otherwise."""
+    from dogclf.evaluation import evaluate, report_from_logits
 
-        classifier = Classifier(run.model, spec=run.spec, class_names=splits.class_names, device=device)
-        config = options.config
-        report = evaluate(classifier, splits.test, batch_size=config.batch_size, num_workers=config.workers())
-        metrics = {"top1": report.top1, "top5": report.top5, "n": report.n, "loss": report.loss}
-    options.log(f"test_top1={metrics['top1']:.4f} test_top5={metrics['top5']:.4f} n={metrics['n']}")
+    if features is not None:
+        from dogclf.training.head import head_logits
+
+        held_out = features[split]
+        return report_from_logits(
+            head_logits(run.model.head, held_out.features),
+            held_out.labels,
+            class_names=splits.class_names,
+            temperature=calibration.temperature,
+            unknown_threshold=calibration.unknown_threshold,
+        )
+    from dogclf.classifier import Classifier
+
+    classifier = Classifier(
+        run.model,
+        spec=run.spec,
+        class_names=splits.class_names,
+        config={"calibration": calibration.to_dict()},
+        device=device,
+    )
+    config = options.config
+    return evaluate(classifier, splits.split(split), batch_size=config.batch_size, num_workers=config.workers())
+
+
+def _test_metrics(report: EvalReport | None, log: Callable[[str], None]) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    metrics = {"top1": report.top1, "top5": report.top5, "n": report.n, "loss": report.loss}
+    log(format_test_line(metrics))
     return metrics
+
+
+def _write_reports(
+    folder: str | os.PathLike[str],
+    history: list[dict[str, float]],
+    report: EvalReport | None,
+    split: str,
+    spec: BackboneSpec,
+    log: Callable[[str], None],
+) -> None:
+    """Step 8 (with ``output_dir``): history, evaluation report and plots beside the model."""
+    from dogclf.training.reports import write_reports
+
+    written = write_reports(folder, history=history, report=report, split=split, title=spec.name)
+    log(f"Wrote {', '.join(path.name for path in written)} to {folder}")
 
 
 def _save(
