@@ -183,7 +183,7 @@ def test_calibration_whose_temperature_runs_to_a_bound_is_skipped() -> None:
     assert not calibration.fitted
     assert calibration.unknown_threshold is None
     assert calibration.skipped is not None
-    assert "ran to its bound 20" in calibration.skipped
+    assert "ran to its search bound 20, which is no fit" in calibration.skipped
 
 
 # --- refused before the data scan ------------------------------------------------------------------------------------

@@ -291,8 +291,8 @@ def calibrate(
     if temperature in (MIN_TEMPERATURE, MAX_TEMPERATURE):
         return Calibration(
             keep=keep,
-            skipped=f"the temperature fit on {n} validation images ran to its bound {temperature:g}; "
-            "they are too few or too easy to calibrate on",
+            skipped=f"the temperature fit on {n} validation images ran to its search bound {temperature:g}, which is "
+            "no fit: too few images, or scores far off",
         )
     # float32, as Classifier.probabilities computes it, so served scores compare with the threshold as fitted.
     before = torch.softmax(logits, dim=1)

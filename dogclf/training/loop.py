@@ -256,10 +256,11 @@ class Trainer:
             if self.checkpoint_path is not None and state.epoch > 1 and self.checkpoint_path.is_file()
             else "No epoch finished, so there is no checkpoint to keep."
         )
+        suggested = self.config.lr / 10 if self.config.lr <= 0.1 else 1e-3  # 1e-3: the default
         return TrainingDivergedError(
             f"{what[0].upper()}{what[1:]} at epoch {state.epoch}, step {state.step + 1} (lr {self.config.lr:g}): "
-            f"training stopped. {kept} Train again with a lower --lr (e.g. {self.config.lr / 10:g}), or check the "
-            "data and the weights."
+            f"training stopped. {kept} Train again with a lower --lr (e.g. {suggested:g}), or check the data and "
+            "the weights."
         )
 
     def _validate(self) -> tuple[float, float]:
