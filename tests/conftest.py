@@ -159,6 +159,15 @@ def train_tiny_model(
     return data, root / "model"
 
 
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``dogclf ARGS`` in-process: the exit code, stdout and stderr."""
+    from dogclf.cli import main
+
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def dogclf_command() -> list[str]:
     """The CLI as a subprocess command, using this interpreter."""
     return [sys.executable, "-m", "dogclf"]

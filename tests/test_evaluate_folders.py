@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import _tiny_namespace, train_tiny_model
+from conftest import _tiny_namespace, run_cli, train_tiny_model
 from PIL import Image
 
 import dogclf
 from dogclf.backbones.registry import default_registry
-from dogclf.cli import main
 from dogclf.data.folder import ClassInfo, load_splits
 from dogclf.data.labelled import load_labelled
 from dogclf.errors import DatasetError
@@ -150,9 +149,7 @@ def _held_out_tree(model: dict[str, Path], root: Path, *, extra: str | None = No
 
 
 def _evaluate(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(["evaluate", *args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(["evaluate", *args], capsys)
 
 
 def test_evaluate_scores_a_plain_class_folder_tree_as_a_whole(

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import dogclf_command, plugin_environ, train_tiny_model
+from conftest import dogclf_command, plugin_environ, run_cli, train_tiny_model
 from PIL import Image
 
 import dogclf
 from dogclf._progress import ProgressLines, progress_reporter
-from dogclf.cli import main
 
 SYNTHETIC = {"Synthetic red discs", "Synthetic blue stripes", "Synthetic green squares"}
 
@@ -41,9 +40,7 @@ def _photos(tmp_path: Path) -> tuple[Path, list[Path]]:
 
 
 def _predict(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(["predict", *args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(["predict", *args], capsys)
 
 
 def test_predict_a_folder_predicts_every_image_under_it(

@@ -28,6 +28,7 @@ __all__ = [
     "load_splits",
     "make_samples",
     "read_names_file",
+    "readable_samples",
     "stratified_split",
 ]
 
@@ -388,38 +389,51 @@ def load_splits(
     return splits
 
 
-def drop_unreadable(samples: list[Sample], *, strict: bool) -> tuple[list[Sample], list[tuple[Path, str]]]:
-    """Decodes every sample's image once; returns the readable samples and ``(path, reason)`` of the others.
+def _drop_unreadable(splits: DataSplits, *, strict: bool) -> None:
+    everything = splits.train + splits.valid + splits.test
+    drop_unreadable(splits, find_unreadable([s.path for s in everything]), strict=strict)
 
-    Raises:
-        UnreadableImageError: With ``strict``, listing up to 20 unreadable files.
-    """
-    bad = find_unreadable([s.path for s in samples])
-    if not bad:
-        return samples, []
-    if strict:
+
+def _refuse_in_strict_mode(bad: Sequence[tuple[Path, str]], *, strict: bool) -> None:
+    if strict and bad:
         listing = "\n".join(f"  {path}: {reason}" for path, reason in bad[:20])
         more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
         raise UnreadableImageError(
             f"{len(bad)} unreadable image file(s) (strict mode):\n{listing}{more}\n"
             "Fix or remove them, or run without --strict to skip them."
         )
-    bad_paths = {p for p, _ in bad}
-    return [s for s in samples if s.path not in bad_paths], bad
 
 
-def _drop_unreadable(splits: DataSplits, *, strict: bool) -> None:
-    _, bad = drop_unreadable(splits.train + splits.valid + splits.test, strict=strict)
+def drop_unreadable(splits: DataSplits, bad: Sequence[tuple[Path, str]], *, strict: bool) -> None:
+    """Leaves the files of ``bad`` (``(path, reason)``) out of ``splits`` and records them in ``splits.skipped``.
+
+    Raises:
+        UnreadableImageError: With ``strict``, listing every file of ``bad``.
+        DatasetError: If a class is left without training images.
+    """
     if not bad:
         return
+    _refuse_in_strict_mode(bad, strict=strict)
     bad_paths = {p for p, _ in bad}
     splits.train = [s for s in splits.train if s.path not in bad_paths]
     splits.valid = [s for s in splits.valid if s.path not in bad_paths]
     splits.test = [s for s in splits.test if s.path not in bad_paths]
-    splits.skipped = bad
+    splits.skipped = [*splits.skipped, *bad]
     left = {s.label for s in splits.train}
     empty = [c.folder for i, c in enumerate(splits.classes) if i not in left]
     if empty:
         raise DatasetError(
             f"Every image of class folder(s) {', '.join(empty)} in train/ is unreadable; nothing is left to train on."
         )
+
+
+def readable_samples(samples: list[Sample], *, strict: bool) -> tuple[list[Sample], list[tuple[Path, str]]]:
+    """Decodes every sample's image once; returns the readable samples and ``(path, reason)`` of the others.
+
+    Raises:
+        UnreadableImageError: With ``strict``, listing up to 20 unreadable files.
+    """
+    bad = find_unreadable([s.path for s in samples])
+    _refuse_in_strict_mode(bad, strict=strict)
+    bad_paths = {p for p, _ in bad}
+    return [s for s in samples if s.path not in bad_paths], bad

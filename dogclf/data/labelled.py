@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dogclf._sorting import natural_key
-from dogclf.data.folder import ClassInfo, Sample, drop_unreadable, find_images
+from dogclf.data.folder import ClassInfo, Sample, find_images, readable_samples
 from dogclf.data.images import IMAGE_EXTENSIONS
 from dogclf.errors import DatasetError
 
@@ -175,7 +175,7 @@ def load_labelled(
         samples += [Sample(path, index) for path in images]
     skipped: list[tuple[Path, str]] = []
     if check_images:
-        samples, skipped = drop_unreadable(samples, strict=strict)
+        samples, skipped = readable_samples(samples, strict=strict)
         if not samples:
             raise DatasetError(f"Every image in {str(root)!r} is unreadable; nothing is left to evaluate.")
     found = set(matched.values())

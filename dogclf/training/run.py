@@ -16,7 +16,7 @@ from dogclf.artifact import CONFIG_NAME, WEIGHTS_NAME, save_model
 from dogclf.backbones.registry import get_backbone
 from dogclf.backbones.spec import BackboneSpec
 from dogclf.backbones.weights import check_weights_available, weights_label
-from dogclf.data.folder import DataSplits, check_fraction, load_splits
+from dogclf.data.folder import DataSplits, check_fraction, drop_unreadable, load_splits
 from dogclf.errors import ModelDirError
 from dogclf.model import DogClassifierNet, HeadConfig, build_model
 from dogclf.training.calibration import Calibration, calibrate, collect_logits
@@ -255,6 +255,10 @@ class _Options:
     log: Callable[[str], None]
     show_bars: bool
 
+    def feature_mode(self) -> str:
+        """``"cached"``, ``"in-memory"`` or ``"images"``: see :func:`_feature_mode`."""
+        return _feature_mode(freeze=self.freeze, augment=self.config.augment, cache=self.cache)
+
 
 @dataclass
 class _Run:
@@ -278,10 +282,23 @@ def _read_data(
     strict: bool,
     options: _Options,
 ) -> DataSplits:
-    """Step 1: the splits, every image decoded once to leave out unreadable files."""
+    """Step 1: the splits, every image decoded once to leave out unreadable files.
+
+    On the feature path (without ``strict``) nothing is decoded here: extraction decodes the images the feature
+    cache does not hold and reports the unreadable ones (:func:`_extract_features`), and cached images decoded when
+    they were extracted.
+    """
     log = options.log
-    log(f"Reading {data_dir} and decoding every image once to find unreadable files ...")
-    splits = load_splits(data_dir, valid_fraction=valid_fraction, names=names, seed=options.config.seed, strict=strict)
+    check = strict or options.feature_mode() == "images"
+    log(
+        f"Reading {data_dir} and decoding every image once to find unreadable files ..."
+        if check
+        else f"Reading {data_dir} (unreadable images are found and skipped while extracting features) ..."
+    )
+    seed = options.config.seed
+    splits = load_splits(
+        data_dir, valid_fraction=valid_fraction, names=names, seed=seed, strict=strict, check_images=check
+    )
     _describe_skipped(splits, log)
     log(
         f"Data {splits.root}: {len(splits.classes)} classes, {len(splits.train)} train, {len(splits.valid)} valid "
@@ -321,8 +338,7 @@ def _build_run(spec: BackboneSpec, splits: DataSplits, checkpoint: Path, *, resu
         "valid_files": splits.files_digest("valid"),
         **{k: v for k, v in config.to_dict().items() if k not in ("epochs", "device", "num_workers")},
     }
-    mode = _feature_mode(freeze=options.freeze, augment=config.augment, cache=options.cache)
-    return _Run(spec, model, checkpoint, resuming, fingerprint, label, mode)
+    return _Run(spec, model, checkpoint, resuming, fingerprint, label, options.feature_mode())
 
 
 def _make_trainer(
@@ -378,7 +394,8 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
     if run.mode == "cached":
         cache_dir = options.cache_dir
         folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(options.environ)
-    return prepare_features(
+    unreadable: list[tuple[Path, str]] = []
+    features = prepare_features(
         splits,
         run.spec,
         run.model.backbone,
@@ -387,7 +404,16 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
         options=extract,
         log=options.log,
         progress=options.show_bars,
+        unreadable=unreadable,
     )
+    if unreadable:
+        drop_unreadable(splits, unreadable, strict=False)
+        _describe_skipped(splits, options.log)
+        options.log(
+            f"{len(unreadable)} unreadable file(s) skipped: {len(splits.train)} train, {len(splits.valid)} valid, "
+            f"{len(splits.test)} test images left"
+        )
+    return features
 
 
 def _fit(trainer: Trainer, run: _Run, options: _Options) -> list[dict[str, float]]:
@@ -495,8 +521,9 @@ def _save(
             "n_train": len(splits.train),
             "n_valid": len(splits.valid),
             "n_test": len(splits.test),
-            "train_files": run.fingerprint["train_files"],
-            "valid_files": run.fingerprint["valid_files"],
+            # After unreadable files were left out (extraction finds them): what `evaluate --split valid` rebuilds.
+            "train_files": splits.files_digest("train"),
+            "valid_files": splits.files_digest("valid"),
             "skipped_files": len(splits.skipped),
             "features": run.mode,
             "precision": run.precision,
