@@ -288,3 +288,24 @@ def test_load_splits_of_a_plain_tree_points_to_load_labelled_for_its_test_split(
 
     with pytest.raises(DatasetError, match=r"dogclf\.evaluate\(classifier, folder\) or dogclf\.load_labelled"):
         load_splits(root, valid_fraction=0.5).split("test")
+
+
+def test_split_valid_after_a_run_that_skipped_an_unreadable_image(
+    tiny_spec: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = dogclf.make_synthetic_dataset(tmp_path / "synthetic", num_classes=3, per_split=(8, 0, 0), size=40) / "train"
+    (tree / "002.Synthetic_blue_stripes" / "broken.jpg").write_bytes(b"not a jpeg")  # found while extracting
+    config = dogclf.TrainConfig(epochs=1, batch_size=8, num_workers=0, device="cpu")
+    result = dogclf.train(
+        tree, "tinynet", tmp_path / "model", config=config, weights=None, valid_fraction=0.25, cache=False,
+        progress=False, log=lambda _: None,
+    )  # fmt: skip
+    assert [p.name for p, _ in result.splits.skipped] == ["broken.jpg"]
+    capsys.readouterr()  # the epoch line
+
+    code, out, err = _evaluate(
+        ["--model", str(tmp_path / "model"), "--data", str(tree), "--split", "valid", "--json"], capsys
+    )
+
+    assert code == 0, err
+    assert json.loads(out)["n"] == len(result.splits.valid)
