@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from dogclf.artifact import load_state, read_config, resolve_spec
+from dogclf.artifact_checks import check_state
 from dogclf.backbones.spec import BackboneSpec
 from dogclf.data.images import load_rgb
 from dogclf.data.transforms import eval_transform
-from dogclf.errors import ModelDirError
 from dogclf.model import DogClassifierNet, HeadConfig, build_head
 from dogclf.training.config import resolve_device
 
@@ -98,6 +98,13 @@ class Classifier:
         self.config = config or {}
         self.transform = eval_transform(spec.preprocessing)
         self.temperature, self.unknown_threshold = _calibration(self.config)
+
+    @property
+    def classes(self) -> list[Any]:
+        """The classes (``ClassInfo``: folder id and display name) in output order, e.g. for ``load_labelled``."""
+        from dogclf.artifact import model_classes
+
+        return model_classes({"class_names": self.class_names, **self.config})
 
     @property
     def preprocessing(self) -> Any:
@@ -198,13 +205,8 @@ def load_model(model_dir: str | os.PathLike[str], *, device: str = "cpu", precis
         frozen=True,
     )
     state = load_state(root)
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ModelDirError(
-            f"Weights in {str(root)!r} do not fit backbone {spec.name!r} with this head: "
-            f"{len(missing)} missing (e.g. {', '.join(missing[:3])}), "
-            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})."
-        )
+    check_state(net, state, root, backbone=spec.name)
+    net.load_state_dict(state)
     return Classifier(
         net,
         spec=spec,

@@ -20,6 +20,7 @@ __all__ = ["main"]
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -104,11 +105,25 @@ def _parser() -> argparse.ArgumentParser:
 
     add_train_args(sub.add_parser("train", help="train a classifier on a data folder"))
 
-    ev = sub.add_parser("evaluate", help="evaluate a trained model on a data split")
+    ev = sub.add_parser("evaluate", help="evaluate a trained model on a labelled folder or one split of a data folder")
     ev.add_argument("--model", required=True, type=Path, help="model directory")
-    ev.add_argument("--data", required=True, type=Path, help="data folder (with train/ ...) or a class-per-folder tree")
     ev.add_argument(
-        "--split", default="test", choices=["train", "valid", "test"], help="split to evaluate (default test)"
+        "--data",
+        required=True,
+        type=Path,
+        help="a folder of class folders (evaluated as a whole), or a data folder with train/ valid/ test/",
+    )
+    ev.add_argument(
+        "--split",
+        default=None,
+        choices=["all", "train", "valid", "test"],
+        help="default: test for a data folder with split folders, all for a folder of class folders; valid on the "
+        "folder the model was trained on with --valid-fraction is the part it held out",
+    )
+    ev.add_argument(
+        "--skip-unknown-folders",
+        action="store_true",
+        help="leave out class folders that match none of the model's classes (default: an error naming them)",
     )
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument(
@@ -122,9 +137,20 @@ def _parser() -> argparse.ArgumentParser:
     source = pr.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, help="model directory")
     source.add_argument("--url", help="a running `dogclf serve` (or SageMaker container), e.g. http://127.0.0.1:8080")
-    pr.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    pr.add_argument(
+        "images", nargs="+", type=Path, metavar="IMAGE", help="image files, or folders (searched recursively)"
+    )
     pr.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
-    pr.add_argument("--json", action="store_true", help="print JSON")
+    pr.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    pr.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="also write the results to FILE.jsonl, FILE.csv or FILE.json (the format follows the extension)",
+    )
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    pr.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     pr.add_argument("--device", default="cpu", help="with --model: cpu (default), auto, cuda or cuda:N")
 
     sv = sub.add_parser("serve", help="serve a model over HTTP with batching and a web page (SageMaker contract)")
@@ -274,106 +300,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from dogclf.classifier import load_model
-    from dogclf.data.folder import load_splits
-    from dogclf.evaluation import evaluate, plot_confusion_matrix
+    from dogclf._cli_evaluate import run_evaluate
 
-    classifier = load_model(args.model, device=args.device)
-    config = classifier.config
-    training = config.get("training", {})
-    fraction = None
-    has_valid_dir = (args.data / "valid").is_dir() or (args.data / "val").is_dir()
-    if not has_valid_dir and training.get("valid_fraction"):
-        # Rebuild the same stratified split the model was trained with.
-        fraction = float(training["valid_fraction"])
-    splits = load_splits(
-        args.data,
-        valid_fraction=fraction,
-        names=dict(zip(config.get("class_folders", []), config["class_names"], strict=False)),
-        seed=int(training.get("seed", 0)),
-        strict=args.strict,
-        require_valid=False,
-    )
-    model_folders = config.get("class_folders") or config["class_names"]
-    if [c.folder for c in splits.classes] != list(model_folders):
-        from dogclf.errors import DatasetError
-
-        raise DatasetError(
-            f"The classes of {str(args.data)!r} ({len(splits.classes)}) differ from the model's "
-            f"({len(model_folders)}): evaluate on data with the same class folders as the training data."
-        )
-    samples = splits.split(args.split)
-    report = evaluate(classifier, samples, batch_size=args.batch_size, progress=sys.stderr.isatty())
-    plot = args.plot or args.model / f"confusion_{args.split}.png"
-    plot_confusion_matrix(report, plot, title=f"{config['backbone']} on {args.split}: top-1 {report.top1:.1%}")
-    if args.json:
-        payload: dict[str, Any] = report.to_dict()
-        payload.update(split=args.split, confusion_png=str(plot), skipped=len(splits.skipped))
-        print(json.dumps(payload, indent=2))
-        return 0
-    if splits.skipped:
-        print(f"Skipped {len(splits.skipped)} unreadable file(s): " + ", ".join(str(p) for p, _ in splits.skipped[:5]))
-    print(f"{args.split}: n={report.n} top1={report.top1:.4f} top5={report.top5:.4f} loss={report.loss:.4f}")
-    calibration = f"ECE {report.ece_uncalibrated:.3f} -> {report.ece:.3f} (temperature {report.temperature:.2f}); "
-    if report.unknown_rate is None:
-        calibration += "unknown rate n/a (the model has no unknown threshold)"
-    else:
-        calibration += f"unknown rate {report.unknown_rate:.1%} (threshold {report.unknown_threshold:.3f})"
-    print(calibration)
-    print("\nPer-class accuracy (worst first):")
-    for name, stats in sorted(report.per_class().items(), key=lambda kv: (kv[1]["accuracy"], kv[0])):
-        print(f"  {stats['accuracy']:7.1%}  n={int(stats['n']):<5d} {name}")
-    confused = report.most_confused(10)
-    if confused:
-        print("\nMost confused (true -> predicted: count):")
-        for pair in confused:
-            print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
-    print(f"\nConfusion matrix: {plot}")
-    return 0
+    return run_evaluate(args)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from dogclf.classifier import load_model
-    from dogclf.data.images import load_rgb
-    from dogclf.errors import UnreadableImageError
+    from dogclf._cli_predict import run_predict
 
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.url:
-        from dogclf.serving.client import predict_remote
-
-        return _print_predictions(predict_remote(args.url, args.images, top_k=args.top_k), as_json=args.json)
-    classifier = load_model(args.model, device=args.device)
-    results: list[dict[str, Any]] = []
-    decoded: dict[int, Any] = {}
-    for i, path in enumerate(args.images):
-        results.append({"image": str(path)})
-        try:
-            decoded[i] = load_rgb(path, min_size=classifier.preprocessing.resize_size)
-        except (UnreadableImageError, FileNotFoundError) as exc:
-            results[i]["error"] = str(exc)
-    # The readable images go through the network in batches, not one forward pass each.
-    ranked = classifier.classify(list(decoded.values()), top_k=args.top_k) if decoded else []
-    for i, answer in zip(decoded, ranked, strict=True):
-        results[i].update(answer.to_dict())
-    return _print_predictions(results, as_json=args.json)
+    return run_predict(args)
 
 
 def _print_predictions(results: list[dict[str, Any]], *, as_json: bool) -> int:
-    """Prints ``predict`` results (text or JSON); returns 1 if any image failed, else 0."""
-    if as_json:
-        print(json.dumps(results if len(results) > 1 else results[0], indent=2))
-    else:
-        for item in results:
-            print(item["image"])
-            if "error" in item:
-                print(f"  error: {item['error']}")
-                continue
-            for p in item["predictions"]:
-                print(f"  {p['score']:6.1%}  {p['label']}")
-            if item.get("unknown"):
-                print("  unknown: looks like none of the known breeds (top score under the model's threshold)")
-    return 1 if any("error" in item for item in results) else 0
+    """Prints answers as ``dogclf predict`` does; returns 1 if any image failed (also for ``sagemaker invoke``)."""
+    from dogclf._cli_predict import print_predictions
+
+    return print_predictions(results, as_json=as_json)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -450,7 +392,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.environ = os.environ if environ is None else environ
     try:
-        return _COMMANDS[args.command](args)
+        code = _COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, so a reader that went away (`| head`) is handled below, not at exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except (DogclfError, ValueError) as exc:
         print(f"dogclf {args.command}: error: {exc}", file=sys.stderr)
         if args.environ.get("DOGCLF_DEBUG"):
@@ -459,6 +405,19 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``dogclf ... | head``): stop quietly, as ``cat`` and ``grep`` do."""
+    # Python would report the failed flush of the dead pipe at exit; point stdout at /dev/null instead.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (tests capture it)
+        pass
+    finally:
+        os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

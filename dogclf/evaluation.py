@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from dogclf._progress import progress_reporter
 from dogclf.classifier import Classifier
 from dogclf.data.dataset import ImageDataset
 from dogclf.data.folder import Sample
@@ -90,39 +91,42 @@ class EvalReport:
 
 def evaluate(
     classifier: Classifier,
-    samples: Sequence[Sample],
+    samples: Sequence[Sample] | str | os.PathLike[str],
     *,
     batch_size: int = 64,
     num_workers: int = 0,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> EvalReport:
     """Runs the classifier over labelled samples.
 
     Args:
         classifier: The trained model.
-        samples: Labelled images (labels index ``classifier.class_names``).
+        samples: Labelled images (labels index ``classifier.class_names``), or a folder of class folders, read with
+            :func:`dogclf.data.labelled.load_labelled` against the classifier's classes (by folder id or name).
         batch_size: Images per forward pass.
         num_workers: DataLoader workers for decoding.
-        progress: Show a progress bar.
+        progress: ``True``: a progress bar; ``None``: a bar on a terminal, else a line every few seconds;
+            ``False``: neither.
 
     Returns:
         The report.
     """
+    if isinstance(samples, (str, os.PathLike)):
+        from dogclf.data.labelled import load_labelled
+
+        samples = load_labelled(samples, classifier.classes).samples
     if not samples:
         raise ValueError("evaluate() needs at least one image")
     dataset = ImageDataset(samples, classifier.transform, min_size=classifier.preprocessing.resize_size)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    batches: Any = loader
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(loader, desc="evaluate", unit="batch", leave=False)
     outputs: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
-    with torch.inference_mode():
-        for images, labels in batches:
+    reporter = progress_reporter(len(samples), desc="evaluate", unit="img", bar=progress, enabled=progress is not False)
+    with reporter, torch.inference_mode():
+        for images, labels in loader:
             outputs.append(classifier.logits(images))  # in the classifier's precision, as predictions are made
             targets.append(labels.long())
+            reporter.update(len(labels))
     return report_from_logits(
         torch.cat(outputs),
         torch.cat(targets),

@@ -192,7 +192,7 @@ def test_errors_exit_2_with_a_useful_message(
     ("args", "message"),
     [
         (
-            ["train", "--data", "{data}", "--out", "{tmp}", "--valid-fraction", "0.2", "--backbone", "resnet18"],
+            ["train", "--data", "{data}", "--out", "{tmp}", "--valid-fraction", "0.2", "--weights", "none"],
             r"dogclf train: error: .* has a valid/ folder and a valid fraction \(0\.2\)",
         ),
         (

@@ -227,14 +227,21 @@ def test_a_zero_initialised_head_fires_vanishing_gradient_through_the_backbone(t
     assert "WeightUpdateRatio" in fired(rule_set.findings)
 
 
-def test_non_finite_values_fire_exploding_tensor(tiny_spec: Any) -> None:
+def test_non_finite_values_fire_exploding_tensor_before_the_loop_stops(tiny_spec: Any) -> None:
     train = clusters([40] * 3)
     train.features[5, 3] = float("nan")
-    findings, _, _, _ = run_head(tiny_spec, train, None, rules="ExplodingTensor", epochs=1)
-    (finding,) = findings  # at the step whose batch holds the NaN row
+    from dogclf.errors import TrainingDivergedError
+
+    rules = RuleSet(make_rules("ExplodingTensor", None), action="warn", log=lambda _: None)
+    torch.manual_seed(0)
+    model = build_model(tiny_spec, 3, weights=None)
+    config = TrainConfig(epochs=1, batch_size=16, lr=1e-2, device="cpu")
+    with pytest.raises(TrainingDivergedError, match="training loss became nan"):
+        fit_head(model, train, None, config, callbacks=[rules])
+    (finding,) = rules.findings  # at the step whose batch holds the NaN row, before the guard stopped training
     assert finding.epoch == 1
     assert "non-finite (NaN/inf) values" in finding.detail
-    assert "loss (nan)" in finding.detail
+    assert "logits" in finding.detail
 
 
 def test_rules_action_stop_ends_training_after_the_epoch_of_a_finding(tiny_spec: Any, tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -205,9 +204,7 @@ def effective_precision(options: ExtractOptions) -> str:
 
 
 def _progress_bar(total: int, progress: bool | None) -> Any:
-    show = sys.stderr.isatty() if progress is None else progress
-    if not show:
-        return None
-    from tqdm.auto import tqdm
+    """A bar on a terminal (or with ``progress``), else a progress line every few seconds (:mod:`dogclf._progress`)."""
+    from dogclf._progress import progress_reporter
 
-    return tqdm(total=total, desc="extract features", unit="img", leave=False)
+    return progress_reporter(total, desc="extract features", unit="img", bar=progress)

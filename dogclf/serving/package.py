@@ -146,12 +146,16 @@ class ArchiveWriter:
         self._tally(group or name, len(data), note)
 
     def add_file(self, name: str, path: Path, *, group: str | None = None, note: str = "") -> None:
-        """Adds the file at ``path`` under ``name`` (owner root, mode 644)."""
-        info = self.tar.gettarinfo(str(path), arcname=name)
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        info.mode = 0o644
-        with path.open("rb") as handle:
+        """Adds the contents of ``path``; a symbolic link is followed, so the archive holds the file, not the link."""
+        try:
+            handle = path.open("rb")
+        except OSError as exc:
+            raise PackageError(f"Cannot read {str(path)!r} to put it in the archive: {exc.strerror or exc}.") from exc
+        with handle:
+            info = self.tar.gettarinfo(arcname=name, fileobj=handle)  # fstat of the open file: the link's target
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mode = 0o644
             self.tar.addfile(info, handle)
         self._tally(group or name, info.size, note)
 

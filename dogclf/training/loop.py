@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from dogclf.backbones.spec import Preprocessing
 from dogclf.data.dataset import EpochShuffleSampler, ImageDataset
 from dogclf.data.folder import Sample
 from dogclf.data.transforms import eval_transform, train_transform
-from dogclf.errors import ModelDirError
+from dogclf.errors import ModelDirError, TrainingDivergedError
 from dogclf.model import DogClassifierNet
 from dogclf.training.callbacks import Callback, CallbackList, TrainState
 from dogclf.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
@@ -253,15 +254,23 @@ class Trainer:
             labels = labels.to(self.device, non_blocking=True)
             logits = self.forward(images)
             loss = self.loss_fn(logits, labels)
-            self.callbacks.on_forward(state, logits, labels)
+            self.callbacks.on_forward(state, logits, labels)  # the ExplodingTensor rule sees non-finite logits here
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                # Before the step: the weights and the last checkpoint stay good.
+                raise self._diverged(f"the training loss became {value}")
             self.optimizer.zero_grad(set_to_none=True)
             # DDP averages the ranks' gradients; weighting each rank's mean by its share of the step's images makes
             # that average the gradient of the whole batch's mean loss, as in one process (uneven last batches too).
             (loss * shares[index] if shares is not None else loss).backward()
             self.callbacks.on_after_backward(state, loss)
-            self.optimizer.step()
+            try:
+                self.optimizer.step()
+            except RuntimeError as exc:  # e.g. Adam's step size lr / (1 - beta1) past the float32 range
+                if "overflow" not in str(exc):
+                    raise
+                raise self._diverged(f"the optimizer step overflowed ({exc})") from exc
             state.step += 1
-            value = float(loss.detach())
             total_loss += value * len(labels)
             correct += int((logits.detach().argmax(1) == labels).sum())
             seen += len(labels)
@@ -277,6 +286,20 @@ class Trainer:
         if not seen:
             return float("nan"), float("nan")
         return total_loss / seen, correct / seen
+
+    def _diverged(self, what: str) -> TrainingDivergedError:
+        state = self.state
+        kept = (
+            f"The checkpoint of epoch {state.epoch - 1}, the last good one, is kept in {self.checkpoint_path}."
+            if self.checkpoint_path is not None and state.epoch > 1 and self.checkpoint_path.is_file()
+            else "No epoch finished, so there is no checkpoint to keep."
+        )
+        suggested = self.config.lr / 10 if self.config.lr <= 0.1 else 1e-3  # 1e-3: the default
+        return TrainingDivergedError(
+            f"{what[0].upper()}{what[1:]} at epoch {state.epoch}, step {state.step + 1} (lr {self.config.lr:g}): "
+            f"training stopped. {kept} Train again with a lower --lr (e.g. {suggested:g}), or check the data and "
+            "the weights."
+        )
 
     def _validate(self) -> tuple[float, float]:
         if self.valid_loader is None and not self.sharded:  # a rank with no valid images still sums with the rest

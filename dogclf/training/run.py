@@ -16,8 +16,8 @@ import torch
 from dogclf.artifact import CONFIG_NAME, WEIGHTS_NAME, save_model
 from dogclf.backbones.registry import get_backbone
 from dogclf.backbones.spec import BackboneSpec
-from dogclf.backbones.weights import weights_label
-from dogclf.data.folder import DataSplits, drop_unreadable, load_splits
+from dogclf.backbones.weights import check_weights_available, weights_label
+from dogclf.data.folder import DataSplits, check_fraction, drop_unreadable, load_splits
 from dogclf.diagnostics.phases import phase
 from dogclf.errors import ModelDirError
 from dogclf.model import DogClassifierNet, HeadConfig, build_model
@@ -129,6 +129,20 @@ def _check_out_dir(out: Path, checkpoint: Path, *, resume: bool, overwrite: bool
         )
 
 
+def _remove_previous_run(out: Path, checkpoint: Path, log: Callable[[str], None]) -> None:
+    """With ``overwrite``: the previous run's files go before training starts, so none is mistaken for this run's.
+
+    Only the files a run writes are removed (its checkpoint, ``config.json``, ``model.safetensors``); anything else in
+    the folder stays.
+    """
+    removed = [path for path in (checkpoint, out / CONFIG_NAME, out / WEIGHTS_NAME) if path.is_file()]
+    for path in removed:
+        path.unlink()
+    if removed:
+        names = ", ".join(path.name if path.parent == out else str(path) for path in removed)
+        log(f"--overwrite: removed the previous run's {names} from {out}")
+
+
 def train(
     data_dir: str | os.PathLike[str],
     backbone: str | BackboneSpec,
@@ -213,12 +227,18 @@ def train(
     out = Path(out_dir)
     checkpoint = Path(checkpoint_dir if checkpoint_dir is not None else out) / CHECKPOINT_NAME
     _check_out_dir(out, checkpoint, resume=resume, overwrite=overwrite)
+    if valid_fraction is not None:
+        check_fraction(valid_fraction)
     spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
+    if not (resume and checkpoint.is_file()):  # a resumed run takes its weights from the checkpoint
+        check_weights_available(spec, weights, environ=options.environ)
     from dogclf.diagnostics.session import open_session
 
     session = open_session(diagnostics, out, environ=options.environ, log=log)
     splits = _read_data(data_dir, valid_fraction=valid_fraction, names=names, strict=strict, options=options)
     run = _build_run(spec, splits, checkpoint, resume=resume, options=options)
+    if overwrite and not run.resuming and main:
+        _remove_previous_run(out, checkpoint, log)
     trainer, features = _make_trainer(run, splits, [*callbacks, *session.callbacks(splits.class_names)], options)
     history = _fit(trainer, run, options)
     if group is not None and not group.is_main:
@@ -357,6 +377,8 @@ def _build_run(spec: BackboneSpec, splits: DataSplits, checkpoint: Path, *, resu
         "classes": [c.folder for c in splits.classes],
         "n_train": len(splits.train),
         "n_valid": len(splits.valid),
+        "train_files": splits.files_digest("train"),  # which files, not only how many
+        "valid_files": splits.files_digest("valid"),
         **{k: v for k, v in config.to_dict().items() if k not in ("epochs", "device", "num_workers")},
     }
     return _Run(spec, model, checkpoint, resuming, fingerprint, label, options.feature_mode())
@@ -546,7 +568,7 @@ def _save(
         classes=splits.classes,
         head=options.head.to_dict(),
         metrics={"final": final, "history": history, "test": test_metrics},
-        calibration=calibration.to_dict(),
+        calibration=calibration.to_dict() if calibration.fitted else None,  # skipped: nothing stored
         training={
             **options.config.to_dict(),
             "weights": run.weights_label,
@@ -557,6 +579,9 @@ def _save(
             "n_train": len(splits.train),
             "n_valid": len(splits.valid),
             "n_test": len(splits.test),
+            # After unreadable files were left out (extraction finds them): what `evaluate --split valid` rebuilds.
+            "train_files": splits.files_digest("train"),
+            "valid_files": splits.files_digest("valid"),
             "skipped_files": len(splits.skipped),
             "features": run.mode,
             "precision": run.precision,

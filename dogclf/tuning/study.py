@@ -341,7 +341,7 @@ def tune(
         KeyboardInterrupt: On Ctrl-C, after the finished trials are stored and the outputs written.
     """
     from dogclf.backbones.registry import get_backbone
-    from dogclf.backbones.weights import weights_label
+    from dogclf.backbones.weights import check_weights_available, weights_label
     from dogclf.data.folder import load_splits
     from dogclf.features.cache import default_cache_dir
 
@@ -358,6 +358,7 @@ def tune(
     name = study_name or f"dogclf-{spec.name}"
     direction = METRICS[metric]
 
+    check_weights_available(spec, weights)  # before the data scan: an offline machine learns it at once
     log(f"Reading {data_dir} and decoding every image once to find unreadable files ...")
     splits = load_splits(data_dir, valid_fraction=valid_fraction, names=names, seed=seed, strict=strict)
     if not splits.valid:

@@ -109,8 +109,9 @@ class VanishingGradient(_TensorRule):
 class ExplodingTensor(_TensorRule):
     """Detects non-finite values (NaN or infinity) in the loss, the gradients or the weights.
 
-    The loss is checked at every step; gradients and weights when due. A non-finite loss also stops the loop's own
-    guard, if it has one; this rule says where the non-finite values are.
+    The outputs (logits) and the loss are checked at every step; gradients and weights when due. A non-finite loss
+    also stops training (the loop's guard, :class:`~dogclf.errors.TrainingDivergedError`, right after the forward
+    pass); this rule says where the non-finite values were, in ``rules.json`` and its log line, before that.
 
     Attributes:
         collection_names: Which of ``losses``, ``gradients``, ``weights`` to check; ``None`` for all (default).
@@ -151,6 +152,11 @@ class ExplodingTensor(_TensorRule):
             return []
         flags = torch.stack([self._bad(t.detach()) for _, t in named]).tolist()
         return [n for (n, _), bad in zip(named, flags, strict=True) if bad]
+
+    def on_forward(self, state: TrainState, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Checks the outputs at every step, before the loop's own guard stops on a non-finite loss."""
+        if "losses" in self._collections and self._wanted("logits") and bool(self._bad(logits.detach())):
+            self._report_bad(state, ["logits"], "outputs")
 
     def on_after_backward(self, state: TrainState, loss: torch.Tensor) -> None:
         """Checks the gradients when due."""
