@@ -182,3 +182,35 @@ def test_a_job_without_training_data_says_which_channels_it_has(tmp_path: Path, 
     message = capsys.readouterr().err
     assert "no training data channel (channels: features)" in message
     assert "'training' channel" in message
+
+
+@pytest.mark.slow
+def test_a_features_channel_from_a_local_run_spares_the_job_its_extraction(
+    tiny_plugin: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path
+) -> None:
+    # A local `dogclf train` caches the features of these photos (under their local paths) ...
+    cache = tmp_path / "local-cache"
+    config = dogclf.TrainConfig(epochs=1, batch_size=8, num_workers=0, device="cpu")
+    dogclf.train(tiny_tree, "tinynet", tmp_path / "local-model", config=config, weights=None, cache_dir=cache)
+    # ... and the job, where the same photos sit under /opt/ml/input/data/training, reads them from the channel.
+    source = build_source_dir(tmp_path / "source", backbone="tinynet")
+    log: list[str] = []
+    run_local(
+        tmp_path / "job",
+        hyperparameters={
+            "epochs": "1",
+            "batch-size": "8",
+            "backbone": "tinynet",
+            "weights": "none",
+            "workers": "0",
+            "sagemaker_program": '"train.py"',
+            "sagemaker_submit_directory": json.dumps(str(source.archive)),
+        },
+        channels={"training": tiny_tree, "features": cache},
+        job_name="dogclf-features-test",
+        environ=_toolkit_environ(),
+        log=log.append,
+    )
+    [line] = [line for line in log if line.startswith("features: ")]
+    assert line.startswith("features: 42 cached, 0 extracted")
+    assert "/opt/ml/input/data/features" in line
