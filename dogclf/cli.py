@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import functools
+import gc
 import json
 import os
 import shlex
@@ -381,6 +384,17 @@ _COMMANDS = {
 }
 
 
+@functools.cache  # once per process
+def _exit_quickly() -> None:
+    """At interpreter exit, freezes the garbage collector's objects before its final collections run.
+
+    Once torch (and ``torch._dynamo``, which the first optimizer imports) is loaded, those collections walk millions
+    of objects: about 0.5-1 s of CPU after a ``dogclf train`` has finished. Objects are still freed and files
+    flushed at exit; only reference cycles among them are left to the operating system.
+    """
+    atexit.register(gc.freeze)
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Runs the CLI; returns the exit code (0 ok, 1 some inputs failed, 2 error, 130 interrupted).
 
@@ -388,6 +402,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         argv: The arguments (default ``sys.argv[1:]``).
         environ: The environment commands read (default ``os.environ``).
     """
+    _exit_quickly()
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.environ = os.environ if environ is None else environ

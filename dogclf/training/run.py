@@ -457,6 +457,7 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
         log=options.log,
         progress=options.show_bars,
         unreadable=unreadable,
+        while_decoding=_prepare_optimizers,
     )
     if group is not None:  # every rank extracted its share: put the splits back together, on every rank
         features, unreadable = gather_features(features, splits, unreadable, group)
@@ -468,6 +469,15 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
             f"{len(splits.test)} test images left"
         )
     return features
+
+
+def _prepare_optimizers() -> None:
+    """Makes a throwaway torch optimizer, while the extraction workers decode the first images.
+
+    The first optimizer of a process imports ``torch._dynamo`` (about 1 s on a small CPU, for ``torch.compile``
+    support): done here it overlaps the decoding instead of following the extraction.
+    """
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
 @phase("training")
