@@ -26,8 +26,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="model directory to write (also holds checkpoint.pt)")
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the head (default 1e-3)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the head (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="the loop's weight decay (default 0)")
+    _add_head_args(p)
     p.add_argument(
         "--freeze",
         action=argparse.BooleanOptionalAction,
@@ -50,8 +51,56 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--extract-batch-size", type=int, default=64, help="images per batch during feature extraction (default 64)"
     )
+    p.add_argument(
+        "--novelty",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fit the feature-space novelty score that flags unknown breeds (default); --no-novelty: softmax threshold",
+    )
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+
+
+def _add_head_args(p: argparse.ArgumentParser) -> None:
+    """How the head is fitted: the solver, the L-BFGS penalty, and the loop's recipe (see docs/training.md)."""
+    from dogclf.training.config import CLASS_WEIGHTS, HEAD_SOLVERS, KEEP, LR_SCHEDULES, OPTIMIZERS
+
+    p.add_argument(
+        "--head-solver",
+        choices=HEAD_SOLVERS,
+        default="auto",
+        help="auto (default): lbfgs for a frozen linear head on features, else loop; lbfgs: full-batch logistic "
+        "regression with an L2 penalty (seconds; --epochs, --lr, --batch-size do not apply); loop: minibatch epochs",
+    )
+    p.add_argument(
+        "--penalty-c",
+        type=float,
+        default=None,
+        help="lbfgs: inverse L2 strength, as scikit-learn's C (default: chosen by cross-validation)",
+    )
+    p.add_argument("--cv-folds", type=int, default=5, help="lbfgs: folds of the cross-validation of C (default 5)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="the loop's optimizer (default adam)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument(
+        "--lr-schedule", choices=LR_SCHEDULES, default="constant", help="per-step learning rate (default constant)"
+    )
+    p.add_argument("--warmup-epochs", type=float, default=0.0, help="epochs of linear lr warm-up (default 0)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the training loss (0)")
+    p.add_argument(
+        "--class-weight",
+        choices=CLASS_WEIGHTS,
+        default="none",
+        help="balanced: weight each class's loss by n / (classes x n_class) (default none)",
+    )
+    p.add_argument(
+        "--keep",
+        choices=KEEP,
+        default="best",
+        help="which epoch's weights to save: best (default, lowest valid_loss) or last",
+    )
+    p.add_argument(
+        "--patience", type=int, default=None, help="stop after this many epochs without a lower valid_loss (off)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,6 +144,13 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     ev.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
+    ev.add_argument(
+        "--unknown-dir",
+        type=Path,
+        default=None,
+        help="also score the images under DIR, which should be flagged unknown: AUROC and flag rates of the "
+        "softmax and novelty scores",
+    )
 
     pr = sub.add_parser("predict", help="predict the breed of images (with a model directory or a running server)")
     source = pr.add_mutually_exclusive_group(required=True)
@@ -198,6 +254,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         num_workers=args.workers,
         augment=args.augment,
+        head_solver=args.head_solver,
+        penalty_c=args.penalty_c,
+        cv_folds=args.cv_folds,
+        optimizer=args.optimizer,
+        momentum=args.momentum,
+        lr_schedule=args.lr_schedule,
+        warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing,
+        class_weight=args.class_weight,
+        keep=args.keep,
+        patience=args.patience,
     )
     try:
         train(
@@ -218,6 +285,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             precision=args.precision,
             extract_batch_size=args.extract_batch_size,
+            novelty=args.novelty,
         )
     except KeyboardInterrupt:
         argv = list(args.argv)  # not sys.argv: under `python -m dogclf` its [0] is the path of __main__.py
@@ -277,9 +345,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate(classifier, samples, batch_size=args.batch_size, progress=sys.stderr.isatty())
     plot = args.plot or args.model / f"confusion_{args.split}.png"
     plot_confusion_matrix(report, plot, title=f"{config['backbone']} on {args.split}: top-1 {report.top1:.1%}")
+    open_set = None
+    if args.unknown_dir is not None:
+        from dogclf.openset import evaluate_unknown
+
+        open_set = evaluate_unknown(classifier, samples, args.unknown_dir, batch_size=args.batch_size)
     if args.json:
         payload: dict[str, Any] = report.to_dict()
         payload.update(split=args.split, confusion_png=str(plot), skipped=len(splits.skipped))
+        if open_set is not None:
+            payload["unknown_dir"] = {"path": str(args.unknown_dir), **open_set.to_dict()}
         print(json.dumps(payload, indent=2))
         return 0
     if splits.skipped:
@@ -288,6 +363,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     calibration = f"ECE {report.ece_uncalibrated:.3f} -> {report.ece:.3f} (temperature {report.temperature:.2f}); "
     if report.unknown_rate is None:
         calibration += "unknown rate n/a (the model has no unknown threshold)"
+    elif classifier.novelty is not None and classifier.novelty.threshold is not None:
+        calibration += f"unknown rate {report.unknown_rate:.1%} (novelty score over {classifier.novelty.threshold:.1f})"
     else:
         calibration += f"unknown rate {report.unknown_rate:.1%} (threshold {report.unknown_threshold:.3f})"
     print(calibration)
@@ -299,6 +376,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print("\nMost confused (true -> predicted: count):")
         for pair in confused:
             print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
+    if open_set is not None:
+        print("\n" + "\n".join(open_set.lines()))
     print(f"\nConfusion matrix: {plot}")
     return 0
 

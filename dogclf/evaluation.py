@@ -32,8 +32,8 @@ class EvalReport:
         confusion: ``confusion[true][pred]`` counts.
         ece: Expected calibration error of the scores the classifier gives (its temperature applied).
         ece_uncalibrated: The same at temperature 1 (raw softmax).
-        unknown_rate: Fraction of images whose top score is under the model's unknown threshold (``None``: the
-            model has no threshold).
+        unknown_rate: Fraction of images the model flags unknown (its novelty score where it has one, else its
+            top score under the unknown threshold; ``None``: the model has no threshold).
         temperature: The model's temperature.
         unknown_threshold: The model's unknown threshold, if any.
     """
@@ -120,6 +120,7 @@ def evaluate(
     top_raw: list[torch.Tensor] = []  # top softmax score at temperature 1, per image
     top_calibrated: list[torch.Tensor] = []  # top score as Classifier.probabilities gives it
     hits: list[torch.Tensor] = []
+    unknown: list[bool] = []  # the classifier's own unknown decision, per image
     batches: Any = loader
     if progress:
         from tqdm.auto import tqdm
@@ -127,7 +128,7 @@ def evaluate(
         batches = tqdm(loader, desc="evaluate", unit="batch", leave=False)
     with torch.inference_mode():
         for images, labels in batches:
-            logits = classifier.logits(images)  # in the classifier's precision, as predictions are made
+            logits, novelty = classifier.scores(images)  # in the classifier's precision, as predictions are made
             loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
             best = logits.topk(k, dim=1).indices
             top1 += int((best[:, 0] == labels).sum())
@@ -136,10 +137,13 @@ def evaluate(
             top_raw.append(torch.softmax(logits, dim=1).max(dim=1).values)
             top_calibrated.append(torch.softmax(logits / classifier.temperature, dim=1).max(dim=1).values)
             hits.append(best[:, 0] == labels)
+            novel = [None] * len(labels) if novelty is None else novelty.tolist()
+            unknown += [classifier.is_unknown(t, v) for t, v in zip(top_calibrated[-1].tolist(), novel, strict=True)]
     n = len(samples)
     correct = torch.cat(hits)
     calibrated = torch.cat(top_calibrated)
     threshold = classifier.unknown_threshold
+    decides = threshold is not None or (classifier.novelty is not None and classifier.novelty.threshold is not None)
     return EvalReport(
         n=n,
         top1=top1 / n,
@@ -149,7 +153,7 @@ def evaluate(
         confusion=confusion.tolist(),
         ece=ece_from_confidences(calibrated, correct),
         ece_uncalibrated=ece_from_confidences(torch.cat(top_raw), correct),
-        unknown_rate=None if threshold is None else float((calibrated < threshold).double().mean()),
+        unknown_rate=float(sum(unknown) / n) if decides else None,
         temperature=classifier.temperature,
         unknown_threshold=threshold,
     )

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dogclf.artifact import NOVELTY_NAME
 from dogclf.errors import DogclfError
 
 __all__ = [
@@ -299,6 +300,8 @@ def package_model(
             archive = _Archive(tar)
             for name in _MODEL_FILES:
                 archive.add_file(name, root / name, note="model")
+            if (root / NOVELTY_NAME).is_file():
+                archive.add_file(NOVELTY_NAME, root / NOVELTY_NAME, note="novelty score")
             archive.add_bytes("code/inference.py", INFERENCE_SOURCE.encode(), note="the four SageMaker handlers")
             archive.add_bytes(
                 "code/requirements.txt",

@@ -6,7 +6,7 @@ import os
 import random
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +27,10 @@ from dogclf.training.loop import Trainer, check_fingerprint
 
 if TYPE_CHECKING:
     from dogclf.features.pipeline import FeatureSet
+    from dogclf.novelty import NoveltyScorer
+    from dogclf.training.lbfgs import LbfgsHeadFitter
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "head_solver", "kept_metrics", "train"]
 
 
 @dataclass
@@ -40,12 +42,14 @@ class TrainResult:
         history: Per-epoch metrics.
         splits: The data as it was read (skipped files included).
         test: Test-split metrics (``top1``, ``top5``, ``n``), if there was a test split.
+        final: The metrics of the saved weights: the kept epoch's (``--keep best``), or the L-BFGS fit's.
     """
 
     model_dir: Path
     history: list[dict[str, float]]
     splits: DataSplits
     test: dict[str, Any] | None = None
+    final: dict[str, float] = field(default_factory=dict)
 
 
 def _print(message: str) -> None:
@@ -126,6 +130,14 @@ def _feature_metrics(model: DogClassifierNet, features: FeatureSet) -> dict[str,
     }
 
 
+def kept_metrics(history: Sequence[Mapping[str, float]], kept_epoch: int) -> dict[str, float]:
+    """The metrics of the epoch whose weights were kept (``config.json``'s ``metrics.final``); the last without one."""
+    for entry in history:
+        if int(entry["epoch"]) == kept_epoch:
+            return dict(entry)
+    return dict(history[-1]) if history else {}
+
+
 def _check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     if resume or overwrite:
         return
@@ -159,6 +171,7 @@ def train(
     precision: str = "auto",
     extract_batch_size: int = 64,
     environ: Mapping[str, str] | None = None,
+    novelty: bool = True,
 ) -> TrainResult:
     """Trains a classifier on a data folder and saves it as a model directory.
 
@@ -167,7 +180,8 @@ def train(
             class-per-subfolder tree (then pass ``valid_fraction``).
         backbone: Backbone name or spec.
         out_dir: Model directory to write; also holds the per-epoch ``checkpoint.pt``.
-        config: Hyperparameters (defaults: 5 epochs, batch 32, Adam lr 1e-3).
+        config: Hyperparameters (defaults: a linear head on features fitted by L-BFGS with a cross-validated
+            penalty; otherwise 5 epochs, batch 32, Adam lr 1e-3, the best epoch by validation loss kept).
         weights: ``"imagenet"``, ``None``/``"none"`` or a local weights file.
         freeze: Freeze the backbone and train the head only.
         head: Head shape (linear by default).
@@ -187,6 +201,8 @@ def train(
         precision: Feature-extraction precision: ``"auto"``, ``"bf16"``, ``"fp16"`` or ``"fp32"``.
         extract_batch_size: Images per batch during feature extraction.
         environ: The environment (for the default cache folder); ``os.environ`` when ``None``.
+        novelty: Fit the feature-space novelty score (:mod:`dogclf.novelty`) that decides "unknown" (needs a
+            validation split for its threshold); ``False``: the softmax threshold alone, as before.
 
     Returns:
         The result, with the model directory path.
@@ -206,17 +222,21 @@ def train(
     )
     out = Path(out_dir)
     _check_out_dir(out, resume=resume, overwrite=overwrite)
+    mode = _feature_mode(freeze=freeze, augment=options.config.augment, cache=cache)
+    solver = head_solver(options.config, options.head, mode=mode)  # before the data scan: a bad choice fails fast
     spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
     splits = _read_data(data_dir, valid_fraction=valid_fraction, names=names, strict=strict, options=options)
-    run = _build_run(spec, splits, out / CHECKPOINT_NAME, resume=resume, options=options)
+    run = _build_run(spec, splits, out / CHECKPOINT_NAME, resume=resume, mode=mode, solver=solver, options=options)
     trainer, features = _make_trainer(run, splits, callbacks, options)
     history = _fit(trainer, run, options)
     valid_features = features["valid"] if features is not None else None
     calibration = _calibrate(run.model, splits, spec, options.config, trainer.device, log, valid_features)
+    scorer = _fit_novelty(run, splits, features, options) if novelty else None
     test_metrics = _test_metrics(run, splits, features, trainer.device, options)
-    _save(run, splits, out, history, calibration, test_metrics, valid_fraction=valid_fraction, options=options)
+    _save(run, splits, out, history, calibration, test_metrics, scorer, valid_fraction=valid_fraction, options=options)
     log(f"Saved model to {out}")
-    return TrainResult(model_dir=out, history=history, splits=splits, test=test_metrics)
+    final = kept_metrics(history, run.kept_epoch)
+    return TrainResult(model_dir=out, history=history, splits=splits, test=test_metrics, final=final)
 
 
 @dataclass(frozen=True)
@@ -247,7 +267,11 @@ class _Run:
     fingerprint: dict[str, Any]
     weights_label: str
     mode: str
+    solver: str = "loop"
     precision: str | None = None
+    kept_epoch: int = 0  # the epoch whose weights are saved
+    stopped_early: int | None = None
+    head_fit: dict[str, Any] | None = None  # how an L-BFGS head was fitted
 
 
 def _read_data(
@@ -271,11 +295,49 @@ def _read_data(
     return splits
 
 
-def _build_run(spec: BackboneSpec, splits: DataSplits, checkpoint: Path, *, resume: bool, options: _Options) -> _Run:
+def head_solver(config: TrainConfig, head: HeadConfig, *, mode: str) -> str:
+    """The solver that fits the head: ``"lbfgs"`` or ``"loop"`` (``config.head_solver`` with ``"auto"`` resolved).
+
+    ``auto`` means L-BFGS for a linear head without dropout trained on features (frozen backbone, no augmentation),
+    the loop otherwise.
+
+    Raises:
+        ValueError: ``lbfgs`` asked for where it cannot fit (images every epoch, or a hidden layer or dropout).
+    """
+    linear = head.hidden == 0 and not head.dropout
+    if config.head_solver == "loop":
+        return "loop"
+    if config.head_solver == "auto":
+        return "lbfgs" if linear and mode != "images" else "loop"
+    if mode == "images":
+        raise ValueError(
+            "--head-solver lbfgs fits a frozen linear head on features extracted once; with --no-freeze or "
+            "--augment the images go through the backbone every epoch: use --head-solver loop (or auto)."
+        )
+    if not linear:
+        raise ValueError(
+            "--head-solver lbfgs fits a single linear head; --head-hidden and --dropout need --head-solver loop."
+        )
+    return "lbfgs"
+
+
+def _build_run(
+    spec: BackboneSpec,
+    splits: DataSplits,
+    checkpoint: Path,
+    *,
+    resume: bool,
+    mode: str,
+    solver: str,
+    options: _Options,
+) -> _Run:
     """Step 2: the seeded model (weights from the checkpoint when resuming) and the run's fingerprint."""
     config = options.config
     torch.manual_seed(config.seed)
     random.seed(config.seed)
+    if resume and solver == "lbfgs":
+        options.log("--resume: an L-BFGS head has no checkpoint (its fit takes seconds); fitting it again")
+        resume = False
     resuming = resume and checkpoint.is_file()
     if resume and not resuming:
         raise ModelDirError(
@@ -297,16 +359,19 @@ def _build_run(spec: BackboneSpec, splits: DataSplits, checkpoint: Path, *, resu
         "classes": [c.folder for c in splits.classes],
         "n_train": len(splits.train),
         "n_valid": len(splits.valid),
-        **{k: v for k, v in config.to_dict().items() if k not in ("epochs", "device", "num_workers")},
+        **{k: v for k, v in config.to_dict().items() if k not in _NOT_FINGERPRINTED},
     }
-    mode = _feature_mode(freeze=options.freeze, augment=config.augment, cache=options.cache)
-    return _Run(spec, model, checkpoint, resuming, fingerprint, label, mode)
+    return _Run(spec, model, checkpoint, resuming, fingerprint, label, mode, solver)
+
+
+# What a resumed run may change: they do not alter the epochs already trained.
+_NOT_FINGERPRINTED = ("epochs", "device", "num_workers", "keep", "patience")
 
 
 def _make_trainer(
     run: _Run, splits: DataSplits, callbacks: Sequence[Callback], options: _Options
-) -> tuple[Trainer, dict[str, FeatureSet] | None]:
-    """Step 3: a trainer over images, or over backbone features extracted once (cached) on the feature path."""
+) -> tuple[Trainer | LbfgsHeadFitter, dict[str, FeatureSet] | None]:
+    """Step 3: a trainer over images, or over features extracted once (the epoch loop, or the L-BFGS fit)."""
     hooks: list[Callback] = [ProgressBars(), EpochLogLine()] if options.show_bars else [EpochLogLine()]
     hooks += callbacks
     if run.mode == "images":
@@ -324,6 +389,13 @@ def _make_trainer(
     from dogclf.training.head import make_head_trainer
 
     features = _extract_features(run, splits, options)
+    if run.solver == "lbfgs":
+        from dogclf.training.lbfgs import LbfgsHeadFitter
+
+        fitter = LbfgsHeadFitter(
+            run.model, features["train"], features["valid"], options.config, callbacks=hooks, log=options.log
+        )
+        return fitter, features
     trainer = make_head_trainer(
         run.model,
         features["train"],
@@ -368,19 +440,104 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
     )
 
 
-def _fit(trainer: Trainer, run: _Run, options: _Options) -> list[dict[str, float]]:
-    """Step 4: the epochs (continued from the checkpoint when resuming)."""
+def _fit(trainer: Trainer | LbfgsHeadFitter, run: _Run, options: _Options) -> list[dict[str, float]]:
+    """Step 4: the epochs (continued from the checkpoint when resuming), or the L-BFGS fit."""
     config, log = options.config, options.log
-    if run.resuming:
-        done = trainer.resume()
-        log(f"Resuming from {run.checkpoint} after epoch {done} of {config.epochs}")
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    frozen = "frozen backbone" if options.freeze else "whole network"
+    what = f"{run.spec.name} ({frozen}, {trainable:,} trainable parameters)"
+    if run.solver == "lbfgs":
+        log(f"Fitting the head of {what} by L-BFGS on {run.mode} features on {trainer.device}")
+        history = trainer.fit()
+        run.kept_epoch, run.head_fit = 1, trainer.fit_info.to_dict()  # type: ignore[union-attr]
+        return history
+    if run.resuming:
+        done = trainer.resume()  # type: ignore[union-attr]
+        log(f"Resuming from {run.checkpoint} after epoch {done} of {config.epochs}")
     log(
-        f"Training {run.spec.name} ({'frozen backbone' if options.freeze else 'whole network'}, {trainable:,} "
-        f"trainable parameters) for {config.epochs} epochs on {trainer.device}: batch {config.batch_size}, "
-        f"Adam lr {config.lr:g}" + ("" if run.mode == "images" else f", on {run.mode} features")
+        f"Training {what} for {config.epochs} epochs on {trainer.device}: batch {config.batch_size}, "
+        f"{_recipe(config)}" + ("" if run.mode == "images" else f", on {run.mode} features")
     )
-    return trainer.fit()
+    history = trainer.fit()
+    run.kept_epoch, run.stopped_early = trainer.kept_epoch, trainer.stopped_early
+    if trainer.stopped_early is not None:
+        log(f"Early stopping after epoch {trainer.stopped_early}: no lower valid_loss for {config.patience} epochs")
+    if trainer.kept_epoch != (int(history[-1]["epoch"]) if history else 0):
+        kept = history[trainer.kept_epoch - 1]
+        log(f"Keeping epoch {trainer.kept_epoch} (--keep best: lowest valid_loss {kept['valid_loss']:.4f})")
+    return history
+
+
+def _recipe(config: TrainConfig) -> str:
+    """``Adam lr 0.001`` plus whatever else is not the default (schedule, warm-up, smoothing, class weights)."""
+    names = {"adam": "Adam", "adamw": "AdamW", "sgd": f"SGD (momentum {config.momentum:g})"}
+    parts = [f"{names[config.optimizer]} lr {config.lr:g}"]
+    if config.weight_decay:
+        parts.append(f"weight decay {config.weight_decay:g}")
+    if config.lr_schedule != "constant":
+        parts.append(f"{config.lr_schedule} schedule")
+    if config.warmup_epochs:
+        parts.append(f"{config.warmup_epochs:g} warm-up epochs")
+    if config.label_smoothing:
+        parts.append(f"label smoothing {config.label_smoothing:g}")
+    if config.class_weight != "none":
+        parts.append(f"{config.class_weight} class weights")
+    return ", ".join(parts)
+
+
+def _fit_novelty(
+    run: _Run, splits: DataSplits, features: dict[str, FeatureSet] | None, options: _Options
+) -> NoveltyScorer | None:
+    """Step 5b: the novelty score on the training features, its threshold on the validation ones.
+
+    On the image path the trained backbone runs once more over the train and valid images (eval transform).
+    """
+    from dogclf.novelty import fit_novelty
+
+    if not splits.valid:
+        options.log("novelty: skipped (no validation images to set its threshold on); the softmax threshold decides")
+        return None
+    if features is None:
+        features = _image_features(run, splits, options)
+    train, valid = features["train"], features["valid"]
+    scorer = fit_novelty(train.features, train.labels, valid.features, num_classes=len(splits.classes))
+    options.log(scorer.summary())
+    return scorer
+
+
+def _image_features(run: _Run, splits: DataSplits, options: _Options) -> dict[str, FeatureSet]:
+    """The trained backbone's features of the train and valid images, for a run that trained on images."""
+    import dataclasses
+
+    from dogclf.features.extract import ExtractOptions
+    from dogclf.features.pipeline import prepare_features
+
+    config = options.config
+    extract = ExtractOptions(
+        batch_size=options.extract_batch_size, num_workers=config.num_workers, precision="fp32", device=config.device
+    )
+    options.log("novelty: extracting the trained backbone's features of the train and valid images ...")
+    return prepare_features(
+        dataclasses.replace(splits, test=[]),
+        run.spec,
+        run.model.backbone,
+        weights_label=run.weights_label,
+        cache_dir=None,  # the backbone was trained: these features are this run's alone
+        options=extract,
+        log=options.log,
+        progress=options.show_bars,
+    )
+
+
+def _save_novelty(scorer: NoveltyScorer | None, out: Path) -> None:
+    """Writes ``novelty.safetensors`` (or removes a stale one: the model's config then names none)."""
+    from dogclf.artifact import NOVELTY_NAME
+
+    if scorer is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        scorer.save(out)
+    else:
+        (out / NOVELTY_NAME).unlink(missing_ok=True)
 
 
 def _test_metrics(
@@ -414,12 +571,14 @@ def _save(
     history: list[dict[str, float]],
     calibration: Calibration,
     test_metrics: dict[str, Any] | None,
+    scorer: NoveltyScorer | None,
     *,
     valid_fraction: float | None,
     options: _Options,
 ) -> None:
-    """Step 7: the model directory (weights, config with classes, metrics, calibration and settings)."""
-    final = history[-1] if history else {}
+    """Step 7: the model directory (weights, config with classes, metrics, calibration, novelty and settings)."""
+    final = kept_metrics(history, run.kept_epoch)
+    _save_novelty(scorer, out)  # before config.json, which names it
     save_model(
         run.model,
         out,
@@ -428,6 +587,7 @@ def _save(
         head=options.head.to_dict(),
         metrics={"final": final, "history": history, "test": test_metrics},
         calibration=calibration.to_dict(),
+        novelty=scorer.to_config() if scorer is not None else None,
         training={
             **options.config.to_dict(),
             "weights": run.weights_label,
@@ -441,5 +601,9 @@ def _save(
             "skipped_files": len(splits.skipped),
             "features": run.mode,
             "precision": run.precision,
+            "head_solver_used": run.solver,
+            "kept_epoch": run.kept_epoch,
+            "stopped_early": run.stopped_early,
+            "head_fit": run.head_fit,
         },
     )
