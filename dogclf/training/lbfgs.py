@@ -41,6 +41,7 @@ __all__ = [
     "LbfgsFit",
     "LbfgsHeadFitter",
     "cross_validate_c",
+    "stratified_fold_ids",
     "fit_lbfgs_head",
     "fit_logistic",
     "linear_layer",
@@ -198,7 +199,7 @@ def fit_logistic(
     return weight.detach(), bias.detach(), iterations, converged
 
 
-def _fold_ids(y: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
+def stratified_fold_ids(y: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
     """A stratified fold number per row: each class's rows, shuffled by ``seed``, dealt round-robin."""
     generator = torch.Generator().manual_seed(seed)
     ids = torch.empty(len(y), dtype=torch.long)
@@ -239,7 +240,7 @@ def cross_validate_c(
             f"the smallest class has {int(present.min())}. Pass --cv-folds {max(2, int(present.min()))}, or a fixed "
             "--penalty-c."
         )
-    ids = _fold_ids(y, folds, seed)
+    ids = stratified_fold_ids(y, folds, seed)
     result = CvResult(folds=folds)
     warm: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * folds
     worse = 0
