@@ -230,6 +230,11 @@ def _counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
+def _started(study: optuna.Study) -> int:
+    """Trials that ran or are running (not the queued defaults trial before it starts)."""
+    return sum(t.state.name != "WAITING" for t in study.get_trials(deepcopy=False))
+
+
 def _finished(study: optuna.Study) -> int:
     from optuna.trial import TrialState
 
@@ -409,7 +414,7 @@ def tune(
             f"Study {name!r} in {shown_url}: {done} finished trial(s) stored, running {remaining} more "
             f"(target {trials}); objective: last-epoch {metric} ({direction})"
         )
-        ran_before = len(study.trials)
+        ran_before = _started(study)
         if remaining:
             env = os.environ if environ is None else environ
             folder = (Path(cache_dir) if cache_dir is not None else default_cache_dir(env)) if cache else None
@@ -433,7 +438,7 @@ def tune(
                 if _has_complete(study):
                     _write_outputs(study, out, space=space, metric=metric, storage=shown_url, spec_name=spec.name)
                 raise
-        ran = len(study.trials) - ran_before
+        ran = _started(study) - ran_before
         files = _write_outputs(study, out, space=space, metric=metric, storage=shown_url, spec_name=spec.name)
 
     best = study.best_trial
