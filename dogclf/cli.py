@@ -7,7 +7,7 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """Adds ``dogclf train``'s options (the SageMaker entry script parses the same ones)."""
     add_data_args(p)
     p.add_argument("--out", required=True, type=Path, help="model directory to write (also holds checkpoint.pt)")
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
@@ -57,8 +58,27 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         default=True,
         help="fit the feature-space novelty score that flags unknown breeds (default); --no-novelty: softmax threshold",
     )
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="where the per-epoch checkpoint.pt goes and --resume reads it (default: --out)",
+    )
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="also write history (JSON, CSV, plot), the held-out evaluation report and confusion matrix here",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (or --checkpoint-dir)")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+
+
+def train_parser(prog: str = "dogclf train", *, add_help: bool = True) -> argparse.ArgumentParser:
+    """A parser of ``dogclf train``'s options alone (the SageMaker entry script reads its hyperparameters with it)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Train a classifier on a data folder.", add_help=add_help)
+    add_train_args(parser)
+    return parser
 
 
 def _add_head_args(p: argparse.ArgumentParser) -> None:
@@ -129,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-backbone", help="run the backbone contract checks (for plugin authors)")
     check.add_argument("name")
 
-    _add_train_args(sub.add_parser("train", help="train a classifier on a data folder"))
+    add_train_args(sub.add_parser("train", help="train a classifier on a data folder"))
 
     ev = sub.add_parser("evaluate", help="evaluate a trained model on a data split")
     ev.add_argument("--model", required=True, type=Path, help="model directory")
@@ -192,6 +212,9 @@ def _parser() -> argparse.ArgumentParser:
     from dogclf.tuning.cli import add_tune_parser  # argparse only; Optuna is imported when `tune` runs
 
     add_tune_parser(sub)
+    from dogclf.sagemaker.cli import add_sagemaker_parser  # argparse only; boto3 and the SDK load when it runs
+
+    add_sagemaker_parser(sub)
     return parser
 
 
@@ -286,10 +309,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             precision=args.precision,
             extract_batch_size=args.extract_batch_size,
             novelty=args.novelty,
+            environ=args.environ,
+            checkpoint_dir=args.checkpoint_dir,
+            output_dir=args.output_dir,
         )
     except KeyboardInterrupt:
         argv = list(args.argv)  # not sys.argv: under `python -m dogclf` its [0] is the path of __main__.py
-        checkpoint = args.out / "checkpoint.pt"
+        checkpoint = (args.checkpoint_dir or args.out) / "checkpoint.pt"
         if checkpoint.is_file():
             command = shlex.join(["dogclf", *argv] if "--resume" in argv else ["dogclf", *argv, "--resume"])
             print(
@@ -364,7 +390,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if report.unknown_rate is None:
         calibration += "unknown rate n/a (the model has no unknown threshold)"
     elif classifier.novelty is not None and classifier.novelty.threshold is not None:
-        calibration += f"unknown rate {report.unknown_rate:.1%} (novelty score over {classifier.novelty.threshold:.1f})"
+        calibration += f"unknown rate {report.unknown_rate:.1%} (novelty score over {classifier.novelty.threshold:.4f})"
     else:
         calibration += f"unknown rate {report.unknown_rate:.1%} (threshold {report.unknown_threshold:.3f})"
     print(calibration)
@@ -441,7 +467,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         decode_workers=args.decode_workers,
     )
     limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024))
-    top_k = default_top_k(os.environ) if args.top_k is None else args.top_k
+    top_k = default_top_k(args.environ) if args.top_k is None else args.top_k
     serve(
         args.model,
         host=args.host,
@@ -463,6 +489,12 @@ def _cmd_package(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sagemaker(args: argparse.Namespace) -> int:
+    from dogclf.sagemaker.cli import run_sagemaker
+
+    return run_sagemaker(args)
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     from dogclf.tuning.cli import run_tune
 
@@ -479,18 +511,25 @@ _COMMANDS = {
     "serve": _cmd_serve,
     "package": _cmd_package,
     "tune": _cmd_tune,
+    "sagemaker": _cmd_sagemaker,
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the CLI; returns the exit code (0 ok, 1 some inputs failed, 2 error, 130 interrupted)."""
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Runs the CLI; returns the exit code (0 ok, 1 some inputs failed, 2 error, 130 interrupted).
+
+    Args:
+        argv: The arguments (default ``sys.argv[1:]``).
+        environ: The environment commands read (default ``os.environ``).
+    """
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.environ = os.environ if environ is None else environ
     try:
         return _COMMANDS[args.command](args)
     except (DogclfError, ValueError) as exc:
         print(f"dogclf {args.command}: error: {exc}", file=sys.stderr)
-        if os.environ.get("DOGCLF_DEBUG"):
+        if args.environ.get("DOGCLF_DEBUG"):
             raise
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ __all__ = [
     "DogclfError",
     "DuplicateBackboneError",
     "InvalidBackboneSpecError",
+    "MissingExtraError",
     "ModelDirError",
     "UnknownBackboneError",
     "UnreadableImageError",
@@ -62,3 +63,7 @@ class UnreadableImageError(DogclfError, ValueError):
 
 class ModelDirError(DogclfError, FileNotFoundError):
     """A trained-model directory that is missing files or is malformed."""
+
+
+class MissingExtraError(DogclfError, ImportError):
+    """An optional dependency that is not installed; the message names the extra that installs it."""

@@ -16,7 +16,7 @@ from dogclf.data.dataset import ImageDataset
 from dogclf.data.folder import Sample
 from dogclf.training.calibration import ece_from_confidences
 
-__all__ = ["EvalReport", "evaluate", "plot_confusion_matrix"]
+__all__ = ["EvalReport", "evaluate", "plot_confusion_matrix", "report_from_logits"]
 
 
 @dataclass
@@ -108,55 +108,93 @@ def evaluate(
     Returns:
         The report.
     """
-    n_classes = len(classifier.class_names)
     if not samples:
         raise ValueError("evaluate() needs at least one image")
     dataset = ImageDataset(samples, classifier.transform, min_size=classifier.preprocessing.resize_size)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
-    k = min(5, n_classes)
-    top1 = top5 = 0
-    loss_sum = 0.0
-    top_raw: list[torch.Tensor] = []  # top softmax score at temperature 1, per image
-    top_calibrated: list[torch.Tensor] = []  # top score as Classifier.probabilities gives it
-    hits: list[torch.Tensor] = []
-    unknown: list[bool] = []  # the classifier's own unknown decision, per image
     batches: Any = loader
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(loader, desc="evaluate", unit="batch", leave=False)
+    outputs: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    novelties: list[torch.Tensor] = []
     with torch.inference_mode():
         for images, labels in batches:
             logits, novelty = classifier.scores(images)  # in the classifier's precision, as predictions are made
-            loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            best = logits.topk(k, dim=1).indices
-            top1 += int((best[:, 0] == labels).sum())
-            top5 += int((best == labels[:, None]).any(dim=1).sum())
-            confusion.index_put_((labels, best[:, 0]), torch.ones_like(labels), accumulate=True)
-            top_raw.append(torch.softmax(logits, dim=1).max(dim=1).values)
-            top_calibrated.append(torch.softmax(logits / classifier.temperature, dim=1).max(dim=1).values)
-            hits.append(best[:, 0] == labels)
-            novel = [None] * len(labels) if novelty is None else novelty.tolist()
-            unknown += [classifier.is_unknown(t, v) for t, v in zip(top_calibrated[-1].tolist(), novel, strict=True)]
-    n = len(samples)
-    correct = torch.cat(hits)
-    calibrated = torch.cat(top_calibrated)
-    threshold = classifier.unknown_threshold
-    decides = threshold is not None or (classifier.novelty is not None and classifier.novelty.threshold is not None)
+            outputs.append(logits)
+            targets.append(labels.long())
+            if novelty is not None:
+                novelties.append(novelty)
+    logits = torch.cat(outputs)
+    unknown = None
+    if classifier.novelty is not None and classifier.novelty.threshold is not None:
+        unknown = classifier.novelty.is_novel(torch.cat(novelties))  # the novelty score decides, as in predictions
+    return report_from_logits(
+        logits,
+        torch.cat(targets),
+        class_names=classifier.class_names,
+        temperature=classifier.temperature,
+        unknown_threshold=classifier.unknown_threshold,
+        unknown=unknown,
+    )
+
+
+def report_from_logits(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    class_names: Sequence[str],
+    temperature: float = 1.0,
+    unknown_threshold: float | None = None,
+    unknown: torch.Tensor | None = None,
+) -> EvalReport:
+    """The report of raw logits against true labels (from images, or from a head over cached features).
+
+    Args:
+        logits: ``(N, C)`` raw scores.
+        labels: ``(N,)`` true class indices.
+        class_names: Names in index order (``C`` of them).
+        temperature: The model's temperature (scores are ``softmax(logits / temperature)``).
+        unknown_threshold: Top scores under it count as unknown; ``None``: never unknown.
+        unknown: ``(N,)`` the model's own unknown flags (its novelty score's), used instead of the threshold.
+
+    Returns:
+        The report.
+    """
+    logits = logits.float()
+    labels = labels.long()
+    n, n_classes = logits.shape
+    if n == 0:
+        raise ValueError("an evaluation report needs at least one image")
+    if n_classes != len(class_names):
+        raise ValueError(f"{n_classes} logit columns but {len(class_names)} class names")
+    best = logits.topk(min(5, n_classes), dim=1).indices
+    correct = best[:, 0] == labels
+    confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
+    confusion.index_put_((labels, best[:, 0]), torch.ones_like(labels), accumulate=True)
+    raw = torch.softmax(logits, dim=1).max(dim=1).values  # top softmax score at temperature 1
+    calibrated = torch.softmax(logits / temperature, dim=1).max(dim=1).values  # as Classifier.probabilities gives it
     return EvalReport(
         n=n,
-        top1=top1 / n,
-        top5=top5 / n,
-        loss=loss_sum / n,
-        class_names=list(classifier.class_names),
+        top1=float(correct.double().mean()),
+        top5=float((best == labels[:, None]).any(dim=1).double().mean()),
+        loss=float(torch.nn.functional.cross_entropy(logits, labels)),
+        class_names=list(class_names),
         confusion=confusion.tolist(),
         ece=ece_from_confidences(calibrated, correct),
-        ece_uncalibrated=ece_from_confidences(torch.cat(top_raw), correct),
-        unknown_rate=float(sum(unknown) / n) if decides else None,
-        temperature=classifier.temperature,
-        unknown_threshold=threshold,
+        ece_uncalibrated=ece_from_confidences(raw, correct),
+        unknown_rate=_unknown_rate(calibrated, unknown_threshold, unknown),
+        temperature=temperature,
+        unknown_threshold=unknown_threshold,
     )
+
+
+def _unknown_rate(calibrated: torch.Tensor, threshold: float | None, unknown: torch.Tensor | None) -> float | None:
+    if unknown is not None:
+        return float(unknown.double().mean())
+    return None if threshold is None else float((calibrated < threshold).double().mean())
 
 
 def plot_confusion_matrix(report: EvalReport, path: str | os.PathLike[str], *, title: str = "") -> Path:

@@ -98,6 +98,23 @@ def tiny_plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture
+def tiny_plugin(tiny_plugin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dogclf.BackboneSpec:
+    """The tiny backbone found in this process through its real entry point (distribution ``dogclf-tinybb 0.1``).
+
+    The process-wide registry is a fresh one for the test, so what other tests registered does not interfere.
+    """
+    import importlib.metadata
+
+    from dogclf.backbones import registry as registry_module
+
+    monkeypatch.syspath_prepend(str(tiny_plugin_dir))
+    monkeypatch.setattr(registry_module, "_DEFAULT", None)
+    spec = registry_module.default_registry().get("tinynet")
+    assert spec.distribution == "dogclf-tinybb 0.1", importlib.metadata.version("dogclf-tinybb")
+    return spec
+
+
 def plugin_environ(plugin_dir: Path) -> dict[str, str]:
     """Environment for ``dogclf`` subprocesses that can see the tiny plugin in ``plugin_dir``, with no network use."""
     env = dict(os.environ)
@@ -155,3 +172,36 @@ def png_claiming(width: int, height: int) -> bytes:
     struct.pack_into(">II", data, 16, width, height)  # IHDR data follows signature (8), length (4), type (4)
     struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
     return bytes(data)
+
+
+@pytest.fixture
+def moto_environ(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A moto server on 127.0.0.1 (a free port) standing in for AWS, and the environment that points at it.
+
+    Dummy credentials and region, SDK telemetry off, role validation off; no real AWS variable leaks in. The server
+    is stopped after the test.
+    """
+    moto_server = pytest.importorskip("moto.server", reason="moto (dogclf[dev]) is not installed")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    telemetry = tmp_path_factory.mktemp("sagemaker-config") / "config.yaml"
+    telemetry.write_text(
+        "SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n", encoding="utf-8"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SAGEMAKER_"))}
+    environ |= {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "AKIATESTINGDOGCLF",
+        "AWS_SECRET_ACCESS_KEY": "dogclf-test-secret-never-printed",
+        "AWS_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(telemetry.parent / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(telemetry.parent / "no-aws-credentials"),
+        "SAGEMAKER_USER_CONFIG_OVERRIDE": str(telemetry),
+        "SAGEMAKER_VALIDATE_ROLE": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
+    try:
+        yield environ
+    finally:
+        server.stop()

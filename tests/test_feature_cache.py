@@ -17,6 +17,7 @@ from PIL import Image
 import dogclf
 from dogclf.cli import main
 from dogclf.data.folder import load_splits
+from dogclf.errors import UnreadableImageError
 from dogclf.features import cache as cache_module
 from dogclf.features.cache import (
     FeatureCache,
@@ -308,12 +309,10 @@ def test_a_full_disk_stops_caching_with_one_clear_message(
     tiny_tree: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import safetensors.torch
-
-    def disk_full(*args: Any, **kwargs: Any) -> None:
+    def disk_full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)  # fault injection: the write is what fails
+    monkeypatch.setattr(os, "fsync", disk_full)  # fault injection: where a full disk shows (delayed allocation)
     backbone = _backbone(tiny_spec)
     sets, messages = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
     warnings = [m for m in messages if "cannot be written" in m]
@@ -511,3 +510,202 @@ def test_cli_flags_reach_training(tmp_path: Path, tiny_spec: dogclf.BackboneSpec
     assert _shards(tmp_path / "cache")
     assert main([*argv, "--overwrite", "--no-cache"]) == 0
     assert json.loads((out / "config.json").read_text())["training"]["features"] == "in-memory"
+
+
+# --- permissions, umask, content keys -------------------------------------------------------------------------------
+
+
+def _refuse_unreadable_files_as_an_ordinary_user_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root reads a mode-000 file anyway; for root, emulate the kernel's refusal an ordinary user gets."""
+    if os.geteuid() != 0:
+        return
+    import builtins
+
+    real_open = builtins.open
+
+    def checked_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        readable = not isinstance(file, (str, os.PathLike)) or not os.path.isfile(file) or os.stat(file).st_mode & 0o444
+        if "r" in mode and not readable:
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", checked_open)
+
+
+def test_a_shard_it_cannot_read_for_lack_of_permission_is_skipped_never_deleted(
+    tmp_path: Path,
+    tiny_spec: dogclf.BackboneSpec,
+    tiny_tree: Path,
+    counted_backbone: tuple[torch.nn.Module, Counted],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backbone, counter = counted_backbone
+    first, _ = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    [shard] = _shards(tmp_path / "cache")
+    content = shard.read_bytes()
+    shard.chmod(0o000)  # e.g. written by a colleague into a shared cache folder
+    _refuse_unreadable_files_as_an_ordinary_user_would(monkeypatch)
+    counter.images = 0
+
+    second, messages = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    warnings = [m for m in messages if "warning" in m]
+    assert len(warnings) == 1, messages
+    assert str(shard) in warnings[0]
+    assert "permission denied" in warnings[0].lower()
+    assert "not removed" in warnings[0]
+    assert _counts(messages) == (0, 42)
+    assert counter.images == 42
+    torch.testing.assert_close(_all_features(second), _all_features(first))
+    assert shard.exists(), "a shard we cannot read is not ours to delete"
+    shard.chmod(0o644)
+    assert shard.read_bytes() == content
+
+    _, messages = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    assert _counts(messages) == (42, 0)
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o022, 0o077])
+def test_cache_files_honour_the_umask(
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, umask: int
+) -> None:
+    old = os.umask(umask)
+    try:
+        _prepare(tiny_tree, tiny_spec, _backbone(tiny_spec), tmp_path / "cache")
+    finally:
+        os.umask(old)
+    written = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert _shards(tmp_path / "cache")
+    assert {p.name for p in written} >= {"namespace.json", _shards(tmp_path / "cache")[0].name}
+    for path in written:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+    for folder in [p for p in (tmp_path / "cache").rglob("*") if p.is_dir()]:
+        assert folder.stat().st_mode & 0o777 == 0o777 & ~umask, folder
+
+
+def _same_size_replacement(path: Path, colour: tuple[int, int, int], *, how: str) -> None:
+    """Replaces ``path`` with other pixels of exactly the same byte size, and puts its old mtime back."""
+    before = path.stat()
+    replacement = path.with_name(f".incoming-{path.name}")
+    Image.new("RGB", (40, 40), colour).save(replacement, format="BMP")
+    assert replacement.stat().st_size == before.st_size
+    if how == "rename":  # what rsync -a does: a temporary file renamed over the old one, then its mtime set
+        os.replace(replacement, path)
+    else:  # what an in-place copy or untar over the tree does: the same file rewritten
+        path.write_bytes(replacement.read_bytes())
+        replacement.unlink()
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    assert path.stat().st_mtime_ns == before.st_mtime_ns
+
+
+@pytest.mark.parametrize("how", ["rename", "in-place"])
+def test_a_same_size_file_replaced_with_its_old_mtime_is_extracted_again(
+    tmp_path: Path,
+    tiny_spec: dogclf.BackboneSpec,
+    tiny_tree: Path,
+    counted_backbone: tuple[torch.nn.Module, Counted],
+    how: str,
+) -> None:
+    backbone, counter = counted_backbone
+    photo = tiny_tree / "train" / "001.Synthetic_red_discs" / "scan.bmp"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(photo)
+    before, messages = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    assert _counts(messages) == (0, 43)
+    _same_size_replacement(photo, (30, 30, 200), how=how)
+    counter.images = 0
+
+    after, messages = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    assert _counts(messages) == (42, 1)
+    assert counter.images == 1
+    index = [s.path for s in load_splits(tiny_tree).train].index(photo)
+    assert not torch.allclose(after["train"].features[index], before["train"].features[index])
+    fresh, _ = _prepare(tiny_tree, tiny_spec, backbone, None)
+    torch.testing.assert_close(_all_features(after), _all_features(fresh))
+
+
+def test_a_cache_copied_to_another_machine_hits_for_the_same_photos_in_another_folder(
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, counted_backbone: tuple[torch.nn.Module, Counted]
+) -> None:
+    import shutil
+
+    backbone, counter = counted_backbone
+    local, _ = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    # The SageMaker case: the cache folder goes through S3 into a "features" channel, and the photos arrive under
+    # another root with new modification times (and new inodes).
+    channel = tmp_path / "opt" / "ml" / "input" / "data"
+    shutil.copytree(tmp_path / "cache", channel / "features", copy_function=shutil.copy)
+    shutil.copytree(tiny_tree, channel / "training", copy_function=shutil.copy)
+    counter.images = 0
+
+    remote, messages = _prepare(channel / "training", tiny_spec, backbone, channel / "features")
+    assert _counts(messages) == (42, 0)
+    assert counter.images == 0
+    torch.testing.assert_close(_all_features(remote), _all_features(local), rtol=0, atol=0)
+
+
+def test_an_older_cache_format_is_left_alone_and_named_once(
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path
+) -> None:
+    old = tmp_path / "cache" / "tinynet-0123456789abcdef0123"
+    old.mkdir(parents=True)
+    (old / "namespace.json").write_text(json.dumps({"key": {"format": 1, "backbone": "tinynet"}}))
+    (old / "shard-18ed5b3fd20e1dd5-9210-229167c8.safetensors").write_bytes(b"\0" * 5000)
+    backbone = _backbone(tiny_spec)
+
+    _, messages = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    notes = [m for m in messages if "older cache format" in m]
+    assert len(notes) == 1, messages
+    assert str(tmp_path / "cache") in notes[0]
+    assert old.name in notes[0]
+    assert _counts(messages) == (0, 42)
+    assert (old / "namespace.json").is_file(), "an older dogclf may still use it: never removed"
+    _, messages = _prepare(tiny_tree, tiny_spec, backbone, tmp_path / "cache")
+    assert not [m for m in messages if "older cache format" in m]
+    assert _counts(messages) == (42, 0)
+
+
+# --- decoding once ----------------------------------------------------------------------------------------------------
+
+
+def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    from dogclf.data import images
+
+    decoded: list[object] = []
+    real = images.load_rgb
+
+    def counting(source: Any, **kwargs: Any) -> Any:
+        decoded.append(source)
+        return real(source, **kwargs)
+
+    monkeypatch.setattr(images, "load_rgb", counting)
+    return decoded
+
+
+def test_training_on_features_decodes_each_new_image_once_and_cached_ones_never(
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tiny_tree / "train" / "002.Synthetic_blue_stripes" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    decoded = _count_decodes(monkeypatch)
+    common: dict[str, Any] = {"weights": None, "progress": False, "cache_dir": tmp_path / "cache", "precision": "fp32"}
+
+    messages: list[str] = []
+    first = dogclf.train(tiny_tree, "tinynet", tmp_path / "m1", config=_config(1), log=messages.append, **common)
+    assert len(decoded) == 43, "one decode per image: extraction is the check"
+    assert [p for p, _ in first.splits.skipped] == [broken]
+    assert any(f"skipped {broken}: " in m for m in messages), messages
+    assert len(first.splits.train) == 24
+    assert _counts(messages) == (0, 43)
+
+    decoded.clear()
+    messages.clear()
+    second = dogclf.train(tiny_tree, "tinynet", tmp_path / "m2", config=_config(1), log=messages.append, **common)
+    assert len(decoded) == 1, "only the unreadable file, which is never cached, is decoded again"
+    assert _counts(messages) == (42, 1)
+    assert [p for p, _ in second.splits.skipped] == [broken]
+    _assert_same_history(second.history, first.history)
+
+    decoded.clear()
+    with pytest.raises(UnreadableImageError, match="strict mode"):
+        dogclf.train(tiny_tree, "tinynet", tmp_path / "m3", config=_config(1), log=print, strict=True, **common)
+    assert len(decoded) == 43, "--strict checks every image before anything else"

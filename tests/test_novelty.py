@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import _tiny_namespace
-from sklearn.covariance import ledoit_wolf_shrinkage as sklearn_shrinkage
 from sklearn.metrics import roc_auc_score
 from test_package import plugin_model  # noqa: F401 (a fixture: packaging needs a plugin backbone)
 
@@ -21,7 +20,7 @@ import dogclf
 from dogclf.backbones.registry import default_registry
 from dogclf.cli import main
 from dogclf.errors import ModelDirError
-from dogclf.novelty import NOVELTY_NAME, NoveltyScorer, fit_novelty, ledoit_wolf_shrinkage, load_novelty
+from dogclf.novelty import NOVELTY_NAME, NoveltyScorer, fit_novelty, load_novelty
 from dogclf.openset import auroc
 
 
@@ -33,32 +32,26 @@ def _clusters(n: int, centres: torch.Tensor, *, seed: int) -> tuple[torch.Tensor
 
 def test_novelty_scores_an_unseen_cluster_far_above_the_known_ones_and_keeps_95_percent_of_valid() -> None:
     centres = torch.randn(4, 16, generator=torch.Generator().manual_seed(0)) * 3
-    train, labels = _clusters(400, centres[:3], seed=1)
+    train, _ = _clusters(400, centres[:3], seed=1)
     valid, _ = _clusters(200, centres[:3], seed=2)
     unseen, _ = _clusters(100, centres[3:], seed=3)
 
-    scorer = fit_novelty(train, labels, valid, num_classes=3)
+    scorer = fit_novelty(train, valid, k=5)
 
     valid_scores, unseen_scores = scorer.score(valid), scorer.score(unseen)
     assert float(scorer.is_novel(valid_scores).float().mean()) == pytest.approx(0.05, abs=0.005)
     assert float(scorer.is_novel(unseen_scores).float().mean()) > 0.95
-    # The score is the squared Mahalanobis distance to the nearest mean under the shrunk shared covariance.
-    means = torch.stack([train[labels == c].double().mean(0) for c in range(3)])
-    centred = train.double() - means[labels]
-    covariance = centred.T @ centred / len(train)
-    alpha = scorer.shrinkage
-    covariance = (1 - alpha) * covariance + alpha * covariance.diagonal().mean() * torch.eye(16, dtype=torch.float64)
-    precision = torch.linalg.inv(covariance)
-    d = unseen[:1].double() - means
-    expected = float(torch.einsum("cf,fg,cg->c", d, precision, d).min())
-    assert float(unseen_scores[0]) == pytest.approx(expected, rel=1e-4)
+    # The score is one minus the cosine similarity to the 5th most similar training photo.
+    similarity = torch.nn.functional.cosine_similarity(unseen[:1], train, dim=1)
+    expected = 1.0 - float(similarity.sort(descending=True).values[4])
+    assert float(unseen_scores[0]) == pytest.approx(expected, abs=2e-3)  # the bank is stored as float16
 
 
-def test_ledoit_wolf_shrinkage_is_scikit_learns() -> None:
-    x = torch.randn(60, 30, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    x = x - x.mean(0)
-
-    assert ledoit_wolf_shrinkage(x) == pytest.approx(float(sklearn_shrinkage(x.numpy(), assume_centered=True)))
+def test_fit_novelty_refuses_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
+        fit_novelty(torch.ones(3, 2), None, k=0)
+    with pytest.raises(ValueError, match="needs training features"):
+        fit_novelty(torch.ones(0, 2), None)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -101,15 +94,16 @@ def test_train_stores_the_novelty_score_as_safetensors_named_in_the_config(
     model = novelty_model["model"]
     config = json.loads((model / "config.json").read_text())
 
-    assert config["novelty"]["method"] == "mahalanobis"
+    assert config["novelty"]["method"] == "knn"
+    assert config["novelty"]["k"] == 10
     assert config["novelty"]["file"] == NOVELTY_NAME
     assert config["novelty"]["keep"] == 0.95
     assert (model / NOVELTY_NAME).read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
     classifier = dogclf.load_model(model)
     assert classifier.novelty is not None
     assert classifier.novelty.threshold == pytest.approx(config["novelty"]["threshold"])
-    assert classifier.novelty.whiten.shape == (16, 16)
-    assert classifier.novelty.centres.shape == (3, 16)
+    assert classifier.novelty.bank.shape == (36, 16)  # the 36 training photos' features
+    assert classifier.novelty.bank.dtype == torch.float16
 
 
 def test_predict_flags_unknown_by_the_novelty_score(
@@ -186,7 +180,7 @@ def test_the_package_archive_carries_the_novelty_file(
 
     model, _ = plugin_model
     features = torch.randn(40, 16, generator=torch.Generator().manual_seed(5))
-    scorer = fit_novelty(features, torch.arange(40) % 4, features[:8], num_classes=4)
+    scorer = fit_novelty(features, features[:8])
     scorer.save(model)
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "novelty": scorer.to_config()}))
@@ -285,6 +279,6 @@ def test_evaluate_unknown_dir_without_images_is_a_clear_error(
 
 
 def test_scorer_threshold_none_never_flags() -> None:
-    scorer = NoveltyScorer(whiten=torch.eye(2), centres=torch.zeros(1, 2))
+    scorer = NoveltyScorer(bank=torch.tensor([[1.0, 0.0]]).half())
 
-    assert not scorer.is_novel(scorer.score(torch.full((3, 2), 100.0))).any()
+    assert not scorer.is_novel(scorer.score(torch.tensor([[0.0, 1.0], [-1.0, 0.0]]))).any()

@@ -27,7 +27,7 @@ from dogclf.serving.package import (
     CONTAINER_PROVIDED,
     SERVING_REQUIREMENTS,
     PackageError,
-    _merge_requirements,
+    merge_requirements,
     package_model,
 )
 
@@ -221,7 +221,7 @@ def test_package_refuses_a_backbone_registered_in_process(tiny_spec: Any, tmp_pa
     ],
 )
 def test_merge_requirements(lines: list[str], expected: list[str]) -> None:
-    assert _merge_requirements(lines) == expected
+    assert merge_requirements(lines) == expected
 
 
 def test_serving_requirements_match_pyproject() -> None:

@@ -6,7 +6,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ __all__ = [
     "ClassInfo",
     "DataSplits",
     "Sample",
+    "drop_unreadable",
     "find_classes",
     "load_splits",
     "make_samples",
@@ -291,7 +292,16 @@ def load_splits(
 
 def _drop_unreadable(splits: DataSplits, *, strict: bool) -> None:
     everything = splits.train + splits.valid + splits.test
-    bad = find_unreadable([s.path for s in everything])
+    drop_unreadable(splits, find_unreadable([s.path for s in everything]), strict=strict)
+
+
+def drop_unreadable(splits: DataSplits, bad: Sequence[tuple[Path, str]], *, strict: bool) -> None:
+    """Leaves the files of ``bad`` (``(path, reason)``) out of ``splits`` and records them in ``splits.skipped``.
+
+    Raises:
+        UnreadableImageError: With ``strict``, listing every file of ``bad``.
+        DatasetError: If a class is left without training images.
+    """
     if not bad:
         return
     if strict:
@@ -305,7 +315,7 @@ def _drop_unreadable(splits: DataSplits, *, strict: bool) -> None:
     splits.train = [s for s in splits.train if s.path not in bad_paths]
     splits.valid = [s for s in splits.valid if s.path not in bad_paths]
     splits.test = [s for s in splits.test if s.path not in bad_paths]
-    splits.skipped = bad
+    splits.skipped = [*splits.skipped, *bad]
     left = {s.label for s in splits.train}
     empty = [c.folder for i, c in enumerate(splits.classes) if i not in left]
     if empty:

@@ -1,16 +1,20 @@
-"""The on-disk feature cache: one backbone feature vector per image file, reused across training runs.
+"""The on-disk feature cache: one backbone feature vector per image content, reused across runs and machines.
 
 Layout: ``ROOT/<backbone>-<hash of the backbone key>/`` holds ``namespace.json`` (what the key is made of, for
 people) and ``shard-*.safetensors`` files. Each shard holds a ``features`` matrix ``(n, F)`` (float32) and, in its
-safetensors header, the ``n`` image keys ``(resolved path, size, mtime_ns)`` of its rows and a sha256 of the matrix.
-The shards' own headers are the index: there is no separate index file that could disagree with them.
+safetensors header, the ``n`` image keys ``(sha256, size)`` of its rows (see :mod:`dogclf.features.keys`) and a
+sha256 of the matrix. The shards' own headers are the index: there is no separate index file that could disagree
+with them. Nothing in a namespace depends on paths, mtimes or the machine, so a cache folder can be copied (to S3
+and into a SageMaker channel, say) and hits there for the same photos under any folder. ``ROOT/file-index.json`` is
+a local accelerator (:class:`~dogclf.features.keys.StatIndex`) that spares rehashing unchanged files.
 
-A shard is written to a unique temporary name in the same folder, fsync'd, and renamed into place with
-``os.replace``, so a shard is either complete or absent: an interrupted run leaves at most a ``.tmp-*`` file, which
-is never read (and is removed once it is a day old), and two runs sharing a cache never write the same file.
-A shard that cannot be read or whose checksum fails is reported, deleted, and its images are extracted again.
-A cache folder that cannot be written (read-only, full, not a folder) is reported once; the run goes on without
-storing features.
+A shard is written to a unique temporary name in the same folder (created with the user's umask), fsync'd, and
+renamed into place with ``os.replace``, so a shard is either complete or absent: an interrupted run leaves at most a
+``.tmp-*`` file, which is never read (and is removed once it is a day old), and two runs sharing a cache never write
+the same file. A shard whose bytes fail verification (checksum, truncation, a damaged header) is reported, removed,
+and its images are extracted again; a shard that cannot be read at all (permission denied, an I/O error) is reported
+and skipped, never removed. A cache folder that cannot be written (read-only, full, not a folder) is reported once;
+the run goes on without storing features.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from dogclf.features.keys import ImageKey, StatIndex, image_key
+from dogclf.features.shards import DamagedShardError, read_features, read_keys, shard_bytes
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -36,40 +43,28 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT_VERSION",
+    "INDEX_NAME",
     "FeatureCache",
     "ImageKey",
     "backbone_digest",
     "default_cache_dir",
     "image_key",
     "make_backbone_key",
+    "stat_index",
 ]
 
-FORMAT_VERSION = 1
-"""Bumped whenever dogclf changes how features are computed or stored; old shards then fall out of use."""
+FORMAT_VERSION = 2
+"""Bumped whenever dogclf changes how features are computed or stored; old namespaces then fall out of use.
 
-_SHARD_GLOB = "shard-*.safetensors"
+1: images keyed by resolved path, size and mtime. 2: images keyed by the sha256 and size of their bytes.
+"""
+
+INDEX_NAME = "file-index.json"
+
+_SHARD_NAME = re.compile(r"shard-[0-9a-f]+-\d+-[0-9a-f]+\.safetensors")
 _TMP_PREFIX = ".tmp-"
 _STALE_TMP_SECONDS = 24 * 3600
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.\-]+")
-
-
-class ImageKey(NamedTuple):
-    """What identifies one image file's content for the cache: its resolved path, size and modification time."""
-
-    path: str
-    size: int
-    mtime_ns: int
-
-
-def image_key(path: str | os.PathLike[str]) -> ImageKey:
-    """Stats ``path`` and returns its cache key.
-
-    Raises:
-        OSError: If the file cannot be stat'ed.
-    """
-    resolved = Path(path).resolve()
-    info = os.stat(resolved)
-    return ImageKey(str(resolved), int(info.st_size), int(info.st_mtime_ns))
 
 
 def default_cache_dir(environ: Mapping[str, str]) -> Path:
@@ -131,6 +126,11 @@ def make_backbone_key(*, backbone: str, digest: str, preprocessing: Preprocessin
         },
         sort_keys=True,
     )
+
+
+def stat_index(root: str | os.PathLike[str]) -> StatIndex:
+    """The cache folder's :class:`~dogclf.features.keys.StatIndex` (``ROOT/file-index.json``)."""
+    return StatIndex(Path(root).expanduser() / INDEX_NAME)
 
 
 def _parsed(key: str) -> Any:
@@ -199,6 +199,7 @@ class FeatureCache:
 
     def _prepare_folder(self) -> None:
         try:
+            created = not self.path.is_dir()
             self.path.mkdir(parents=True, exist_ok=True)
             description = self.path / "namespace.json"
             if not description.is_file():
@@ -207,7 +208,28 @@ class FeatureCache:
         except OSError as exc:
             self._disable_writes(exc)
             return
+        if created:
+            self._report_old_formats()
         self._remove_stale_temps()
+
+    def _report_old_formats(self) -> None:
+        """Says once, when a namespace is first made, which older-format namespaces beside it are now unused."""
+        old: list[Path] = []
+        for folder in _subfolders(self.root):
+            try:
+                key = json.loads((folder / "namespace.json").read_text(encoding="utf-8")).get("key", {})
+                if isinstance(key, dict) and isinstance(key.get("format"), int) and key["format"] < FORMAT_VERSION:
+                    old.append(folder)
+            except (OSError, ValueError, AttributeError):
+                continue  # not a namespace, or not readable: not ours to judge
+        if old:
+            size = sum(_folder_bytes(folder) for folder in old)
+            self.log(
+                f"note: feature cache {self.root} holds {len(old)} folder(s) of an older cache format that this "
+                f"dogclf no longer reads ({size / 1e6:.1f} MB: {', '.join(f.name for f in old[:3])}"
+                f"{', ...' if len(old) > 3 else ''}); features are extracted again into the new format. Delete them "
+                "to free the space, unless an older dogclf still uses this cache."
+            )
 
     def _remove_stale_temps(self) -> None:
         now = time.time()
@@ -225,58 +247,57 @@ class FeatureCache:
         if not self.writable:
             return
         self.writable = False
-        reasons = {
-            errno.ENOSPC: "the disk is full",
-            errno.EDQUOT: "the disk quota is exceeded",
-            errno.EACCES: "permission denied",
-            errno.EPERM: "permission denied",
-            errno.EROFS: "the file system is read-only",
-            errno.ENOTDIR: "a part of the path is a file, not a folder",
-        }
-        reason = reasons.get(exc.errno or -1, f"{type(exc).__name__}: {exc}")
         self.log(
-            f"warning: feature cache {self.path} cannot be written ({reason}; {exc.strerror or exc}). Training "
-            "goes on without storing features, so the next run extracts them again. Free space, fix the "
+            f"warning: feature cache {self.path} cannot be written ({_reason(exc)}; {exc.strerror or exc}). "
+            "Training goes on without storing features, so the next run extracts them again. Free space, fix the "
             "permissions, pass --cache-dir DIR for another folder, or --no-cache to silence this."
         )
 
+    def _forget(self, shard: Path) -> None:
+        if self._index is not None:
+            self._index = {k: e for k, e in self._index.items() if e.shard != shard}
+
     def _corrupt(self, shard: Path, reason: str) -> None:
         self.log(
-            f"warning: feature cache shard {shard} is unreadable ({reason}); removing it and extracting its images "
-            "again."
+            f"warning: feature cache shard {shard} is damaged ({reason}); removing it and extracting its images again."
         )
         with contextlib.suppress(OSError):  # read-only cache or already gone: it is skipped from now on either way
             shard.unlink()
-        if self._index is not None:
-            self._index = {k: e for k, e in self._index.items() if e.shard != shard}
+        self._forget(shard)
+
+    def _unreadable(self, shard: Path, exc: OSError) -> None:
+        self.log(
+            f"warning: feature cache shard {shard} cannot be read ({_reason(exc)}); skipping it (not removed) and "
+            "extracting its images again. Fix its permissions, or remove it if it is not needed."
+        )
+        self._forget(shard)
 
     def _load_index(self) -> dict[ImageKey, _Entry]:
         if self._index is not None:
             return self._index
-        from safetensors import safe_open
-
         index: dict[ImageKey, _Entry] = {}
+        self._index = index
         try:
-            shards = sorted(self.path.glob(_SHARD_GLOB))
-        except OSError:
+            with os.scandir(self.path) as entries:
+                shards = sorted(Path(e.path) for e in entries if _SHARD_NAME.fullmatch(e.name))
+        except FileNotFoundError:
+            shards = []
+        except OSError as exc:
+            self.log(f"warning: feature cache {self.path} cannot be listed ({_reason(exc)}); extracting every image.")
             shards = []
         for shard in shards:
             try:
-                with safe_open(str(shard), framework="pt") as handle:
-                    meta = handle.metadata() or {}
-                    rows = handle.get_slice("features").get_shape()[0]
-                keys = [ImageKey(str(p), int(s), int(m)) for p, s, m in json.loads(meta["keys"])]
-                if len(keys) != rows or meta.get("format") != str(FORMAT_VERSION):
-                    raise ValueError(f"{len(keys)} keys for {rows} rows, format {meta.get('format')!r}")
+                keys = read_keys(shard, format_version=FORMAT_VERSION)
             except FileNotFoundError:
                 continue  # removed by a concurrent run since the listing
-            except Exception as exc:  # a damaged file can fail in many ways; each means "recompute"
-                self._index = index
-                self._corrupt(shard, f"{type(exc).__name__}: {exc}")
+            except OSError as exc:
+                self._unreadable(shard, exc)
+                continue
+            except DamagedShardError as exc:
+                self._corrupt(shard, str(exc))
                 continue
             for row, key in enumerate(keys):
                 index[key] = _Entry(shard, row)
-        self._index = index
         return index
 
     def __len__(self) -> int:
@@ -319,23 +340,19 @@ class FeatureCache:
         return sorted(positions), features
 
     def _read_shard(self, shard: Path) -> torch.Tensor | None:
-        from safetensors import safe_open
-
         try:
-            with safe_open(str(shard), framework="pt") as handle:
-                meta = handle.metadata() or {}
-                matrix = handle.get_tensor("features")
-            if hashlib.sha256(matrix.contiguous().numpy().tobytes()).hexdigest() != meta.get("sha256"):
-                raise ValueError("checksum mismatch")
+            _, matrix = read_features(shard, format_version=FORMAT_VERSION)
         except FileNotFoundError:
             self.log(f"warning: feature cache shard {shard} vanished while in use; extracting its images again.")
-            if self._index is not None:
-                self._index = {k: e for k, e in self._index.items() if e.shard != shard}
+            self._forget(shard)
             return None
-        except Exception as exc:  # a damaged file can fail in many ways; each means "recompute"
-            self._corrupt(shard, f"{type(exc).__name__}: {exc}")
+        except OSError as exc:
+            self._unreadable(shard, exc)
             return None
-        return matrix.float()
+        except DamagedShardError as exc:
+            self._corrupt(shard, str(exc))
+            return None
+        return matrix
 
     # --- writing -------------------------------------------------------------------------------------------------
 
@@ -378,29 +395,11 @@ class FeatureCache:
             self._write_shard(keys[start : start + self.chunk_size], matrix[start : start + self.chunk_size])
 
     def _write_shard(self, keys: Sequence[ImageKey], matrix: torch.Tensor) -> None:
-        from safetensors.torch import save_file
-
-        matrix = matrix.float().contiguous()
-        name = f"shard-{time.time_ns():016x}-{os.getpid()}-{secrets.token_hex(4)}.safetensors"
-        target = self.path / name
-        tmp = self.path / f"{_TMP_PREFIX}{name}"
-        metadata = {
-            "format": str(FORMAT_VERSION),
-            "keys": json.dumps([list(k) for k in keys]),
-            "sha256": hashlib.sha256(matrix.numpy().tobytes()).hexdigest(),
-        }
+        target = self.path / f"shard-{time.time_ns():016x}-{os.getpid()}-{secrets.token_hex(4)}.safetensors"
         try:
-            save_file({"features": matrix}, str(tmp), metadata=metadata)
-            _fsync_file(tmp)
-            os.replace(tmp, target)
-            _fsync_dir(self.path)
+            self._atomic_write_bytes(target, shard_bytes(keys, matrix, format_version=FORMAT_VERSION))
         except OSError as exc:
-            _remove_quietly(tmp)
             self._disable_writes(exc)
-            return
-        except Exception as exc:  # safetensors reports I/O failures as its own error type
-            _remove_quietly(tmp)
-            self._disable_writes(OSError(errno.EIO, str(exc)))
             return
         self.writes += len(keys)
         if self._index is not None:
@@ -408,9 +407,10 @@ class FeatureCache:
                 self._index[key] = _Entry(target, row)
 
     def _atomic_write_bytes(self, target: Path, data: bytes) -> None:
+        """Writes ``data`` to a new temporary file (mode 0666 less the umask), fsyncs it, renames it to ``target``."""
         tmp = target.with_name(f"{_TMP_PREFIX}{target.name}-{os.getpid()}-{secrets.token_hex(4)}")
         try:
-            with open(tmp, "wb") as handle:
+            with open(tmp, "xb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -418,6 +418,7 @@ class FeatureCache:
         except OSError:
             _remove_quietly(tmp)
             raise
+        _fsync_dir(self.path)
 
     def __enter__(self) -> FeatureCache:
         return self
@@ -426,9 +427,35 @@ class FeatureCache:
         self.flush()
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
+_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EIO: "an input/output error",
+}
+
+
+def _reason(exc: OSError) -> str:
+    return _REASONS.get(exc.errno or -1, f"{type(exc).__name__}: {exc}")
+
+
+def _subfolders(root: Path) -> list[Path]:
+    try:
+        with os.scandir(root) as entries:
+            return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _folder_bytes(folder: Path) -> int:
+    try:
+        with os.scandir(folder) as entries:
+            return sum(e.stat(follow_symlinks=False).st_size for e in entries if e.is_file(follow_symlinks=False))
+    except OSError:
+        return 0
 
 
 def _fsync_dir(path: Path) -> None:

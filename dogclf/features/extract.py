@@ -13,6 +13,7 @@ and train/eval modes are restored afterwards, so the caller's module is left as 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from dogclf.errors import BackboneContractError, DogclfError, UnreadableImageError
+from dogclf.features.keys import ImageKey
 
 if TYPE_CHECKING:
     from dogclf.backbones.spec import Preprocessing
@@ -31,9 +33,11 @@ if TYPE_CHECKING:
 __all__ = [
     "PRECISIONS",
     "ExtractOptions",
+    "FeatureBatch",
     "InvalidExtractOptionsError",
     "cpu_has_native_bf16",
     "extract_features",
+    "iter_feature_batches",
     "iter_features",
     "resolve_precision",
 ]
@@ -163,6 +167,24 @@ def resolve_precision(options: ExtractOptions, device: torch.device | None = Non
     return options.precision
 
 
+@dataclass(frozen=True)
+class FeatureBatch:
+    """One batch of :func:`iter_feature_batches`.
+
+    Attributes:
+        positions: Indices into ``items`` of the images that decoded, in order.
+        features: Their ``(len(positions), F)`` float32 CPU features.
+        keys: The content key (sha256 and size) of the bytes each of them was decoded from, read in the same pass:
+            what the feature cache stores them under.
+        unreadable: ``(position, reason)`` of the items of this batch that could not be decoded (left out above).
+    """
+
+    positions: list[int]
+    features: torch.Tensor
+    keys: list[ImageKey]
+    unreadable: list[tuple[int, str]]
+
+
 def iter_features(
     backbone: nn.Module,
     items: Sequence[Path | str],
@@ -191,6 +213,35 @@ def iter_features(
         InvalidExtractOptionsError: A precision the device cannot run.
         BackboneContractError: A backbone whose output is not ``(B, F)``.
     """
+    paths = [Path(item) for item in items]
+    for batch in iter_feature_batches(backbone, paths, preprocessing, options):
+        for position, reason in batch.unreadable[:1]:
+            raise UnreadableImageError(
+                f"{paths[position]}: {reason}; remove the file or filter unreadable images first "
+                "(dogclf.data.images.find_unreadable)"
+            )
+        yield batch.positions, batch.features
+
+
+def iter_feature_batches(
+    backbone: nn.Module,
+    items: Sequence[Path | str],
+    preprocessing: Preprocessing,
+    options: ExtractOptions = ExtractOptions(),
+) -> Iterator[FeatureBatch]:
+    """:func:`iter_features` that reports unreadable images instead of raising, and keys each image by its bytes.
+
+    Each image file is read once, in a loader worker: its bytes are hashed (:class:`FeatureBatch` ``keys``) and
+    decoded from the same buffer, so the features always belong to the content under the key even if the file
+    changes during the run.
+
+    Yields:
+        One :class:`FeatureBatch` per loader batch (``options.batch_size`` items), in the order of ``items``.
+
+    Raises:
+        InvalidExtractOptionsError: A precision the device cannot run.
+        BackboneContractError: A backbone whose output is not ``(B, F)``.
+    """
     from dogclf.training.config import resolve_device
 
     device = resolve_device(options.device)
@@ -208,19 +259,35 @@ def iter_features(
     chunk = options.forward_size(device)
     with _prepared(backbone, device, channels_last=options.channels_last):
         forward: Any = torch.compile(backbone) if options.compile else backbone
-        for images, positions, errors in loader:
-            _raise_unreadable(paths, positions, errors)
-            images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            with torch.inference_mode(), autocast:
-                parts = [forward(part) for part in images.split(chunk)]
-                output = torch.cat(parts) if len(parts) > 1 else parts[0]
-            if output.ndim != 2 or output.shape[0] != images.shape[0]:
-                raise BackboneContractError(
-                    f"the backbone returned shape {tuple(output.shape)} for {images.shape[0]} images; it must return "
-                    "(batch, num_features) features (a BackboneSpec.build module, e.g. DogClassifierNet.backbone)"
-                )
-            # A copy made outside inference mode is an ordinary tensor: a head can train on it.
-            yield positions.tolist(), output.to("cpu", torch.float32, copy=True)
+        for images, positions, errors, digests, sizes in loader:
+            keep = [i for i, reason in enumerate(errors) if not reason]
+            if keep and len(keep) < len(errors):
+                images = images[keep]
+            features = _forward(forward, images, chunk, device, memory_format, autocast) if keep else None
+            where = positions.tolist()
+            yield FeatureBatch(
+                positions=[where[i] for i in keep],
+                features=features if features is not None else torch.empty(0, 0),
+                keys=[ImageKey(digests[i], int(sizes[i])) for i in keep],
+                unreadable=[(where[i], reason) for i, reason in enumerate(errors) if reason],
+            )
+
+
+def _forward(
+    forward: Any, images: torch.Tensor, chunk: int, device: torch.device, memory_format: Any, autocast: Any
+) -> torch.Tensor:
+    """The ``(B, F)`` float32 CPU features of one loader batch, run in pieces of ``chunk`` images."""
+    images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    with torch.inference_mode(), autocast:
+        parts = [forward(part) for part in images.split(chunk)]
+        output = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if output.ndim != 2 or output.shape[0] != images.shape[0]:
+        raise BackboneContractError(
+            f"the backbone returned shape {tuple(output.shape)} for {images.shape[0]} images; it must return "
+            "(batch, num_features) features (a BackboneSpec.build module, e.g. DogClassifierNet.backbone)"
+        )
+    # A copy made outside inference mode is an ordinary tensor: a head can train on it.
+    return output.to("cpu", torch.float32, copy=True)
 
 
 def extract_features(
@@ -266,31 +333,36 @@ def extract_features(
 
 
 class _IndexedImages(torch.utils.data.Dataset):  # type: ignore[type-arg]
-    """Items for the loader: ``(image tensor, position, "")``, or ``(zeros, position, reason)`` when unreadable.
+    """Items for the loader: ``(image tensor, position, "", sha256, size)``, or ``(zeros, position, reason, "", 0)``.
 
-    Reporting the failure as data (rather than raising in a worker) lets the main process raise a clean
-    :class:`UnreadableImageError` naming the file instead of a worker traceback.
+    Each file is read once; its bytes are hashed and decoded from the same buffer. Reporting a failure as data
+    (rather than raising in a worker) lets the main process name the file instead of showing a worker traceback.
     """
 
     def __init__(self, paths: Sequence[Path], preprocessing: Preprocessing) -> None:
-        from dogclf.data.dataset import ImageDataset
-        from dogclf.data.folder import Sample
         from dogclf.data.transforms import eval_transform
 
-        samples = [Sample(path=path, label=position) for position, path in enumerate(paths)]
-        self.images = ImageDataset(samples, eval_transform(preprocessing), min_size=preprocessing.resize_size)
+        self.paths = list(paths)
+        self.transform = eval_transform(preprocessing)
+        self.min_size = preprocessing.resize_size
         self.size = preprocessing.input_size
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str, str, int]:
+        from dogclf.data.images import load_rgb
+
         try:
-            image, position = self.images[index]
+            with open(self.paths[index], "rb") as file:
+                data = file.read()
+            image = self.transform(load_rgb(data, min_size=self.min_size)) if data else None
         except (UnreadableImageError, OSError) as exc:
             reason = str(exc).split(": ", 1)[-1] if isinstance(exc, UnreadableImageError) else f"{exc}"
-            return torch.zeros(3, self.size, self.size), index, reason or type(exc).__name__
-        return image, position, ""
+            return torch.zeros(3, self.size, self.size), index, reason or type(exc).__name__, "", 0
+        if image is None:
+            return torch.zeros(3, self.size, self.size), index, "empty file (0 bytes)", "", 0
+        return image, index, "", hashlib.sha256(data).hexdigest(), len(data)
 
 
 def _loader(
@@ -307,15 +379,6 @@ def _loader(
         persistent_workers=False,
         **extra,
     )
-
-
-def _raise_unreadable(paths: Sequence[Path], positions: torch.Tensor, errors: Sequence[str]) -> None:
-    for position, reason in zip(positions.tolist(), errors, strict=True):
-        if reason:
-            raise UnreadableImageError(
-                f"{paths[position]}: {reason}; remove the file or filter unreadable images first "
-                "(dogclf.data.images.find_unreadable)"
-            )
 
 
 @contextlib.contextmanager

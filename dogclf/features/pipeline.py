@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dogclf.features.cache import FeatureCache, ImageKey, backbone_digest, image_key, make_backbone_key
+from dogclf.errors import UnreadableImageError
+from dogclf.features.cache import FeatureCache, backbone_digest, make_backbone_key, stat_index
+from dogclf.features.keys import content_keys
 
 if TYPE_CHECKING:
     from dogclf.backbones.spec import BackboneSpec
@@ -47,14 +49,16 @@ def prepare_features(
     options: ExtractOptions,
     log: Callable[[str], None],
     progress: bool | None = None,
+    unreadable: list[tuple[Path, str]] | None = None,
 ) -> dict[str, FeatureSet]:
     """Features of every image of ``splits``: from the cache where present, extracted (and cached) otherwise.
 
-    Each distinct image file is looked up once, by its resolved path, size and modification time, in the cache
-    namespace of this backbone's exact weights, preprocessing and precision. Missing ones go through the backbone
-    batch by batch and are written to the cache every few hundred images, so an interrupted run keeps what it
-    finished: the next run extracts only the rest. The global torch RNG is left as it was, so training after this
-    call draws the same random numbers whether or not anything was extracted.
+    Each distinct image file is keyed by the sha256 of its bytes (see :mod:`dogclf.features.keys`; the cache folder's
+    stat index spares rehashing unchanged files) and looked up in the cache namespace of this backbone's exact
+    weights, preprocessing and precision. The missing ones go through the backbone batch by batch and are written to
+    the cache every few hundred images, so an interrupted run keeps what it finished: the next run extracts only the
+    rest. The global torch RNG is left as it was, so training after this call draws the same random numbers whether
+    or not anything was extracted.
 
     Args:
         splits: The data.
@@ -66,61 +70,115 @@ def prepare_features(
         options: Extraction settings (batch size, workers, precision, device).
         log: Where the summary line and cache warnings go.
         progress: A progress bar over extraction; ``None`` shows it when stderr is a terminal.
+        unreadable: A list that receives ``(path, reason)`` of every image that cannot be decoded; those are left
+            out of the returned feature sets (the caller drops them from ``splits``, e.g. with
+            :func:`dogclf.data.folder.drop_unreadable`). Without it the first one raises. Images found in the cache
+            decoded when they were extracted, so they are not decoded again.
 
     Returns:
         ``{"train": ..., "valid": ..., "test": ...}``; a split without images has empty tensors.
-    """
-    from dogclf.features.extract import iter_features
 
+    Raises:
+        UnreadableImageError: An image that cannot be decoded, when ``unreadable`` is not given.
+    """
     by_split = {"train": splits.train, "valid": splits.valid, "test": splits.test}
     paths, rows = _unique_paths(by_split)
     precision = effective_precision(options)
-    cache: FeatureCache | None = None
-    keys: list[ImageKey | None] = [None] * len(paths)
+    cache = None
     if cache_dir is not None:
-        key = make_backbone_key(
-            backbone=spec.name,
-            digest=backbone_digest(backbone),
-            preprocessing=spec.preprocessing,
-            precision=precision,
-        )
-        cache = FeatureCache(cache_dir, backbone_key=key, label=spec.name, describe={"weights": weights_label}, log=log)
-        keys = [_key_or_none(p) for p in paths]
-
-    width = spec.num_features
-    features = torch.empty(len(paths), width, dtype=torch.float32)
-    found: list[int] = []
-    if cache is not None:
-        found, cached = cache.get_many(keys)
-        if cached is not None:
-            features[torch.tensor(found, dtype=torch.long)] = cached
-    found_set = set(found)
-    missing = [i for i in range(len(paths)) if i not in found_set]
-
+        cache = _open_cache(cache_dir, spec, backbone, precision, weights_label, log)
+    features = torch.empty(len(paths), spec.num_features, dtype=torch.float32)
+    found = _read_cached(cache, paths, features) if cache is not None else set()
+    missing = [i for i in range(len(paths)) if i not in found]
     started = time.perf_counter()
-    if missing:
-        bar = _progress_bar(len(missing), progress)
-        try:
-            # Extraction may draw from the global RNG (DataLoader start-up); training must not notice it ran.
-            with torch.random.fork_rng(devices=[]):
-                batches = iter_features(backbone, [paths[i] for i in missing], spec.preprocessing, options)
-                for positions, batch in batches:
-                    targets = [missing[p] for p in positions]
-                    features[torch.tensor(targets, dtype=torch.long)] = batch
-                    if cache is not None:
-                        cache.add([keys[t] for t in targets], batch)
-                    if bar is not None:
-                        bar.update(len(positions))
-        finally:
-            if bar is not None:
-                bar.close()
-            if cache is not None:
-                cache.flush()  # also on Ctrl-C: finished batches are kept for the next run
+    bad = _extract_missing(
+        backbone, spec, paths, missing, features, cache, options, progress, raising=unreadable is None
+    )
     seconds = time.perf_counter() - started
     rate = f" ({len(missing) / seconds:.0f} img/s)" if missing and seconds > 0 else ""
     where = f" (cache {cache.path})" if cache is not None else " (no cache)"
     log(f"features: {len(found)} cached, {len(missing)} extracted in {seconds:.0f} s{rate}, {precision}{where}")
-    return {name: _feature_set(features, rows[name], samples) for name, samples in by_split.items()}
+    if unreadable is not None:
+        unreadable += [(paths[i], reason) for i, reason in bad]
+    dropped = {i for i, _ in bad}
+    return {name: _feature_set(features, rows[name], samples, dropped) for name, samples in by_split.items()}
+
+
+def _open_cache(
+    cache_dir: Path,
+    spec: BackboneSpec,
+    backbone: torch.nn.Module,
+    precision: str,
+    weights_label: str,
+    log: Callable[[str], None],
+) -> FeatureCache:
+    """The cache namespace of this backbone's exact weights, preprocessing and precision."""
+    key = make_backbone_key(
+        backbone=spec.name,
+        digest=backbone_digest(backbone),
+        preprocessing=spec.preprocessing,
+        precision=precision,
+    )
+    return FeatureCache(cache_dir, backbone_key=key, label=spec.name, describe={"weights": weights_label}, log=log)
+
+
+def _read_cached(cache: FeatureCache, paths: Sequence[Path], features: torch.Tensor) -> set[int]:
+    """Fills the rows of ``features`` the cache holds; returns their positions."""
+    if not len(cache):
+        return set()  # an empty namespace: nothing to look up, so nothing to hash before extracting
+    index = stat_index(cache.root)
+    keys = content_keys(paths, index)
+    if cache.writable:
+        index.save()
+    found, cached = cache.get_many(keys)
+    if cached is not None:
+        features[torch.tensor(found, dtype=torch.long)] = cached
+    return set(found)
+
+
+def _extract_missing(
+    backbone: torch.nn.Module,
+    spec: BackboneSpec,
+    paths: Sequence[Path],
+    missing: Sequence[int],
+    features: torch.Tensor,
+    cache: FeatureCache | None,
+    options: ExtractOptions,
+    progress: bool | None,
+    *,
+    raising: bool,
+) -> list[tuple[int, str]]:
+    """Extracts the ``missing`` rows of ``features`` (storing them in ``cache``); returns the unreadable ones."""
+    from dogclf.features.extract import iter_feature_batches
+
+    if not missing:
+        return []
+    bad: list[tuple[int, str]] = []
+    bar = _progress_bar(len(missing), progress)
+    try:
+        # Extraction may draw from the global RNG (DataLoader start-up); training must not notice it ran.
+        with torch.random.fork_rng(devices=[]):
+            for batch in iter_feature_batches(backbone, [paths[i] for i in missing], spec.preprocessing, options):
+                bad += [(missing[p], reason) for p, reason in batch.unreadable]
+                if bad and raising:
+                    position, reason = bad[0]
+                    raise UnreadableImageError(
+                        f"{paths[position]}: {reason}; remove the file or filter unreadable images first "
+                        "(dogclf.data.images.find_unreadable)"
+                    )
+                targets = [missing[p] for p in batch.positions]
+                if targets:
+                    features[torch.tensor(targets, dtype=torch.long)] = batch.features
+                    if cache is not None:
+                        cache.add(batch.keys, batch.features)
+                if bar is not None:
+                    bar.update(len(batch.positions) + len(batch.unreadable))
+    finally:
+        if bar is not None:
+            bar.close()
+        if cache is not None:
+            cache.flush()  # also on Ctrl-C: finished batches are kept for the next run
+    return bad
 
 
 def _unique_paths(by_split: dict[str, Sequence[Sample]]) -> tuple[list[Path], dict[str, list[int]]]:
@@ -131,18 +189,12 @@ def _unique_paths(by_split: dict[str, Sequence[Sample]]) -> tuple[list[Path], di
     return list(position), rows
 
 
-def _feature_set(features: torch.Tensor, rows: list[int], samples: Sequence[Sample]) -> FeatureSet:
+def _feature_set(features: torch.Tensor, rows: list[int], samples: Sequence[Sample], dropped: set[int]) -> FeatureSet:
+    kept = [(row, s.label) for row, s in zip(rows, samples, strict=True) if row not in dropped]
     return FeatureSet(
-        features=features[torch.tensor(rows, dtype=torch.long)] if rows else features[:0].clone(),
-        labels=torch.tensor([s.label for s in samples], dtype=torch.long),
+        features=features[torch.tensor([r for r, _ in kept], dtype=torch.long)] if kept else features[:0].clone(),
+        labels=torch.tensor([label for _, label in kept], dtype=torch.long),
     )
-
-
-def _key_or_none(path: Path) -> ImageKey | None:
-    try:
-        return image_key(path)
-    except OSError:
-        return None  # extraction will report the file; it is just not cached
 
 
 def effective_precision(options: ExtractOptions) -> str:

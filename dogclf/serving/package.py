@@ -20,12 +20,14 @@ import importlib.util
 import io
 import os
 import re
+import shutil
 import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dogclf.artifact import NOVELTY_NAME
 from dogclf.errors import DogclfError
@@ -35,10 +37,17 @@ __all__ = [
     "INFERENCE_SOURCE",
     "SERVING_REQUIREMENTS",
     "ArchiveEntry",
+    "ArchiveWriter",
+    "FolderWriter",
     "PackageError",
     "PackageReport",
     "format_report",
+    "add_vendored",
+    "find_plugin",
+    "merge_requirements",
     "package_model",
+    "serving_requirements",
+    "write_serving_code",
 ]
 
 # dogclf's own third-party needs when serving; keep in step with pyproject.toml (a test checks).
@@ -113,7 +122,7 @@ def _walk(root: Path) -> Iterator[Path]:
                 yield Path(dirpath) / filename
 
 
-class _Archive:
+class ArchiveWriter:
     """A tar.gz being written, with normalised owners and modes, tallying members by group."""
 
     def __init__(self, tar: tarfile.TarFile) -> None:
@@ -129,6 +138,7 @@ class _Archive:
         self.notes.setdefault(group, note)
 
     def add_bytes(self, name: str, data: bytes, *, group: str | None = None, note: str = "") -> None:
+        """Adds a generated file (mode 644) under ``name``, tallied in ``group`` (default: its own name)."""
         info = tarfile.TarInfo(name)
         info.size = len(data)
         info.mode = 0o644
@@ -137,6 +147,7 @@ class _Archive:
         self._tally(group or name, len(data), note)
 
     def add_file(self, name: str, path: Path, *, group: str | None = None, note: str = "") -> None:
+        """Adds the file at ``path`` under ``name`` (owner root, mode 644)."""
         info = self.tar.gettarinfo(str(path), arcname=name)
         info.uid = info.gid = 0
         info.uname = info.gname = ""
@@ -146,11 +157,33 @@ class _Archive:
         self._tally(group or name, info.size, note)
 
     def add_tree(self, prefix: str, root: Path, *, note: str) -> None:
+        """Adds every file under ``root`` (no hidden files, caches or compiled files) under ``prefix/``."""
         for path in _walk(root):
             self.add_file(f"{prefix}/{path.relative_to(root).as_posix()}", path, group=f"{prefix}/", note=note)
 
     def report(self) -> list[ArchiveEntry]:
+        """The members written so far, one entry per group."""
         return [ArchiveEntry(name, size, files, self.notes[name]) for name, (size, files) in self.entries.items()]
+
+
+class FolderWriter(ArchiveWriter):
+    """The same members written as files under a folder (``code/`` of a model directory, a source directory)."""
+
+    def __init__(self, root: Path) -> None:  # no tar: every member is written under root
+        self.root = root
+        self.entries = {}
+        self.notes = {}
+
+    def add_bytes(self, name: str, data: bytes, *, group: str | None = None, note: str = "") -> None:
+        """Writes ``data`` to ``root/name``."""
+        target = self.root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        self._tally(group or name, len(data), note)
+
+    def add_file(self, name: str, path: Path, *, group: str | None = None, note: str = "") -> None:
+        """Copies the file at ``path`` to ``root/name``."""
+        self.add_bytes(name, path.read_bytes(), group=group, note=note)
 
 
 @dataclass(frozen=True)
@@ -165,7 +198,7 @@ class _Plugin:
     requires: list[str]
 
 
-def _find_plugin(backbone: str, distribution_label: str, model_dir: Path) -> _Plugin | None:
+def find_plugin(backbone: str, distribution_label: str, model_dir: Path) -> _Plugin | None:
     """The installed plugin distribution that provides ``backbone``, or ``None`` for built-in and timm backbones.
 
     Raises:
@@ -216,7 +249,7 @@ def _find_plugin(backbone: str, distribution_label: str, model_dir: Path) -> _Pl
     )
 
 
-def _merge_requirements(lines: list[str]) -> list[str]:
+def merge_requirements(lines: list[str]) -> list[str]:
     """Drops extras-only and container-provided requirements; joins the specifiers of a repeated plain requirement."""
     kept: list[list[str]] = []  # [name, specifier, ...] for plain requirements, [whole line] for the rest
     plain: dict[str, list[str]] = {}
@@ -265,7 +298,6 @@ def package_model(
         ModelDirError: The model directory is missing files, is malformed, or its backbone is not installed.
         PackageError: ``output`` exists (without ``overwrite``) or is a folder, or the backbone cannot be vendored.
     """
-    import dogclf
     from dogclf.classifier import load_model
 
     root = Path(model_dir)
@@ -282,45 +314,24 @@ def package_model(
         raise PackageError(f"Output folder {str(out.parent)!r} does not exist; create it first.")
     classifier = load_model(root, device="cpu")
     config = classifier.config
-    plugin = _find_plugin(config["backbone"], classifier.spec.distribution or "", root)
+    plugin = find_plugin(config["backbone"], classifier.spec.distribution or "", root)
     notes: list[str] = []
     recorded = config.get("backbone_distribution") or ""
     if plugin is not None and recorded and recorded != f"{plugin.name} {plugin.version}":
         notes.append(f"the model was trained with {recorded}; packaging the installed {plugin.name} {plugin.version}")
-    requirements = list(SERVING_REQUIREMENTS)
-    if config["backbone"].startswith("timm/"):
-        requirements.append(TIMM_REQUIREMENT)
-    requirements = _merge_requirements(requirements + (plugin.requires if plugin else []))
+    requirements = serving_requirements(config["backbone"], plugin)
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         with tarfile.open(tmp, "w:gz") as tar:
-            archive = _Archive(tar)
+            archive = ArchiveWriter(tar)
             for name in _MODEL_FILES:
                 archive.add_file(name, root / name, note="model")
             if (root / NOVELTY_NAME).is_file():
                 archive.add_file(NOVELTY_NAME, root / NOVELTY_NAME, note="novelty score")
-            archive.add_bytes("code/inference.py", INFERENCE_SOURCE.encode(), note="the four SageMaker handlers")
-            archive.add_bytes(
-                "code/requirements.txt",
-                "".join(f"{line}\n" for line in requirements).encode(),
-                note="pip-installed by the container at start-up",
-            )
-            archive.add_tree("code/dogclf", Path(dogclf.__file__).parent, note=f"dogclf {dogclf.__version__} source")
-            if plugin is not None:
-                label = f"plugin {plugin.name} {plugin.version}"
-                for name, source in plugin.roots:
-                    if source.is_dir():
-                        archive.add_tree(f"code/{name}", source, note=label)
-                    else:
-                        archive.add_file(f"code/{name}", source, note=label)
-                info = f"code/{re.sub(r'[-_.]+', '_', plugin.name)}-{plugin.version}.dist-info"
-                archive.add_bytes(f"{info}/METADATA", plugin.metadata.encode(), group=f"{info}/", note=label)
-                archive.add_bytes(
-                    f"{info}/entry_points.txt", plugin.entry_points.encode(), group=f"{info}/", note=label
-                )
+            _add_serving_code(archive, requirements, plugin)
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     finally:
@@ -328,6 +339,70 @@ def package_model(
     return PackageReport(
         archive=out, size=out.stat().st_size, entries=archive.report(), requirements=requirements, notes=notes
     )
+
+
+def serving_requirements(backbone: str, plugin: _Plugin | None) -> list[str]:
+    """The lines of ``code/requirements.txt``: dogclf's serving needs, timm for ``timm/`` backbones, a plugin's."""
+    requirements = list(SERVING_REQUIREMENTS)
+    if backbone.startswith("timm/"):
+        requirements.append(TIMM_REQUIREMENT)
+    return merge_requirements(requirements + (plugin.requires if plugin else []))
+
+
+def add_vendored(sink: ArchiveWriter, plugin: _Plugin | None, *, prefix: str = "code") -> None:
+    """Adds dogclf's source and a plugin backbone's import packages and metadata under ``prefix/`` ("" for the top)."""
+    import dogclf
+
+    def under(name: str) -> str:
+        return f"{prefix}/{name}" if prefix else name
+
+    sink.add_tree(under("dogclf"), Path(dogclf.__file__).parent, note=f"dogclf {dogclf.__version__} source")
+    if plugin is None:
+        return
+    label = f"plugin {plugin.name} {plugin.version}"
+    for name, source in plugin.roots:
+        if source.is_dir():
+            sink.add_tree(under(name), source, note=label)
+        else:
+            sink.add_file(under(name), source, note=label)
+    info = under(f"{re.sub(r'[-_.]+', '_', plugin.name)}-{plugin.version}.dist-info")
+    sink.add_bytes(f"{info}/METADATA", plugin.metadata.encode(), group=f"{info}/", note=label)
+    sink.add_bytes(f"{info}/entry_points.txt", plugin.entry_points.encode(), group=f"{info}/", note=label)
+
+
+def _add_serving_code(sink: ArchiveWriter, requirements: list[str], plugin: _Plugin | None) -> None:
+    sink.add_bytes("code/inference.py", INFERENCE_SOURCE.encode(), note="the four SageMaker handlers")
+    sink.add_bytes(
+        "code/requirements.txt",
+        "".join(f"{line}\n" for line in requirements).encode(),
+        note="pip-installed by the container at start-up",
+    )
+    add_vendored(sink, plugin)
+
+
+def write_serving_code(model_dir: str | os.PathLike[str], config: dict[str, Any], distribution: str) -> list[str]:
+    """Writes the ``code/`` folder ``dogclf package`` puts in the archive into a model directory itself.
+
+    A training job's ``model.tar.gz`` (the contents of ``SM_MODEL_DIR``) then deploys to the PyTorch inference
+    container as it is, with no repack step.
+
+    Args:
+        model_dir: The model directory (``config.json`` and ``model.safetensors`` already written).
+        config: Its ``config.json``.
+        distribution: Where its backbone comes from (``BackboneSpec.distribution``).
+
+    Returns:
+        The lines of ``code/requirements.txt``.
+
+    Raises:
+        PackageError: A backbone that cannot be vendored (registered in-process, not a plugin).
+    """
+    root = Path(model_dir)
+    plugin = find_plugin(config["backbone"], distribution, root)
+    requirements = serving_requirements(config["backbone"], plugin)
+    shutil.rmtree(root / "code", ignore_errors=True)
+    _add_serving_code(FolderWriter(root), requirements, plugin)
+    return requirements
 
 
 def format_report(report: PackageReport) -> str:

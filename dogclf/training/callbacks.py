@@ -11,14 +11,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
+from dogclf.training.log_line import format_epoch_line
+
 if TYPE_CHECKING:
     import torch
 
     from dogclf.training.config import TrainConfig
 
 __all__ = ["Callback", "CallbackList", "EpochLogLine", "ProgressBars", "TrainState", "format_epoch_line"]
-
-LOG_KEYS = ("epoch", "train_loss", "valid_loss", "valid_top1", "train_top1", "seconds")
 
 
 @dataclass
@@ -97,23 +97,6 @@ class CallbackList(Callback):
         if name.startswith("on_"):
             return object.__getattribute__(self, "_each")(name)
         return object.__getattribute__(self, name)
-
-
-def format_epoch_line(metrics: Mapping[str, float]) -> str:
-    """Formats one epoch's metrics as the fixed log line.
-
-    ``epoch=3 train_loss=0.8123 valid_loss=0.9034 valid_top1=0.7500 train_top1=0.8000 seconds=12.3``
-
-    Keys always come in this order; losses and accuracies have 4 decimals and
-    accuracies are fractions in [0, 1]. SageMaker metric definitions parse it
-    with regexes such as ``valid_top1=([0-9.]+)``.
-    """
-    parts = [f"epoch={int(metrics['epoch'])}"]
-    for key in LOG_KEYS[1:-1]:
-        value = metrics.get(key)
-        parts.append(f"{key}={value:.4f}" if value is not None else f"{key}=nan")
-    parts.append(f"seconds={metrics.get('seconds', 0.0):.1f}")
-    return " ".join(parts)
 
 
 class EpochLogLine(Callback):

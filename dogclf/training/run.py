@@ -16,16 +16,18 @@ from dogclf.artifact import CONFIG_NAME, WEIGHTS_NAME, save_model
 from dogclf.backbones.registry import get_backbone
 from dogclf.backbones.spec import BackboneSpec
 from dogclf.backbones.weights import weights_label
-from dogclf.data.folder import DataSplits, load_splits
+from dogclf.data.folder import DataSplits, drop_unreadable, load_splits
 from dogclf.errors import ModelDirError
 from dogclf.model import DogClassifierNet, HeadConfig, build_model
 from dogclf.training.calibration import Calibration, calibrate, collect_logits
 from dogclf.training.callbacks import Callback, EpochLogLine, ProgressBars
 from dogclf.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from dogclf.training.config import TrainConfig
+from dogclf.training.log_line import format_test_line
 from dogclf.training.loop import Trainer, check_fingerprint
 
 if TYPE_CHECKING:
+    from dogclf.evaluation import EvalReport
     from dogclf.features.pipeline import FeatureSet
     from dogclf.novelty import NoveltyScorer
     from dogclf.training.lbfgs import LbfgsHeadFitter
@@ -114,22 +116,6 @@ def _restore_checkpoint_weights(model: torch.nn.Module, checkpoint: Path, finger
     model.load_state_dict(payload["model"])
 
 
-def _feature_metrics(model: DogClassifierNet, features: FeatureSet) -> dict[str, Any]:
-    """Test metrics (``top1``, ``top5``, ``n``, ``loss``) from the head on precomputed features."""
-    from dogclf.training.head import head_logits
-
-    logits = head_logits(model.head, features.features)
-    labels = features.labels
-    best = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    n = len(labels)
-    return {
-        "top1": float((best[:, 0] == labels).float().mean()),
-        "top5": float((best == labels[:, None]).any(dim=1).float().mean()),
-        "n": n,
-        "loss": float(torch.nn.functional.cross_entropy(logits, labels)),
-    }
-
-
 def kept_metrics(history: Sequence[Mapping[str, float]], kept_epoch: int) -> dict[str, float]:
     """The metrics of the epoch whose weights were kept (``config.json``'s ``metrics.final``); the last without one."""
     for entry in history:
@@ -138,13 +124,14 @@ def kept_metrics(history: Sequence[Mapping[str, float]], kept_epoch: int) -> dic
     return dict(history[-1]) if history else {}
 
 
-def _check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+def _check_out_dir(out: Path, checkpoint: Path, *, resume: bool, overwrite: bool) -> None:
     if resume or overwrite:
         return
-    existing = [name for name in (WEIGHTS_NAME, CONFIG_NAME, CHECKPOINT_NAME) if (out / name).exists()]
-    if existing:
+    found = [path for path in (out / WEIGHTS_NAME, out / CONFIG_NAME, checkpoint) if path.exists()]
+    if found:
+        names = [path.name if path.parent == out else str(path) for path in found]
         raise ModelDirError(
-            f"Output folder {str(out)!r} already holds {', '.join(existing)}. Pass --resume to continue an "
+            f"Output folder {str(out)!r} already holds {', '.join(names)}. Pass --resume to continue an "
             "interrupted run, --overwrite to replace it, or choose another --out."
         )
 
@@ -171,6 +158,8 @@ def train(
     precision: str = "auto",
     extract_batch_size: int = 64,
     environ: Mapping[str, str] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
     novelty: bool = True,
 ) -> TrainResult:
     """Trains a classifier on a data folder and saves it as a model directory.
@@ -203,6 +192,10 @@ def train(
         environ: The environment (for the default cache folder); ``os.environ`` when ``None``.
         novelty: Fit the feature-space novelty score (:mod:`dogclf.novelty`) that decides "unknown" (needs a
             validation split for its threshold); ``False``: the softmax threshold alone, as before.
+        checkpoint_dir: Where the per-epoch ``checkpoint.pt`` goes (and ``resume`` reads it); default ``out_dir``.
+            A SageMaker job keeps it in ``/opt/ml/checkpoints``, which SageMaker syncs with S3.
+        output_dir: Also write the history (JSON, CSV, plot) and the held-out split's evaluation report and
+            confusion matrix here (:mod:`dogclf.training.reports`); a SageMaker job uses ``SM_OUTPUT_DATA_DIR``.
 
     Returns:
         The result, with the model directory path.
@@ -221,20 +214,27 @@ def train(
         show_bars=sys.stderr.isatty() if progress is None else progress,
     )
     out = Path(out_dir)
-    _check_out_dir(out, resume=resume, overwrite=overwrite)
-    mode = _feature_mode(freeze=freeze, augment=options.config.augment, cache=cache)
+    checkpoint = Path(checkpoint_dir if checkpoint_dir is not None else out) / CHECKPOINT_NAME
+    _check_out_dir(out, checkpoint, resume=resume, overwrite=overwrite)
+    mode = options.feature_mode()
     solver = head_solver(options.config, options.head, mode=mode)  # before the data scan: a bad choice fails fast
     spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
     splits = _read_data(data_dir, valid_fraction=valid_fraction, names=names, strict=strict, options=options)
-    run = _build_run(spec, splits, out / CHECKPOINT_NAME, resume=resume, mode=mode, solver=solver, options=options)
+    run = _build_run(spec, splits, checkpoint, resume=resume, mode=mode, solver=solver, options=options)
     trainer, features = _make_trainer(run, splits, callbacks, options)
     history = _fit(trainer, run, options)
     valid_features = features["valid"] if features is not None else None
     calibration = _calibrate(run.model, splits, spec, options.config, trainer.device, log, valid_features)
     scorer = _fit_novelty(run, splits, features, options) if novelty else None
-    test_metrics = _test_metrics(run, splits, features, trainer.device, options)
+    held_out = "test" if splits.test else "valid"
+    report = None
+    if splits.test or (output_dir is not None and splits.valid):
+        report = _evaluate(run, splits, held_out, features, calibration, scorer, trainer.device, options)
+    test_metrics = _test_metrics(report, log) if splits.test else None
     _save(run, splits, out, history, calibration, test_metrics, scorer, valid_fraction=valid_fraction, options=options)
     log(f"Saved model to {out}")
+    if output_dir is not None:
+        _write_reports(output_dir, history, report, held_out, spec, log)
     final = kept_metrics(history, run.kept_epoch)
     return TrainResult(model_dir=out, history=history, splits=splits, test=test_metrics, final=final)
 
@@ -254,6 +254,10 @@ class _Options:
     environ: Mapping[str, str]
     log: Callable[[str], None]
     show_bars: bool
+
+    def feature_mode(self) -> str:
+        """``"cached"``, ``"in-memory"`` or ``"images"``: see :func:`_feature_mode`."""
+        return _feature_mode(freeze=self.freeze, augment=self.config.augment, cache=self.cache)
 
 
 @dataclass
@@ -282,10 +286,23 @@ def _read_data(
     strict: bool,
     options: _Options,
 ) -> DataSplits:
-    """Step 1: the splits, every image decoded once to leave out unreadable files."""
+    """Step 1: the splits, every image decoded once to leave out unreadable files.
+
+    On the feature path (without ``strict``) nothing is decoded here: extraction decodes the images the feature
+    cache does not hold and reports the unreadable ones (:func:`_extract_features`), and cached images decoded when
+    they were extracted.
+    """
     log = options.log
-    log(f"Reading {data_dir} and decoding every image once to find unreadable files ...")
-    splits = load_splits(data_dir, valid_fraction=valid_fraction, names=names, seed=options.config.seed, strict=strict)
+    check = strict or options.feature_mode() == "images"
+    log(
+        f"Reading {data_dir} and decoding every image once to find unreadable files ..."
+        if check
+        else f"Reading {data_dir} (unreadable images are found and skipped while extracting features) ..."
+    )
+    seed = options.config.seed
+    splits = load_splits(
+        data_dir, valid_fraction=valid_fraction, names=names, seed=seed, strict=strict, check_images=check
+    )
     _describe_skipped(splits, log)
     log(
         f"Data {splits.root}: {len(splits.classes)} classes, {len(splits.train)} train, {len(splits.valid)} valid "
@@ -428,7 +445,8 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
     if run.mode == "cached":
         cache_dir = options.cache_dir
         folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(options.environ)
-    return prepare_features(
+    unreadable: list[tuple[Path, str]] = []
+    features = prepare_features(
         splits,
         run.spec,
         run.model.backbone,
@@ -437,7 +455,16 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
         options=extract,
         log=options.log,
         progress=options.show_bars,
+        unreadable=unreadable,
     )
+    if unreadable:
+        drop_unreadable(splits, unreadable, strict=False)
+        _describe_skipped(splits, options.log)
+        options.log(
+            f"{len(unreadable)} unreadable file(s) skipped: {len(splits.train)} train, {len(splits.valid)} valid, "
+            f"{len(splits.test)} test images left"
+        )
+    return features
 
 
 def _fit(trainer: Trainer | LbfgsHeadFitter, run: _Run, options: _Options) -> list[dict[str, float]]:
@@ -488,7 +515,7 @@ def _recipe(config: TrainConfig) -> str:
 def _fit_novelty(
     run: _Run, splits: DataSplits, features: dict[str, FeatureSet] | None, options: _Options
 ) -> NoveltyScorer | None:
-    """Step 5b: the novelty score on the training features, its threshold on the validation ones.
+    """Step 5b: the novelty score's bank of training features, its threshold on the validation ones.
 
     On the image path the trained backbone runs once more over the train and valid images (eval transform).
     """
@@ -500,7 +527,7 @@ def _fit_novelty(
     if features is None:
         features = _image_features(run, splits, options)
     train, valid = features["train"], features["valid"]
-    scorer = fit_novelty(train.features, train.labels, valid.features, num_classes=len(splits.classes))
+    scorer = fit_novelty(train.features, valid.features)
     options.log(scorer.summary())
     return scorer
 
@@ -540,28 +567,67 @@ def _save_novelty(scorer: NoveltyScorer | None, out: Path) -> None:
         (out / NOVELTY_NAME).unlink(missing_ok=True)
 
 
-def _test_metrics(
+def _evaluate(
     run: _Run,
     splits: DataSplits,
+    split: str,
     features: dict[str, FeatureSet] | None,
+    calibration: Calibration,
+    scorer: NoveltyScorer | None,
     device: torch.device,
     options: _Options,
-) -> dict[str, Any] | None:
-    """Step 6: test-split metrics, from the test features on the feature path or the images otherwise."""
-    if not splits.test:
-        return None
-    if features is not None:
-        metrics = _feature_metrics(run.model, features["test"])
-    else:
-        from dogclf.classifier import Classifier
-        from dogclf.evaluation import evaluate
+) -> EvalReport:
+    """Step 6: the held-out split's report, from its features on the feature path or its images otherwise."""
+    from dogclf.evaluation import evaluate, report_from_logits
 
-        classifier = Classifier(run.model, spec=run.spec, class_names=splits.class_names, device=device)
-        config = options.config
-        report = evaluate(classifier, splits.test, batch_size=config.batch_size, num_workers=config.workers())
-        metrics = {"top1": report.top1, "top5": report.top5, "n": report.n, "loss": report.loss}
-    options.log(f"test_top1={metrics['top1']:.4f} test_top5={metrics['top5']:.4f} n={metrics['n']}")
+    if features is not None:
+        from dogclf.training.head import head_logits
+
+        held_out = features[split]
+        decides = scorer is not None and scorer.threshold is not None
+        return report_from_logits(
+            head_logits(run.model.head, held_out.features),
+            held_out.labels,
+            class_names=splits.class_names,
+            temperature=calibration.temperature,
+            unknown_threshold=calibration.unknown_threshold,
+            unknown=scorer.is_novel(scorer.score(held_out.features)) if decides else None,  # type: ignore[union-attr]
+        )
+    from dogclf.classifier import Classifier
+
+    classifier = Classifier(
+        run.model,
+        spec=run.spec,
+        class_names=splits.class_names,
+        config={"calibration": calibration.to_dict()},
+        device=device,
+        novelty=scorer,
+    )
+    config = options.config
+    return evaluate(classifier, splits.split(split), batch_size=config.batch_size, num_workers=config.workers())
+
+
+def _test_metrics(report: EvalReport | None, log: Callable[[str], None]) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    metrics = {"top1": report.top1, "top5": report.top5, "n": report.n, "loss": report.loss}
+    log(format_test_line(metrics))
     return metrics
+
+
+def _write_reports(
+    folder: str | os.PathLike[str],
+    history: list[dict[str, float]],
+    report: EvalReport | None,
+    split: str,
+    spec: BackboneSpec,
+    log: Callable[[str], None],
+) -> None:
+    """Step 8 (with ``output_dir``): history, evaluation report and plots beside the model."""
+    from dogclf.training.reports import write_reports
+
+    written = write_reports(folder, history=history, report=report, split=split, title=spec.name)
+    log(f"Wrote {', '.join(path.name for path in written)} to {folder}")
 
 
 def _save(

@@ -38,7 +38,11 @@ def add_tune_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--study-name", default=None, help="study name (default dogclf-<backbone>)")
     p.add_argument("--timeout", type=float, default=None, help="start no new trial after this many seconds")
-    p.add_argument("--space", type=Path, default=None, help="search space JSON file (default: see docs/tuning.md)")
+    p.add_argument(
+        "--space",
+        default=None,
+        help="search space: a preset (default, seed-resnet18, seed-inception) or a JSON file (see docs/tuning.md)",
+    )
     p.add_argument(
         "--metric",
         choices=["valid_top1", "valid_loss"],
@@ -53,10 +57,10 @@ def add_tune_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run_tune(args: argparse.Namespace) -> int:
     """Runs ``dogclf tune``; returns 0, or 130 after Ctrl-C with the command that continues."""
-    from dogclf.tuning.space import DEFAULT_SPACE, load_space
+    from dogclf.tuning.space import resolve_space
     from dogclf.tuning.study import DEFAULT_STUDY_DB, tune
 
-    space = load_space(args.space) if args.space is not None else DEFAULT_SPACE
+    space = resolve_space(args.space)
     try:
         result = tune(
             args.data,

@@ -54,8 +54,12 @@ __all__ = [
     "IntRange",
     "Param",
     "SearchSpace",
+    "SEED_INCEPTION_SPACE",
+    "SEED_RESNET18_SPACE",
+    "SPACE_PRESETS",
     "SearchSpaceError",
     "load_space",
+    "resolve_space",
 ]
 
 
@@ -390,3 +394,44 @@ DEFAULT_SPACE = SearchSpace(
     }
 )
 """The search space ``dogclf tune`` uses unless ``--space FILE`` gives another."""
+
+SEED_RESNET18_SPACE = SearchSpace(
+    {
+        "lr": FloatRange(0.0005, 0.005, log=True),
+        "batch_size": Categorical((16, 32, 128, 256)),
+        "epochs": Categorical((5, 10)),
+    }
+)
+"""The first seed's tuning job (ResNet18): lr 0.0005-0.005 on a log scale, batch size 16/32/128/256, 5 or 10 epochs."""
+
+SEED_INCEPTION_SPACE = SearchSpace(
+    {
+        "lr": FloatRange(0.001, 0.1, log=True),
+        "batch_size": Categorical((64, 128)),
+        "epochs": Categorical((2, 5)),
+    }
+)
+"""The second seed's tuning job (Inception-v3): lr 0.001-0.1 on a log scale, batch size 64/128, 2 or 5 epochs."""
+
+SPACE_PRESETS: Mapping[str, SearchSpace] = MappingProxyType(
+    {"default": DEFAULT_SPACE, "seed-resnet18": SEED_RESNET18_SPACE, "seed-inception": SEED_INCEPTION_SPACE}
+)
+"""Search spaces ``--space`` knows by name (anything else is read as a JSON file)."""
+
+
+def resolve_space(value: str | os.PathLike[str] | None) -> SearchSpace:
+    """``--space``: a preset name (:data:`SPACE_PRESETS`), a JSON file, or ``None`` for the default space.
+
+    Raises:
+        SearchSpaceError: An unknown preset that is not a file either, or an unusable file.
+    """
+    if value is None:
+        return DEFAULT_SPACE
+    text = str(value)
+    if text in SPACE_PRESETS:
+        return SPACE_PRESETS[text]
+    if not Path(text).exists() and not text.endswith(".json"):
+        raise SearchSpaceError(
+            f"--space {text!r} is neither a preset ({', '.join(SPACE_PRESETS)}) nor an existing JSON file"
+        )
+    return load_space(text)

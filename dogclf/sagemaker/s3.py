@@ -1,0 +1,207 @@
+"""S3 for the launchers: ``s3://`` URIs, a folder upload that skips what is already there, downloads.
+
+:func:`sync_folder` uploads a local folder under a prefix. A file whose object already exists with the same size and
+the same SHA-256 (kept in the object's ``x-amz-meta-sha256`` by every upload here) is skipped, so launching again
+on the same photos uploads nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dogclf.errors import DogclfError
+
+if TYPE_CHECKING:
+    from dogclf.sagemaker.aws import Aws
+
+__all__ = ["S3Uri", "SyncReport", "download_file", "download_prefix", "sha256_file", "sync_folder", "upload_file"]
+
+_SHA_KEY = "sha256"
+_WORKERS = 8
+
+
+class S3UriError(DogclfError, ValueError):
+    """A string that is not an ``s3://bucket/key`` URI."""
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    """``s3://bucket/key``.
+
+    Attributes:
+        bucket: The bucket.
+        key: The key or prefix (no leading ``/``).
+    """
+
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Uri:
+        """Reads ``s3://bucket/key``.
+
+        Raises:
+            S3UriError: Not of that form.
+        """
+        if not uri.startswith("s3://") or not uri[5:].split("/", 1)[0]:
+            raise S3UriError(f"Expected an S3 URI such as s3://my-bucket/dogImages/, got {uri!r}")
+        bucket, _, key = uri[5:].partition("/")
+        return cls(bucket, key)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def join(self, *parts: str) -> S3Uri:
+        """This URI with ``parts`` appended, one ``/`` between each."""
+        key = "/".join(p.strip("/") for p in (self.key, *parts) if p.strip("/"))
+        return S3Uri(self.bucket, key)
+
+    def prefix(self) -> str:
+        """The key as a folder prefix (ending in ``/``, or empty for the whole bucket)."""
+        return self.key if not self.key or self.key.endswith("/") else self.key + "/"
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What :func:`sync_folder` did.
+
+    Attributes:
+        uri: The prefix the folder now mirrors.
+        uploaded: Files uploaded.
+        skipped: Files already there with the same size and checksum.
+        bytes_uploaded: Bytes sent.
+    """
+
+    uri: S3Uri
+    uploaded: int
+    skipped: int
+    bytes_uploaded: int
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _local_files(folder: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+def _existing_sizes(aws: Aws, uri: S3Uri) -> dict[str, int]:
+    paginator = aws.client("s3").get_paginator("list_objects_v2")
+    sizes: dict[str, int] = {}
+    for page in paginator.paginate(Bucket=uri.bucket, Prefix=uri.prefix()):
+        for item in page.get("Contents", []):
+            sizes[item["Key"]] = int(item["Size"])
+    return sizes
+
+
+def upload_file(aws: Aws, path: Path, uri: S3Uri, *, sha256: str | None = None) -> None:
+    """Uploads one file, recording its SHA-256 in the object's metadata."""
+    from dogclf.sagemaker.aws import aws_errors
+
+    digest = sha256 or sha256_file(path)
+    with aws_errors(f"Uploading {path} to {uri}"):
+        aws.client("s3").upload_file(str(path), uri.bucket, uri.key, ExtraArgs={"Metadata": {_SHA_KEY: digest}})
+
+
+def sync_folder(
+    aws: Aws, folder: str | os.PathLike[str], uri: S3Uri, *, log: Callable[[str], None] = print, every: float = 5.0
+) -> SyncReport:
+    """Uploads ``folder`` under ``uri``, skipping files already there with the same size and SHA-256.
+
+    Args:
+        aws: The AWS context.
+        folder: The local folder (hidden files and folders are left out).
+        uri: The prefix to mirror it under.
+        log: Where progress lines go (one every ``every`` seconds, and a summary).
+        every: Seconds between progress lines.
+
+    Returns:
+        What was uploaded and skipped.
+
+    Raises:
+        AwsError: A listing or an upload failed.
+    """
+    from dogclf.sagemaker.aws import aws_errors
+
+    root = Path(folder)
+    files = list(_local_files(root))
+    with aws_errors(f"Listing {uri}"):
+        existing = _existing_sizes(aws, uri)
+    base = uri.prefix()
+
+    def one(path: Path) -> int:
+        key = base + path.relative_to(root).as_posix()
+        digest = sha256_file(path)
+        size = path.stat().st_size
+        if existing.get(key) == size:
+            with aws_errors(f"Reading {uri.bucket}/{key}"):
+                head = aws.client("s3").head_object(Bucket=uri.bucket, Key=key)
+            if head.get("Metadata", {}).get(_SHA_KEY) == digest:
+                return -1
+        upload_file(aws, path, S3Uri(uri.bucket, key), sha256=digest)
+        return size
+
+    uploaded = skipped = sent = 0
+    last = time.monotonic()
+    log(f"Syncing {len(files)} files from {root} to {uri.join('')}/ ...")
+    with ThreadPoolExecutor(_WORKERS) as pool:
+        for done, result in enumerate(pool.map(one, files), 1):
+            if result < 0:
+                skipped += 1
+            else:
+                uploaded += 1
+                sent += result
+            if time.monotonic() - last >= every:
+                last = time.monotonic()
+                log(f"  {done}/{len(files)} files: {uploaded} uploaded, {skipped} already there")
+    log(f"Synced {root} to {uri.join('')}/: {uploaded} uploaded ({sent / 1e6:.1f} MB), {skipped} already there")
+    return SyncReport(uri=uri, uploaded=uploaded, skipped=skipped, bytes_uploaded=sent)
+
+
+def download_file(aws: Aws, uri: S3Uri, path: Path) -> Path:
+    """Downloads one object to ``path`` (its folder is created)."""
+    from dogclf.sagemaker.aws import aws_errors
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with aws_errors(f"Downloading {uri}"):
+        aws.client("s3").download_file(uri.bucket, uri.key, str(path))
+    return path
+
+
+def download_prefix(aws: Aws, uri: S3Uri, folder: str | os.PathLike[str]) -> Path:
+    """Downloads every object under ``uri`` into ``folder``, keeping the key's path below the prefix.
+
+    This is what SageMaker does for a File-mode channel (into ``/opt/ml/input/data/<channel>``).
+    """
+    from dogclf.sagemaker.aws import aws_errors
+
+    root = Path(folder)
+    base = uri.prefix()
+    with aws_errors(f"Listing {uri}"):
+        keys = list(_existing_sizes(aws, uri))
+    for key in keys:
+        relative = key[len(base) :]
+        if not relative or relative.endswith("/"):
+            continue
+        target = (root / relative).resolve()
+        if root.resolve() not in target.parents:
+            raise S3UriError(f"Object {key} of {uri} would land outside {root}; refusing to download it")
+        download_file(aws, S3Uri(uri.bucket, key), target)
+    return root

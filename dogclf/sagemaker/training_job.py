@@ -1,0 +1,504 @@
+"""Launching a SageMaker training job that runs ``dogclf train``, following it, and fetching its model.
+
+:func:`build_request` is a pure function from a :class:`TrainingJobSpec` and the job's S3 locations to the exact
+CreateTrainingJob request (what ``--dry-run`` prints and what is sent); :func:`launch_training_job` uploads the data
+and the source directory, then sends it through the SageMaker SDK v3 (``sagemaker.core.resources.TrainingJob``).
+The job runs the framework container's script mode: the AWS PyTorch training image's toolkit unpacks
+``sagemaker_submit_directory`` and runs ``sagemaker_program`` (``train.py``, :mod:`dogclf.sagemaker.entry`) with the
+hyperparameters as flags. S3 layout under ``s3://BUCKET/PREFIX/``::
+
+    data/<folder name>/...                     a local --data folder, synced (unchanged files are skipped)
+    jobs/<job>/source/sourcedir.tar.gz         dogclf's source, a plugin backbone's package, train.py
+    jobs/<job>/output/model.tar.gz             the model directory, deployable as it is (SageMaker writes it)
+    jobs/<job>/output/output.tar.gz            history, evaluation report, plots
+    jobs/<job>/checkpoints/                    per-epoch checkpoints and the feature cache (synced while it runs)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dogclf.errors import DatasetError, DogclfError
+
+if TYPE_CHECKING:
+    from dogclf.sagemaker.aws import Aws
+    from dogclf.sagemaker.s3 import S3Uri
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "TERMINAL_STATUSES",
+    "TrainingJob",
+    "TrainingJobFailed",
+    "TrainingJobSpec",
+    "build_request",
+    "channel",
+    "check_local_data",
+    "format_request",
+    "job_name",
+    "launch_training_job",
+    "plan_request",
+    "validate_request",
+    "unpack_model",
+    "upload_inputs",
+]
+
+DEFAULT_PREFIX = "dogclf"
+TERMINAL_STATUSES = frozenset({"Completed", "Failed", "Stopped"})
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+_NAME_OK = re.compile(r"[^a-zA-Z0-9-]+")
+
+
+class TrainingJobFailed(DogclfError, RuntimeError):
+    """A training job that ended Failed or Stopped: its failure reason and last log lines."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingJobSpec:
+    """What a training job runs on, apart from where its data and code live.
+
+    Attributes:
+        backbone: The backbone to train (a plugin's package is shipped with the code).
+        hyperparameters: ``dogclf train`` options as SageMaker hyperparameters (``{"lr": "0.001", ...}``).
+        instance_type: The training instance type, e.g. ``ml.m5.large`` or ``ml.g5.xlarge``.
+        instance_count: Instances; more than one (or a multi-GPU instance) runs under torchrun.
+        volume_size_gb: The instance's storage (data, checkpoints, feature cache).
+        spot: Managed spot training; an interrupted job restarts and resumes from its checkpoints.
+        max_runtime: Seconds the job may train.
+        max_wait: With ``spot``: seconds it may wait for spot capacity and train together (default 2 x runtime).
+        framework_version: The AWS PyTorch training image's version.
+        base_name: Prefix of generated job names.
+        names_file: A ``--names`` file shipped with the code.
+        environment: Extra environment variables of the container.
+        extra: Request fields added as they are (``DebugHookConfig``, ``TensorBoardOutputConfig``, ...).
+    """
+
+    backbone: str
+    hyperparameters: Mapping[str, str] = field(default_factory=dict)
+    instance_type: str = "ml.m5.large"
+    instance_count: int = 1
+    volume_size_gb: int = 30
+    spot: bool = False
+    max_runtime: int = 24 * 3600
+    max_wait: int | None = None
+    framework_version: str = ""
+    base_name: str = DEFAULT_PREFIX
+    names_file: Path | None = None
+    environment: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.instance_count, int) or self.instance_count < 1:
+            raise ValueError(f"--instance-count must be an integer >= 1, got {self.instance_count!r}")
+        if not isinstance(self.max_runtime, int) or self.max_runtime < 1:
+            raise ValueError(f"--max-runtime must be a number of seconds >= 1, got {self.max_runtime!r}")
+        if self.max_wait is not None and self.max_wait < self.max_runtime:
+            raise ValueError(
+                f"--max-wait ({self.max_wait} s) must be at least --max-runtime ({self.max_runtime} s): it counts "
+                "the time spent waiting for spot capacity plus the training time"
+            )
+        if self.max_wait is not None and not self.spot:
+            raise ValueError("--max-wait only applies to managed spot training: add --spot, or drop --max-wait")
+
+    def wait_seconds(self) -> int:
+        """``MaxWaitTimeInSeconds`` of a spot job."""
+        return self.max_wait if self.max_wait is not None else 2 * self.max_runtime
+
+
+def job_name(base: str, backbone: str, *, now: datetime | None = None) -> str:
+    """A unique job name: ``<base>-<backbone>-<UTC time to the second>-<4 random hex>`` (at most 63 characters)."""
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    tag = secrets.token_hex(2)
+    stem = _NAME_OK.sub("-", f"{base}-{backbone}").strip("-")
+    return f"{stem[: 63 - len(stamp) - len(tag) - 2]}-{stamp}-{tag}"
+
+
+def channel(name: str, uri: str) -> dict[str, Any]:
+    """One ``InputDataConfig`` entry: the S3 prefix ``uri`` copied to ``/opt/ml/input/data/<name>`` (File mode)."""
+    return {
+        "ChannelName": name,
+        "DataSource": {
+            "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}
+        },
+        "InputMode": "File",
+    }
+
+
+def distribution_hyperparameters(instance_count: int, gpus: int) -> dict[str, str]:
+    """The script-mode flag that makes the PyTorch container launch torchrun (several hosts or GPUs), else none."""
+    if instance_count > 1 or gpus > 1:
+        return {"sagemaker_torch_distributed_enabled": "true"}
+    return {}
+
+
+def build_request(
+    spec: TrainingJobSpec,
+    *,
+    name: str,
+    role: str,
+    image: str,
+    region: str,
+    source_uri: str,
+    channels: Mapping[str, str],
+    output_uri: str,
+    checkpoint_uri: str,
+    gpus: int = 0,
+) -> dict[str, Any]:
+    """The CreateTrainingJob request of ``spec`` (every value as SageMaker's API takes it).
+
+    Args:
+        spec: What to run.
+        name: The job's name.
+        role: The execution role ARN.
+        image: The training image URI.
+        region: The region (told to the container's toolkit).
+        source_uri: Where ``sourcedir.tar.gz`` is.
+        channels: Channel name -> S3 prefix (``training``, or ``train``/``valid``/``test``; ``features``).
+        output_uri: ``S3OutputPath``; SageMaker writes ``<output_uri>/<name>/output/model.tar.gz``.
+        checkpoint_uri: Where ``/opt/ml/checkpoints`` is synced.
+        gpus: GPUs per instance (several run under torchrun).
+    """
+    from dogclf.sagemaker.entry import ENTRY_SCRIPT
+    from dogclf.sagemaker.metrics import metric_definitions
+
+    hyperparameters = {
+        **dict(spec.hyperparameters),
+        "backbone": spec.backbone,
+        **distribution_hyperparameters(spec.instance_count, gpus),
+        "sagemaker_program": json.dumps(ENTRY_SCRIPT),
+        "sagemaker_submit_directory": json.dumps(source_uri),
+        "sagemaker_region": json.dumps(region),
+    }
+    stopping: dict[str, int] = {"MaxRuntimeInSeconds": spec.max_runtime}
+    if spec.spot:
+        stopping["MaxWaitTimeInSeconds"] = spec.wait_seconds()
+    request: dict[str, Any] = {
+        "TrainingJobName": name,
+        "RoleArn": role,
+        "AlgorithmSpecification": {
+            "TrainingImage": image,
+            "TrainingInputMode": "File",
+            "MetricDefinitions": metric_definitions(),
+            "EnableSageMakerMetricsTimeSeries": True,
+        },
+        "HyperParameters": hyperparameters,
+        "InputDataConfig": [channel(key, uri) for key, uri in channels.items()],
+        "OutputDataConfig": {"S3OutputPath": output_uri},
+        "ResourceConfig": {
+            "InstanceType": spec.instance_type,
+            "InstanceCount": spec.instance_count,
+            "VolumeSizeInGB": spec.volume_size_gb,
+        },
+        "StoppingCondition": stopping,
+        "EnableManagedSpotTraining": spec.spot,
+        "CheckpointConfig": {"S3Uri": checkpoint_uri, "LocalPath": "/opt/ml/checkpoints"},
+        "Tags": [{"Key": "dogclf:backbone", "Value": spec.backbone}],
+    }
+    if spec.environment:
+        request["Environment"] = dict(spec.environment)
+    request.update(spec.extra)
+    return request
+
+
+def check_local_data(folder: Path, hyperparameters: Mapping[str, str]) -> None:
+    """Refuses, before anything is uploaded, a data folder that is missing or has no validation data.
+
+    Raises:
+        DatasetError: Saying what to pass instead.
+    """
+    if not folder.is_dir():
+        raise DatasetError(f"Data folder {str(folder)!r} does not exist.")
+    has_valid = (folder / "train").is_dir() and any((folder / v).is_dir() for v in ("valid", "val"))
+    if not has_valid and "valid-fraction" not in hyperparameters:
+        raise DatasetError(
+            f"{str(folder)!r} has no train/ and valid/ folders; pass --valid-fraction 0.2 to hold out 20% of the "
+            "training images for validation inside the job."
+        )
+
+
+@dataclass
+class TrainingJob:
+    """A launched training job.
+
+    Attributes:
+        name: The job's name.
+        aws: The AWS context it was launched with.
+        request: The CreateTrainingJob request (``None`` for a job attached by name).
+    """
+
+    name: str
+    aws: Aws
+    request: dict[str, Any] | None = None
+
+    @classmethod
+    def attach(cls, name: str, aws: Aws) -> TrainingJob:
+        """The job called ``name`` (checked to exist)."""
+        job = cls(name, aws)
+        job.describe()
+        return job
+
+    def describe(self) -> dict[str, Any]:
+        """DescribeTrainingJob's answer."""
+        from dogclf.sagemaker.aws import aws_errors
+
+        with aws_errors(f"Reading training job {self.name}"):
+            return dict(self.aws.client("sagemaker").describe_training_job(TrainingJobName=self.name))
+
+    @property
+    def console_url(self) -> str:
+        """The job's page in the SageMaker console."""
+        return self.aws.console_url(f"/jobs/{self.name}")
+
+    @property
+    def logs_url(self) -> str:
+        """The job's log streams in the CloudWatch console."""
+        region = self.aws.region
+        return (
+            f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}#logStream:"
+            f"group={LOG_GROUP};prefix={self.name}/;streamFilter=typeLogStreamPrefix"
+        )
+
+    def wait(
+        self,
+        *,
+        logs: bool = True,
+        poll: float = 20.0,
+        timeout: float | None = None,
+        log: Callable[[str], None] = print,
+    ) -> dict[str, Any]:
+        """Follows the job's status (and its CloudWatch log lines) until it ends; returns the final description.
+
+        Raises:
+            TrainingJobFailed: It ended Failed or Stopped (its reason and last log lines).
+            TimeoutError: ``timeout`` seconds passed first (the job keeps running).
+        """
+        from dogclf.sagemaker.logs import LogFollower
+
+        follower = LogFollower(self.aws, LOG_GROUP, f"{self.name}/")
+        started = time.monotonic()
+        shown = 0
+        while True:
+            description = self.describe()
+            transitions = description.get("SecondaryStatusTransitions") or []
+            for transition in transitions[shown:]:
+                log(f"[{self.name}] {transition.get('Status')}: {transition.get('StatusMessage', '')}".rstrip(": "))
+            shown = len(transitions)
+            for line in follower.poll() if logs else ():
+                log(line)
+            status = description["TrainingJobStatus"]
+            if status in TERMINAL_STATUSES:
+                for line in follower.poll() if logs else ():
+                    log(line)
+                break
+            if timeout is not None and time.monotonic() - started > timeout:
+                raise TimeoutError(f"Training job {self.name} is still {status} after {timeout:.0f} s")
+            time.sleep(poll)
+        if status != "Completed":
+            reason = description.get("FailureReason") or description.get("SecondaryStatus") or status
+            last = "\n".join(f"  {line}" for line in follower.lines[-20:]) or "  (no log lines)"
+            raise TrainingJobFailed(f"Training job {self.name} {status.lower()}: {reason}\nLast log lines:\n{last}")
+        log(f"[{self.name}] Completed; model: {description['ModelArtifacts']['S3ModelArtifacts']}")
+        return description
+
+    def model_artifact(self) -> S3Uri:
+        """Where the job's ``model.tar.gz`` is (the job must have completed)."""
+        from dogclf.sagemaker.s3 import S3Uri
+
+        description = self.describe()
+        if description["TrainingJobStatus"] != "Completed":
+            raise TrainingJobFailed(
+                f"Training job {self.name} is {description['TrainingJobStatus']}, not Completed: it has no model yet"
+                + (f" ({description['FailureReason']})" if description.get("FailureReason") else "")
+            )
+        return S3Uri.parse(description["ModelArtifacts"]["S3ModelArtifacts"])
+
+    def download(self, out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Downloads and unpacks the job's ``model.tar.gz`` into a model directory ``dogclf predict`` loads."""
+        from dogclf.sagemaker.s3 import download_file
+
+        with tempfile.TemporaryDirectory(prefix="dogclf-download-") as tmp:
+            archive = download_file(self.aws, self.model_artifact(), Path(tmp) / "model.tar.gz")
+            return unpack_model(archive, out_dir, overwrite=overwrite)
+
+
+def unpack_model(archive: Path, out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Unpacks a ``model.tar.gz`` into a model directory and checks it loads as one.
+
+    Raises:
+        ModelDirError: ``out_dir`` already holds a model (without ``overwrite``), or the archive holds none.
+    """
+    from dogclf.artifact import CONFIG_NAME, WEIGHTS_NAME, read_config
+    from dogclf.errors import ModelDirError
+
+    out = Path(out_dir)
+    if (out / CONFIG_NAME).exists() and not overwrite:
+        raise ModelDirError(f"{str(out)!r} already holds a model; pass --overwrite or choose another --out.")
+    out.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+        if not {CONFIG_NAME, WEIGHTS_NAME} <= names:
+            raise ModelDirError(f"{archive} holds no dogclf model ({CONFIG_NAME} and {WEIGHTS_NAME} are missing).")
+        tar.extractall(out, filter="data")
+    read_config(out)
+    return out
+
+
+def upload_inputs(
+    spec: TrainingJobSpec, data: str, aws: Aws, request: Mapping[str, Any], log: Callable[[str], None]
+) -> None:
+    """Puts a request's inputs where it says: a local data folder (synced) and the built source directory."""
+    from dogclf.sagemaker.s3 import S3Uri, sync_folder, upload_file
+    from dogclf.sagemaker.source import build_source_dir
+
+    if not data.startswith("s3://"):
+        training = next(c for c in request["InputDataConfig"] if c["ChannelName"] == "training")
+        sync_folder(aws, data, S3Uri.parse(training["DataSource"]["S3DataSource"]["S3Uri"]), log=log)
+    target = S3Uri.parse(json.loads(request["HyperParameters"]["sagemaker_submit_directory"]))
+    with tempfile.TemporaryDirectory(prefix="dogclf-source-") as tmp:
+        source = build_source_dir(tmp, backbone=spec.backbone, names_file=spec.names_file)
+        upload_file(aws, source.archive, target)
+    log(f"Uploaded the source directory ({source.files} files, {source.size / 1e6:.1f} MB) to {target}")
+
+
+def plan_request(
+    spec: TrainingJobSpec,
+    data: str,
+    *,
+    region: str,
+    role: str,
+    bucket: str,
+    prefix: str,
+    name: str,
+    features: str | None = None,
+    tuning_job: str | None = None,
+) -> dict[str, Any]:
+    """The request a launch sends: the job's S3 locations under ``s3://bucket/prefix/`` and its image.
+
+    With ``tuning_job`` it is the template of that tuning job's trials: source, outputs and checkpoints under
+    ``tuning/<tuning_job>/`` (each trial's model at ``tuning/<tuning_job>/trials/<trial>/output/model.tar.gz``).
+    """
+    from dogclf.sagemaker.images import gpus_per_instance, training_image
+    from dogclf.sagemaker.s3 import S3Uri
+
+    image = training_image(region, spec.instance_type, spec.framework_version or _default_version())
+    root = S3Uri(bucket, prefix.strip("/"))
+    data_uri = data if data.startswith("s3://") else str(root.join("data", Path(data).name)) + "/"
+    channels = {"training": data_uri}
+    if features is not None:
+        channels["features"] = features
+    home = root.join("jobs", name) if tuning_job is None else root.join("tuning", tuning_job)
+    return build_request(
+        spec,
+        name=name,
+        role=role,
+        image=image,
+        region=region,
+        source_uri=str(home.join("source", "sourcedir.tar.gz")),
+        channels=channels,
+        output_uri=str(root.join("jobs") if tuning_job is None else home.join("trials")),
+        checkpoint_uri=str(home.join("checkpoints")),
+        gpus=gpus_per_instance(spec.instance_type, region),
+    )
+
+
+def _default_version() -> str:
+    from dogclf.sagemaker.images import TRAINING_FRAMEWORK_VERSION
+
+    return TRAINING_FRAMEWORK_VERSION
+
+
+def launch_training_job(
+    spec: TrainingJobSpec,
+    data: str | os.PathLike[str],
+    *,
+    aws: Aws,
+    role: str,
+    bucket: str | None = None,
+    prefix: str = DEFAULT_PREFIX,
+    name: str | None = None,
+    features: str | None = None,
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
+) -> TrainingJob:
+    """Uploads the data and the code, then creates the training job (or, with ``dry_run``, only builds the request).
+
+    Args:
+        spec: What to run.
+        data: A local data folder (synced to ``s3://BUCKET/PREFIX/data/<name>/``) or an ``s3://`` prefix.
+        aws: The AWS context.
+        role: The execution role ARN.
+        bucket: The bucket (default: the SDK's ``sagemaker-<region>-<account>``, created when missing).
+        prefix: Key prefix of everything this job writes.
+        name: The job name (default: unique, see :func:`job_name`).
+        features: An ``s3://`` prefix of backbone features (a feature cache) to mount as the ``features`` channel.
+        dry_run: Build and return the request without uploading or creating anything.
+        log: Where progress lines go.
+
+    Returns:
+        The job (``request`` holds what was, or would be, sent).
+
+    Raises:
+        DatasetError: A local data folder that does not exist or has no validation split (and no valid-fraction).
+        UnknownInstanceTypeError: An instance type SageMaker does not offer.
+        AwsError: An upload or the CreateTrainingJob call failed.
+    """
+    from dogclf.sagemaker.aws import aws_errors
+
+    data = str(data)
+    if not data.startswith("s3://"):
+        check_local_data(Path(data), spec.hyperparameters)
+    job = name or job_name(spec.base_name, spec.backbone)
+    chosen_bucket = bucket or (f"sagemaker-{aws.region}-{aws.account()}" if dry_run else aws.default_bucket())
+    request = plan_request(
+        spec, data, region=aws.region, role=role, bucket=chosen_bucket, prefix=prefix, name=job, features=features
+    )
+    validate_request("CreateTrainingJob", request)
+    if dry_run:
+        return TrainingJob(job, aws, request)
+    upload_inputs(spec, data, aws, request, log)
+    with aws_errors(f"Creating training job {job}"):
+        aws.client("sagemaker").create_training_job(**request)
+    created = TrainingJob(job, aws, request)
+    log(f"Launched training job {job}")
+    log(f"  status and metrics: {created.console_url}")
+    log(f"  logs: {created.logs_url}")
+    return created
+
+
+def validate_request(operation: str, request: Mapping[str, Any]) -> None:
+    """Checks a request against SageMaker's API model (botocore's, offline), as the SDK does before sending.
+
+    Raises:
+        RequestError: Every field that does not fit, by its path.
+    """
+    import botocore.session
+    import botocore.validate
+
+    model = botocore.session.get_session().get_service_model("sagemaker").operation_model(operation)
+    report = botocore.validate.ParamValidator().validate(dict(request), model.input_shape)
+    if report.has_errors():
+        raise RequestError(f"The {operation} request does not fit SageMaker's API:\n{report.generate_report()}")
+
+
+class RequestError(DogclfError, ValueError):
+    """A request that SageMaker's API model refuses."""
+
+
+def format_request(request: Mapping[str, Any]) -> str:
+    """The request as indented JSON (what ``--dry-run`` prints)."""
+    return json.dumps(request, indent=2, sort_keys=False)
+
+
+def hyperparameter_summary(hyperparameters: Mapping[str, str], skip: Sequence[str] = ()) -> str:
+    """``lr=0.001 batch-size=16 ...`` without the script-mode keys."""
+    return " ".join(f"{k}={v}" for k, v in hyperparameters.items() if not k.startswith("sagemaker_") and k not in skip)
