@@ -411,7 +411,7 @@ def test_label_smoothing_shrinks_the_lbfgs_heads_weights() -> None:
     def norm(smoothing: float) -> float:
         model = _model(4, 3)
         fit_lbfgs_head(model, data, None, _config(head_solver="lbfgs", penalty_c=100.0, label_smoothing=smoothing))
-        return float(model.head[0].weight.norm())
+        return float(model.head[0].weight.detach().norm())
 
     assert norm(0.2) < 0.5 * norm(0.0)
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "C_GRID",
+    "Basis",
     "CvResult",
     "LbfgsFit",
     "LbfgsHeadFitter",
@@ -133,6 +134,33 @@ def linear_layer(head: torch.nn.Module) -> torch.nn.Linear | None:
     return None
 
 
+@dataclass(frozen=True)
+class Basis:
+    """The eigenbasis of the training features' covariance, used to precondition L-BFGS (never to change the fit).
+
+    Features are centred (the unpenalised bias absorbs the mean) and rotated into this basis, and each direction is
+    scaled by ``(curvature * eigenvalue + penalty)^-1/2``, the inverse square root of the objective's Hessian along
+    it. The optimum is the same; L-BFGS needs far fewer iterations on raw backbone features, whose directions differ
+    in variance by orders of magnitude.
+    """
+
+    mean: torch.Tensor
+    vectors: torch.Tensor
+    values: torch.Tensor
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> Basis:
+        """The basis of ``x``'s rows (eigen-decomposition in float64, stored in ``x``'s dtype)."""
+        mean = x.double().mean(dim=0)
+        centred = x.double() - mean
+        values, vectors = torch.linalg.eigh(centred.T @ centred / max(1, len(x)))
+        return cls(mean.to(x.dtype), vectors.to(x.dtype), values.clamp(min=0).to(x.dtype))
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) @ vectors``: the features in this basis."""
+        return (x - self.mean) @ self.vectors
+
+
 def fit_logistic(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -144,6 +172,8 @@ def fit_logistic(
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
     max_iter: int = _MAX_ITER,
     tol: float = _TOL,
+    basis: Basis | None = None,
+    rotated: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
     """Fits multinomial logistic regression with an L2 penalty by L-BFGS (see the module docstring).
 
@@ -156,27 +186,35 @@ def fit_logistic(
         label_smoothing: Label smoothing of the cross-entropy.
         init: ``(weight (K, F), bias (K,))`` to start from (warm start); zeros otherwise.
         max_iter: Most L-BFGS iterations.
-        tol: Stop when every gradient entry is at most this in absolute value.
+        tol: Stop when every gradient entry (in the preconditioned coordinates) is at most this.
+        basis: The preconditioner (:class:`Basis`); computed from ``x`` when not given. Cross-validation computes it
+            once over all training rows and reuses it for every fold.
+        rotated: ``basis.rotate(x)``, if already computed.
 
     Returns:
         ``(weight, bias, iterations, converged)``.
     """
-    n, width = x.shape
+    basis = basis if basis is not None else Basis.of(x)
+    z = rotated if rotated is not None else basis.rotate(x)
+    n = len(z)
+    penalty = 1.0 / (c * n)  # the objective is mean loss + penalty * ||W||^2 / 2
+    scale = (basis.values / num_classes + penalty).rsqrt()  # softmax curvature is about 1 / K per direction
+    zs = z * scale
     if init is None:
-        weight = torch.zeros(num_classes, width, device=x.device, dtype=x.dtype)
-        bias = torch.zeros(num_classes, device=x.device, dtype=x.dtype)
+        v = torch.zeros(num_classes, z.shape[1], device=z.device, dtype=z.dtype)
+        shift = torch.zeros(num_classes, device=z.device, dtype=z.dtype)
     else:
-        weight, bias = (t.detach().clone().to(x.device, x.dtype) for t in init)
-    weight.requires_grad_(True)
-    bias.requires_grad_(True)
+        weight, bias = (t.detach().to(z.device, z.dtype) for t in init)
+        v, shift = (weight @ basis.vectors) / scale, bias + weight @ basis.mean
+    v.requires_grad_(True)
+    shift.requires_grad_(True)
     loss_fn = torch.nn.CrossEntropyLoss(
-        weight=None if class_weights is None else class_weights.to(x.device, x.dtype),
+        weight=None if class_weights is None else class_weights.to(z.device, z.dtype),
         label_smoothing=float(label_smoothing),
         reduction="sum",
     )
-    penalty = 1.0 / (2.0 * c * n)
     optimizer = torch.optim.LBFGS(
-        [weight, bias],
+        [v, shift],
         lr=1.0,
         max_iter=max_iter,
         tolerance_grad=tol,
@@ -187,15 +225,18 @@ def fit_logistic(
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = loss_fn(x @ weight.T + bias, y) / n + penalty * weight.pow(2).sum()
+        loss = loss_fn(zs @ v.T + shift, y) / n + 0.5 * penalty * (v * scale).pow(2).sum()
         loss.backward()
         return loss
 
     optimizer.step(closure)
     iterations = int(optimizer.state[optimizer._params[0]]["n_iter"])
     closure()  # the gradient at the solution
-    grad = torch.cat([weight.grad.reshape(-1), bias.grad.reshape(-1)])  # type: ignore[union-attr]
+    grad = torch.cat([v.grad.reshape(-1), shift.grad.reshape(-1)])  # type: ignore[union-attr]
     converged = bool(grad.abs().max() <= tol * 1.01)
+    with torch.no_grad():
+        weight = (v * scale) @ basis.vectors.T
+        bias = shift - weight @ basis.mean
     return weight.detach(), bias.detach(), iterations, converged
 
 
@@ -241,6 +282,8 @@ def cross_validate_c(
             "--penalty-c."
         )
     ids = stratified_fold_ids(y, folds, seed)
+    basis = Basis.of(x)  # one preconditioner for every fold and C (it speeds the fits, the optima are the same)
+    z = basis.rotate(x)
     result = CvResult(folds=folds)
     warm: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * folds
     worse = 0
@@ -258,6 +301,8 @@ def cross_validate_c(
                 class_weights=weights,
                 label_smoothing=label_smoothing,
                 init=warm[fold],
+                basis=basis,
+                rotated=z[train],
             )
             warm[fold] = (weight, bias)
             logits = x[held] @ weight.T + bias
