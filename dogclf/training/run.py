@@ -551,7 +551,7 @@ def _image_features(run: _Run, splits: DataSplits, options: _Options) -> dict[st
         weights_label=run.weights_label,
         cache_dir=None,  # the backbone was trained: these features are this run's alone
         options=extract,
-        log=options.log,
+        log=lambda _: None,  # not the training features' summary line: this pass is the novelty score's
         progress=options.show_bars,
     )
 
