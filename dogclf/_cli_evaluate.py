@@ -35,6 +35,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     plot = args.plot or args.model / f"confusion_{chosen.split}.png"
     title = f"{config['backbone']} on {chosen.split}: top-1 {report.top1:.1%}"
     plot_confusion_matrix(report, plot, title=title)
+    open_set = None
+    if args.unknown_dir is not None:
+        from dogclf.openset import evaluate_unknown
+
+        open_set = evaluate_unknown(classifier, chosen.samples, args.unknown_dir, batch_size=args.batch_size)
     if args.json:
         payload: dict[str, Any] = report.to_dict()
         payload.update(
@@ -46,6 +51,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             confusion_png=str(plot),
             skipped=len(chosen.skipped),
         )
+        if open_set is not None:
+            payload["unknown_dir"] = {"path": str(args.unknown_dir), **open_set.to_dict()}
         print(dumps(payload, indent=2))
         return 0
     print(f"Evaluated {chosen.description}: {report.n} images")
@@ -60,6 +67,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     calibration = f"ECE {report.ece_uncalibrated:.3f} -> {report.ece:.3f} (temperature {report.temperature:.2f}); "
     if report.unknown_rate is None:
         calibration += "unknown rate n/a (the model has no unknown threshold)"
+    elif classifier.novelty is not None and classifier.novelty.threshold is not None:
+        calibration += f"unknown rate {report.unknown_rate:.1%} (novelty score over {classifier.novelty.threshold:.4f})"
     else:
         calibration += f"unknown rate {report.unknown_rate:.1%} (threshold {report.unknown_threshold:.3f})"
     print(calibration)
@@ -71,5 +80,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print("\nMost confused (true -> predicted: count):")
         for pair in confused:
             print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
+    if open_set is not None:
+        print("\n" + "\n".join(open_set.lines()))
     print(f"\nConfusion matrix: {plot}")
     return 0

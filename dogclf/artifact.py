@@ -19,10 +19,19 @@ from dogclf.errors import ModelDirError, UnknownBackboneError
 if TYPE_CHECKING:
     from dogclf.data.folder import ClassInfo
 
-__all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "model_classes", "read_config", "save_model"]
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT_VERSION",
+    "NOVELTY_NAME",
+    "WEIGHTS_NAME",
+    "model_classes",
+    "read_config",
+    "save_model",
+]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+NOVELTY_NAME = "novelty.safetensors"  # the novelty score's tensors (dogclf.novelty), when the model has one
 FORMAT_VERSION = 1
 
 
@@ -36,6 +45,7 @@ def save_model(
     metrics: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
     calibration: Mapping[str, Any] | None = None,
+    novelty: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes a trained model directory.
 
@@ -49,6 +59,8 @@ def save_model(
         training: The training configuration to record.
         calibration: Temperature and unknown threshold (``Calibration.to_dict()``); omitted: temperature 1.0,
             never unknown.
+        novelty: The novelty score's settings (``NoveltyScorer.to_config()``; its file is written separately), or
+            ``None`` for none.
 
     Returns:
         The directory.
@@ -77,6 +89,8 @@ def save_model(
     }
     if calibration is not None:
         config["calibration"] = dict(calibration)
+    if novelty is not None:
+        config["novelty"] = dict(novelty)
     tmp_weights = out / f".{WEIGHTS_NAME}.tmp"
     save_file(state, str(tmp_weights), metadata={"format": "pt", "dogclf_version": __version__})
     # safetensors creates the file owner-only; a model is meant to be read by servers running as other users.

@@ -17,6 +17,7 @@ from dogclf.backbones.spec import BackboneSpec
 from dogclf.data.images import load_rgb
 from dogclf.data.transforms import eval_transform
 from dogclf.model import DogClassifierNet, HeadConfig, build_head
+from dogclf.novelty import NoveltyScorer, load_novelty
 from dogclf.training.config import resolve_device
 
 __all__ = ["Classifier", "ImageResult", "Prediction", "load_model"]
@@ -43,7 +44,8 @@ class ImageResult:
 
     Attributes:
         predictions: The top-k breeds, best first (calibrated scores).
-        unknown: True when the top score is under the model's unknown threshold.
+        unknown: True when the image looks like none of the known breeds: its backbone features are far from
+            all of them (models with a novelty score), or else its top score is under the unknown threshold.
     """
 
     predictions: list[Prediction]
@@ -74,6 +76,7 @@ class Classifier:
         precision: ``"fp32"`` (default: exact), ``"bf16"``, ``"fp16"`` (CUDA) or ``"auto"`` (bf16 autocast with
             channels-last on CPUs with native bfloat16 and on CUDA, as feature extraction does; several times faster
             on such CPUs, scores differ from fp32 in about the third decimal).
+        novelty: The feature-space novelty score (:mod:`dogclf.novelty`); ``None``: the softmax threshold decides.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class Classifier:
         config: dict[str, Any] | None = None,
         device: torch.device | str = "cpu",
         precision: str = "fp32",
+        novelty: NoveltyScorer | None = None,
     ) -> None:
         from dogclf.features.extract import ExtractOptions, resolve_precision
 
@@ -98,6 +102,7 @@ class Classifier:
         self.config = config or {}
         self.transform = eval_transform(spec.preprocessing)
         self.temperature, self.unknown_threshold = _calibration(self.config)
+        self.novelty = novelty
 
     @property
     def classes(self) -> list[Any]:
@@ -116,38 +121,73 @@ class Classifier:
         size = self.spec.preprocessing.resize_size
         return torch.stack([self.transform(load_rgb(image, min_size=size)) for image in images])
 
-    @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw logits ``(N, C)`` (float32, on the CPU) of a preprocessed batch, in this classifier's precision."""
+        return self.scores(batch)[0]
+
+    @torch.inference_mode()
+    def scores(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``(N, C)`` and novelty scores ``(N,)`` (``None`` without a novelty score) of a preprocessed batch.
+
+        One forward pass: the backbone's features go to the head and to the novelty score.
+        """
         if self.precision == "fp32":
-            return self.net(batch.to(self.device)).float().cpu()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        # Small forward batches are several times faster per image on CPUs (see docs/features.md).
-        step = 8 if self.device.type == "cpu" else len(batch) or 1
-        parts = []
-        with torch.autocast(device_type=self.device.type, dtype=dtype):
-            for start in range(0, len(batch), step):
-                x = batch[start : start + step].to(self.device).contiguous(memory_format=torch.channels_last)
-                parts.append(self.net(x).float().cpu())
-        return torch.cat(parts) if parts else torch.empty(0, len(self.class_names))
+            logits, features = self._forward(batch.to(self.device))
+        else:
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            # Small forward batches are several times faster per image on CPUs (see docs/features.md).
+            step = 8 if self.device.type == "cpu" else len(batch) or 1
+            parts = []
+            with torch.autocast(device_type=self.device.type, dtype=dtype):
+                for start in range(0, len(batch), step):
+                    x = batch[start : start + step].to(self.device).contiguous(memory_format=torch.channels_last)
+                    parts.append(self._forward(x))
+            if not parts:
+                return torch.empty(0, len(self.class_names)), None if self.novelty is None else torch.empty(0)
+            logits = torch.cat([p[0] for p in parts])
+            features = None if self.novelty is None else torch.cat([p[1] for p in parts])  # type: ignore[misc]
+        return logits, None if self.novelty is None or features is None else self.novelty.score(features)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits, and the backbone features when the novelty score needs them (else the plain forward pass)."""
+        if self.novelty is None:
+            return self.net(x).float().cpu(), None
+        features = self.net.features(x)
+        return self.net.head(features).float().cpu(), features.float().cpu()
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities ``(N, C)`` of a preprocessed batch (softmax of logits / temperature)."""
         return torch.softmax(self.logits(batch) / self.temperature, dim=1)
 
-    def is_unknown(self, top_score: float) -> bool:
-        """Whether a top score is too low for any known breed (never, for models without a threshold)."""
+    def is_unknown(self, top_score: float, novelty_score: float | None = None) -> bool:
+        """Whether an image looks like none of the known breeds.
+
+        With a novelty score (:mod:`dogclf.novelty`) and the image's ``novelty_score``, that decides: the features
+        are farther from every known breed than the threshold fitted on validation photos. Otherwise the top score
+        is under the unknown threshold (never, for models without one).
+        """
+        if self.novelty is not None and novelty_score is not None and self.novelty.threshold is not None:
+            return novelty_score > self.novelty.threshold
         return self.unknown_threshold is not None and top_score < self.unknown_threshold
 
-    def rank(self, probs: torch.Tensor, *, top_k: int = 5) -> list[ImageResult]:
-        """Turns probabilities ``(N, C)`` into one :class:`ImageResult` per row."""
+    def rank(self, probs: torch.Tensor, *, top_k: int = 5, novelty: torch.Tensor | None = None) -> list[ImageResult]:
+        """Turns probabilities ``(N, C)`` and novelty scores ``(N,)`` (:meth:`scores`) into :class:`ImageResult` s."""
         k = min(top_k, len(self.class_names))
         scores, indices = probs.topk(k, dim=1)
+        novel = [None] * len(probs) if novelty is None else novelty.tolist()
         results = []
-        for row_s, row_i in zip(scores.tolist(), indices.tolist(), strict=True):
+        for row_s, row_i, score in zip(scores.tolist(), indices.tolist(), novel, strict=True):
             predictions = [Prediction(i, self.class_names[i], s) for s, i in zip(row_s, row_i, strict=True)]
-            results.append(ImageResult(predictions, self.is_unknown(row_s[0])))
+            results.append(ImageResult(predictions, self.is_unknown(row_s[0], score)))
         return results
+
+    def results(self, batch: torch.Tensor, *, top_k: int = 5) -> list[ImageResult]:
+        """The :class:`ImageResult` of each image of a preprocessed batch.
+
+        One forward pass: calibrated scores, and the unknown decision (the novelty score where the model has one).
+        """
+        logits, novelty = self.scores(batch)
+        return self.rank(torch.softmax(logits / self.temperature, dim=1), top_k=top_k, novelty=novelty)
 
     def classify(
         self, images: ImageInput | Sequence[ImageInput], *, top_k: int = 5, batch_size: int = 32
@@ -162,7 +202,7 @@ class Classifier:
         images = list(images)
         results: list[ImageResult] = []
         for start in range(0, len(images), batch_size):
-            results += self.rank(self.probabilities(self.preprocess(images[start : start + batch_size])), top_k=top_k)
+            results += self.results(self.preprocess(images[start : start + batch_size]), top_k=top_k)
         return results
 
     def predict(
@@ -214,4 +254,5 @@ def load_model(model_dir: str | os.PathLike[str], *, device: str = "cpu", precis
         config=config,
         device=resolve_device(device),
         precision=precision,
+        novelty=load_novelty(root, config),
     )

@@ -32,8 +32,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="model directory to write (also holds checkpoint.pt)")
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the head (default 1e-3)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the head (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="the loop's weight decay (default 0)")
+    _add_head_args(p)
     p.add_argument(
         "--freeze",
         action=argparse.BooleanOptionalAction,
@@ -57,6 +58,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--extract-batch-size", type=int, default=64, help="images per batch during feature extraction (default 64)"
     )
     p.add_argument(
+        "--novelty",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fit the feature-space novelty score that flags unknown breeds (default); --no-novelty: softmax threshold",
+    )
+    p.add_argument(
         "--checkpoint-dir",
         type=Path,
         default=None,
@@ -78,6 +85,48 @@ def train_parser(prog: str = "dogclf train", *, add_help: bool = True) -> argpar
     parser = argparse.ArgumentParser(prog=prog, description="Train a classifier on a data folder.", add_help=add_help)
     add_train_args(parser)
     return parser
+
+
+def _add_head_args(p: argparse.ArgumentParser) -> None:
+    """How the head is fitted: the solver, the L-BFGS penalty, and the loop's recipe (see docs/training.md)."""
+    from dogclf.training.config import CLASS_WEIGHTS, HEAD_SOLVERS, KEEP, LR_SCHEDULES, OPTIMIZERS
+
+    p.add_argument(
+        "--head-solver",
+        choices=HEAD_SOLVERS,
+        default="auto",
+        help="auto (default): lbfgs for a frozen linear head on features, else loop; lbfgs: full-batch logistic "
+        "regression with an L2 penalty (seconds; --epochs, --lr, --batch-size do not apply); loop: minibatch epochs",
+    )
+    p.add_argument(
+        "--penalty-c",
+        type=float,
+        default=None,
+        help="lbfgs: inverse L2 strength, as scikit-learn's C (default: chosen by cross-validation)",
+    )
+    p.add_argument("--cv-folds", type=int, default=5, help="lbfgs: folds of the cross-validation of C (default 5)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="the loop's optimizer (default adam)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument(
+        "--lr-schedule", choices=LR_SCHEDULES, default="constant", help="per-step learning rate (default constant)"
+    )
+    p.add_argument("--warmup-epochs", type=float, default=0.0, help="epochs of linear lr warm-up (default 0)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the training loss (0)")
+    p.add_argument(
+        "--class-weight",
+        choices=CLASS_WEIGHTS,
+        default="none",
+        help="balanced: weight each class's loss by n / (classes x n_class) (default none)",
+    )
+    p.add_argument(
+        "--keep",
+        choices=KEEP,
+        default="best",
+        help="which epoch's weights to save: best (default, lowest valid_loss) or last",
+    )
+    p.add_argument(
+        "--patience", type=int, default=None, help="stop after this many epochs without a lower valid_loss (off)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -135,6 +184,13 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     ev.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
+    ev.add_argument(
+        "--unknown-dir",
+        type=Path,
+        default=None,
+        help="also score the images under DIR, which should be flagged unknown: AUROC and flag rates of the "
+        "softmax and novelty scores",
+    )
 
     pr = sub.add_parser("predict", help="predict the breed of images (with a model directory or a running server)")
     source = pr.add_mutually_exclusive_group(required=True)
@@ -237,6 +293,36 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# Options only the epoch loop reads: given on the command line, they ask for it (as a SageMaker job's hyperparameters
+# lr, batch-size and epochs do), instead of being ignored by the default L-BFGS fit.
+LOOP_OPTIONS = (
+    "--lr",
+    "--batch-size",
+    "--epochs",
+    "--weight-decay",
+    "--optimizer",
+    "--momentum",
+    "--lr-schedule",
+    "--warmup-epochs",
+    "--label-smoothing",
+    "--keep",
+    "--patience",
+)
+
+
+def _head_solver(args: argparse.Namespace) -> str:
+    """``--head-solver``; ``auto`` becomes ``loop`` when the command line sets an option only the loop reads."""
+    given = [a.split("=", 1)[0] for a in args.argv if a.split("=", 1)[0] in LOOP_OPTIONS]
+    if args.head_solver != "auto" or not given:
+        return str(args.head_solver)
+    print(
+        f"{', '.join(dict.fromkeys(given))} given: the head is trained by the epoch loop (--head-solver loop); "
+        "without them a frozen linear head is fitted by L-BFGS with a cross-validated penalty.",
+        flush=True,
+    )
+    return "loop"
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from dogclf.model import HeadConfig
     from dogclf.training import train
@@ -252,6 +338,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         num_workers=args.workers,
         augment=args.augment,
+        head_solver=_head_solver(args),
+        penalty_c=args.penalty_c,
+        cv_folds=args.cv_folds,
+        optimizer=args.optimizer,
+        momentum=args.momentum,
+        lr_schedule=args.lr_schedule,
+        warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing,
+        class_weight=args.class_weight,
+        keep=args.keep,
+        patience=args.patience,
     )
     try:
         train(
@@ -272,6 +369,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             precision=args.precision,
             extract_batch_size=args.extract_batch_size,
+            novelty=args.novelty,
             environ=args.environ,
             checkpoint_dir=args.checkpoint_dir,
             output_dir=args.output_dir,

@@ -33,8 +33,8 @@ class EvalReport:
         confusion: ``confusion[true][pred]`` counts.
         ece: Expected calibration error of the scores the classifier gives (its temperature applied).
         ece_uncalibrated: The same at temperature 1 (raw softmax).
-        unknown_rate: Fraction of images whose top score is under the model's unknown threshold (``None``: the
-            model has no threshold).
+        unknown_rate: Fraction of images the model flags unknown (its novelty score where it has one, else its
+            top score under the unknown threshold; ``None``: the model has no threshold).
         temperature: The model's temperature.
         unknown_threshold: The model's unknown threshold, if any.
     """
@@ -121,18 +121,27 @@ def evaluate(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     outputs: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
+    novelties: list[torch.Tensor] = []
     reporter = progress_reporter(len(samples), desc="evaluate", unit="img", bar=progress, enabled=progress is not False)
     with reporter, torch.inference_mode():
         for images, labels in loader:
-            outputs.append(classifier.logits(images))  # in the classifier's precision, as predictions are made
+            logits, novelty = classifier.scores(images)  # in the classifier's precision, as predictions are made
+            outputs.append(logits)
             targets.append(labels.long())
+            if novelty is not None:
+                novelties.append(novelty)
             reporter.update(len(labels))
+    logits = torch.cat(outputs)
+    unknown = None
+    if classifier.novelty is not None and classifier.novelty.threshold is not None:
+        unknown = classifier.novelty.is_novel(torch.cat(novelties))  # the novelty score decides, as in predictions
     return report_from_logits(
-        torch.cat(outputs),
+        logits,
         torch.cat(targets),
         class_names=classifier.class_names,
         temperature=classifier.temperature,
         unknown_threshold=classifier.unknown_threshold,
+        unknown=unknown,
     )
 
 
@@ -143,6 +152,7 @@ def report_from_logits(
     class_names: Sequence[str],
     temperature: float = 1.0,
     unknown_threshold: float | None = None,
+    unknown: torch.Tensor | None = None,
 ) -> EvalReport:
     """The report of raw logits against true labels (from images, or from a head over cached features).
 
@@ -152,6 +162,7 @@ def report_from_logits(
         class_names: Names in index order (``C`` of them).
         temperature: The model's temperature (scores are ``softmax(logits / temperature)``).
         unknown_threshold: Top scores under it count as unknown; ``None``: never unknown.
+        unknown: ``(N,)`` the model's own unknown flags (its novelty score's), used instead of the threshold.
 
     Returns:
         The report.
@@ -178,10 +189,16 @@ def report_from_logits(
         confusion=confusion.tolist(),
         ece=ece_from_confidences(calibrated, correct),
         ece_uncalibrated=ece_from_confidences(raw, correct),
-        unknown_rate=None if unknown_threshold is None else float((calibrated < unknown_threshold).double().mean()),
+        unknown_rate=_unknown_rate(calibrated, unknown_threshold, unknown),
         temperature=temperature,
         unknown_threshold=unknown_threshold,
     )
+
+
+def _unknown_rate(calibrated: torch.Tensor, threshold: float | None, unknown: torch.Tensor | None) -> float | None:
+    if unknown is not None:
+        return float(unknown.double().mean())
+    return None if threshold is None else float((calibrated < threshold).double().mean())
 
 
 def plot_confusion_matrix(report: EvalReport, path: str | os.PathLike[str], *, title: str = "") -> Path:

@@ -165,7 +165,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     registry = default_registry()
     registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/test_calibration.py")  # type: ignore[operator]
     lines: list[str] = []
-    config = dogclf.TrainConfig(epochs=2, batch_size=8, num_workers=0, device="cpu")
+    # The epoch loop, and no novelty score: these tests are about the temperature and the softmax threshold, which
+    # decides "unknown" for a model without a novelty score (tests/test_novelty.py covers models with one).
+    config = dogclf.TrainConfig(epochs=2, batch_size=8, num_workers=0, device="cpu", head_solver="loop")
     try:
         # Frozen: the head trains on extracted features and calibration uses their valid logits. fp32 extraction, so
         # those logits are the ones the loaded model computes (bfloat16 features would shift the fit slightly).
@@ -178,6 +180,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             precision="fp32",
             progress=False,
             log=lines.append,
+            novelty=False,
         )
     finally:
         registry.unregister("tinynet")

@@ -318,9 +318,10 @@ def test_package_archives_the_contents_of_a_symlinked_weights_file(
     store.mkdir()
     linked = tmp_path / "linked"
     linked.mkdir()
-    for name in ("model.safetensors", "config.json"):
-        shutil.copy(model_dir / name, store / name)
-        (linked / name).symlink_to(store / name)
+    for name in ("model.safetensors", "config.json", "novelty.safetensors"):
+        if (model_dir / name).exists():
+            shutil.copy(model_dir / name, store / name)
+            (linked / name).symlink_to(store / name)
 
     report = package_model(linked, tmp_path / "model.tar.gz")
 

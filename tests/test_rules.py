@@ -201,7 +201,7 @@ def test_class_imbalance_names_the_classes_in_train(tiny_tree: Path, tiny_spec: 
         tmp_path / "model",
         weights=None,
         log=lines.append,
-        config=TrainConfig(epochs=1, num_workers=0, device="cpu"),
+        config=TrainConfig(epochs=1, num_workers=0, device="cpu", head_solver="loop"),
         progress=False,
     )
     finding = next(Finding.parse(line) for line in lines if line.startswith("rule=ClassImbalance"))

@@ -65,9 +65,9 @@ SCRIPT = textwrap.dedent(
         environ = {"SMDEBUG_CONFIG_FILE_PATH": str(out / "debughookconfig.json")}
         diagnostics = Diagnostics()
     lines = []
+    config = TrainConfig(epochs=2, batch_size=8, num_workers=0, device="cpu", head_solver="loop")
     dogclf.train(data, "tinynet", out / "model", weights=None, callbacks=[record], progress=False, log=lines.append,
-                 config=TrainConfig(epochs=2, batch_size=8, num_workers=0, device="cpu"), environ=environ,
-                 diagnostics=diagnostics)
+                 config=config, environ=environ, diagnostics=diagnostics)
 
     from smdebug import modes
     from smdebug.trials import create_trial
@@ -141,7 +141,7 @@ def test_without_smdebug_a_run_is_unaffected(
         "tinynet",
         tmp_path / "model",
         weights=None,
-        config=TrainConfig(epochs=1, num_workers=0, device="cpu"),
+        config=TrainConfig(epochs=1, num_workers=0, device="cpu", head_solver="loop"),
         progress=False,
         log=lines.append,
         environ={"SMDEBUG_CONFIG_FILE_PATH": str(config)},

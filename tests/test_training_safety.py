@@ -24,7 +24,9 @@ REFUSING_HOST = "http://127.0.0.1:9"
 
 
 def _train(data: Path, out: Path, *, epochs: int = 2, log: Any = None, **kwargs: Any) -> dogclf.TrainResult:
-    config = kwargs.pop("config", None) or dogclf.TrainConfig(epochs=epochs, batch_size=8, num_workers=0, device="cpu")
+    config = kwargs.pop("config", None) or dogclf.TrainConfig(
+        epochs=epochs, batch_size=8, num_workers=0, device="cpu", head_solver="loop"
+    )
     return dogclf.train(
         data, "tinynet", out, config=config, weights=None, progress=False, log=log or (lambda _: None), **kwargs
     )

@@ -20,8 +20,6 @@ __all__ = ["add_sagemaker_parser", "hyperparameters_from_args", "run_sagemaker"]
 _CONTAINER_OPTIONS = frozenset(
     {"checkpoint_dir", "output_dir", "cache_dir", "resume", "overwrite", "progress", "smdebug_out", "rule_param"}
 )
-# Always sent, even at their defaults, so the job's console page shows the seeds' tuned trio.
-_ALWAYS_SENT = frozenset({"epochs", "batch_size", "lr"})
 
 
 def _job_options(p: argparse.ArgumentParser, *, instance: str = "ml.m5.large") -> None:
@@ -156,18 +154,20 @@ def add_sagemaker_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def hyperparameters_from_args(args: argparse.Namespace) -> dict[str, str]:
-    """The job's hyperparameters: every ``dogclf train`` option given a non-default value (and the seeds' trio)."""
+    """The job's hyperparameters: every ``dogclf train`` option given on the command line or set off its default."""
     from dogclf.cli import train_parser
     from dogclf.sagemaker.hyperparameters import to_hyperparameters
     from dogclf.sagemaker.source import NAMES_FILE
 
     options: dict[str, Any] = {}
+    given = {a.split("=", 1)[0] for a in getattr(args, "argv", [])}
     for action in train_parser()._actions:
         dest = action.dest
         if not action.option_strings or dest in _CONTAINER_OPTIONS or dest in ("help", "data", "out", "backbone"):
             continue
         value = getattr(args, dest, None)
-        if value is None or (value == action.default and dest not in _ALWAYS_SENT) or dest == "tensorboard":
+        explicit = any(option in given for option in action.option_strings)
+        if value is None or (value == action.default and not explicit) or dest == "tensorboard":
             continue
         flag = max(action.option_strings, key=len).lstrip("-")
         options[flag] = NAMES_FILE if dest == "names" else value

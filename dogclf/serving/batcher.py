@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -229,8 +230,12 @@ class Batcher:
         """One forward pass for a batch; runs in the forward thread."""
         import torch
 
-        probs = self.classifier.probabilities(torch.stack([item.tensor for item in items]))
-        return [self.classifier.rank(probs[i : i + 1], top_k=item.top_k)[0] for i, item in enumerate(items)]
+        results = self.classifier.results(
+            torch.stack([item.tensor for item in items]), top_k=max(i.top_k for i in items)
+        )
+        return [
+            dataclasses.replace(r, predictions=r.predictions[: i.top_k]) for r, i in zip(results, items, strict=True)
+        ]
 
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():

@@ -179,7 +179,7 @@ def predict_fn(data: DecodedRequest, model: Any) -> Answer:
                 for item, label in zip(data.images, data.labels, strict=True)
             ]
         )
-    return Answer(results=model.rank(model.probabilities(batch), top_k=top_k), batch=data.batch)
+    return Answer(results=model.results(batch, top_k=top_k), batch=data.batch)
 
 
 def output_fn(prediction: Answer, accept: str) -> tuple[str, str]:

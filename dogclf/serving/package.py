@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dogclf.artifact import NOVELTY_NAME
 from dogclf.errors import DogclfError
 
 __all__ = [
@@ -332,6 +333,8 @@ def package_model(
             archive = ArchiveWriter(tar)
             for name in _MODEL_FILES:
                 archive.add_file(name, root / name, note="model")
+            if (root / NOVELTY_NAME).is_file():
+                archive.add_file(NOVELTY_NAME, root / NOVELTY_NAME, note="novelty score")
             _add_serving_code(archive, requirements, plugin)
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)

@@ -178,7 +178,9 @@ class StepTimer(Callback):
         if self._eval_start is not None and self._eval_end is not None:
             stop = self._eval_end - self.started
             self.validation.append((self._eval_start - self.started, stop))
-        else:  # no validation split: the checkpoint follows the last step
+        elif self._last:  # no validation split: the checkpoint follows the last step
             stop = self._last - self.started
+        else:  # no steps at all (an L-BFGS fit): nothing of the epoch's end to time
+            return
         self.checkpointing.append((stop, end))
         self._eval_start = self._eval_end = None
