@@ -24,6 +24,8 @@ _EXPORTS = {
     "HeadConfig": "dogclf.model",
     "build_model": "dogclf.model",
     "load_splits": "dogclf.data.folder",
+    "load_labelled": "dogclf.data.labelled",
+    "LabelledFolder": "dogclf.data.labelled",
     "find_classes": "dogclf.data.folder",
     "make_synthetic_dataset": "dogclf.data.synthetic",
     "Callback": "dogclf.training.callbacks",
@@ -49,6 +51,7 @@ __all__ = [
     "DogClassifierNet",
     "EvalReport",
     "HeadConfig",
+    "LabelledFolder",
     "Prediction",
     "Preprocessing",
     "TrainConfig",
@@ -61,6 +64,7 @@ __all__ = [
     "find_classes",
     "get_backbone",
     "list_backbones",
+    "load_labelled",
     "load_model",
     "load_splits",
     "make_synthetic_dataset",
@@ -92,6 +96,7 @@ if TYPE_CHECKING:
     from dogclf.backbones.weights import build_backbone
     from dogclf.classifier import Classifier, Prediction, load_model
     from dogclf.data.folder import find_classes, load_splits
+    from dogclf.data.labelled import LabelledFolder, load_labelled
     from dogclf.data.synthetic import make_synthetic_dataset
     from dogclf.evaluation import EvalReport, evaluate, plot_confusion_matrix
     from dogclf.model import DogClassifierNet, HeadConfig, build_model

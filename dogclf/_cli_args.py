@@ -8,7 +8,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["add_data_args"]
+__all__ = ["add_data_args", "fraction"]
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1, so ``--valid-fraction 20`` is refused before any work."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, e.g. 0.2, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        hint = f" (for {value:g}% pass {value / 100:g})" if 1.0 < value < 100.0 else ""
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), e.g. 0.2, got {text}{hint}")
+    return value
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -20,7 +32,12 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights", default="imagenet", help="imagenet (download/cache), none (random), or a local weights file"
     )
-    p.add_argument("--valid-fraction", type=float, default=None, help="hold out this fraction of train (no valid/)")
+    p.add_argument(
+        "--valid-fraction",
+        type=fraction,
+        default=None,
+        help="hold out this fraction of train for validation, e.g. 0.2 (for data without valid/)",
+    )
     p.add_argument("--names", type=Path, default=None, help="file mapping class folders to display names")
     p.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
     p.add_argument(

@@ -10,15 +10,28 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from dogclf.artifact_checks import check_class_lists, check_config, check_weight_shapes
 from dogclf.backbones.spec import BackboneSpec, Preprocessing
 from dogclf.errors import ModelDirError, UnknownBackboneError
 
-__all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "read_config", "save_model"]
+if TYPE_CHECKING:
+    from dogclf.data.folder import ClassInfo
+
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT_VERSION",
+    "NOVELTY_NAME",
+    "WEIGHTS_NAME",
+    "model_classes",
+    "read_config",
+    "save_model",
+]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+NOVELTY_NAME = "novelty.safetensors"  # the novelty score's tensors (dogclf.novelty), when the model has one
 FORMAT_VERSION = 1
 
 
@@ -32,6 +45,7 @@ def save_model(
     metrics: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
     calibration: Mapping[str, Any] | None = None,
+    novelty: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes a trained model directory.
 
@@ -45,6 +59,8 @@ def save_model(
         training: The training configuration to record.
         calibration: Temperature and unknown threshold (``Calibration.to_dict()``); omitted: temperature 1.0,
             never unknown.
+        novelty: The novelty score's settings (``NoveltyScorer.to_config()``; its file is written separately), or
+            ``None`` for none.
 
     Returns:
         The directory.
@@ -73,6 +89,8 @@ def save_model(
     }
     if calibration is not None:
         config["calibration"] = dict(calibration)
+    if novelty is not None:
+        config["novelty"] = dict(novelty)
     tmp_weights = out / f".{WEIGHTS_NAME}.tmp"
     save_file(state, str(tmp_weights), metadata={"format": "pt", "dogclf_version": __version__})
     # safetensors creates the file owner-only; a model is meant to be read by servers running as other users.
@@ -87,8 +105,12 @@ def save_model(
 def read_config(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Reads and checks ``config.json`` of a model directory.
 
+    Every field that loading, predicting and evaluating use is checked (types, ranges), and the head's shapes in
+    ``model.safetensors`` (its header only) against ``head``, ``num_features`` and ``class_names``
+    (:mod:`dogclf.artifact_checks`).
+
     Raises:
-        ModelDirError: If files are missing or the config is malformed.
+        ModelDirError: If files are missing or the config is malformed, naming the bad key.
     """
     root = Path(model_dir)
     if not root.is_dir():
@@ -99,20 +121,35 @@ def read_config(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
         if (root / "checkpoint.pt").is_file():
             hint = " It holds a checkpoint of an unfinished run: finish it with `dogclf train ... --resume`."
         raise ModelDirError(f"{str(root)!r} is not a dogclf model directory: missing {', '.join(missing)}.{hint}")
+    path = root / CONFIG_NAME
     try:
-        config = json.loads((root / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelDirError(f"{str(root / CONFIG_NAME)!r} is not valid JSON: {exc}") from exc
+        config = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(f"{str(path)!r} is not valid JSON: {exc}") from exc
     required = ("format_version", "backbone", "class_names", "preprocessing", "head", "num_features")
-    absent = [k for k in required if k not in config]
+    absent = [k for k in required if not isinstance(config, dict) or k not in config]
     if absent:
-        raise ModelDirError(f"{str(root / CONFIG_NAME)!r} lacks keys: {', '.join(absent)}.")
-    if config["format_version"] > FORMAT_VERSION:
-        raise ModelDirError(
-            f"{str(root)!r} has model format {config['format_version']}, newer than this dogclf reads "
-            f"({FORMAT_VERSION}); upgrade dogclf."
-        )
+        raise ModelDirError(f"{str(path)!r} lacks keys: {', '.join(absent)}.")
+    check_config(config, path, format_version=FORMAT_VERSION)
+    check_weight_shapes(config, root / WEIGHTS_NAME, config_path=path)
+    check_class_lists(config, path)
     return config
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def model_classes(config: Mapping[str, Any]) -> list[ClassInfo]:
+    """The model's classes as ``ClassInfo`` (folder id and display name) in output order.
+
+    Models saved without ``class_folders`` use the display names as folder ids.
+    """
+    from dogclf.data.folder import ClassInfo
+
+    names = list(config["class_names"])
+    folders = list(config.get("class_folders") or names)
+    return [ClassInfo(str(f), str(n)) for f, n in zip(folders, names, strict=True)]
 
 
 def load_state(model_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -17,14 +17,15 @@ import torch
 from PIL import Image
 
 from dogclf.artifact import load_state, read_config, resolve_spec
+from dogclf.artifact_checks import check_state
 from dogclf.backbones.spec import BackboneSpec
-from dogclf.errors import ModelDirError
 from dogclf.inference.engine import Engine, EngineOutput, TorchEngine
 from dogclf.inference.postprocess import PostProcessor, Scores
 from dogclf.inference.precision import PrecisionChoice, choose_precision
 from dogclf.inference.results import ImageResult, Prediction
 from dogclf.inference.threads import ThreadBudget
 from dogclf.model import DogClassifierNet, HeadConfig, build_head
+from dogclf.novelty import NoveltyScorer, load_novelty
 from dogclf.training.config import resolve_device
 
 __all__ = ["Classifier", "ImageResult", "Prediction", "load_model"]
@@ -50,6 +51,7 @@ class Classifier:
             ``"bf16"``, ``"fp16"`` (CUDA), ``"auto"`` (bf16 on CPUs with native bfloat16 and on CUDA, else fp32).
         engine: Another engine for the same model (for example an ONNX Runtime one); default: the torch engine.
         forward_batch: Most images per forward pass (default: 8 on a CPU, 64 on CUDA).
+        novelty: The feature-space novelty score (:mod:`dogclf.novelty`); ``None``: the softmax threshold decides.
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class Classifier:
         precision: str | None = None,
         engine: Engine | None = None,
         forward_batch: int | None = None,
+        novelty: NoveltyScorer | None = None,
     ) -> None:
         self.config = config or {}
         self.spec = spec
@@ -79,7 +82,7 @@ class Classifier:
         if engine is not None:
             self.precision_choice = PrecisionChoice(engine.precision, f"{engine.name} engine")
         self.net = net
-        self.post = PostProcessor.from_config(self.config, self.class_names)
+        self.post = PostProcessor.from_config(self.config, self.class_names, novelty=novelty)
 
     @property
     def device(self) -> torch.device:
@@ -90,6 +93,18 @@ class Classifier:
     def precision(self) -> str:
         """The precision the forward pass runs in: ``"fp32"``, ``"bf16"`` or ``"fp16"``."""
         return self.engine.precision
+
+    @property
+    def novelty(self) -> NoveltyScorer | None:
+        """The feature-space novelty score (:mod:`dogclf.novelty`), or ``None`` (the softmax threshold decides)."""
+        return self.post.novelty
+
+    @property
+    def classes(self) -> list[Any]:
+        """The classes (``ClassInfo``: folder id and display name) in output order, e.g. for ``load_labelled``."""
+        from dogclf.artifact import model_classes
+
+        return model_classes({"class_names": self.class_names, **self.config})
 
     @property
     def preprocessing(self) -> Any:
@@ -132,24 +147,40 @@ class Classifier:
         """Calibrated class probabilities ``(N, C)`` of a batch (softmax of logits / temperature)."""
         return self.post.probabilities(self.logits(batch))
 
-    def scores(self, output: EngineOutput) -> Scores:
-        """Calibrated probabilities and unknown flags of an engine output (:meth:`PostProcessor.scores`)."""
+    def scores(self, output: EngineOutput | torch.Tensor | Sequence[Any]) -> Scores:
+        """Calibrated probabilities, novelty scores and unknown flags (:meth:`PostProcessor.scores`).
+
+        Args:
+            output: An engine output, or a batch to run through the engine first (see :meth:`forward`).
+        """
+        if not isinstance(output, EngineOutput):
+            output = self.engine.forward(output)
         return self.post.scores(output)
 
-    def is_unknown(self, top_score: float) -> bool:
-        """Whether a top score alone is too low for any known breed (never, for models without a threshold)."""
-        return self.unknown_threshold is not None and top_score < self.unknown_threshold
+    def is_unknown(self, top_score: float, novelty_score: float | None = None) -> bool:
+        """Whether an image looks like none of the known breeds (:meth:`PostProcessor.unknown`).
 
-    def rank(self, probs: torch.Tensor, *, top_k: int = 5) -> list[ImageResult]:
-        """Turns calibrated probabilities ``(N, C)`` into one :class:`ImageResult` per row.
-
-        Without features the unknown decision sees the scores only; prefer :meth:`answer` on an engine output.
+        With a novelty score and the image's ``novelty_score``, that decides; otherwise the top score is under the
+        unknown threshold (never, for models without one).
         """
-        return self.post.results(Scores(probs, self.post.unknown(probs, None)), top_k=top_k)
+        novelty = None if novelty_score is None else torch.tensor([novelty_score])
+        return bool(self.post.unknown(torch.tensor([[top_score]]), novelty)[0])
+
+    def rank(self, probs: torch.Tensor, *, top_k: int = 5, novelty: torch.Tensor | None = None) -> list[ImageResult]:
+        """Turns calibrated probabilities ``(N, C)`` and novelty scores ``(N,)`` into one :class:`ImageResult` each.
+
+        Without novelty scores the unknown decision sees the top scores only; prefer :meth:`answer` on an engine
+        output.
+        """
+        return self.post.results(Scores(probs, self.post.unknown(probs, novelty), novelty), top_k=top_k)
 
     def answer(self, output: EngineOutput, *, top_k: int | Sequence[int] = 5) -> list[ImageResult]:
         """The answers for an engine output: the one post-processing every entry point uses."""
         return self.post(output, top_k=top_k)
+
+    def results(self, batch: torch.Tensor | Sequence[Any], *, top_k: int | Sequence[int] = 5) -> list[ImageResult]:
+        """The :class:`ImageResult` of each image of a batch (prepared images or a normalised tensor): one pass."""
+        return self.answer(self.engine.forward(batch), top_k=top_k)
 
     def classify_stream(
         self, images: Iterable[ImageInput], *, top_k: int = 5, budget: ThreadBudget | None = None
@@ -231,13 +262,9 @@ def build_net(config: dict[str, Any], spec: BackboneSpec, root: Path) -> DogClas
         build_head(spec.num_features, len(config["class_names"]), HeadConfig(**config["head"])),
         frozen=True,
     )
-    missing, unexpected = net.load_state_dict(load_state(root), strict=False)
-    if missing or unexpected:
-        raise ModelDirError(
-            f"Weights in {str(root)!r} do not fit backbone {spec.name!r} with this head: "
-            f"{len(missing)} missing (e.g. {', '.join(missing[:3])}), "
-            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})."
-        )
+    state = load_state(root)
+    check_state(net, state, root, backbone=spec.name)
+    net.load_state_dict(state)
     return net
 
 
@@ -294,4 +321,5 @@ def load_model(
         precision=precision,
         engine=other,
         forward_batch=forward_batch,
+        novelty=load_novelty(root, config),
     )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import functools
+import gc
 import json
 import os
 import shlex
@@ -13,12 +16,14 @@ from typing import Any
 
 from dogclf import __version__
 from dogclf._cli_args import add_data_args
+from dogclf.diagnostics.cli_args import add_diagnostics_args, diagnostics_from_args
 from dogclf.errors import DogclfError
 
 __all__ = ["main"]
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -27,8 +32,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="model directory to write (also holds checkpoint.pt)")
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the head (default 1e-3)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the head (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="the loop's weight decay (default 0)")
+    _add_head_args(p)
     p.add_argument(
         "--freeze",
         action=argparse.BooleanOptionalAction,
@@ -52,6 +58,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--extract-batch-size", type=int, default=64, help="images per batch during feature extraction (default 64)"
     )
     p.add_argument(
+        "--novelty",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fit the feature-space novelty score that flags unknown breeds (default); --no-novelty: softmax threshold",
+    )
+    p.add_argument(
         "--checkpoint-dir",
         type=Path,
         default=None,
@@ -65,6 +77,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (or --checkpoint-dir)")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    add_diagnostics_args(p)
 
 
 def train_parser(prog: str = "dogclf train", *, add_help: bool = True) -> argparse.ArgumentParser:
@@ -72,6 +85,48 @@ def train_parser(prog: str = "dogclf train", *, add_help: bool = True) -> argpar
     parser = argparse.ArgumentParser(prog=prog, description="Train a classifier on a data folder.", add_help=add_help)
     add_train_args(parser)
     return parser
+
+
+def _add_head_args(p: argparse.ArgumentParser) -> None:
+    """How the head is fitted: the solver, the L-BFGS penalty, and the loop's recipe (see docs/training.md)."""
+    from dogclf.training.config import CLASS_WEIGHTS, HEAD_SOLVERS, KEEP, LR_SCHEDULES, OPTIMIZERS
+
+    p.add_argument(
+        "--head-solver",
+        choices=HEAD_SOLVERS,
+        default="auto",
+        help="auto (default): lbfgs for a frozen linear head on features, else loop; lbfgs: full-batch logistic "
+        "regression with an L2 penalty (seconds; --epochs, --lr, --batch-size do not apply); loop: minibatch epochs",
+    )
+    p.add_argument(
+        "--penalty-c",
+        type=float,
+        default=None,
+        help="lbfgs: inverse L2 strength, as scikit-learn's C (default: chosen by cross-validation)",
+    )
+    p.add_argument("--cv-folds", type=int, default=5, help="lbfgs: folds of the cross-validation of C (default 5)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="the loop's optimizer (default adam)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument(
+        "--lr-schedule", choices=LR_SCHEDULES, default="constant", help="per-step learning rate (default constant)"
+    )
+    p.add_argument("--warmup-epochs", type=float, default=0.0, help="epochs of linear lr warm-up (default 0)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the training loss (0)")
+    p.add_argument(
+        "--class-weight",
+        choices=CLASS_WEIGHTS,
+        default="none",
+        help="balanced: weight each class's loss by n / (classes x n_class) (default none)",
+    )
+    p.add_argument(
+        "--keep",
+        choices=KEEP,
+        default="best",
+        help="which epoch's weights to save: best (default, lowest valid_loss) or last",
+    )
+    p.add_argument(
+        "--patience", type=int, default=None, help="stop after this many epochs without a lower valid_loss (off)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,11 +157,25 @@ def _parser() -> argparse.ArgumentParser:
 
     add_train_args(sub.add_parser("train", help="train a classifier on a data folder"))
 
-    ev = sub.add_parser("evaluate", help="evaluate a trained model on a data split")
+    ev = sub.add_parser("evaluate", help="evaluate a trained model on a labelled folder or one split of a data folder")
     ev.add_argument("--model", required=True, type=Path, help="model directory")
-    ev.add_argument("--data", required=True, type=Path, help="data folder (with train/ ...) or a class-per-folder tree")
     ev.add_argument(
-        "--split", default="test", choices=["train", "valid", "test"], help="split to evaluate (default test)"
+        "--data",
+        required=True,
+        type=Path,
+        help="a folder of class folders (evaluated as a whole), or a data folder with train/ valid/ test/",
+    )
+    ev.add_argument(
+        "--split",
+        default=None,
+        choices=["all", "train", "valid", "test"],
+        help="default: test for a data folder with split folders, all for a folder of class folders; valid on the "
+        "folder the model was trained on with --valid-fraction is the part it held out",
+    )
+    ev.add_argument(
+        "--skip-unknown-folders",
+        action="store_true",
+        help="leave out class folders that match none of the model's classes (default: an error naming them)",
     )
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument(
@@ -116,14 +185,32 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     _add_precision_arg(ev)
     ev.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
+    ev.add_argument(
+        "--unknown-dir",
+        type=Path,
+        default=None,
+        help="also score the images under DIR, which should be flagged unknown: AUROC and flag rates of the "
+        "softmax and novelty scores",
+    )
 
     pr = sub.add_parser("predict", help="predict the breed of images (with a model directory or a running server)")
     source = pr.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, help="model directory")
     source.add_argument("--url", help="a running `dogclf serve` (or SageMaker container), e.g. http://127.0.0.1:8080")
-    pr.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    pr.add_argument(
+        "images", nargs="+", type=Path, metavar="IMAGE", help="image files, or folders (searched recursively)"
+    )
     pr.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
-    pr.add_argument("--json", action="store_true", help="print JSON")
+    pr.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    pr.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="also write the results to FILE.jsonl, FILE.csv or FILE.json (the format follows the extension)",
+    )
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    pr.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     pr.add_argument("--device", default="cpu", help="with --model: cpu (default), auto, cuda or cuda:N")
     _add_precision_arg(pr)
 
@@ -240,6 +327,36 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# Options only the epoch loop reads: given on the command line, they ask for it (as a SageMaker job's hyperparameters
+# lr, batch-size and epochs do), instead of being ignored by the default L-BFGS fit.
+LOOP_OPTIONS = (
+    "--lr",
+    "--batch-size",
+    "--epochs",
+    "--weight-decay",
+    "--optimizer",
+    "--momentum",
+    "--lr-schedule",
+    "--warmup-epochs",
+    "--label-smoothing",
+    "--keep",
+    "--patience",
+)
+
+
+def _head_solver(args: argparse.Namespace) -> str:
+    """``--head-solver``; ``auto`` becomes ``loop`` when the command line sets an option only the loop reads."""
+    given = [a.split("=", 1)[0] for a in args.argv if a.split("=", 1)[0] in LOOP_OPTIONS]
+    if args.head_solver != "auto" or not given:
+        return str(args.head_solver)
+    print(
+        f"{', '.join(dict.fromkeys(given))} given: the head is trained by the epoch loop (--head-solver loop); "
+        "without them a frozen linear head is fitted by L-BFGS with a cross-validated penalty.",
+        flush=True,
+    )
+    return "loop"
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from dogclf.model import HeadConfig
     from dogclf.training import train
@@ -255,6 +372,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         num_workers=args.workers,
         augment=args.augment,
+        head_solver=_head_solver(args),
+        penalty_c=args.penalty_c,
+        cv_folds=args.cv_folds,
+        optimizer=args.optimizer,
+        momentum=args.momentum,
+        lr_schedule=args.lr_schedule,
+        warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing,
+        class_weight=args.class_weight,
+        keep=args.keep,
+        patience=args.patience,
     )
     try:
         train(
@@ -275,9 +403,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             precision=args.precision,
             extract_batch_size=args.extract_batch_size,
+            novelty=args.novelty,
             environ=args.environ,
             checkpoint_dir=args.checkpoint_dir,
             output_dir=args.output_dir,
+            diagnostics=diagnostics_from_args(args),
         )
     except KeyboardInterrupt:
         argv = list(args.argv)  # not sys.argv: under `python -m dogclf` its [0] is the path of __main__.py
@@ -305,104 +435,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from dogclf.classifier import load_model
-    from dogclf.data.folder import load_splits
-    from dogclf.evaluation import evaluate, plot_confusion_matrix
+    from dogclf._cli_evaluate import run_evaluate
 
-    classifier = load_model(args.model, device=args.device, precision=args.precision)
-    config = classifier.config
-    training = config.get("training", {})
-    fraction = None
-    has_valid_dir = (args.data / "valid").is_dir() or (args.data / "val").is_dir()
-    if not has_valid_dir and training.get("valid_fraction"):
-        # Rebuild the same stratified split the model was trained with.
-        fraction = float(training["valid_fraction"])
-    splits = load_splits(
-        args.data,
-        valid_fraction=fraction,
-        names=dict(zip(config.get("class_folders", []), config["class_names"], strict=False)),
-        seed=int(training.get("seed", 0)),
-        strict=args.strict,
-        require_valid=False,
-    )
-    model_folders = config.get("class_folders") or config["class_names"]
-    if [c.folder for c in splits.classes] != list(model_folders):
-        from dogclf.errors import DatasetError
-
-        raise DatasetError(
-            f"The classes of {str(args.data)!r} ({len(splits.classes)}) differ from the model's "
-            f"({len(model_folders)}): evaluate on data with the same class folders as the training data."
-        )
-    samples = splits.split(args.split)
-    report = evaluate(classifier, samples, batch_size=args.batch_size, progress=sys.stderr.isatty())
-    plot = args.plot or args.model / f"confusion_{args.split}.png"
-    plot_confusion_matrix(report, plot, title=f"{config['backbone']} on {args.split}: top-1 {report.top1:.1%}")
-    if args.json:
-        payload: dict[str, Any] = report.to_dict()
-        payload.update(split=args.split, confusion_png=str(plot), skipped=len(splits.skipped))
-        payload.update(precision_reason=classifier.precision_choice.reason)
-        print(json.dumps(payload, indent=2))
-        return 0
-    if splits.skipped:
-        print(f"Skipped {len(splits.skipped)} unreadable file(s): " + ", ".join(str(p) for p, _ in splits.skipped[:5]))
-    print(f"{args.split}: n={report.n} top1={report.top1:.4f} top5={report.top5:.4f} loss={report.loss:.4f}")
-    print(
-        f"precision: {classifier.precision_choice.describe()}, {classifier.engine.name} engine on {classifier.device}"
-    )
-    calibration = f"ECE {report.ece_uncalibrated:.3f} -> {report.ece:.3f} (temperature {report.temperature:.2f}); "
-    if report.unknown_rate is None:
-        calibration += "unknown rate n/a (the model has no unknown threshold)"
-    else:
-        calibration += f"unknown rate {report.unknown_rate:.1%} (threshold {report.unknown_threshold:.3f})"
-    print(calibration)
-    print("\nPer-class accuracy (worst first):")
-    for name, stats in sorted(report.per_class().items(), key=lambda kv: (kv[1]["accuracy"], kv[0])):
-        print(f"  {stats['accuracy']:7.1%}  n={int(stats['n']):<5d} {name}")
-    confused = report.most_confused(10)
-    if confused:
-        print("\nMost confused (true -> predicted: count):")
-        for pair in confused:
-            print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
-    print(f"\nConfusion matrix: {plot}")
-    return 0
+    return run_evaluate(args)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from dogclf.classifier import load_model
+    from dogclf._cli_predict import run_predict
 
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.url:
-        from dogclf.serving.client import predict_remote
-
-        return _print_predictions(predict_remote(args.url, args.images, top_k=args.top_k), as_json=args.json)
-    classifier = load_model(args.model, device=args.device, precision=args.precision)
-    print(f"dogclf predict: {classifier.precision_choice.describe()} on {classifier.device}", file=sys.stderr)
-    results: list[dict[str, Any]] = [{"image": str(path)} for path in args.images]
-    # The images stream through the engine: decoded in threads while batched forward passes run.
-    for i, answer in classifier.classify_stream(args.images, top_k=args.top_k):
-        if isinstance(answer, str):
-            results[i]["error"] = answer
-        else:
-            results[i].update(answer.to_dict())
-    return _print_predictions(results, as_json=args.json)
+    return run_predict(args)
 
 
 def _print_predictions(results: list[dict[str, Any]], *, as_json: bool) -> int:
-    """Prints ``predict`` results (text or JSON); returns 1 if any image failed, else 0."""
-    if as_json:
-        print(json.dumps(results if len(results) > 1 else results[0], indent=2))
-    else:
-        for item in results:
-            print(item["image"])
-            if "error" in item:
-                print(f"  error: {item['error']}")
-                continue
-            for p in item["predictions"]:
-                print(f"  {p['score']:6.1%}  {p['label']}")
-            if item.get("unknown"):
-                print("  unknown: looks like none of the known breeds (top score under the model's threshold)")
-    return 1 if any("error" in item for item in results) else 0
+    """Prints answers as ``dogclf predict`` does; returns 1 if any image failed (also for ``sagemaker invoke``)."""
+    from dogclf._cli_predict import print_predictions
+
+    return print_predictions(results, as_json=as_json)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -481,6 +529,17 @@ _COMMANDS = {
 }
 
 
+@functools.cache  # once per process
+def _exit_quickly() -> None:
+    """At interpreter exit, freezes the garbage collector's objects before its final collections run.
+
+    Once torch (and ``torch._dynamo``, which the first optimizer imports) is loaded, those collections walk millions
+    of objects: about 0.5-1 s of CPU after a ``dogclf train`` has finished. Objects are still freed and files
+    flushed at exit; only reference cycles among them are left to the operating system.
+    """
+    atexit.register(gc.freeze)
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Runs the CLI; returns the exit code (0 ok, 1 some inputs failed, 2 error, 130 interrupted).
 
@@ -488,11 +547,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         argv: The arguments (default ``sys.argv[1:]``).
         environ: The environment commands read (default ``os.environ``).
     """
+    _exit_quickly()
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.environ = os.environ if environ is None else environ
     try:
-        return _COMMANDS[args.command](args)
+        code = _COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, so a reader that went away (`| head`) is handled below, not at exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except (DogclfError, ValueError) as exc:
         print(f"dogclf {args.command}: error: {exc}", file=sys.stderr)
         if args.environ.get("DOGCLF_DEBUG"):
@@ -501,6 +565,19 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``dogclf ... | head``): stop quietly, as ``cat`` and ``grep`` do."""
+    # Python would report the failed flush of the dead pipe at exit; point stdout at /dev/null instead.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (tests capture it)
+        pass
+    finally:
+        os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -84,7 +84,7 @@ def run_demo(
             data,
             backbone,
             root / "model",
-            config=TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, num_workers=0),
+            config=TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, num_workers=0, head_solver="loop"),
             weights=weights,
             progress=False,
             log=lambda m: log(f"    {m}"),

@@ -15,6 +15,7 @@ __all__ = [
     "InvalidBackboneSpecError",
     "MissingExtraError",
     "ModelDirError",
+    "TrainingDivergedError",
     "UnknownBackboneError",
     "UnreadableImageError",
     "WeightsError",
@@ -63,6 +64,10 @@ class UnreadableImageError(DogclfError, ValueError):
 
 class ModelDirError(DogclfError, FileNotFoundError):
     """A trained-model directory that is missing files or is malformed."""
+
+
+class TrainingDivergedError(DogclfError, FloatingPointError):
+    """A training loss that became NaN or infinite; the last good checkpoint is kept."""
 
 
 class MissingExtraError(DogclfError, ImportError):

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from dogclf._progress import progress_reporter
 from dogclf.classifier import Classifier
 from dogclf.data.folder import Sample
 from dogclf.errors import UnreadableImageError
@@ -32,8 +33,8 @@ class EvalReport:
         confusion: ``confusion[true][pred]`` counts.
         ece: Expected calibration error of the scores the classifier gives (its temperature applied).
         ece_uncalibrated: The same at temperature 1 (raw softmax).
-        unknown_rate: Fraction of images the model flags unknown (:meth:`dogclf.inference.PostProcessor.unknown`;
-            ``None``: the model has no unknown threshold).
+        unknown_rate: Fraction of images the model flags unknown (its novelty score where it has one, else its
+            top score under the unknown threshold; ``None``: the model has no threshold).
         temperature: The model's temperature.
         unknown_threshold: The model's unknown threshold, if any.
         precision: The precision the forward passes ran in (``"fp32"``, ``"bf16"``, ``"fp16"``), if known.
@@ -93,11 +94,11 @@ class EvalReport:
 
 def evaluate(
     classifier: Classifier,
-    samples: Sequence[Sample],
+    samples: Sequence[Sample] | str | os.PathLike[str],
     *,
     batch_size: int = 64,
     num_workers: int | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
     budget: ThreadBudget | None = None,
 ) -> EvalReport:
     """Runs the classifier over labelled samples, streaming them through its engine.
@@ -107,10 +108,12 @@ def evaluate(
 
     Args:
         classifier: The trained model.
-        samples: Labelled images (labels index ``classifier.class_names``).
+        samples: Labelled images (labels index ``classifier.class_names``), or a folder of class folders, read with
+            :func:`dogclf.data.labelled.load_labelled` against the classifier's classes (by folder id or name).
         batch_size: Kept for compatibility; the engine picks its forward batch.
         num_workers: Decoding threads (``None``: the thread budget's; 0: decode between forward passes).
-        progress: Show a progress bar.
+        progress: ``True``: a progress bar; ``None``: a bar on a terminal, else a line every few seconds;
+            ``False``: neither.
         budget: The whole thread budget (overrides ``num_workers``).
 
     Returns:
@@ -120,35 +123,34 @@ def evaluate(
         UnreadableImageError: A sample that cannot be decoded (``load_splits`` leaves such files out).
     """
     del batch_size
+    if isinstance(samples, (str, os.PathLike)):
+        from dogclf.data.labelled import load_labelled
+
+        samples = load_labelled(samples, classifier.classes).samples
     if not samples:
         raise ValueError("evaluate() needs at least one image")
     budget = budget or ThreadBudget.plan(decode_workers=num_workers)
     logits: list[torch.Tensor] = []
     unknown: list[torch.Tensor] = []
-    bar: Any = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(samples), desc="evaluate", unit="img", leave=False)
-    try:
+    reporter = progress_reporter(len(samples), desc="evaluate", unit="img", bar=progress, enabled=progress is not False)
+    with reporter:
         for batch in classifier.engine.stream([s.path for s in samples], budget=budget):
             if batch.failures:
                 index, reason = batch.failures[0]
                 raise UnreadableImageError(f"{reason} (image {index} of the split)")
             logits.append(batch.output.logits)
-            unknown.append(classifier.scores(batch.output).unknown)
-            if bar is not None:
-                bar.update(len(batch.positions))
-    finally:
-        if bar is not None:
-            bar.close()
+            unknown.append(classifier.scores(batch.output).unknown)  # the decision predict and serve make
+            reporter.update(len(batch.positions))
+    decides = classifier.unknown_threshold is not None or (
+        classifier.novelty is not None and classifier.novelty.threshold is not None
+    )
     return report_from_logits(
         torch.cat(logits),
         torch.tensor([s.label for s in samples], dtype=torch.long),
         class_names=classifier.class_names,
         temperature=classifier.temperature,
         unknown_threshold=classifier.unknown_threshold,
-        unknown=torch.cat(unknown),
+        unknown=torch.cat(unknown) if decides else None,
         precision=classifier.precision,
     )
 
@@ -171,8 +173,9 @@ def report_from_logits(
         class_names: Names in index order (``C`` of them).
         temperature: The model's temperature (scores are ``softmax(logits / temperature)``).
         unknown_threshold: Top scores under it count as unknown; ``None``: never unknown.
-        unknown: ``(N,)`` the unknown flags the model's post-processing gave
-            (:meth:`dogclf.inference.PostProcessor.scores`); ``None``: top score under ``unknown_threshold``.
+        unknown: ``(N,)`` the unknown flags the model's post-processing gave (its novelty score's where it has one,
+            :meth:`dogclf.inference.PostProcessor.scores`), used instead of the threshold; ``None``: top score under
+            ``unknown_threshold``.
         precision: The precision the logits were computed in, for the report.
 
     Returns:
@@ -191,7 +194,6 @@ def report_from_logits(
     confusion.index_put_((labels, best[:, 0]), torch.ones_like(labels), accumulate=True)
     raw = torch.softmax(logits, dim=1).max(dim=1).values  # top softmax score at temperature 1
     calibrated = torch.softmax(logits / temperature, dim=1).max(dim=1).values  # as Classifier.probabilities gives it
-    flags = unknown if unknown is not None else calibrated < (unknown_threshold or 0.0)
     return EvalReport(
         n=n,
         top1=float(correct.double().mean()),
@@ -201,11 +203,17 @@ def report_from_logits(
         confusion=confusion.tolist(),
         ece=ece_from_confidences(calibrated, correct),
         ece_uncalibrated=ece_from_confidences(raw, correct),
-        unknown_rate=None if unknown_threshold is None else float(flags.double().mean()),
+        unknown_rate=_unknown_rate(calibrated, unknown_threshold, unknown),
         temperature=temperature,
         unknown_threshold=unknown_threshold,
         precision=precision,
     )
+
+
+def _unknown_rate(calibrated: torch.Tensor, threshold: float | None, unknown: torch.Tensor | None) -> float | None:
+    if unknown is not None:
+        return float(unknown.double().mean())
+    return None if threshold is None else float((calibrated < threshold).double().mean())
 
 
 def plot_confusion_matrix(report: EvalReport, path: str | os.PathLike[str], *, title: str = "") -> Path:

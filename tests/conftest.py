@@ -10,6 +10,7 @@ import textwrap
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -134,6 +135,37 @@ def plugin_env(tiny_plugin_dir: Path) -> dict[str, str]:
 def tiny_tree(tmp_path: Path) -> Path:
     """A dogImages-layout tree of 3 synthetic classes, 40 px images: train 8, valid 3, test 3 per class."""
     return dogclf.make_synthetic_dataset(tmp_path / "data", num_classes=3, per_split=(8, 3, 3), size=40, seed=1)
+
+
+def train_tiny_model(
+    root: Path, *, per_split: tuple[int, int, int] = (8, 3, 3), epochs: int = 1, **train_kwargs: Any
+) -> tuple[Path, Path]:
+    """Trains ``tinynet`` (registered for the call) on a 3-class synthetic tree under ``root``.
+
+    For module-scoped fixtures, where the function-scoped ``tiny_spec`` cannot be used.
+
+    Returns:
+        ``(data_dir, model_dir)``.
+    """
+    data = dogclf.make_synthetic_dataset(root / "data", num_classes=3, per_split=per_split, size=40, seed=1)
+    registry = default_registry()
+    registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/conftest.py")  # type: ignore[operator]
+    try:
+        config = dogclf.TrainConfig(epochs=epochs, batch_size=8, num_workers=0, device="cpu")
+        dogclf.train(data, "tinynet", root / "model", config=config, weights=None, progress=False,
+                     log=lambda _: None, **train_kwargs)  # fmt: skip
+    finally:
+        registry.unregister("tinynet")
+    return data, root / "model"
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``dogclf ARGS`` in-process: the exit code, stdout and stderr."""
+    from dogclf.cli import main
+
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def dogclf_command() -> list[str]:

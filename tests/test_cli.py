@@ -21,7 +21,8 @@ import dogclf
 from dogclf.cli import main
 
 EPOCH_LINE = re.compile(r"^epoch=(\d+) train_loss=([0-9.]+) valid_loss=([0-9.]+) valid_top1=([0-9.]+)", re.M)
-TINY = ["--backbone", "tinynet", "--weights", "none", "--workers", "0", "--batch-size", "8"]
+# The epoch loop (--head-solver loop): these tests read its per-epoch lines and checkpoints.
+TINY = ["--backbone", "tinynet", "--weights", "none", "--workers", "0", "--batch-size", "8", "--head-solver", "loop"]
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -192,7 +193,7 @@ def test_errors_exit_2_with_a_useful_message(
     ("args", "message"),
     [
         (
-            ["train", "--data", "{data}", "--out", "{tmp}", "--valid-fraction", "0.2", "--backbone", "resnet18"],
+            ["train", "--data", "{data}", "--out", "{tmp}", "--valid-fraction", "0.2", "--weights", "none"],
             r"dogclf train: error: .* has a valid/ folder and a valid fraction \(0\.2\)",
         ),
         (

@@ -17,9 +17,11 @@ from dogclf.features.extract import (
     ExtractOptions,
     InvalidExtractOptionsError,
     extract_features,
+    iter_feature_batches,
     iter_features,
     resolve_precision,
 )
+from dogclf.features.keys import image_key
 from dogclf.model import build_model
 
 CPU32 = ExtractOptions(batch_size=5, num_workers=0, precision="fp32", device="cpu")
@@ -135,6 +137,50 @@ def test_an_unreadable_image_is_named_after_the_batches_before_it(
         consume()
     assert seen == [0, 1, 2, 3, 4]
     assert "find_unreadable" in str(info.value)
+
+
+def test_batches_report_unreadable_images_and_key_each_image_by_the_bytes_decoded(
+    tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    empty = tmp_path / "empty.jpg"
+    empty.touch()
+    paths = [*_images(tiny_tree)[:6], broken, *_images(tiny_tree)[6:9], empty]
+    backbone = _backbone(tiny_spec)
+    batches = list(iter_feature_batches(backbone, paths, tiny_spec.preprocessing, CPU32))
+    assert [b.positions for b in batches] == [[0, 1, 2, 3, 4], [5, 7, 8, 9], []]
+    assert [position for position, _ in batches[1].unreadable] == [6]
+    assert "not an image Pillow can identify" in batches[1].unreadable[0][1]
+    assert batches[2].unreadable == [(10, "empty file (0 bytes)")]
+    assert [k for b in batches for k in b.keys] == [image_key(paths[p]) for b in batches for p in b.positions]
+    readable = [p for i, p in enumerate(paths) if i not in (6, 10)]
+    expected = extract_features(backbone, readable, tiny_spec.preprocessing, CPU32)
+    torch.testing.assert_close(torch.cat([b.features for b in batches if b.positions]), expected)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_work_given_for_the_decoding_wait_runs_once_before_the_first_batch(
+    tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, workers: int
+) -> None:
+    options = ExtractOptions(batch_size=5, num_workers=workers, precision="fp32", device="cpu")
+    events: list[str] = []
+    batches = iter_feature_batches(
+        _backbone(tiny_spec),
+        _images(tiny_tree),
+        tiny_spec.preprocessing,
+        options,
+        while_decoding=lambda: events.append("work"),
+    )
+    for _ in batches:
+        events.append("batch")
+    assert events[:2] == ["work", "batch"]
+    assert events.count("work") == 1
+    nothing = iter_feature_batches(
+        _backbone(tiny_spec), [], tiny_spec.preprocessing, options, while_decoding=events.clear
+    )
+    assert list(nothing) == []
+    assert events, "nothing to extract: nothing to overlap"
 
 
 @pytest.mark.parametrize(

@@ -350,7 +350,9 @@ def test_cache_writes_a_shard_per_chunk_and_unique_names(tmp_path: Path) -> None
 
 
 def _config(epochs: int = 2, **changes: Any) -> dogclf.TrainConfig:
-    return dogclf.TrainConfig(epochs=epochs, batch_size=8, num_workers=0, device="cpu", **changes)
+    # The epoch loop, which both paths share (the L-BFGS head trains on features only).
+    settings: dict[str, Any] = {"head_solver": "loop", **changes}
+    return dogclf.TrainConfig(epochs=epochs, batch_size=8, num_workers=0, device="cpu", **settings)
 
 
 def _without_seconds(history: list[dict[str, float]]) -> list[dict[str, float]]:

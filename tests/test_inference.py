@@ -223,20 +223,25 @@ def test_post_processing_applies_temperature_threshold_and_per_image_top_k() -> 
         PostProcessor(class_names=("a",), temperature=0.0)
 
 
-def test_a_novelty_rule_hooked_into_post_processing_sees_the_same_passes_features(
+def test_the_novelty_score_in_post_processing_sees_the_same_passes_features(
     net: torch.nn.Module, tiny_spec: Any
 ) -> None:
-    """The unknown decision is one method that receives the features of the pass the logits came from."""
-    seen: list[torch.Tensor] = []
-
-    class Novelty(PostProcessor):
-        def unknown(self, probabilities: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
-            assert features is not None
-            seen.append(features)
-            return features.norm(dim=1) > 0  # every image "novel"
+    """The unknown decision of a model with a novelty score is made on the features of the pass the logits came from."""
+    from dogclf.novelty import NoveltyScorer
 
     engine = TorchEngine(net, tiny_spec.preprocessing, precision="fp32")
-    output = engine.forward([engine.prepare(jpeg(seed)) for seed in range(2)])
-    answers = Novelty(class_names=("a", "b", "c", "d"))(output, top_k=2)
-    assert [a.unknown for a in answers] == [True, True]
-    assert seen[0] is output.features
+    output = engine.forward([engine.prepare(jpeg(seed)) for seed in range(3)])
+    bank = torch.nn.functional.normalize(output.features[:1], dim=1).half()  # image 0 is the only "training photo"
+    distances = 1.0 - torch.nn.functional.cosine_similarity(output.features, output.features[:1])
+    threshold = float(distances[1:].min()) / 2  # image 0 (distance ~0) is known, the others are novel
+    novelty = NoveltyScorer(bank=bank, k=1, threshold=threshold)
+    post = PostProcessor(class_names=("a", "b", "c", "d"), unknown_threshold=0.0, novelty=novelty)
+
+    scores = post.scores(output)
+    answers = post(output, top_k=2)
+
+    assert scores.novelty is not None
+    assert torch.allclose(scores.novelty, distances, atol=5e-3)  # the bank is float16
+    assert [a.unknown for a in answers] == [False, True, True]
+    without_softmax_rule = PostProcessor(class_names=("a", "b", "c", "d"), novelty=novelty)
+    assert without_softmax_rule.scores(output).unknown.tolist() == [False, True, True]

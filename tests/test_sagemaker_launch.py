@@ -216,3 +216,31 @@ def test_wait_follows_status_and_log_lines_and_a_failure_shows_its_reason(
     printed = capsys.readouterr().out.splitlines()
     assert "[job-x] Starting: Preparing" in printed
     assert lines == [line for line in printed if line in lines]
+
+
+def test_debugger_and_tensorboard_are_attached_to_the_request_and_a_closed_account_is_told_plainly(
+    aws: Aws, tiny_tree: Path, moto_environ: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["sagemaker", "train", "--data", str(tiny_tree), "--backbone", "resnet18", "--role", ROLE]
+    args += ["--bucket", "dogclf-test", "--job-name", "dbg", "--debugger", "--tensorboard", "--dry-run"]
+    code, out, err = _cli(args, moto_environ, capsys)
+    assert code == 0, err
+    request = json.loads(out)
+    assert request["TensorBoardOutputConfig"]["S3OutputPath"] == "s3://dogclf-test/dogclf/jobs/dbg/tensorboard"
+    assert request["DebugHookConfig"]["S3OutputPath"].startswith("s3://dogclf-test/dogclf/jobs/dbg/debugger")
+    assert {r["RuleConfigurationName"] for r in request["DebugRuleConfigurations"]} >= {"LossNotDecreasing"}
+    assert "tensorboard" not in request["HyperParameters"]  # a job option, not a dogclf train flag
+
+    from dogclf.sagemaker.aws import AwsError
+
+    spec = TrainingJobSpec(backbone="resnet18")
+    with Stubber(aws.client("sagemaker")) as stub:
+        stub.add_client_error(
+            "create_training_job", "ValidationException", "SageMaker Debugger is not available for this account"
+        )
+        with pytest.raises(AwsError) as info:
+            launch_training_job(
+                spec, tiny_tree, aws=aws, role=ROLE, bucket="dogclf-test", debugger=True, log=lambda _: None
+            )
+    assert "This AWS account cannot use SageMaker Debugger" in str(info.value)
+    assert "Run the job without --debugger" in str(info.value)

@@ -27,7 +27,15 @@ EPOCH_LINE = re.compile(r"^epoch=(\d+) train_loss=([0-9.]+) valid_loss=([0-9.]+)
 
 
 def _config(epochs: int = 2, **changes: Any) -> dogclf.TrainConfig:
-    settings: dict[str, Any] = {"epochs": epochs, "batch_size": 8, "num_workers": 0, "device": "cpu", **changes}
+    # The epoch loop: these tests are about epochs, callbacks and checkpoints (the L-BFGS head has its own tests).
+    settings: dict[str, Any] = {
+        "epochs": epochs,
+        "batch_size": 8,
+        "num_workers": 0,
+        "device": "cpu",
+        "head_solver": "loop",
+        **changes,
+    }
     return dogclf.TrainConfig(**settings)
 
 

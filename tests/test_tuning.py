@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -138,7 +139,8 @@ def test_load_space_errors_name_the_file_and_the_problem(tmp_path: Path, content
 
 
 def test_space_contains() -> None:
-    assert DEFAULT_SPACE.contains({"lr": 0.01, "batch_size": 64, "epochs": 3, "weight_decay": 1e-4, "dropout": 0.1})
+    point = {"lr": 0.01, "batch_size": 64, "epochs": 3, "weight_decay": 1e-4, "dropout": 0.1, "head_solver": "loop"}
+    assert DEFAULT_SPACE.contains(point)
     assert not DEFAULT_SPACE.contains({"lr": 0.01})
     assert not Categorical([1, 2]).contains(True)
     assert IntRange(2, 8, step=2).contains(6)
@@ -149,14 +151,10 @@ def test_hyperparameters_outside_the_space_keep_the_train_defaults() -> None:
     from dogclf.tuning.objective import FIXED_DEFAULTS
 
     config, head = dogclf.TrainConfig(), dogclf.HeadConfig()
-    assert dict(FIXED_DEFAULTS) == {
-        "lr": config.lr,
-        "batch_size": config.batch_size,
-        "epochs": config.epochs,
-        "weight_decay": config.weight_decay,
-        "dropout": head.dropout,
-        "head_hidden": head.hidden,
-    }
+    loop = {k: v for k, v in FIXED_DEFAULTS.items() if k not in ("head_solver", "dropout", "head_hidden")}
+    assert loop == {k: getattr(config, k) for k in loop}
+    assert (FIXED_DEFAULTS["dropout"], FIXED_DEFAULTS["head_hidden"]) == (head.dropout, head.hidden)
+    assert FIXED_DEFAULTS["head_solver"] == "loop"  # a space without head_solver searches the loop
     assert set(FIXED_DEFAULTS) == set(dogclf.tuning.TUNABLE)
 
 
@@ -438,3 +436,66 @@ def test_cli_errors_exit_2(
     assert "Unknown hyperparameter 'momentum'" in capsys.readouterr().err
     assert main(_cli_args(tiny_tree, tmp_path, "--trials", "2", "--storage", "nosuchdb://x")) == 2
     assert "Cannot open the study storage" in capsys.readouterr().err
+
+
+# --- the defaults trial, the solver and the penalty range ---------------------------------------------------------
+
+
+def test_the_first_trial_is_the_train_defaults_so_a_study_is_never_worse(
+    tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path
+) -> None:
+    lines: list[str] = []
+    result = _tune(tiny_tree, tmp_path / "tune", tmp_path / "cache", trials=3, log=lines.append)
+
+    first = _stored_trials(tmp_path / "tune")[0]
+    # TINY_SPACE has no head_solver: the loop's defaults, each moved into the space (batch 32 -> 8, epochs 5 -> 3,
+    # weight decay 0 -> the low end 1e-6).
+    assert first.params == {"lr": 1e-3, "batch_size": 8, "epochs": 3, "weight_decay": 1e-6, "dropout": 0.0}
+    assert first.user_attrs["dogclf_defaults"] is True
+    assert any(line.startswith("trial 0 (the dogclf train defaults) COMPLETE") for line in lines)
+    assert result.best_value >= first.value
+
+    # A rerun does not queue the defaults again.
+    _tune(tiny_tree, tmp_path / "tune", tmp_path / "cache", trials=4)
+    assert sum(bool(t.user_attrs.get("dogclf_defaults")) for t in _stored_trials(tmp_path / "tune")) == 1
+
+
+def test_with_the_default_space_the_defaults_trial_is_the_lbfgs_head_and_train_best_repeats_it(
+    tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path
+) -> None:
+    space = SearchSpace({"head_solver": Categorical(["lbfgs", "loop"]), **TINY_SPACE.params})
+    result = _tune(tiny_tree, tmp_path / "tune", tmp_path / "cache", trials=1, space=space, train_best=True)
+
+    first = _stored_trials(tmp_path / "tune")[0]
+    assert first.params == {"head_solver": "lbfgs"}  # no loop hyperparameter is sampled for an L-BFGS trial
+    best = json.loads(result.best_params_path.read_text(encoding="utf-8"))
+    assert "lr" not in best["hyperparameters"]
+    assert best["hyperparameters"]["head_solver"] == "lbfgs"
+    model = json.loads((tmp_path / "tune" / "model" / "config.json").read_text(encoding="utf-8"))
+    assert model["training"]["head_solver_used"] == "lbfgs"
+    assert model["metrics"]["final"]["valid_top1"] == pytest.approx(result.best_value)
+
+
+def test_default_space_searches_the_solver_and_strong_weight_decay() -> None:
+    from dogclf.tuning.objective import default_params
+
+    assert DEFAULT_SPACE.params["head_solver"] == Categorical(["lbfgs", "loop"])
+    assert DEFAULT_SPACE.params["weight_decay"].high >= 0.1  # type: ignore[union-attr]
+    assert DEFAULT_SPACE.params["weight_decay"].log  # type: ignore[union-attr]
+    assert default_params(DEFAULT_SPACE) == {"head_solver": "lbfgs"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"head_solver": {"type": "categorical", "choices": ["newton"]}},
+            "must be a Categorical of one of lbfgs, loop",
+        ),
+        ({"optimizer": {"type": "float", "low": 0, "high": 1}}, "must be a Categorical of one of adam, adamw, sgd"),
+        ({"label_smoothing": {"type": "float", "low": 0.0, "high": 1.0}}, "label smoothing of the loss"),
+    ],
+)
+def test_space_checks_the_new_hyperparameters(spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(SearchSpaceError, match=re.escape(message)):
+        SearchSpace.from_dict(spec)

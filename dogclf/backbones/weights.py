@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +16,14 @@ from dogclf.errors import WeightsError, WeightsUnavailableError
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["build_backbone", "load_state_dict_file", "parse_weights", "weights_label"]
+__all__ = [
+    "build_backbone",
+    "check_weights_available",
+    "load_state_dict_file",
+    "parse_weights",
+    "state_dict_mismatch",
+    "weights_label",
+]
 
 _STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "module")
 
@@ -69,12 +80,107 @@ def build_backbone(
     return module
 
 
-def _build_pretrained(spec: BackboneSpec, *, progress: bool) -> nn.Module:
+_HF_HOST = "huggingface.co"
+_HF_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm looks for in a Hub repository, in order
+_TRUE = ("1", "true", "yes", "on")
+
+
+def check_weights_available(
+    spec: BackboneSpec,
+    weights: str | os.PathLike[str] | None = "imagenet",
+    *,
+    environ: Mapping[str, str] | None = None,
+    timeout: float = 5.0,
+) -> None:
+    """Fails at once when the pretrained weights are not cached and their source cannot be reached.
+
+    Called before the data scan, so an offline machine learns in a second, not after the scan and a minute of
+    download retries, that the weights are missing. Weights already in the provider's cache (torchvision's
+    ``$TORCH_HOME/hub/checkpoints``, the Hugging Face cache), local files, ``none``, and backbones whose provider
+    finds its weights itself (no ``weights_url`` or no known cache) pass without touching the network; otherwise one
+    ``HEAD`` request with ``timeout`` tells whether the source answers (any HTTP status counts as reachable).
+
+    Args:
+        spec: The backbone.
+        weights: The ``--weights`` choice.
+        environ: The environment (``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, ``HF_HUB_CACHE``, ``HF_HOME``); ``os.environ``
+            when ``None``.
+        timeout: Seconds to wait for the source to answer.
+
+    Raises:
+        WeightsUnavailableError: The backbone has no pretrained weights, or they are neither cached nor reachable.
+    """
+    if parse_weights(weights) != "imagenet":
+        return
+    _check_has_pretrained(spec)
+    env = os.environ if environ is None else environ
+    url = spec.weights_url
+    if not url:
+        return
+    hub_repo = _hub_repo(url)
+    if hub_repo is not None:
+        if _in_hub_cache(hub_repo, env):
+            return
+        if env.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
+            raise WeightsUnavailableError(_unavailable_message(spec, OSError("HF_HUB_OFFLINE is set")))
+        probe = f"{_hub_endpoint(env)}/{hub_repo}/resolve/main/{_HF_FILES[0]}"
+    elif spec.weights_cache is not None and spec.weights_filename:
+        if os.path.isfile(os.path.join(spec.weights_cache(), spec.weights_filename)):
+            return
+        probe = url
+    else:
+        return  # no way to tell whether the provider has them cached; let it try
+    problem = _unreachable(probe, timeout)
+    if problem is not None:
+        raise WeightsUnavailableError(_unavailable_message(spec, problem))
+
+
+def _hub_repo(url: str) -> str | None:
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path.strip("/")
+    return path if parts.hostname == _HF_HOST and path.count("/") == 1 else None
+
+
+def _hub_endpoint(environ: Mapping[str, str]) -> str:
+    endpoint = environ.get("HF_ENDPOINT", "").strip()
+    if not endpoint:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    return endpoint.rstrip("/")
+
+
+def _in_hub_cache(repo: str, environ: Mapping[str, str]) -> bool:
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cache = environ.get("HF_HUB_CACHE") or (
+        os.path.join(environ["HF_HOME"], "hub") if environ.get("HF_HOME") else constants.HF_HUB_CACHE
+    )
+    return any(isinstance(try_to_load_from_cache(repo, name, cache_dir=cache), str) for name in _HF_FILES)
+
+
+def _unreachable(url: str, timeout: float) -> OSError | None:
+    """``None`` if ``url``'s server answers a HEAD request at all, else the error of the attempt."""
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "dogclf"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # the server answered (a redirect to a CDN, 401, 404, ...): the download will say more
+    except (urllib.error.URLError, OSError) as exc:
+        return exc
+
+
+def _check_has_pretrained(spec: BackboneSpec) -> None:
     if spec.weights_source == "none" and not spec.weights_url:
         raise WeightsUnavailableError(
             f"Backbone {spec.name!r} has no pretrained ImageNet weights. Use --weights none, or --weights PATH "
             "with a state dict for it."
         )
+
+
+def _build_pretrained(spec: BackboneSpec, *, progress: bool) -> nn.Module:
+    _check_has_pretrained(spec)
     try:
         return spec.build(pretrained=True, progress=progress)
     except (OSError, ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
@@ -147,9 +253,11 @@ def load_state_dict_file(path: Path) -> dict[str, Any]:
     return state
 
 
-def _load_into(module: nn.Module, state: dict[str, Any], *, spec: BackboneSpec, path: Path) -> None:
-    state = {k: v for k, v in state.items() if not k.startswith(spec.classifier_prefixes or ("\0",))}
-    own = module.state_dict()
+def state_dict_mismatch(own: Mapping[str, Any], state: Mapping[str, Any]) -> str:
+    """How ``state`` differs from a module's own state dict ``own``: missing, unexpected and misshapen keys, or ``""``.
+
+    E.g. ``"2 missing (e.g. fc.weight, fc.bias); 1 with the wrong shape (e.g. conv1.weight (8, 3) != (16, 3))"``.
+    """
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong_shape = [
@@ -157,16 +265,22 @@ def _load_into(module: nn.Module, state: dict[str, Any], *, spec: BackboneSpec, 
         for k in own
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
-    if missing or unexpected or wrong_shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if wrong_shape:
-            parts.append(f"{len(wrong_shape)} with the wrong shape (e.g. {', '.join(wrong_shape[:3])})")
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if wrong_shape:
+        parts.append(f"{len(wrong_shape)} with the wrong shape (e.g. {', '.join(wrong_shape[:3])})")
+    return "; ".join(parts)
+
+
+def _load_into(module: nn.Module, state: dict[str, Any], *, spec: BackboneSpec, path: Path) -> None:
+    state = {k: v for k, v in state.items() if not k.startswith(spec.classifier_prefixes or ("\0",))}
+    mismatch = state_dict_mismatch(module.state_dict(), state)
+    if mismatch:
         raise WeightsError(
-            f"Weights file {str(path)!r} does not fit backbone {spec.name!r}: {'; '.join(parts)} keys. "
+            f"Weights file {str(path)!r} does not fit backbone {spec.name!r}: {mismatch} keys. "
             f"Expected a state dict of {spec.weights_source or spec.name} (classifier keys "
             f"{', '.join(spec.classifier_prefixes) or 'none'} are ignored)."
         )

@@ -6,11 +6,13 @@ from dogclf.data.folder import (
     DataSplits,
     Sample,
     find_classes,
+    find_images,
     load_splits,
     read_names_file,
     stratified_split,
 )
 from dogclf.data.images import IMAGE_EXTENSIONS, find_unreadable, load_rgb
+from dogclf.data.labelled import LabelledFolder, load_labelled, match_folders
 from dogclf.data.synthetic import make_synthetic_dataset
 from dogclf.data.transforms import eval_transform, train_transform
 
@@ -19,12 +21,16 @@ __all__ = [
     "ClassInfo",
     "DataSplits",
     "ImageDataset",
+    "LabelledFolder",
     "Sample",
     "eval_transform",
     "find_classes",
+    "find_images",
     "find_unreadable",
+    "load_labelled",
     "load_rgb",
     "load_splits",
+    "match_folders",
     "make_synthetic_dataset",
     "read_names_file",
     "stratified_split",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -18,11 +19,16 @@ __all__ = [
     "ClassInfo",
     "DataSplits",
     "Sample",
+    "check_fraction",
+    "check_names",
     "drop_unreadable",
+    "files_digest",
     "find_classes",
+    "find_images",
     "load_splits",
     "make_samples",
     "read_names_file",
+    "readable_samples",
     "stratified_split",
 ]
 
@@ -73,14 +79,45 @@ class DataSplits:
         """Display names in index order."""
         return [c.name for c in self.classes]
 
+    def files_digest(self, name: str) -> str:
+        """A short digest of which files a split holds and their labels (paths relative to ``root``)."""
+        if name not in SPLITS:
+            raise DatasetError(f"Unknown split {name!r}; choose one of {', '.join(SPLITS)}.")
+        return files_digest(getattr(self, name), self.root)
+
     def split(self, name: str) -> list[Sample]:
         """Returns the samples of ``train``, ``valid`` or ``test``."""
         if name not in SPLITS:
             raise DatasetError(f"Unknown split {name!r}; choose one of {', '.join(SPLITS)}.")
         samples: list[Sample] = getattr(self, name)
         if not samples:
-            raise DatasetError(f"Split {name!r} of {self.root} has no images (looked for {self.root / name}).")
+            hint = ""
+            if name != "train" and not (self.root / "train").is_dir():
+                hint = (
+                    f" {self.root} is one class-folder tree, read as the training set; to evaluate a model on all of "
+                    "it, use dogclf.evaluate(classifier, folder) or dogclf.load_labelled(folder, classifier.classes)."
+                )
+            raise DatasetError(f"Split {name!r} of {self.root} has no images (looked for {self.root / name}).{hint}")
         return samples
+
+
+def files_digest(samples: Sequence[Sample], root: str | os.PathLike[str]) -> str:
+    """``"sha256:<16 hex>"`` of the samples' paths (relative to ``root``, in order), sizes and labels.
+
+    The same files under another folder give the same digest; a renamed, added, removed or resized file changes it.
+    """
+    digest = hashlib.sha256()
+    for sample in samples:
+        try:
+            name = sample.path.relative_to(root).as_posix()
+        except ValueError:
+            name = sample.path.as_posix()
+        try:
+            size = sample.path.stat().st_size
+        except OSError:
+            size = -1
+        digest.update(f"{sample.label}\t{size}\t{name}\n".encode())
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def read_names_file(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -112,6 +149,40 @@ def read_names_file(path: str | os.PathLike[str]) -> dict[str, str]:
             raise DatasetError(f"{path}:{number}: expected '<folder> <display name>', got {line!r}")
         names[parts[0]] = parts[1].strip()
     return names
+
+
+def check_names(
+    names: Mapping[str, str],
+    classes: list[ClassInfo],
+    *,
+    source: str | os.PathLike[str] | None = None,
+    folder: str | os.PathLike[str] = "",
+) -> None:
+    """Checks that a names map fits the class folders it is applied to.
+
+    A map that names every class folder may hold more ids (one file for a larger data set); one that leaves some
+    folders unnamed may not also hold ids that match no folder, since that is a wrong or mistyped file.
+
+    Raises:
+        DatasetError: Naming the ids that match no folder and the folders left unnamed.
+    """
+    folders = {c.folder for c in classes}
+    unmatched = sorted((k for k in names if k not in folders), key=natural_key)
+    unnamed = [c.folder for c in classes if c.folder not in names]
+    if not unmatched or not unnamed:
+        return
+    what = f"Names file {str(source)!r}" if source is not None else "The names map"
+    raise DatasetError(
+        f"{what} does not fit the class folders of {str(folder)!r}: {len(unmatched)} of its {len(names)} ids "
+        f"match no folder ({_some(unmatched)}), and {len(unnamed)} of the {len(classes)} folders have no name in it "
+        f"({_some(unnamed)}). Its ids must be the class folder names, e.g. {classes[0].folder!r}; fix the file or "
+        "pass the names file of this data set."
+    )
+
+
+def _some(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 def find_classes(train_dir: str | os.PathLike[str], names: Mapping[str, str] | None = None) -> list[ClassInfo]:
@@ -146,11 +217,26 @@ def find_classes(train_dir: str | os.PathLike[str], names: Mapping[str, str] | N
                 )
             by_number[number] = folder
         ordered = [by_number[n] for n in sorted(by_number)]
-        return [ClassInfo(f, names.get(f) or numbered[f].group(2).replace("_", " ")) for f in ordered]
-    return [ClassInfo(f, names.get(f, f)) for f in sorted(folders, key=natural_key)]
+        classes = [ClassInfo(f, names.get(f) or numbered[f].group(2).replace("_", " ")) for f in ordered]
+    else:
+        classes = [ClassInfo(f, names.get(f, f)) for f in sorted(folders, key=natural_key)]
+    _check_unique_names(classes, train_dir)
+    return classes
 
 
-def _walk_images(folder: Path) -> list[Path]:
+def _check_unique_names(classes: list[ClassInfo], folder: Path) -> None:
+    seen: dict[str, str] = {}
+    for c in classes:
+        if c.name in seen:
+            raise DatasetError(
+                f"Class folders {seen[c.name]!r} and {c.folder!r} in {str(folder)!r} have the same display name "
+                f"{c.name!r}; give each class its own name (check the names file)."
+            )
+        seen[c.name] = c.folder
+
+
+def find_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Every image file under ``folder``, recursively, naturally sorted; hidden files and folders are left out."""
     images: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")), key=natural_key)
@@ -180,7 +266,7 @@ def make_samples(split_dir: str | os.PathLike[str], classes: list[ClassInfo], *,
         )
     samples: list[Sample] = []
     for folder in present:
-        images = _walk_images(split_dir / folder)
+        images = find_images(split_dir / folder)
         if not images:
             raise DatasetError(
                 f"Class folder {str(split_dir / folder)!r} has no images. Supported extensions are: "
@@ -190,13 +276,22 @@ def make_samples(split_dir: str | os.PathLike[str], classes: list[ClassInfo], *,
     return samples
 
 
+def check_fraction(fraction: float) -> None:
+    """Checks a valid fraction (0.2 holds out 20%).
+
+    Raises:
+        DatasetError: Unless ``0 < fraction < 1``.
+    """
+    if not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
+        raise DatasetError(f"valid fraction must be between 0 and 1 (exclusive), e.g. 0.2, got {fraction!r}")
+
+
 def stratified_split(samples: list[Sample], fraction: float, *, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
     """Splits samples into (train, valid), taking ``fraction`` of every class for valid.
 
     Deterministic for a given ``seed``. Classes with one image stay in train.
     """
-    if not 0.0 < fraction < 1.0:
-        raise DatasetError(f"valid fraction must be between 0 and 1 (exclusive), got {fraction!r}")
+    check_fraction(fraction)
     by_class: dict[int, list[Sample]] = {}
     for sample in samples:
         by_class.setdefault(sample.label, []).append(sample)
@@ -246,6 +341,8 @@ def load_splits(
         DatasetError: A bad layout, with the folder named.
         UnreadableImageError: With ``strict``, the first unreadable image.
     """
+    if valid_fraction is not None:
+        check_fraction(valid_fraction)
     root = Path(data_dir)
     if not root.is_dir():
         raise DatasetError(f"Data folder {str(root)!r} does not exist.")
@@ -255,6 +352,8 @@ def load_splits(
     if not split_layout and any((root / s).is_dir() for s in ("valid", "val", "test")):
         raise DatasetError(f"{str(root)!r} has valid/ (or val/) or test/ but no train/ folder.")
     classes = find_classes(train_dir, name_map)
+    if name_map:
+        check_names(name_map, classes, source=names if not isinstance(names, Mapping) else None, folder=train_dir)
     if len(classes) < 2:
         raise DatasetError(f"{str(train_dir)!r} has {len(classes)} class folder; a classifier needs at least 2.")
     train = make_samples(train_dir, classes, split="train")
@@ -295,6 +394,16 @@ def _drop_unreadable(splits: DataSplits, *, strict: bool) -> None:
     drop_unreadable(splits, find_unreadable([s.path for s in everything]), strict=strict)
 
 
+def _refuse_in_strict_mode(bad: Sequence[tuple[Path, str]], *, strict: bool) -> None:
+    if strict and bad:
+        listing = "\n".join(f"  {path}: {reason}" for path, reason in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise UnreadableImageError(
+            f"{len(bad)} unreadable image file(s) (strict mode):\n{listing}{more}\n"
+            "Fix or remove them, or run without --strict to skip them."
+        )
+
+
 def drop_unreadable(splits: DataSplits, bad: Sequence[tuple[Path, str]], *, strict: bool) -> None:
     """Leaves the files of ``bad`` (``(path, reason)``) out of ``splits`` and records them in ``splits.skipped``.
 
@@ -304,13 +413,7 @@ def drop_unreadable(splits: DataSplits, bad: Sequence[tuple[Path, str]], *, stri
     """
     if not bad:
         return
-    if strict:
-        listing = "\n".join(f"  {path}: {reason}" for path, reason in bad[:20])
-        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-        raise UnreadableImageError(
-            f"{len(bad)} unreadable image file(s) (strict mode):\n{listing}{more}\n"
-            "Fix or remove them, or run without --strict to skip them."
-        )
+    _refuse_in_strict_mode(bad, strict=strict)
     bad_paths = {p for p, _ in bad}
     splits.train = [s for s in splits.train if s.path not in bad_paths]
     splits.valid = [s for s in splits.valid if s.path not in bad_paths]
@@ -322,3 +425,15 @@ def drop_unreadable(splits: DataSplits, bad: Sequence[tuple[Path, str]], *, stri
         raise DatasetError(
             f"Every image of class folder(s) {', '.join(empty)} in train/ is unreadable; nothing is left to train on."
         )
+
+
+def readable_samples(samples: list[Sample], *, strict: bool) -> tuple[list[Sample], list[tuple[Path, str]]]:
+    """Decodes every sample's image once; returns the readable samples and ``(path, reason)`` of the others.
+
+    Raises:
+        UnreadableImageError: With ``strict``, listing up to 20 unreadable files.
+    """
+    bad = find_unreadable([s.path for s in samples])
+    _refuse_in_strict_mode(bad, strict=strict)
+    bad_paths = {p for p, _ in bad}
+    return [s for s in samples if s.path not in bad_paths], bad

@@ -65,7 +65,8 @@ def load_rgb(source: str | os.PathLike[str] | bytes | Image.Image, *, min_size: 
     except UnreadableImageError:
         raise
     except UnidentifiedImageError as exc:
-        raise UnreadableImageError(f"{label}: not an image Pillow can identify ({exc})") from exc
+        detail = "" if isinstance(source, bytes) else f" ({exc})"  # for bytes Pillow names an io.BytesIO object
+        raise UnreadableImageError(f"{label}: not an image Pillow can identify{detail}") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         reason = "truncated image" if "truncated" in str(exc).lower() else f"{type(exc).__name__}: {exc}"
         raise UnreadableImageError(f"{label}: {reason}") from exc

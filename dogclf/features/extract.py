@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -228,12 +228,23 @@ def iter_feature_batches(
     items: Sequence[Path | str],
     preprocessing: Preprocessing,
     options: ExtractOptions = ExtractOptions(),
+    *,
+    while_decoding: Callable[[], object] | None = None,
 ) -> Iterator[FeatureBatch]:
     """:func:`iter_features` that reports unreadable images instead of raising, and keys each image by its bytes.
 
     Each image file is read once, in a loader worker: its bytes are hashed (:class:`FeatureBatch` ``keys``) and
     decoded from the same buffer, so the features always belong to the content under the key even if the file
     changes during the run.
+
+    Args:
+        backbone: As for :func:`iter_features`.
+        items: Image files.
+        preprocessing: The backbone's input contract.
+        options: Batch size, workers, precision, memory format, device.
+        while_decoding: Called once the loader workers have started decoding, before the first batch is awaited:
+            work for the main process (imports, set-up for what follows) that then overlaps the decoding of the
+            first batches instead of adding to the run. With ``num_workers=0`` it simply runs first.
 
     Yields:
         One :class:`FeatureBatch` per loader batch (``options.batch_size`` items), in the order of ``items``.
@@ -259,7 +270,10 @@ def iter_feature_batches(
     chunk = options.forward_size(device)
     with _prepared(backbone, device, channels_last=options.channels_last):
         forward: Any = torch.compile(backbone) if options.compile else backbone
-        for images, positions, errors, digests, sizes in loader:
+        batches = iter(loader)  # the workers start decoding (prefetch_factor batches each) now
+        if while_decoding is not None:
+            while_decoding()
+        for images, positions, errors, digests, sizes in batches:
             keep = [i for i, reason in enumerate(errors) if not reason]
             if keep and len(keep) < len(errors):
                 images = images[keep]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sys
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +18,7 @@ from dogclf.features.keys import content_keys
 if TYPE_CHECKING:
     from dogclf.backbones.spec import BackboneSpec
     from dogclf.data.folder import DataSplits, Sample
-    from dogclf.features.extract import ExtractOptions
+    from dogclf.features.extract import ExtractOptions, FeatureBatch
 
 __all__ = ["FeatureSet", "effective_precision", "prepare_features"]
 
@@ -50,6 +50,7 @@ def prepare_features(
     log: Callable[[str], None],
     progress: bool | None = None,
     unreadable: list[tuple[Path, str]] | None = None,
+    while_decoding: Callable[[], object] | None = None,
 ) -> dict[str, FeatureSet]:
     """Features of every image of ``splits``: from the cache where present, extracted (and cached) otherwise.
 
@@ -74,6 +75,8 @@ def prepare_features(
             out of the returned feature sets (the caller drops them from ``splits``, e.g. with
             :func:`dogclf.data.folder.drop_unreadable`). Without it the first one raises. Images found in the cache
             decoded when they were extracted, so they are not decoded again.
+        while_decoding: Work for the main process that overlaps the decoding of the first batches (see
+            :func:`~dogclf.features.extract.iter_feature_batches`); it runs once if anything is extracted.
 
     Returns:
         ``{"train": ..., "valid": ..., "test": ...}``; a split without images has empty tensors.
@@ -81,6 +84,8 @@ def prepare_features(
     Raises:
         UnreadableImageError: An image that cannot be decoded, when ``unreadable`` is not given.
     """
+    from dogclf.features.extract import iter_feature_batches
+
     by_split = {"train": splits.train, "valid": splits.valid, "test": splits.test}
     paths, rows = _unique_paths(by_split)
     precision = effective_precision(options)
@@ -91,9 +96,13 @@ def prepare_features(
     found = _read_cached(cache, paths, features) if cache is not None else set()
     missing = [i for i in range(len(paths)) if i not in found]
     started = time.perf_counter()
-    bad = _extract_missing(
-        backbone, spec, paths, missing, features, cache, options, progress, raising=unreadable is None
-    )
+    with _progress_bar(len(missing), progress) as bar, torch.random.fork_rng(devices=[]):
+        # Extraction may draw from the global RNG (DataLoader start-up); training must not notice it ran.
+        todo = [paths[i] for i in missing]
+        with contextlib.closing(
+            iter_feature_batches(backbone, todo, spec.preprocessing, options, while_decoding=while_decoding)
+        ) as batches:
+            bad = _store_batches(batches, missing, paths, features, cache, bar, raising=unreadable is None)
     seconds = time.perf_counter() - started
     rate = f" ({len(missing) / seconds:.0f} img/s)" if missing and seconds > 0 else ""
     where = f" (cache {cache.path})" if cache is not None else " (no cache)"
@@ -136,46 +145,35 @@ def _read_cached(cache: FeatureCache, paths: Sequence[Path], features: torch.Ten
     return set(found)
 
 
-def _extract_missing(
-    backbone: torch.nn.Module,
-    spec: BackboneSpec,
-    paths: Sequence[Path],
+def _store_batches(
+    batches: Iterator[FeatureBatch],
     missing: Sequence[int],
+    paths: Sequence[Path],
     features: torch.Tensor,
     cache: FeatureCache | None,
-    options: ExtractOptions,
-    progress: bool | None,
+    bar: Any,
     *,
     raising: bool,
 ) -> list[tuple[int, str]]:
-    """Extracts the ``missing`` rows of ``features`` (storing them in ``cache``); returns the unreadable ones."""
-    from dogclf.features.extract import iter_feature_batches
-
-    if not missing:
-        return []
+    """Puts extracted batches of the ``missing`` rows into ``features`` and the cache; returns the unreadable rows."""
     bad: list[tuple[int, str]] = []
-    bar = _progress_bar(len(missing), progress)
     try:
-        # Extraction may draw from the global RNG (DataLoader start-up); training must not notice it ran.
-        with torch.random.fork_rng(devices=[]):
-            for batch in iter_feature_batches(backbone, [paths[i] for i in missing], spec.preprocessing, options):
-                bad += [(missing[p], reason) for p, reason in batch.unreadable]
-                if bad and raising:
-                    position, reason = bad[0]
-                    raise UnreadableImageError(
-                        f"{paths[position]}: {reason}; remove the file or filter unreadable images first "
-                        "(dogclf.data.images.find_unreadable)"
-                    )
-                targets = [missing[p] for p in batch.positions]
-                if targets:
-                    features[torch.tensor(targets, dtype=torch.long)] = batch.features
-                    if cache is not None:
-                        cache.add(batch.keys, batch.features)
-                if bar is not None:
-                    bar.update(len(batch.positions) + len(batch.unreadable))
+        for batch in batches:
+            bad += [(missing[p], reason) for p, reason in batch.unreadable]
+            if bad and raising:
+                position, reason = bad[0]
+                raise UnreadableImageError(
+                    f"{paths[position]}: {reason}; remove the file or filter unreadable images first "
+                    "(dogclf.data.images.find_unreadable)"
+                )
+            targets = [missing[p] for p in batch.positions]
+            if targets:
+                features[torch.tensor(targets, dtype=torch.long)] = batch.features
+                if cache is not None:
+                    cache.add(batch.keys, batch.features)
+            if bar is not None:
+                bar.update(len(batch.positions) + len(batch.unreadable))
     finally:
-        if bar is not None:
-            bar.close()
         if cache is not None:
             cache.flush()  # also on Ctrl-C: finished batches are kept for the next run
     return bad
@@ -205,9 +203,10 @@ def effective_precision(options: ExtractOptions) -> str:
 
 
 def _progress_bar(total: int, progress: bool | None) -> Any:
-    show = sys.stderr.isatty() if progress is None else progress
-    if not show:
-        return None
-    from tqdm.auto import tqdm
+    """A bar on a terminal (or with ``progress``), else a progress line every few seconds (:mod:`dogclf._progress`).
 
-    return tqdm(total=total, desc="extract features", unit="img", leave=False)
+    Nothing at all when there is nothing to extract. It is a context manager.
+    """
+    from dogclf._progress import progress_reporter
+
+    return progress_reporter(total, desc="extract features", unit="img", bar=progress, enabled=total > 0)

@@ -4,14 +4,15 @@
 :class:`~dogclf.inference.engine.EngineOutput` (logits and backbone features of a batch) to
 :meth:`PostProcessor.scores` (temperature-scaled softmax and the unknown decision) and, for answers, to
 :meth:`PostProcessor.results` (top-k). A new "unknown" signal (for example a feature-space novelty score) is added
-in :meth:`PostProcessor.unknown`, which sees the features of the same forward pass, and every entry point follows.
+in :meth:`PostProcessor.unknown`, and every entry point follows: the feature-space novelty score
+(:mod:`dogclf.novelty`) is one, scored on the features of the same forward pass as the logits.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,6 +21,7 @@ from dogclf.inference.results import ImageResult, Prediction
 
 if TYPE_CHECKING:
     from dogclf.inference.engine import EngineOutput
+    from dogclf.novelty import NoveltyScorer
 
 __all__ = ["PostProcessor", "Scores"]
 
@@ -31,10 +33,12 @@ class Scores:
     Attributes:
         probabilities: ``(N, C)`` float32 class probabilities, ``softmax(logits / temperature)``.
         unknown: ``(N,)`` booleans: the image looks like none of the known breeds.
+        novelty: ``(N,)`` novelty scores (:mod:`dogclf.novelty`) of models that have one, else ``None``.
     """
 
     probabilities: torch.Tensor
     unknown: torch.Tensor
+    novelty: torch.Tensor | None = None
 
     @property
     def top(self) -> torch.Tensor:
@@ -50,19 +54,31 @@ class PostProcessor:
         class_names: Display names in index order.
         temperature: Scores are ``softmax(logits / temperature)`` (1.0: raw softmax).
         unknown_threshold: A top score under it flags the image unknown (``None``: never, on the top score alone).
+        novelty: The feature-space novelty score (:mod:`dogclf.novelty`); where it has a threshold it decides
+            "unknown" instead of the top score.
     """
 
     class_names: tuple[str, ...]
     temperature: float = 1.0
     unknown_threshold: float | None = None
+    novelty: NoveltyScorer | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.temperature) or self.temperature <= 0:
             raise ValueError(f"calibration temperature must be a finite number > 0, got {self.temperature!r}")
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], class_names: Sequence[str] | None = None) -> PostProcessor:
-        """Reads a model directory's ``config.json`` (temperature 1.0 and no threshold for uncalibrated models)."""
+    def from_config(
+        cls,
+        config: Mapping[str, Any],
+        class_names: Sequence[str] | None = None,
+        *,
+        novelty: NoveltyScorer | None = None,
+    ) -> PostProcessor:
+        """Reads a model directory's ``config.json`` (temperature 1.0 and no threshold for uncalibrated models).
+
+        The novelty score's feature bank lives in its own file; pass it loaded (:func:`dogclf.novelty.load_novelty`).
+        """
         calibration = config.get("calibration") or {}
         threshold = calibration.get("unknown_threshold")
         names = class_names if class_names is not None else config.get("class_names", ())
@@ -70,29 +86,41 @@ class PostProcessor:
             class_names=tuple(names),
             temperature=float(calibration.get("temperature", 1.0)),
             unknown_threshold=None if threshold is None else float(threshold),
+            novelty=novelty,
         )
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities ``(N, C)`` (float32) of raw logits."""
         return torch.softmax(logits.float() / self.temperature, dim=1)
 
-    def unknown(self, probabilities: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
-        """The unknown decision ``(N,)`` for a batch: here, a top score under the threshold.
+    def novelty_scores(self, features: torch.Tensor | None) -> torch.Tensor | None:
+        """``(N,)`` novelty scores of backbone features (``None`` for models without a novelty score)."""
+        if self.novelty is None or features is None:
+            return None
+        return self.novelty.score(features)
+
+    def unknown(self, probabilities: torch.Tensor, novelty: torch.Tensor | None = None) -> torch.Tensor:
+        """The unknown decision ``(N,)`` for a batch.
+
+        With a novelty score that has a threshold and the images' ``novelty`` scores, that decides: the features are
+        farther from the training photos than the threshold fitted on validation photos. Otherwise a top score under
+        the unknown threshold does (never, for models without one).
 
         Args:
             probabilities: Calibrated probabilities of the batch.
-            features: The backbone features of the same forward pass (for feature-space novelty scores), or
-                ``None`` where the caller has none.
+            novelty: The novelty scores of the same images (:meth:`novelty_scores`), or ``None``.
         """
-        del features  # the top-score rule needs none; a novelty score would
+        if self.novelty is not None and self.novelty.threshold is not None and novelty is not None:
+            return self.novelty.is_novel(novelty)
         if self.unknown_threshold is None:
             return torch.zeros(len(probabilities), dtype=torch.bool)
         return probabilities.max(dim=1).values < self.unknown_threshold
 
     def scores(self, output: EngineOutput) -> Scores:
-        """Calibrated probabilities and unknown flags of one forward pass's output."""
+        """Calibrated probabilities, novelty scores and unknown flags of one forward pass's output."""
         probabilities = self.probabilities(output.logits)
-        return Scores(probabilities, self.unknown(probabilities, output.features))
+        novelty = self.novelty_scores(output.features)
+        return Scores(probabilities, self.unknown(probabilities, novelty), novelty)
 
     def results(self, scores: Scores, *, top_k: int | Sequence[int] = 5) -> list[ImageResult]:
         """One :class:`ImageResult` per image: the ``top_k`` breeds (one value, or one per image) and the flag."""

@@ -17,9 +17,9 @@ from typing import Any
 __all__ = ["add_sagemaker_parser", "hyperparameters_from_args", "run_sagemaker"]
 
 # dogclf train's options that the container sets itself (SM_MODEL_DIR, SM_OUTPUT_DATA_DIR, checkpoints, cache).
-_CONTAINER_OPTIONS = frozenset({"checkpoint_dir", "output_dir", "cache_dir", "resume", "overwrite", "progress"})
-# Always sent, even at their defaults, so the job's console page shows the seeds' tuned trio.
-_ALWAYS_SENT = frozenset({"epochs", "batch_size", "lr"})
+_CONTAINER_OPTIONS = frozenset(
+    {"checkpoint_dir", "output_dir", "cache_dir", "resume", "overwrite", "progress", "smdebug_out", "rule_param"}
+)
 
 
 def _job_options(p: argparse.ArgumentParser, *, instance: str = "ml.m5.large") -> None:
@@ -53,6 +53,9 @@ def _with_train_options(sub: Any, command: str, **kwargs: Any) -> argparse.Argum
             action.help = "local data folder (uploaded; unchanged files are skipped) or an s3:// prefix"
         elif action.dest == "out":
             action.required = False
+        elif action.dest == "tensorboard":  # in a job: SageMaker's TensorBoard output, uploaded to S3
+            action.nargs, action.const, action.type = "?", "auto", str
+            action.help = "log TensorBoard scalars and upload them (default s3://BUCKET/PREFIX/jobs/<job>/tensorboard)"
     return p
 
 
@@ -69,6 +72,11 @@ def _add_train(sub: Any) -> None:
     _job_options(p)
     _aws_options(p)
     p.add_argument("--job-name", default=None, help="job name (default dogclf-<backbone>-<time>-<random>)")
+    p.add_argument(
+        "--debugger",
+        action="store_true",
+        help="attach SageMaker Debugger's hook and built-in rules and the Profiler (accounts that still have them)",
+    )
     p.add_argument("--wait", action="store_true", help="follow the job's status and log lines until it ends")
     p.add_argument("--dry-run", action="store_true", help="print the CreateTrainingJob request as JSON, send nothing")
     p.add_argument("--local", action="store_true", help="run the job here through the SageMaker training toolkit")
@@ -146,18 +154,20 @@ def add_sagemaker_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def hyperparameters_from_args(args: argparse.Namespace) -> dict[str, str]:
-    """The job's hyperparameters: every ``dogclf train`` option given a non-default value (and the seeds' trio)."""
+    """The job's hyperparameters: every ``dogclf train`` option given on the command line or set off its default."""
     from dogclf.cli import train_parser
     from dogclf.sagemaker.hyperparameters import to_hyperparameters
     from dogclf.sagemaker.source import NAMES_FILE
 
     options: dict[str, Any] = {}
+    given = {a.split("=", 1)[0] for a in getattr(args, "argv", [])}
     for action in train_parser()._actions:
         dest = action.dest
         if not action.option_strings or dest in _CONTAINER_OPTIONS or dest in ("help", "data", "out", "backbone"):
             continue
         value = getattr(args, dest, None)
-        if value is None or (value == action.default and dest not in _ALWAYS_SENT):
+        explicit = any(option in given for option in action.option_strings)
+        if value is None or (value == action.default and not explicit) or dest == "tensorboard":
             continue
         flag = max(action.option_strings, key=len).lstrip("-")
         options[flag] = NAMES_FILE if dest == "names" else value
@@ -206,6 +216,8 @@ def _cmd_train(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         prefix=args.prefix,
         name=args.job_name,
         features=features,
+        debugger=args.debugger,
+        tensorboard=args.tensorboard,
         dry_run=args.dry_run,
         log=_log,
     )

@@ -411,6 +411,41 @@ def plan_request(
     )
 
 
+def _create_training_job(aws: Aws, request: Mapping[str, Any], *, debugger: bool) -> None:
+    """Sends CreateTrainingJob; an account that may not use Debugger is told so plainly."""
+    import botocore.exceptions
+
+    from dogclf.sagemaker.aws import AwsError, aws_errors
+
+    name = request["TrainingJobName"]
+    with aws_errors(f"Creating training job {name}"):
+        try:
+            aws.client("sagemaker").create_training_job(**request)
+        except botocore.exceptions.ClientError as exc:
+            from dogclf.diagnostics.sagemaker_requests import debugger_unavailable_message, is_debugger_unavailable
+
+            if debugger and is_debugger_unavailable(exc):
+                message = exc.response.get("Error", {}).get("Message", "")
+                raise AwsError(debugger_unavailable_message(message)) from None
+            raise
+
+
+def _diagnostics(region: str, home: str, debugger: bool, tensorboard: str | None) -> dict[str, Any]:
+    """The Debugger/Profiler and TensorBoard fields of a request (empty when neither is asked for)."""
+    fields: dict[str, Any] = {}
+    if debugger:
+        from dogclf.diagnostics.sagemaker_requests import debugger_request
+
+        fields.update(debugger_request(region, f"{home}/debugger"))
+    if tensorboard is not None:
+        from dogclf.diagnostics.sagemaker_requests import tensorboard_output_config
+
+        fields["TensorBoardOutputConfig"] = tensorboard_output_config(
+            f"{home}/tensorboard" if tensorboard == "auto" else tensorboard
+        )
+    return fields
+
+
 def _default_version() -> str:
     from dogclf.sagemaker.images import TRAINING_FRAMEWORK_VERSION
 
@@ -427,6 +462,8 @@ def launch_training_job(
     prefix: str = DEFAULT_PREFIX,
     name: str | None = None,
     features: str | None = None,
+    debugger: bool = False,
+    tensorboard: str | None = None,
     dry_run: bool = False,
     log: Callable[[str], None] = print,
 ) -> TrainingJob:
@@ -441,6 +478,9 @@ def launch_training_job(
         prefix: Key prefix of everything this job writes.
         name: The job name (default: unique, see :func:`job_name`).
         features: An ``s3://`` prefix of backbone features (a feature cache) to mount as the ``features`` channel.
+        debugger: Attach SageMaker Debugger's hook, built-in rules and Profiler (:mod:`dogclf.diagnostics`).
+        tensorboard: ``"auto"`` or an ``s3://`` prefix: the job logs TensorBoard scalars and SageMaker uploads them
+            there (``auto``: ``s3://BUCKET/PREFIX/jobs/<job>/tensorboard``).
         dry_run: Build and return the request without uploading or creating anything.
         log: Where progress lines go.
 
@@ -452,8 +492,6 @@ def launch_training_job(
         UnknownInstanceTypeError: An instance type SageMaker does not offer.
         AwsError: An upload or the CreateTrainingJob call failed.
     """
-    from dogclf.sagemaker.aws import aws_errors
-
     data = str(data)
     if not data.startswith("s3://"):
         check_local_data(Path(data), spec.hyperparameters)
@@ -462,12 +500,14 @@ def launch_training_job(
     request = plan_request(
         spec, data, region=aws.region, role=role, bucket=chosen_bucket, prefix=prefix, name=job, features=features
     )
+    request.update(
+        _diagnostics(aws.region, f"s3://{chosen_bucket}/{prefix.strip('/')}/jobs/{job}", debugger, tensorboard)
+    )
     validate_request("CreateTrainingJob", request)
     if dry_run:
         return TrainingJob(job, aws, request)
     upload_inputs(spec, data, aws, request, log)
-    with aws_errors(f"Creating training job {job}"):
-        aws.client("sagemaker").create_training_job(**request)
+    _create_training_job(aws, request, debugger=debugger)
     created = TrainingJob(job, aws, request)
     log(f"Launched training job {job}")
     log(f"  status and metrics: {created.console_url}")

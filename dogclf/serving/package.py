@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dogclf.artifact import NOVELTY_NAME
 from dogclf.errors import DogclfError
 
 __all__ = [
@@ -146,12 +147,16 @@ class ArchiveWriter:
         self._tally(group or name, len(data), note)
 
     def add_file(self, name: str, path: Path, *, group: str | None = None, note: str = "") -> None:
-        """Adds the file at ``path`` under ``name`` (owner root, mode 644)."""
-        info = self.tar.gettarinfo(str(path), arcname=name)
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        info.mode = 0o644
-        with path.open("rb") as handle:
+        """Adds the contents of ``path``; a symbolic link is followed, so the archive holds the file, not the link."""
+        try:
+            handle = path.open("rb")
+        except OSError as exc:
+            raise PackageError(f"Cannot read {str(path)!r} to put it in the archive: {exc.strerror or exc}.") from exc
+        with handle:
+            info = self.tar.gettarinfo(arcname=name, fileobj=handle)  # fstat of the open file: the link's target
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mode = 0o644
             self.tar.addfile(info, handle)
         self._tally(group or name, info.size, note)
 
@@ -328,6 +333,8 @@ def package_model(
             archive = ArchiveWriter(tar)
             for name in _MODEL_FILES:
                 archive.add_file(name, root / name, note="model")
+            if (root / NOVELTY_NAME).is_file():
+                archive.add_file(NOVELTY_NAME, root / NOVELTY_NAME, note="novelty score")
             _add_serving_code(archive, requirements, plugin)
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)

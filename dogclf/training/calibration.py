@@ -22,6 +22,7 @@ from dogclf.data.folder import Sample
 __all__ = [
     "DEFAULT_KEEP",
     "MAX_TEMPERATURE",
+    "MIN_CALIBRATION_IMAGES",
     "MIN_TEMPERATURE",
     "Calibration",
     "calibrate",
@@ -33,6 +34,9 @@ __all__ = [
 ]
 
 DEFAULT_KEEP = 0.95
+# Below this many validation images the fitted temperature and the 95% threshold are noise (9 images gave 20.0, the
+# search bound): calibration is skipped, and the model keeps its raw softmax and no unknown threshold.
+MIN_CALIBRATION_IMAGES = 50
 MIN_TEMPERATURE = 0.05
 MAX_TEMPERATURE = 20.0
 
@@ -188,6 +192,8 @@ class Calibration:
         n: Validation images used (0: not calibrated).
         precision: The precision the validation logits were computed in (``"fp32"``, ``"bf16"``, ``"fp16"``); the
             model is served in it by default, so served scores are the ones calibrated. ``None``: not recorded.
+        skipped: Why calibration was skipped, if it was (too few images, a fit that ran to a search bound); not
+            stored in ``config.json``, where a skipped calibration leaves no ``"calibration"`` entry at all.
     """
 
     temperature: float = 1.0
@@ -199,6 +205,7 @@ class Calibration:
     nll_after: float | None = None
     n: int = 0
     precision: str | None = None
+    skipped: str | None = None
 
     @property
     def fitted(self) -> bool:
@@ -206,8 +213,10 @@ class Calibration:
         return self.n > 0
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field."""
-        return asdict(self)
+        """A JSON-ready dict of every field but ``skipped``."""
+        data = asdict(self)
+        del data["skipped"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> Calibration:
@@ -236,7 +245,8 @@ class Calibration:
     def summary(self) -> str:
         """One log line, e.g. ``calibration: temperature=1.38 ece 0.081 -> 0.023; unknown threshold 0.412 ...``."""
         if not self.fitted:
-            return "calibration: skipped (no validation images); temperature 1.0, no unknown threshold"
+            why = self.skipped or "no validation images"
+            return f"calibration: skipped ({why}); temperature 1.0, no unknown threshold"
         line = f"calibration: temperature={self.temperature:.2f} ece {self.ece_before:.3f} -> {self.ece_after:.3f}"
         if self.unknown_threshold is not None:
             line += f"; unknown threshold {self.unknown_threshold:.3f} keeps {self.keep:.0%} of valid (n={self.n})"
@@ -244,7 +254,12 @@ class Calibration:
 
 
 def calibrate(
-    logits: torch.Tensor, labels: torch.Tensor, keep: float = DEFAULT_KEEP, *, n_bins: int = 15
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    keep: float = DEFAULT_KEEP,
+    *,
+    n_bins: int = 15,
+    min_images: int = MIN_CALIBRATION_IMAGES,
 ) -> Calibration:
     """Fits the temperature and the unknown threshold on validation logits.
 
@@ -253,18 +268,37 @@ def calibrate(
         labels: ``(N,)`` true class indices.
         keep: Fraction of validation images the unknown threshold keeps as known.
         n_bins: Bins of the reported ECE.
+        min_images: Fewest validation images to calibrate on; with fewer, calibration is skipped.
 
     Returns:
-        The calibration; with no images, the identity (temperature 1.0, no threshold, ``n == 0``).
+        The calibration; with no images, fewer than ``min_images``, every image classified right (the NLL then falls
+        for ever as the temperature goes to 0), or a fit that runs to a search bound ([:data:`MIN_TEMPERATURE`,
+        :data:`MAX_TEMPERATURE`]), the identity (temperature 1.0, no threshold, ``n == 0``) with ``skipped`` saying
+        why.
     """
     logits, labels = _check_logits(logits, labels)
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep must be a fraction in (0, 1], got {keep!r}")
-    if labels.numel() == 0:
+    n = int(labels.numel())
+    if n == 0:
         return Calibration(keep=keep)
+    if n < min_images:
+        return Calibration(
+            keep=keep, skipped=f"{n} validation images, fewer than the {min_images} a stable temperature needs"
+        )
     logits = logits.detach().float().cpu()
     labels = labels.cpu()
+    if bool((logits.argmax(dim=1) == labels).all()):
+        return Calibration(
+            keep=keep, skipped=f"all {n} validation images are classified right, so no temperature fits best"
+        )
     temperature = fit_temperature(logits, labels)
+    if temperature in (MIN_TEMPERATURE, MAX_TEMPERATURE):
+        return Calibration(
+            keep=keep,
+            skipped=f"the temperature fit on {n} validation images ran to its search bound {temperature:g}, which is "
+            "no fit: too few images, or scores far off",
+        )
     # float32, as Classifier.probabilities computes it, so served scores compare with the threshold as fitted.
     before = torch.softmax(logits, dim=1)
     after = torch.softmax(logits / temperature, dim=1)

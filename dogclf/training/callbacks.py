@@ -37,6 +37,8 @@ class TrainState:
         history: One metrics dict per finished epoch.
         phase: ``"train"`` or ``"eval"``.
         stop: Set to true to stop after the current epoch.
+        forward_module: The module that maps a batch's inputs to logits: ``model.head`` when training on
+            backbone features, the whole ``model`` when images go through the backbone.
     """
 
     model: torch.nn.Module
@@ -50,6 +52,7 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
     phase: str = "train"
     stop: bool = False
+    forward_module: torch.nn.Module | None = None
 
 
 class Callback:
@@ -60,6 +63,12 @@ class Callback:
 
     def on_epoch_start(self, state: TrainState) -> None:
         """Before an epoch's training batches; ``state.epoch`` is the new epoch."""
+
+    def on_batch_start(self, state: TrainState) -> None:
+        """When a training batch has arrived from the loader, before it is moved to the device."""
+
+    def on_forward(self, state: TrainState, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """After the forward pass and loss of a training batch, before ``backward()``."""
 
     def on_after_backward(self, state: TrainState, loss: torch.Tensor) -> None:
         """After ``loss.backward()``, before the optimizer step (gradients are set)."""

@@ -26,8 +26,9 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     history: list[dict[str, float]],
     fingerprint: dict[str, Any],
+    best: dict[str, Any] | None = None,
 ) -> None:
-    """Writes model, optimizer, epoch, history and RNG state to ``path`` atomically.
+    """Writes model, optimizer, epoch, history, RNG state (and the best epoch's weights) to ``path`` atomically.
 
     The file is written beside ``path`` and renamed over it, so an interruption
     leaves the previous checkpoint intact.
@@ -43,6 +44,7 @@ def save_checkpoint(
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "python_rng": random.getstate(),
+        "best": best,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -116,7 +116,9 @@ def make_head_trainer(
         checkpoint_path=checkpoint_path,
         callbacks=hooks,
         fingerprint=fingerprint,
-        batches=TrainBatches(train=train_batches, valid=valid_batches, sampler=sampler, head_only=True),
+        batches=TrainBatches(
+            train=train_batches, valid=valid_batches, sampler=sampler, head_only=True, train_labels=train.labels
+        ),
         group=group,
     )
 

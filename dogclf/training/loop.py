@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,24 +16,17 @@ from dogclf.backbones.spec import Preprocessing
 from dogclf.data.dataset import EpochShuffleSampler, ImageDataset
 from dogclf.data.folder import Sample
 from dogclf.data.transforms import eval_transform, train_transform
-from dogclf.errors import ModelDirError
+from dogclf.errors import ModelDirError, TrainingDivergedError
 from dogclf.model import DogClassifierNet
 from dogclf.training.callbacks import Callback, CallbackList, TrainState
 from dogclf.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from dogclf.training.config import TrainConfig, resolve_device
+from dogclf.training.schedule import lr_factor, make_loss, make_optimizer, warmup_steps
 
 if TYPE_CHECKING:
     from dogclf.training.distributed import ProcessGroup
 
 __all__ = ["Batches", "TrainBatches", "Trainer", "check_fingerprint", "make_optimizer"]
-
-
-def make_optimizer(model: DogClassifierNet, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam over the head, plus the backbone at ``lr * backbone_lr_scale`` when unfrozen."""
-    groups: list[dict[str, Any]] = [{"params": list(model.head.parameters()), "lr": config.lr}]
-    if not model.frozen:
-        groups.append({"params": list(model.backbone.parameters()), "lr": config.lr * config.backbone_lr_scale})
-    return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def check_fingerprint(payload: dict[str, Any], fingerprint: dict[str, Any], path: Path) -> None:
@@ -68,12 +62,14 @@ class TrainBatches:
         valid: Validation batches in a fixed order, or ``None`` for no validation.
         sampler: The epoch-seeded order of ``train``; the trainer calls ``set_epoch`` before every epoch.
         head_only: The inputs are backbone features, so the trainer runs only ``model.head`` on them.
+        train_labels: The training labels (for balanced class weights); ``None`` if not known.
     """
 
     train: Batches
     valid: Batches | None
     sampler: EpochShuffleSampler
     head_only: bool = False
+    train_labels: torch.Tensor | None = None
 
 
 class Trainer:
@@ -137,8 +133,18 @@ class Trainer:
 
             ids = [self.device] if self.device.type == "cuda" else None
             self.forward = DistributedDataParallel(self.model, device_ids=ids)
-        self.loss_fn = torch.nn.CrossEntropyLoss()
+        num_classes = _num_classes(model)
+        self.loss_fn = make_loss(config, batches.train_labels, num_classes).to(self.device)
+        # Validation is always plain cross-entropy (the NLL), comparable across smoothing and class weights; when the
+        # training loss is that already, the same module serves both (a debugger hook on it then sees both phases).
+        plain = self.loss_fn.weight is None and not self.loss_fn.label_smoothing
+        self.eval_loss_fn = self.loss_fn if plain else torch.nn.CrossEntropyLoss()
         self.optimizer = make_optimizer(model, config)
+        self._base_lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
+        self._total_steps = config.epochs * len(self.train_loader)
+        self._warmup = warmup_steps(config, len(self.train_loader))
+        self.best = _Best()
+        self.stopped_early: int | None = None  # the epoch after which early stopping ended training
         self.state = TrainState(
             model=self.model,
             optimizer=self.optimizer,
@@ -146,6 +152,7 @@ class Trainer:
             config=config,
             num_batches=len(self.train_loader),
             num_eval_batches=len(self.valid_loader) if self.valid_loader is not None else 0,
+            forward_module=self.forward,
         )
 
     def _image_batches(
@@ -186,7 +193,8 @@ class Trainer:
             if len(valid_set)
             else None
         )
-        return TrainBatches(train=train_loader, valid=valid_loader, sampler=sampler)
+        labels = torch.tensor([sample.label for sample in train_samples], dtype=torch.long)
+        return TrainBatches(train=train_loader, valid=valid_loader, sampler=sampler, train_labels=labels)
 
     def resume(self) -> int:
         """Loads the checkpoint at ``checkpoint_path``; returns the last finished epoch.
@@ -204,6 +212,7 @@ class Trainer:
         self.state.epoch = int(payload["epoch"])
         self.state.step = int(payload["step"])
         self.state.history = list(payload["history"])
+        self.best = _Best.from_payload(payload.get("best"))
         return self.state.epoch
 
     def fit(self) -> list[dict[str, float]]:
@@ -224,6 +233,7 @@ class Trainer:
                 "seconds": time.perf_counter() - started,
             }
             state.history.append(metrics)
+            self.best.update(state.epoch, valid_loss, self._kept_module())
             if self.checkpoint_path is not None and (self.group is None or self.group.is_main):
                 save_checkpoint(
                     self.checkpoint_path,
@@ -233,10 +243,39 @@ class Trainer:
                     optimizer=self.optimizer,
                     history=state.history,
                     fingerprint=self.fingerprint,
+                    best=self.best.to_payload(),
                 )
             self.callbacks.on_epoch_end(state, metrics)
+            patience = self.config.patience
+            if patience is not None and self.best.epoch and state.epoch - self.best.epoch >= patience:
+                self.stopped_early = state.epoch
+                state.stop = True
         self.callbacks.on_train_end(state)
+        self._restore_kept()
         return state.history
+
+    @property
+    def kept_epoch(self) -> int:
+        """The epoch whose weights the model holds after :meth:`fit`.
+
+        The best by validation loss with ``keep="best"`` (when there was validation data), else the last.
+        """
+        if self.config.keep == "best" and self.best.epoch:
+            return self.best.epoch
+        return self.state.epoch
+
+    def _kept_module(self) -> torch.nn.Module:
+        """What keep-best copies: the head alone when the backbone is frozen (it never changes), else everything."""
+        return self.model.head if self.model.frozen else self.model
+
+    def _restore_kept(self) -> None:
+        if self.kept_epoch != self.state.epoch and self.best.state is not None:
+            self._kept_module().load_state_dict(self.best.state)
+
+    def _set_lr(self, step: int) -> None:
+        factor = lr_factor(step, total_steps=self._total_steps, warmup=self._warmup, schedule=self.config.lr_schedule)
+        for group, base in zip(self.optimizer.param_groups, self._base_lrs, strict=True):
+            group["lr"] = base * factor
 
     def _train_epoch(self) -> tuple[float, float]:
         state = self.state
@@ -247,18 +286,29 @@ class Trainer:
         total_loss, correct, seen = 0.0, 0, 0
         shares = self.sampler.step_shares() if self.sharded else None
         for index, (images, labels) in enumerate(self.train_loader):
+            self.callbacks.on_batch_start(state)
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             logits = self.forward(images)
             loss = self.loss_fn(logits, labels)
+            self.callbacks.on_forward(state, logits, labels)  # the ExplodingTensor rule sees non-finite logits here
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                # Before the step: the weights and the last checkpoint stay good.
+                raise self._diverged(f"the training loss became {value}")
             self.optimizer.zero_grad(set_to_none=True)
             # DDP averages the ranks' gradients; weighting each rank's mean by its share of the step's images makes
             # that average the gradient of the whole batch's mean loss, as in one process (uneven last batches too).
             (loss * shares[index] if shares is not None else loss).backward()
             self.callbacks.on_after_backward(state, loss)
-            self.optimizer.step()
+            self._set_lr(state.step)
+            try:
+                self.optimizer.step()
+            except RuntimeError as exc:  # e.g. Adam's step size lr / (1 - beta1) past the float32 range
+                if "overflow" not in str(exc):
+                    raise
+                raise self._diverged(f"the optimizer step overflowed ({exc})") from exc
             state.step += 1
-            value = float(loss.detach())
             total_loss += value * len(labels)
             correct += int((logits.detach().argmax(1) == labels).sum())
             seen += len(labels)
@@ -275,6 +325,20 @@ class Trainer:
             return float("nan"), float("nan")
         return total_loss / seen, correct / seen
 
+    def _diverged(self, what: str) -> TrainingDivergedError:
+        state = self.state
+        kept = (
+            f"The checkpoint of epoch {state.epoch - 1}, the last good one, is kept in {self.checkpoint_path}."
+            if self.checkpoint_path is not None and state.epoch > 1 and self.checkpoint_path.is_file()
+            else "No epoch finished, so there is no checkpoint to keep."
+        )
+        suggested = self.config.lr / 10 if self.config.lr <= 0.1 else 1e-3  # 1e-3: the default
+        return TrainingDivergedError(
+            f"{what[0].upper()}{what[1:]} at epoch {state.epoch}, step {state.step + 1} (lr {self.config.lr:g}): "
+            f"training stopped. {kept} Train again with a lower --lr (e.g. {suggested:g}), or check the data and "
+            "the weights."
+        )
+
     def _validate(self) -> tuple[float, float]:
         if self.valid_loader is None and not self.sharded:  # a rank with no valid images still sums with the rest
             return float("nan"), float("nan")
@@ -289,10 +353,40 @@ class Trainer:
                 images = images.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
                 logits = forward(images)
-                loss = float(self.loss_fn(logits, labels))
+                loss = float(self.eval_loss_fn(logits, labels))
                 total_loss += loss * len(labels)
                 correct += int((logits.argmax(1) == labels).sum())
                 seen += len(labels)
                 self.callbacks.on_eval_batch_end(state, loss, len(labels))
         state.phase = "train"
         return self._averages(total_loss, correct, seen)
+
+
+def _num_classes(model: DogClassifierNet) -> int:
+    last = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
+    return int(last[-1].out_features) if last else 0
+
+
+@dataclass
+class _Best:
+    """The epoch with the lowest validation loss so far, and a copy of its trained weights (for ``keep="best"``)."""
+
+    epoch: int = 0
+    valid_loss: float = float("inf")
+    state: dict[str, torch.Tensor] | None = None
+
+    def update(self, epoch: int, valid_loss: float, module: torch.nn.Module) -> None:
+        if valid_loss == valid_loss and valid_loss < self.valid_loss:  # NaN (no validation data) never improves
+            self.epoch, self.valid_loss = epoch, valid_loss
+            self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def to_payload(self) -> dict[str, Any] | None:
+        if self.state is None:
+            return None
+        return {"epoch": self.epoch, "valid_loss": self.valid_loss, "state": self.state}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any] | None) -> _Best:
+        if not payload:
+            return cls()
+        return cls(int(payload["epoch"]), float(payload["valid_loss"]), dict(payload["state"]))

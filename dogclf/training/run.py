@@ -7,7 +7,7 @@ import os
 import random
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +16,9 @@ import torch
 from dogclf.artifact import CONFIG_NAME, WEIGHTS_NAME, save_model
 from dogclf.backbones.registry import get_backbone
 from dogclf.backbones.spec import BackboneSpec
-from dogclf.backbones.weights import weights_label
-from dogclf.data.folder import DataSplits, drop_unreadable, load_splits
+from dogclf.backbones.weights import check_weights_available, weights_label
+from dogclf.data.folder import DataSplits, check_fraction, drop_unreadable, load_splits
+from dogclf.diagnostics.phases import phase
 from dogclf.errors import ModelDirError
 from dogclf.model import DogClassifierNet, HeadConfig, build_model
 from dogclf.training.calibration import Calibration, calibrate, collect_logits
@@ -28,11 +29,14 @@ from dogclf.training.log_line import format_test_line
 from dogclf.training.loop import Trainer, check_fingerprint
 
 if TYPE_CHECKING:
+    from dogclf.diagnostics.session import Diagnostics
     from dogclf.evaluation import EvalReport
     from dogclf.features.pipeline import FeatureSet
+    from dogclf.novelty import NoveltyScorer
     from dogclf.training.distributed import ProcessGroup
+    from dogclf.training.lbfgs import LbfgsHeadFitter
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "head_solver", "kept_metrics", "train"]
 
 
 @dataclass
@@ -44,12 +48,14 @@ class TrainResult:
         history: Per-epoch metrics.
         splits: The data as it was read (skipped files included).
         test: Test-split metrics (``top1``, ``top5``, ``n``), if there was a test split.
+        final: The metrics of the saved weights: the kept epoch's (``--keep best``), or the L-BFGS fit's.
     """
 
     model_dir: Path
     history: list[dict[str, float]]
     splits: DataSplits
     test: dict[str, Any] | None = None
+    final: dict[str, float] = field(default_factory=dict)
 
 
 def _print(message: str) -> None:
@@ -66,6 +72,7 @@ def _describe_skipped(splits: DataSplits, log: Callable[[str], None]) -> None:
         log(f"  ... and {len(splits.skipped) - 50} more")
 
 
+@phase("calibration")
 def _calibrate(
     model: torch.nn.Module,
     splits: DataSplits,
@@ -124,6 +131,14 @@ def _restore_checkpoint_weights(model: torch.nn.Module, checkpoint: Path, finger
     model.load_state_dict(payload["model"])
 
 
+def kept_metrics(history: Sequence[Mapping[str, float]], kept_epoch: int) -> dict[str, float]:
+    """The metrics of the epoch whose weights were kept (``config.json``'s ``metrics.final``); the last without one."""
+    for entry in history:
+        if int(entry["epoch"]) == kept_epoch:
+            return dict(entry)
+    return dict(history[-1]) if history else {}
+
+
 def _check_out_dir(out: Path, checkpoint: Path, *, resume: bool, overwrite: bool) -> None:
     if resume or overwrite:
         return
@@ -134,6 +149,20 @@ def _check_out_dir(out: Path, checkpoint: Path, *, resume: bool, overwrite: bool
             f"Output folder {str(out)!r} already holds {', '.join(names)}. Pass --resume to continue an "
             "interrupted run, --overwrite to replace it, or choose another --out."
         )
+
+
+def _remove_previous_run(out: Path, checkpoint: Path, log: Callable[[str], None]) -> None:
+    """With ``overwrite``: the previous run's files go before training starts, so none is mistaken for this run's.
+
+    Only the files a run writes are removed (its checkpoint, ``config.json``, ``model.safetensors``); anything else in
+    the folder stays.
+    """
+    removed = [path for path in (checkpoint, out / CONFIG_NAME, out / WEIGHTS_NAME) if path.is_file()]
+    for path in removed:
+        path.unlink()
+    if removed:
+        names = ", ".join(path.name if path.parent == out else str(path) for path in removed)
+        log(f"--overwrite: removed the previous run's {names} from {out}")
 
 
 def train(
@@ -160,6 +189,8 @@ def train(
     environ: Mapping[str, str] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     output_dir: str | os.PathLike[str] | None = None,
+    diagnostics: Diagnostics | None = None,
+    novelty: bool = True,
 ) -> TrainResult:
     """Trains a classifier on a data folder and saves it as a model directory.
 
@@ -168,7 +199,8 @@ def train(
             class-per-subfolder tree (then pass ``valid_fraction``).
         backbone: Backbone name or spec.
         out_dir: Model directory to write; also holds the per-epoch ``checkpoint.pt``.
-        config: Hyperparameters (defaults: 5 epochs, batch 32, Adam lr 1e-3).
+        config: Hyperparameters (defaults: a linear head on features fitted by L-BFGS with a cross-validated
+            penalty; otherwise 5 epochs, batch 32, Adam lr 1e-3, the best epoch by validation loss kept).
         weights: ``"imagenet"``, ``None``/``"none"`` or a local weights file.
         freeze: Freeze the backbone and train the head only.
         head: Head shape (linear by default).
@@ -188,10 +220,14 @@ def train(
         precision: Feature-extraction precision: ``"auto"``, ``"bf16"``, ``"fp16"`` or ``"fp32"``.
         extract_batch_size: Images per batch during feature extraction.
         environ: The environment (for the default cache folder); ``os.environ`` when ``None``.
+        novelty: Fit the feature-space novelty score (:mod:`dogclf.novelty`) that decides "unknown" (needs a
+            validation split for its threshold); ``False``: the softmax threshold alone, as before.
         checkpoint_dir: Where the per-epoch ``checkpoint.pt`` goes (and ``resume`` reads it); default ``out_dir``.
             A SageMaker job keeps it in ``/opt/ml/checkpoints``, which SageMaker syncs with S3.
         output_dir: Also write the history (JSON, CSV, plot) and the held-out split's evaluation report and
             confusion matrix here (:mod:`dogclf.training.reports`); a SageMaker job uses ``SM_OUTPUT_DATA_DIR``.
+        diagnostics: Training rules (on by default), profiling, TensorBoard and smdebug
+            (:class:`dogclf.diagnostics.Diagnostics`).
 
     Returns:
         The result, with the model directory path.
@@ -217,29 +253,44 @@ def train(
     out = Path(out_dir)
     checkpoint = Path(checkpoint_dir if checkpoint_dir is not None else out) / CHECKPOINT_NAME
     _check_out_dir(out, checkpoint, resume=resume, overwrite=overwrite)
+    if valid_fraction is not None:
+        check_fraction(valid_fraction)
+    mode = options.feature_mode()
+    solver = head_solver(options.config, options.head, mode=mode)  # before the data scan: a bad choice fails fast
     spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
+    if not (resume and checkpoint.is_file()):  # a resumed run takes its weights from the checkpoint
+        check_weights_available(spec, weights, environ=options.environ)
+    from dogclf.diagnostics.session import open_session
+
+    session = open_session(diagnostics, out, environ=options.environ, log=log)
     splits = _read_data(data_dir, valid_fraction=valid_fraction, names=names, strict=strict, options=options)
-    run = _build_run(spec, splits, checkpoint, resume=resume, options=options)
-    trainer, features = _make_trainer(run, splits, callbacks, options)
+    run = _build_run(spec, splits, checkpoint, resume=resume, mode=mode, solver=solver, options=options)
+    if overwrite and not run.resuming and main:
+        _remove_previous_run(out, checkpoint, log)
+    trainer, features = _make_trainer(run, splits, [*callbacks, *session.callbacks(splits.class_names)], options)
     history = _fit(trainer, run, options)
     if group is not None and not group.is_main:
+        session.close()
         group.barrier()  # rank 0 calibrates, evaluates and saves
         return TrainResult(model_dir=out, history=history, splits=splits)
     valid_features = features["valid"] if features is not None else None
     precision = run.precision or _inference_precision(options.precision, trainer.device)
     calibration = _calibrate(run.model, splits, spec, options.config, trainer.device, log, valid_features, precision)
+    scorer = _fit_novelty(run, splits, features, options) if novelty else None
     held_out = "test" if splits.test else "valid"
     report = None
     if splits.test or (output_dir is not None and splits.valid):
-        report = _evaluate(run, splits, held_out, features, calibration, trainer.device, options, precision)
+        report = _evaluate(run, splits, held_out, features, calibration, scorer, trainer.device, options, precision)
     test_metrics = _test_metrics(report, log) if splits.test else None
-    _save(run, splits, out, history, calibration, test_metrics, valid_fraction=valid_fraction, options=options)
+    _save(run, splits, out, history, calibration, test_metrics, scorer, valid_fraction=valid_fraction, options=options)
     log(f"Saved model to {out}")
     if output_dir is not None:
         _write_reports(output_dir, history, report, held_out, spec, log)
+    session.close()
     if group is not None:
         group.barrier()
-    return TrainResult(model_dir=out, history=history, splits=splits, test=test_metrics)
+    final = kept_metrics(history, run.kept_epoch)
+    return TrainResult(model_dir=out, history=history, splits=splits, test=test_metrics, final=final)
 
 
 def _quiet(message: str) -> None:
@@ -292,9 +343,14 @@ class _Run:
     fingerprint: dict[str, Any]
     weights_label: str
     mode: str
+    solver: str = "loop"
     precision: str | None = None
+    kept_epoch: int = 0  # the epoch whose weights are saved
+    stopped_early: int | None = None
+    head_fit: dict[str, Any] | None = None  # how an L-BFGS head was fitted
 
 
+@phase("decode-check")
 def _read_data(
     data_dir: str | os.PathLike[str],
     *,
@@ -329,11 +385,50 @@ def _read_data(
     return splits
 
 
-def _build_run(spec: BackboneSpec, splits: DataSplits, checkpoint: Path, *, resume: bool, options: _Options) -> _Run:
+def head_solver(config: TrainConfig, head: HeadConfig, *, mode: str) -> str:
+    """The solver that fits the head: ``"lbfgs"`` or ``"loop"`` (``config.head_solver`` with ``"auto"`` resolved).
+
+    ``auto`` means L-BFGS for a linear head without dropout trained on features (frozen backbone, no augmentation),
+    the loop otherwise.
+
+    Raises:
+        ValueError: ``lbfgs`` asked for where it cannot fit (images every epoch, or a hidden layer or dropout).
+    """
+    linear = head.hidden == 0 and not head.dropout
+    if config.head_solver == "loop":
+        return "loop"
+    if config.head_solver == "auto":
+        return "lbfgs" if linear and mode != "images" else "loop"
+    if mode == "images":
+        raise ValueError(
+            "--head-solver lbfgs fits a frozen linear head on features extracted once; with --no-freeze or "
+            "--augment the images go through the backbone every epoch: use --head-solver loop (or auto)."
+        )
+    if not linear:
+        raise ValueError(
+            "--head-solver lbfgs fits a single linear head; --head-hidden and --dropout need --head-solver loop."
+        )
+    return "lbfgs"
+
+
+@phase("model")
+def _build_run(
+    spec: BackboneSpec,
+    splits: DataSplits,
+    checkpoint: Path,
+    *,
+    resume: bool,
+    mode: str,
+    solver: str,
+    options: _Options,
+) -> _Run:
     """Step 2: the seeded model (weights from the checkpoint when resuming) and the run's fingerprint."""
     config = options.config
     torch.manual_seed(config.seed)
     random.seed(config.seed)
+    if resume and solver == "lbfgs":
+        options.log("--resume: an L-BFGS head has no checkpoint (its fit takes seconds); fitting it again")
+        resume = False
     resuming = resume and checkpoint.is_file()
     if resume and not resuming:
         raise ModelDirError(
@@ -355,15 +450,22 @@ def _build_run(spec: BackboneSpec, splits: DataSplits, checkpoint: Path, *, resu
         "classes": [c.folder for c in splits.classes],
         "n_train": len(splits.train),
         "n_valid": len(splits.valid),
-        **{k: v for k, v in config.to_dict().items() if k not in ("epochs", "device", "num_workers")},
+        "train_files": splits.files_digest("train"),  # which files, not only how many
+        "valid_files": splits.files_digest("valid"),
+        **{k: v for k, v in config.to_dict().items() if k not in _NOT_FINGERPRINTED},
     }
-    return _Run(spec, model, checkpoint, resuming, fingerprint, label, options.feature_mode())
+    return _Run(spec, model, checkpoint, resuming, fingerprint, label, mode, solver)
 
 
+# What a resumed run may change: they do not alter the epochs already trained.
+_NOT_FINGERPRINTED = ("epochs", "device", "num_workers", "keep", "patience")
+
+
+@phase("trainer setup")
 def _make_trainer(
     run: _Run, splits: DataSplits, callbacks: Sequence[Callback], options: _Options
-) -> tuple[Trainer, dict[str, FeatureSet] | None]:
-    """Step 3: a trainer over images, or over backbone features extracted once (cached) on the feature path."""
+) -> tuple[Trainer | LbfgsHeadFitter, dict[str, FeatureSet] | None]:
+    """Step 3: a trainer over images, or over features extracted once (the epoch loop, or the L-BFGS fit)."""
     main = options.group is None or options.group.is_main
     hooks: list[Callback] = [EpochLogLine()] if main else []  # one log, from rank 0, under torchrun
     if options.show_bars:
@@ -385,6 +487,13 @@ def _make_trainer(
     from dogclf.training.head import make_head_trainer
 
     features = _extract_features(run, splits, options)
+    if run.solver == "lbfgs":
+        from dogclf.training.lbfgs import LbfgsHeadFitter
+
+        fitter = LbfgsHeadFitter(
+            run.model, features["train"], features["valid"], options.config, callbacks=hooks, log=options.log
+        )
+        return fitter, features
     trainer = make_head_trainer(
         run.model,
         features["train"],
@@ -398,6 +507,7 @@ def _make_trainer(
     return trainer, features
 
 
+@phase("extraction")
 def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[str, FeatureSet]:
     """The backbone's features of every image: from the feature cache, the rest extracted once."""
     from dogclf.features.cache import default_cache_dir
@@ -431,6 +541,7 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
         log=options.log,
         progress=options.show_bars,
         unreadable=unreadable,
+        while_decoding=_prepare_optimizers,
     )
     if group is not None:  # every rank extracted its share: put the splits back together, on every rank
         features, unreadable = gather_features(features, splits, unreadable, group)
@@ -444,27 +555,124 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
     return features
 
 
-def _fit(trainer: Trainer, run: _Run, options: _Options) -> list[dict[str, float]]:
-    """Step 4: the epochs (continued from the checkpoint when resuming)."""
+def _prepare_optimizers() -> None:
+    """Makes a throwaway torch optimizer, while the extraction workers decode the first images.
+
+    The first optimizer of a process imports ``torch._dynamo`` (about 1 s on a small CPU, for ``torch.compile``
+    support): done here it overlaps the decoding instead of following the extraction.
+    """
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
+@phase("training")
+def _fit(trainer: Trainer | LbfgsHeadFitter, run: _Run, options: _Options) -> list[dict[str, float]]:
+    """Step 4: the epochs (continued from the checkpoint when resuming), or the L-BFGS fit."""
     config, log = options.config, options.log
-    if run.resuming:
-        done = trainer.resume()
-        log(f"Resuming from {run.checkpoint} after epoch {done} of {config.epochs}")
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    frozen = "frozen backbone" if options.freeze else "whole network"
+    what = f"{run.spec.name} ({frozen}, {trainable:,} trainable parameters)"
+    if run.solver == "lbfgs":
+        log(f"Fitting the head of {what} by L-BFGS on {run.mode} features on {trainer.device}")
+        history = trainer.fit()
+        run.kept_epoch, run.head_fit = 1, trainer.fit_info.to_dict()  # type: ignore[union-attr]
+        return history
+    if run.resuming:
+        done = trainer.resume()  # type: ignore[union-attr]
+        log(f"Resuming from {run.checkpoint} after epoch {done} of {config.epochs}")
     log(
-        f"Training {run.spec.name} ({'frozen backbone' if options.freeze else 'whole network'}, {trainable:,} "
-        f"trainable parameters) for {config.epochs} epochs on {trainer.device}: batch {config.batch_size}, "
-        f"Adam lr {config.lr:g}" + ("" if run.mode == "images" else f", on {run.mode} features")
+        f"Training {what} for {config.epochs} epochs on {trainer.device}: batch {config.batch_size}, "
+        f"{_recipe(config)}" + ("" if run.mode == "images" else f", on {run.mode} features")
     )
-    return trainer.fit()
+    history = trainer.fit()
+    run.kept_epoch, run.stopped_early = trainer.kept_epoch, trainer.stopped_early
+    if trainer.stopped_early is not None:
+        log(f"Early stopping after epoch {trainer.stopped_early}: no lower valid_loss for {config.patience} epochs")
+    if trainer.kept_epoch != (int(history[-1]["epoch"]) if history else 0):
+        kept = history[trainer.kept_epoch - 1]
+        log(f"Keeping epoch {trainer.kept_epoch} (--keep best: lowest valid_loss {kept['valid_loss']:.4f})")
+    return history
 
 
+def _recipe(config: TrainConfig) -> str:
+    """``Adam lr 0.001`` plus whatever else is not the default (schedule, warm-up, smoothing, class weights)."""
+    names = {"adam": "Adam", "adamw": "AdamW", "sgd": f"SGD (momentum {config.momentum:g})"}
+    parts = [f"{names[config.optimizer]} lr {config.lr:g}"]
+    if config.weight_decay:
+        parts.append(f"weight decay {config.weight_decay:g}")
+    if config.lr_schedule != "constant":
+        parts.append(f"{config.lr_schedule} schedule")
+    if config.warmup_epochs:
+        parts.append(f"{config.warmup_epochs:g} warm-up epochs")
+    if config.label_smoothing:
+        parts.append(f"label smoothing {config.label_smoothing:g}")
+    if config.class_weight != "none":
+        parts.append(f"{config.class_weight} class weights")
+    return ", ".join(parts)
+
+
+def _fit_novelty(
+    run: _Run, splits: DataSplits, features: dict[str, FeatureSet] | None, options: _Options
+) -> NoveltyScorer | None:
+    """Step 5b: the novelty score's bank of training features, its threshold on the validation ones.
+
+    On the image path the trained backbone runs once more over the train and valid images (eval transform).
+    """
+    from dogclf.novelty import fit_novelty
+
+    if not splits.valid:
+        options.log("novelty: skipped (no validation images to set its threshold on); the softmax threshold decides")
+        return None
+    if features is None:
+        features = _image_features(run, splits, options)
+    train, valid = features["train"], features["valid"]
+    scorer = fit_novelty(train.features, valid.features)
+    options.log(scorer.summary())
+    return scorer
+
+
+def _image_features(run: _Run, splits: DataSplits, options: _Options) -> dict[str, FeatureSet]:
+    """The trained backbone's features of the train and valid images, for a run that trained on images."""
+    import dataclasses
+
+    from dogclf.features.extract import ExtractOptions
+    from dogclf.features.pipeline import prepare_features
+
+    config = options.config
+    extract = ExtractOptions(
+        batch_size=options.extract_batch_size, num_workers=config.num_workers, precision="fp32", device=config.device
+    )
+    options.log("novelty: extracting the trained backbone's features of the train and valid images ...")
+    return prepare_features(
+        dataclasses.replace(splits, test=[]),
+        run.spec,
+        run.model.backbone,
+        weights_label=run.weights_label,
+        cache_dir=None,  # the backbone was trained: these features are this run's alone
+        options=extract,
+        log=lambda _: None,  # not the training features' summary line: this pass is the novelty score's
+        progress=options.show_bars,
+    )
+
+
+def _save_novelty(scorer: NoveltyScorer | None, out: Path) -> None:
+    """Writes ``novelty.safetensors`` (or removes a stale one: the model's config then names none)."""
+    from dogclf.artifact import NOVELTY_NAME
+
+    if scorer is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        scorer.save(out)
+    else:
+        (out / NOVELTY_NAME).unlink(missing_ok=True)
+
+
+@phase("evaluation")
 def _evaluate(
     run: _Run,
     splits: DataSplits,
     split: str,
     features: dict[str, FeatureSet] | None,
     calibration: Calibration,
+    scorer: NoveltyScorer | None,
     device: torch.device,
     options: _Options,
     precision: str,
@@ -483,14 +691,15 @@ def _evaluate(
 
         held_out = features[split]
         logits = head_logits(run.model.head, held_out.features)
-        post = PostProcessor.from_config({"calibration": calibration.to_dict()}, splits.class_names)
+        post = PostProcessor.from_config({"calibration": calibration.to_dict()}, splits.class_names, novelty=scorer)
+        decides = post.unknown_threshold is not None or (scorer is not None and scorer.threshold is not None)
         return report_from_logits(
             logits,
             held_out.labels,
             class_names=splits.class_names,
             temperature=calibration.temperature,
             unknown_threshold=calibration.unknown_threshold,
-            unknown=post.scores(EngineOutput(logits, held_out.features)).unknown,
+            unknown=post.scores(EngineOutput(logits, held_out.features)).unknown if decides else None,
             precision=precision,
         )
     from dogclf.classifier import Classifier
@@ -502,6 +711,7 @@ def _evaluate(
         config={"calibration": calibration.to_dict()},
         device=device,
         precision=precision,
+        novelty=scorer,
     )
     config = options.config
     return evaluate(classifier, splits.split(split), batch_size=config.batch_size, num_workers=config.workers())
@@ -515,6 +725,7 @@ def _test_metrics(report: EvalReport | None, log: Callable[[str], None]) -> dict
     return metrics
 
 
+@phase("reports")
 def _write_reports(
     folder: str | os.PathLike[str],
     history: list[dict[str, float]],
@@ -530,6 +741,7 @@ def _write_reports(
     log(f"Wrote {', '.join(path.name for path in written)} to {folder}")
 
 
+@phase("saving")
 def _save(
     run: _Run,
     splits: DataSplits,
@@ -537,12 +749,14 @@ def _save(
     history: list[dict[str, float]],
     calibration: Calibration,
     test_metrics: dict[str, Any] | None,
+    scorer: NoveltyScorer | None,
     *,
     valid_fraction: float | None,
     options: _Options,
 ) -> None:
-    """Step 7: the model directory (weights, config with classes, metrics, calibration and settings)."""
-    final = history[-1] if history else {}
+    """Step 7: the model directory (weights, config with classes, metrics, calibration, novelty and settings)."""
+    final = kept_metrics(history, run.kept_epoch)
+    _save_novelty(scorer, out)  # before config.json, which names it
     save_model(
         run.model,
         out,
@@ -550,7 +764,8 @@ def _save(
         classes=splits.classes,
         head=options.head.to_dict(),
         metrics={"final": final, "history": history, "test": test_metrics},
-        calibration=calibration.to_dict(),
+        calibration=calibration.to_dict() if calibration.fitted else None,  # skipped: nothing stored
+        novelty=scorer.to_config() if scorer is not None else None,
         training={
             **options.config.to_dict(),
             "weights": run.weights_label,
@@ -561,8 +776,15 @@ def _save(
             "n_train": len(splits.train),
             "n_valid": len(splits.valid),
             "n_test": len(splits.test),
+            # After unreadable files were left out (extraction finds them): what `evaluate --split valid` rebuilds.
+            "train_files": splits.files_digest("train"),
+            "valid_files": splits.files_digest("valid"),
             "skipped_files": len(splits.skipped),
             "features": run.mode,
             "precision": run.precision,
+            "head_solver_used": run.solver,
+            "kept_epoch": run.kept_epoch,
+            "stopped_early": run.stopped_early,
+            "head_fit": run.head_fit,
         },
     )

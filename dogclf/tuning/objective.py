@@ -15,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from dogclf.tuning.space import Categorical, FloatRange, IntRange, SearchSpace
+from dogclf.tuning.space import LOOP_ONLY, Categorical, FloatRange, IntRange, Param, SearchSpace
 
 if TYPE_CHECKING:
     import optuna
@@ -23,30 +23,125 @@ if TYPE_CHECKING:
     from dogclf.backbones.spec import BackboneSpec
     from dogclf.features.pipeline import FeatureSet
 
-__all__ = ["FIXED_DEFAULTS", "Objective", "SharedData", "hyperparameters", "prepare_trials", "suggest"]
+__all__ = [
+    "FIXED_DEFAULTS",
+    "Objective",
+    "SharedData",
+    "default_params",
+    "head_config",
+    "hyperparameters",
+    "prepare_trials",
+    "suggest",
+    "train_config",
+]
 
 FIXED_DEFAULTS: Mapping[str, Any] = MappingProxyType(
-    {"lr": 1e-3, "batch_size": 32, "epochs": 5, "weight_decay": 0.0, "dropout": 0.0, "head_hidden": 0}
+    {
+        # A space without head_solver searches the epoch loop: its trials (and the defaults trial) use the loop.
+        "head_solver": "loop",
+        "lr": 1e-3,
+        "batch_size": 32,
+        "epochs": 5,
+        "weight_decay": 0.0,
+        "dropout": 0.0,
+        "head_hidden": 0,
+        "optimizer": "adam",
+        "lr_schedule": "constant",
+        "warmup_epochs": 0.0,
+        "label_smoothing": 0.0,
+        "class_weight": "none",
+    }
 )
-"""What a hyperparameter the space leaves out is held at: the ``dogclf train`` defaults."""
+"""What a hyperparameter the space leaves out is held at: the ``dogclf train`` defaults (of the loop)."""
+
+_TRAIN_DEFAULT_SOLVER = "lbfgs"  # what `dogclf train` fits a linear head on features with
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
-    """Samples every hyperparameter of ``space`` through the trial (the space's one translation into Optuna)."""
+    """Samples the hyperparameters of ``space`` through the trial (the space's one translation into Optuna).
+
+    ``head_solver`` comes first; when it is ``lbfgs`` the loop-only hyperparameters (:data:`LOOP_ONLY`) are not
+    sampled, since that trial does not use them.
+    """
     values: dict[str, Any] = {}
-    for name, param in space.params.items():
-        if isinstance(param, FloatRange):
-            values[name] = trial.suggest_float(name, param.low, param.high, log=param.log)
-        elif isinstance(param, IntRange):
-            values[name] = trial.suggest_int(name, param.low, param.high, step=param.step)
-        elif isinstance(param, Categorical):
-            values[name] = trial.suggest_categorical(name, list(param.choices))
+    names = sorted(space.params, key=lambda name: name != "head_solver")
+    for name in names:
+        if name in LOOP_ONLY and values.get("head_solver") == "lbfgs":
+            continue
+        values[name] = _suggest_one(trial, name, space.params[name])
     return values
 
 
+def _suggest_one(trial: optuna.Trial, name: str, param: Param) -> Any:
+    if isinstance(param, FloatRange):
+        return trial.suggest_float(name, param.low, param.high, log=param.log)
+    if isinstance(param, IntRange):
+        return trial.suggest_int(name, param.low, param.high, step=param.step)
+    return trial.suggest_categorical(name, list(param.choices))
+
+
+def default_params(space: SearchSpace) -> dict[str, Any]:
+    """The ``dogclf train`` defaults as a point of ``space``: the study's first trial, so it never returns worse.
+
+    With ``head_solver`` in the space that is ``{"head_solver": "lbfgs"}`` (train's default for a linear head on
+    features). Otherwise the loop's defaults, each moved to the nearest value the space holds (weight decay 0 becomes
+    the low end of a log range, e.g. 1e-6).
+    """
+    if "head_solver" in space.params and space.params["head_solver"].contains(_TRAIN_DEFAULT_SOLVER):
+        return {"head_solver": _TRAIN_DEFAULT_SOLVER}
+    return {name: _nearest(param, FIXED_DEFAULTS[name]) for name, param in space.params.items()}
+
+
+def _nearest(param: Param, value: Any) -> Any:
+    if param.contains(value):
+        return value
+    if isinstance(param, Categorical):
+        numbers = [c for c in param.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+        if isinstance(value, (int, float)) and numbers:
+            return min(numbers, key=lambda c: abs(c - value))
+        return param.choices[0]
+    clipped = min(max(value, param.low), param.high)
+    if isinstance(param, IntRange):
+        clipped = param.low + round((clipped - param.low) / param.step) * param.step
+    return clipped
+
+
 def hyperparameters(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Every hyperparameter of a run: the sampled ones over the fixed defaults."""
-    return {**FIXED_DEFAULTS, **params}
+    """Every hyperparameter of a run: the sampled ones over the fixed defaults (an L-BFGS run has no loop ones)."""
+    values = {**FIXED_DEFAULTS, **params}
+    if values["head_solver"] == "lbfgs":
+        values = {k: v for k, v in values.items() if k not in LOOP_ONLY}
+    return values
+
+
+def train_config(values: Mapping[str, Any], *, seed: int, device: str, num_workers: int | None = None) -> Any:
+    """The :class:`~dogclf.training.config.TrainConfig` of a trial's :func:`hyperparameters` (and --train-best's)."""
+    from dogclf.training.config import TrainConfig
+
+    v = {**FIXED_DEFAULTS, **values}
+    return TrainConfig(
+        head_solver=str(v["head_solver"]),
+        epochs=int(v["epochs"]),
+        batch_size=int(v["batch_size"]),
+        lr=float(v["lr"]),
+        weight_decay=float(v["weight_decay"]),
+        optimizer=str(v["optimizer"]),
+        lr_schedule=str(v["lr_schedule"]),
+        warmup_epochs=float(v["warmup_epochs"]),
+        label_smoothing=float(v["label_smoothing"]),
+        class_weight=str(v["class_weight"]),
+        seed=seed,
+        device=device,
+        num_workers=num_workers,
+    )
+
+
+def head_config(values: Mapping[str, Any]) -> Any:
+    """The :class:`~dogclf.model.HeadConfig` of a trial's :func:`hyperparameters`."""
+    from dogclf.model import HeadConfig
+
+    v = {**FIXED_DEFAULTS, **values}
+    return HeadConfig(hidden=int(v["head_hidden"]), dropout=float(v["dropout"]))
 
 
 @dataclass
@@ -63,7 +158,7 @@ class SharedData:
 
 
 class Objective:
-    """Trains one head per trial; returns the last epoch's metric."""
+    """Fits one head per trial; returns its metric (the kept epoch's for the loop, the fit's for L-BFGS)."""
 
     def __init__(self, shared: SharedData, *, space: SearchSpace, metric: str, seed: int, device: str) -> None:
         self.shared = shared
@@ -71,6 +166,7 @@ class Objective:
         self.metric = metric
         self.seed = seed
         self.device = device
+        self._lbfgs_final: dict[str, float] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Runs the trial; a failure's reason is stored on it (``error``) before it propagates to Optuna."""
@@ -88,29 +184,42 @@ class Objective:
             raise
 
     def _run(self, trial: optuna.Trial, params: dict[str, Any]) -> float:
-        import optuna
         import torch
 
-        from dogclf.model import DogClassifierNet, HeadConfig, build_head
-        from dogclf.training.config import TrainConfig
-        from dogclf.training.head import fit_head
+        from dogclf.model import DogClassifierNet, build_head
 
         values = hyperparameters(params)
-        config = TrainConfig(
-            epochs=int(values["epochs"]),
-            batch_size=int(values["batch_size"]),
-            lr=float(values["lr"]),
-            weight_decay=float(values["weight_decay"]),
-            seed=self.seed,
-            device=self.device,
-        )
-        head_config = HeadConfig(hidden=int(values["head_hidden"]), dropout=float(values["dropout"]))
+        config = train_config(values, seed=self.seed, device=self.device)
         # The RNG exactly as `dogclf train` has it when it builds the head, so --train-best repeats the trial.
         torch.manual_seed(self.seed)
         torch.set_rng_state(self.shared.torch_rng)
         random.setstate(self.shared.python_rng)
-        head = build_head(self.shared.num_features, self.shared.num_classes, head_config)
+        head = build_head(self.shared.num_features, self.shared.num_classes, head_config(values))
         model = DogClassifierNet(self.shared.backbone, head, frozen=True)
+        if config.head_solver == "lbfgs":
+            final = self._lbfgs(model, config)
+            trial.report(float(final[self.metric]), 1)
+        else:
+            final = self._loop(trial, model, config)
+        trial.set_user_attr(
+            "final", {k: float(final[k]) for k in ("train_loss", "train_top1", "valid_loss", "valid_top1")}
+        )
+        return float(final[self.metric])
+
+    def _lbfgs(self, model: Any, config: Any) -> dict[str, float]:
+        """An L-BFGS trial: the penalty cross-validated on the training features. Deterministic, so fitted once."""
+        from dogclf.training.lbfgs import fit_lbfgs_head
+
+        if self._lbfgs_final is None:
+            history, _ = fit_lbfgs_head(model, self.shared.train, self.shared.valid, config)
+            self._lbfgs_final = history[-1]
+        return self._lbfgs_final
+
+    def _loop(self, trial: optuna.Trial, model: Any, config: Any) -> dict[str, float]:
+        """A loop trial, reporting every epoch to the pruner; worth the kept epoch's metrics (``--keep best``)."""
+        import optuna
+
+        from dogclf.training.head import fit_head
 
         def report(metrics: dict[str, float]) -> None:
             epoch = int(metrics["epoch"])
@@ -122,11 +231,8 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned after epoch {epoch} with {self.metric}={value:.4f}")
 
         history = fit_head(model, self.shared.train, self.shared.valid, config, on_epoch=report)
-        final = history[-1]
-        trial.set_user_attr(
-            "final", {k: float(final[k]) for k in ("train_loss", "train_top1", "valid_loss", "valid_top1")}
-        )
-        return float(final[self.metric])
+        scored = [h for h in history if math.isfinite(h["valid_loss"])]
+        return min(scored, key=lambda h: h["valid_loss"]) if config.keep == "best" and scored else history[-1]
 
 
 def prepare_trials(

@@ -7,13 +7,14 @@ SageMaker tuning job's results later.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from dogclf._json import dumps
 
 __all__ = [
     "BEST_PARAMS_NAME",
@@ -77,21 +78,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every NaN or infinity replaced by ``None`` (JSON has neither)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def write_best_params(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
     """Writes ``payload`` (best params, value, trial, study) as indented JSON, replacing the file atomically."""
     target = Path(path)
-    _atomic_write_text(target, json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n")
+    _atomic_write_text(target, dumps(payload, indent=2) + "\n")
     return target
 
 

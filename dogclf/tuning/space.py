@@ -19,12 +19,17 @@ Only the hyperparameters in :data:`TUNABLE` can be searched; a space that leaves
 hyperparameter at its ``dogclf train`` default. The JSON form (``--space FILE``) is one object, name to range::
 
     {
+      "head_solver": {"type": "categorical", "choices": ["lbfgs", "loop"]},
       "lr": {"type": "float", "low": 0.0001, "high": 0.1, "log": true},
       "batch_size": {"type": "categorical", "choices": [16, 32, 64, 128, 256]},
       "epochs": {"type": "int", "low": 2, "high": 15},
-      "weight_decay": {"type": "float", "low": 1e-06, "high": 0.01, "log": true},
+      "weight_decay": {"type": "float", "low": 1e-06, "high": 1.0, "log": true},
       "dropout": {"type": "float", "low": 0.0, "high": 0.5}
     }
+
+The loop's hyperparameters (:data:`LOOP_ONLY`) are conditional on ``head_solver``: a trial that picks ``lbfgs``
+samples none of them (its penalty is cross-validated inside the trial). A space without ``head_solver`` searches the
+loop.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from dogclf.errors import DogclfError
 
 __all__ = [
     "DEFAULT_SPACE",
+    "LOOP_ONLY",
     "TUNABLE",
     "Categorical",
     "FloatRange",
@@ -195,10 +201,14 @@ Param: TypeAlias = Union[FloatRange, IntRange, Categorical]  # noqa: UP007 (data
 
 @dataclass(frozen=True)
 class _Tunable:
-    kind: str  # "float" or "int": what a sampled value must be
-    check: Callable[[float], bool]
+    kind: str  # "float", "int" or "choice": what a sampled value must be
+    check: Callable[[Any], bool]
     rule: str
     help: str
+
+
+def _choice(choices: tuple[str, ...], help: str) -> _Tunable:
+    return _Tunable("choice", lambda v: v in choices, f"one of {', '.join(choices)}", help)
 
 
 TUNABLE: Mapping[str, _Tunable] = MappingProxyType(
@@ -209,9 +219,30 @@ TUNABLE: Mapping[str, _Tunable] = MappingProxyType(
         "weight_decay": _Tunable("float", lambda v: v >= 0, ">= 0", "Adam weight decay"),
         "dropout": _Tunable("float", lambda v: 0 <= v < 1, "in [0, 1)", "head dropout probability"),
         "head_hidden": _Tunable("int", lambda v: v >= 0, ">= 0", "hidden head width (0: linear head)"),
+        "head_solver": _choice(("lbfgs", "loop"), "how the head is fitted"),
+        "optimizer": _choice(("adam", "adamw", "sgd"), "the loop's optimizer"),
+        "lr_schedule": _choice(("constant", "cosine"), "the loop's learning-rate schedule"),
+        "warmup_epochs": _Tunable("float", lambda v: v >= 0, ">= 0", "epochs of learning-rate warm-up"),
+        "label_smoothing": _Tunable("float", lambda v: 0 <= v < 1, "in [0, 1)", "label smoothing of the loss"),
+        "class_weight": _choice(("none", "balanced"), "class weights of the loss"),
     }
 )
 """The hyperparameters a space may search: name -> (value kind, allowed values, meaning)."""
+
+LOOP_ONLY = frozenset(
+    {
+        "lr",
+        "batch_size",
+        "epochs",
+        "weight_decay",
+        "dropout",
+        "head_hidden",
+        "optimizer",
+        "lr_schedule",
+        "warmup_epochs",
+    }
+)
+"""What only the epoch loop uses: a trial whose ``head_solver`` is ``lbfgs`` samples none of these."""
 
 
 def _endpoints(param: Param) -> list[Any]:
@@ -232,6 +263,10 @@ def _check_param(name: str, param: Any) -> None:
     rule = TUNABLE[name]
     if rule.kind == "int" and isinstance(param, FloatRange):
         raise SearchSpaceError(f"Hyperparameter {name!r} takes integers; use an IntRange or a Categorical of ints")
+    if rule.kind == "choice":
+        if not isinstance(param, Categorical) or not all(isinstance(v, str) and rule.check(v) for v in param.choices):
+            raise SearchSpaceError(f"Hyperparameter {name!r} ({rule.help}) must be a Categorical of {rule.rule}")
+        return
     for value in _endpoints(param):
         wrong_kind = not _is_number(value) or (rule.kind == "int" and not isinstance(value, int))
         if wrong_kind or not rule.check(value):
@@ -341,6 +376,8 @@ def load_space(path: str | os.PathLike[str]) -> SearchSpace:
 
 DEFAULT_SPACE = SearchSpace(
     {
+        # dogclf train's default (L-BFGS with a cross-validated penalty), or the epoch loop with the ranges below.
+        "head_solver": Categorical(("lbfgs", "loop")),
         # The seeds searched 5e-4..5e-3 and 1e-3..1e-1; one log range covers both and a decade below.
         "lr": FloatRange(1e-4, 1e-1, log=True),
         # The seeds' sizes, minus 512: on cached features a batch costs microseconds, and 512 leaves a
@@ -349,8 +386,10 @@ DEFAULT_SPACE = SearchSpace(
         # The seeds stopped at 5 and 10 because every epoch re-ran the backbone; on cached features an epoch is a
         # pass over a matrix, so the range reaches where a linear head has converged at the smaller learning rates.
         "epochs": IntRange(2, 15),
-        # A log range cannot hold 0; 1e-6 is as good as none for Adam's coupled L2 at these learning rates.
-        "weight_decay": FloatRange(1e-6, 1e-2, log=True),
+        # A log range cannot hold 0; 1e-6 is as good as none for Adam's coupled L2 at these learning rates. Up to 1:
+        # on ImageNet-pretrained features, photos from outside the backbone's training set reward strong penalties
+        # that a validation split drawn from the same pool as the training photos does not show.
+        "weight_decay": FloatRange(1e-6, 1.0, log=True),
         "dropout": FloatRange(0.0, 0.5),
     }
 )

@@ -20,7 +20,14 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from dogclf.errors import DogclfError
-from dogclf.tuning.objective import Objective, hyperparameters, prepare_trials
+from dogclf.tuning.objective import (
+    Objective,
+    default_params,
+    head_config,
+    hyperparameters,
+    prepare_trials,
+    train_config,
+)
 from dogclf.tuning.report import (
     BEST_PARAMS_NAME,
     HISTORY_PNG_NAME,
@@ -45,6 +52,7 @@ METRICS: Mapping[str, str] = MappingProxyType({"valid_top1": "maximize", "valid_
 DEFAULT_STUDY_DB = "study.db"
 MODEL_DIR_NAME = "model"
 _SETUP_ATTR = "dogclf_setup"
+_DEFAULTS_ATTR = "dogclf_defaults"
 
 
 class TuneError(DogclfError, ValueError):
@@ -222,6 +230,11 @@ def _counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
+def _started(study: optuna.Study) -> int:
+    """Trials that ran or are running (not the queued defaults trial before it starts)."""
+    return sum(t.state.name != "WAITING" for t in study.get_trials(deepcopy=False))
+
+
 def _finished(study: optuna.Study) -> int:
     from optuna.trial import TrialState
 
@@ -239,7 +252,8 @@ def _progress_callback(metric: str, log: Callable[[str], None]) -> Callable[[opt
             outcome = f"at epoch {last} ({metric}={trial.intermediate_values.get(last, float('nan')):.4f})"
         else:
             outcome = trial.user_attrs.get("error", "")
-        line = f"trial {trial.number} {state} {outcome} | {_format_params(trial.params)} | {seconds:.1f} s"
+        defaults = " (the dogclf train defaults)" if trial.user_attrs.get(_DEFAULTS_ATTR) else ""
+        line = f"trial {trial.number}{defaults} {state} {outcome} | {_format_params(trial.params)} | {seconds:.1f} s"
         try:
             best = study.best_trial
             line += f" | best: trial {best.number} {metric}={best.value:.4f}"
@@ -341,7 +355,7 @@ def tune(
         KeyboardInterrupt: On Ctrl-C, after the finished trials are stored and the outputs written.
     """
     from dogclf.backbones.registry import get_backbone
-    from dogclf.backbones.weights import weights_label
+    from dogclf.backbones.weights import check_weights_available, weights_label
     from dogclf.data.folder import load_splits
     from dogclf.features.cache import default_cache_dir
 
@@ -358,6 +372,7 @@ def tune(
     name = study_name or f"dogclf-{spec.name}"
     direction = METRICS[metric]
 
+    check_weights_available(spec, weights)  # before the data scan: an offline machine learns it at once
     log(f"Reading {data_dir} and decoding every image once to find unreadable files ...")
     splits = load_splits(data_dir, valid_fraction=valid_fraction, names=names, seed=seed, strict=strict)
     if not splits.valid:
@@ -387,6 +402,7 @@ def tune(
             name,
             direction=direction,
             setup=setup,
+            space=space,
             seed=seed,
             shared=shared,
             pruner_startup_trials=pruner_startup_trials,
@@ -399,7 +415,7 @@ def tune(
             f"Study {name!r} in {shown_url}: {done} finished trial(s) stored, running {remaining} more "
             f"(target {trials}); objective: last-epoch {metric} ({direction})"
         )
-        ran_before = len(study.trials)
+        ran_before = _started(study)
         if remaining:
             env = os.environ if environ is None else environ
             folder = (Path(cache_dir) if cache_dir is not None else default_cache_dir(env)) if cache else None
@@ -423,7 +439,7 @@ def tune(
                 if _has_complete(study):
                     _write_outputs(study, out, space=space, metric=metric, storage=shown_url, spec_name=spec.name)
                 raise
-        ran = len(study.trials) - ran_before
+        ran = _started(study) - ran_before
         files = _write_outputs(study, out, space=space, metric=metric, storage=shown_url, spec_name=spec.name)
 
     best = study.best_trial
@@ -489,6 +505,7 @@ def _open_study(
     *,
     direction: str,
     setup: dict[str, Any],
+    space: SearchSpace,
     seed: int,
     shared: bool,
     pruner_startup_trials: int,
@@ -519,7 +536,18 @@ def _open_study(
     study.sampler = optuna.samplers.TPESampler(seed=_sampler_seed(seed, len(study.trials), shared=shared))
     if not shared:
         _fail_abandoned(study, storage, log)
+    _enqueue_defaults(study, space)
     return study
+
+
+def _enqueue_defaults(study: optuna.Study, space: SearchSpace) -> None:
+    """Queues the ``dogclf train`` defaults as the study's first trial, so it can never return something worse.
+
+    Once per study: a study that already holds the defaults trial (in any state) does not get it again.
+    """
+    if any(t.user_attrs.get(_DEFAULTS_ATTR) for t in study.get_trials(deepcopy=False)):
+        return
+    study.enqueue_trial(default_params(space), user_attrs={_DEFAULTS_ATTR: True}, skip_if_exists=True)
 
 
 def _optimize(
@@ -592,9 +620,7 @@ def _write_outputs(
 
 
 def _train_best(result: TuneResult, *, data_dir: Any, spec: BackboneSpec, seed: int, **options: Any) -> Path:
-    from dogclf.model import HeadConfig
     from dogclf.training import train
-    from dogclf.training.config import TrainConfig
 
     values = hyperparameters(result.best_params)
     log: Callable[[str], None] = options.pop("log")
@@ -604,21 +630,13 @@ def _train_best(result: TuneResult, *, data_dir: Any, spec: BackboneSpec, seed: 
         data_dir,
         spec,
         target,
-        config=TrainConfig(
-            epochs=int(values["epochs"]),
-            batch_size=int(values["batch_size"]),
-            lr=float(values["lr"]),
-            weight_decay=float(values["weight_decay"]),
-            seed=seed,
-            device=options.pop("device"),
-            num_workers=options.pop("num_workers"),
-        ),
-        head=HeadConfig(hidden=int(values["head_hidden"]), dropout=float(values["dropout"])),
+        config=train_config(values, seed=seed, device=options.pop("device"), num_workers=options.pop("num_workers")),
+        head=head_config(values),
         overwrite=True,
         log=log,
         **options,
     )
-    final = trained.history[-1] if trained.history else {}
+    final = trained.final
     payload = _read_json(result.best_params_path)
     payload["model_dir"] = str(target)
     payload["model_final"] = {k: final.get(k) for k in ("valid_top1", "valid_loss", "train_top1") if k in final}

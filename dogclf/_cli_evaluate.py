@@ -1,0 +1,89 @@
+"""``dogclf evaluate``: a trained model scored on a labelled folder (text report, or one JSON object)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from dogclf._json import dumps
+
+__all__ = ["run_evaluate"]
+
+
+def _limited(items: list[str], limit: int = 10) -> str:
+    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Runs ``dogclf evaluate``; returns 0."""
+    from dogclf.classifier import load_model
+    from dogclf.eval_data import select_eval_set
+    from dogclf.evaluation import evaluate, plot_confusion_matrix
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    classifier = load_model(args.model, device=args.device, precision=args.precision)
+    config = classifier.config
+    chosen = select_eval_set(
+        args.data,
+        config,
+        split=args.split,
+        strict=args.strict,
+        unknown="skip" if args.skip_unknown_folders else "error",
+    )
+    report = evaluate(classifier, chosen.samples, batch_size=args.batch_size, progress=None)
+    plot = args.plot or args.model / f"confusion_{chosen.split}.png"
+    title = f"{config['backbone']} on {chosen.split}: top-1 {report.top1:.1%}"
+    plot_confusion_matrix(report, plot, title=title)
+    open_set = None
+    if args.unknown_dir is not None:
+        from dogclf.openset import evaluate_unknown
+
+        open_set = evaluate_unknown(classifier, chosen.samples, args.unknown_dir, batch_size=args.batch_size)
+    if args.json:
+        payload: dict[str, Any] = report.to_dict()
+        payload.update(
+            split=chosen.split,
+            data=str(chosen.folder),
+            evaluated=chosen.description,
+            classes_without_folder=[c.name for c in chosen.missing],
+            skipped_folders=chosen.unknown,
+            confusion_png=str(plot),
+            skipped=len(chosen.skipped),
+            precision_reason=classifier.precision_choice.reason,
+        )
+        if open_set is not None:
+            payload["unknown_dir"] = {"path": str(args.unknown_dir), **open_set.to_dict()}
+        print(dumps(payload, indent=2))
+        return 0
+    print(f"Evaluated {chosen.description}: {report.n} images")
+    if chosen.missing:
+        names = [c.name for c in chosen.missing]
+        print(f"{len(names)} of the model's {len(report.class_names)} classes have no folder there: {_limited(names)}")
+    if chosen.unknown:
+        print(f"Skipped {len(chosen.unknown)} folder(s) the model does not know: {_limited(chosen.unknown)}")
+    if chosen.skipped:
+        print(f"Skipped {len(chosen.skipped)} unreadable file(s): " + ", ".join(str(p) for p, _ in chosen.skipped[:5]))
+    print(f"{chosen.split}: n={report.n} top1={report.top1:.4f} top5={report.top5:.4f} loss={report.loss:.4f}")
+    engine = f"{classifier.engine.name} engine on {classifier.device}"
+    print(f"precision: {classifier.precision_choice.describe()}, {engine}")
+    calibration = f"ECE {report.ece_uncalibrated:.3f} -> {report.ece:.3f} (temperature {report.temperature:.2f}); "
+    if report.unknown_rate is None:
+        calibration += "unknown rate n/a (the model has no unknown threshold)"
+    elif classifier.novelty is not None and classifier.novelty.threshold is not None:
+        calibration += f"unknown rate {report.unknown_rate:.1%} (novelty score over {classifier.novelty.threshold:.4f})"
+    else:
+        calibration += f"unknown rate {report.unknown_rate:.1%} (threshold {report.unknown_threshold:.3f})"
+    print(calibration)
+    print("\nPer-class accuracy (worst first):")
+    for name, stats in sorted(report.per_class().items(), key=lambda kv: (kv[1]["accuracy"], kv[0])):
+        print(f"  {stats['accuracy']:7.1%}  n={int(stats['n']):<5d} {name}")
+    confused = report.most_confused(10)
+    if confused:
+        print("\nMost confused (true -> predicted: count):")
+        for pair in confused:
+            print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
+    if open_set is not None:
+        print("\n" + "\n".join(open_set.lines()))
+    print(f"\nConfusion matrix: {plot}")
+    return 0

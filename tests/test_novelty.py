@@ -1,0 +1,289 @@
+"""The feature-space novelty score: fitting, storing, loading, the unknown decision at every entry point, and
+``dogclf evaluate --unknown-dir``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import _tiny_namespace
+from sklearn.metrics import roc_auc_score
+from test_package import plugin_model  # noqa: F401 (a fixture: packaging needs a plugin backbone)
+
+import dogclf
+from dogclf.backbones.registry import default_registry
+from dogclf.cli import main
+from dogclf.errors import ModelDirError
+from dogclf.novelty import NOVELTY_NAME, NoveltyScorer, fit_novelty, load_novelty
+from dogclf.openset import auroc
+
+
+def _clusters(n: int, centres: torch.Tensor, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % len(centres)
+    return centres[labels] + 0.5 * torch.randn(n, centres.shape[1], generator=generator), labels
+
+
+def test_novelty_scores_an_unseen_cluster_far_above_the_known_ones_and_keeps_95_percent_of_valid() -> None:
+    centres = torch.randn(4, 16, generator=torch.Generator().manual_seed(0)) * 3
+    train, _ = _clusters(400, centres[:3], seed=1)
+    valid, _ = _clusters(200, centres[:3], seed=2)
+    unseen, _ = _clusters(100, centres[3:], seed=3)
+
+    scorer = fit_novelty(train, valid, k=5)
+
+    valid_scores, unseen_scores = scorer.score(valid), scorer.score(unseen)
+    assert float(scorer.is_novel(valid_scores).float().mean()) == pytest.approx(0.05, abs=0.005)
+    assert float(scorer.is_novel(unseen_scores).float().mean()) > 0.95
+    # The score is one minus the cosine similarity to the 5th most similar training photo.
+    similarity = torch.nn.functional.cosine_similarity(unseen[:1], train, dim=1)
+    expected = 1.0 - float(similarity.sort(descending=True).values[4])
+    assert float(unseen_scores[0]) == pytest.approx(expected, abs=2e-3)  # the bank is stored as float16
+
+
+def test_fit_novelty_refuses_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
+        fit_novelty(torch.ones(3, 2), None, k=0)
+    with pytest.raises(ValueError, match="needs training features"):
+        fit_novelty(torch.ones(0, 2), None)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_auroc_is_the_roc_area_with_ties(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    positive = torch.randint(0, 5, (30,), generator=generator).float()  # many ties
+    negative = torch.randint(0, 4, (40,), generator=generator).float()
+
+    expected = roc_auc_score(np.r_[np.ones(30), np.zeros(40)], np.r_[positive.numpy(), negative.numpy()])
+    assert auroc(positive, negative) == pytest.approx(expected)
+
+
+# --- in a model directory ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def novelty_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny model trained on 3 synthetic classes, and a folder of a 4th class it never saw."""
+    root = tmp_path_factory.mktemp("novelty")
+    whole = dogclf.make_synthetic_dataset(root / "whole", num_classes=4, per_split=(12, 17, 6), size=40, seed=3)
+    data = root / "data"
+    for split in ("train", "valid", "test"):
+        for folder in sorted((whole / split).iterdir())[:3]:
+            shutil.copytree(folder, data / split / folder.name)
+    unknown = root / "unknown"
+    shutil.copytree(sorted((whole / "test").iterdir())[3], unknown / "nested" / "other_breed")
+    registry = default_registry()
+    registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/test_novelty.py")  # type: ignore[operator]
+    try:
+        config = dogclf.TrainConfig(num_workers=0, device="cpu", cv_folds=3)
+        dogclf.train(data, "tinynet", root / "model", config=config, weights=None, progress=False, log=lambda _: None)
+    finally:
+        registry.unregister("tinynet")
+    return {"data": data, "model": root / "model", "unknown": unknown}
+
+
+def test_train_stores_the_novelty_score_as_safetensors_named_in_the_config(
+    novelty_model: dict[str, Path], tiny_spec: dogclf.BackboneSpec
+) -> None:
+    model = novelty_model["model"]
+    config = json.loads((model / "config.json").read_text())
+
+    assert config["novelty"]["method"] == "knn"
+    assert config["novelty"]["k"] == 10
+    assert config["novelty"]["file"] == NOVELTY_NAME
+    assert config["novelty"]["keep"] == 0.95
+    assert (model / NOVELTY_NAME).read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
+    classifier = dogclf.load_model(model)
+    assert classifier.novelty is not None
+    assert classifier.novelty.threshold == pytest.approx(config["novelty"]["threshold"])
+    assert classifier.novelty.bank.shape == (36, 16)  # the 36 training photos' features
+    assert classifier.novelty.bank.dtype == torch.float16
+
+
+def test_predict_flags_unknown_by_the_novelty_score(
+    novelty_model: dict[str, Path], tiny_spec: dogclf.BackboneSpec
+) -> None:
+    classifier = dogclf.load_model(novelty_model["model"])
+    images = sorted(novelty_model["unknown"].rglob("*.jpg")) + sorted((novelty_model["data"] / "test").rglob("*.jpg"))
+    batch = classifier.preprocess(images)
+    scores = classifier.scores(batch).novelty
+    assert scores is not None
+
+    answers = classifier.classify(images)
+
+    assert [a.unknown for a in answers] == (scores > classifier.novelty.threshold).tolist()  # type: ignore[union-attr]
+    assert [r.unknown for r in classifier.results(batch)] == [a.unknown for a in answers]
+
+
+def test_a_model_without_the_novelty_entry_loads_and_decides_by_softmax_as_before(
+    novelty_model: dict[str, Path], tiny_spec: dogclf.BackboneSpec, tmp_path: Path
+) -> None:
+    model = Path(shutil.copytree(novelty_model["model"], tmp_path / "model"))
+    config = json.loads((model / "config.json").read_text())
+    del config["novelty"]
+    (model / "config.json").write_text(json.dumps(config))
+    (model / NOVELTY_NAME).unlink()
+
+    classifier = dogclf.load_model(model)
+    images = sorted(novelty_model["unknown"].rglob("*.jpg"))
+    answers = classifier.classify(images)
+
+    assert classifier.novelty is None
+    threshold = config["calibration"]["unknown_threshold"]
+    assert [a.unknown for a in answers] == [a.predictions[0].score < threshold for a in answers]
+
+
+def test_a_config_naming_a_missing_novelty_file_is_a_clear_error(
+    novelty_model: dict[str, Path], tiny_spec: dogclf.BackboneSpec, tmp_path: Path
+) -> None:
+    model = Path(shutil.copytree(novelty_model["model"], tmp_path / "model"))
+    (model / NOVELTY_NAME).unlink()
+
+    with pytest.raises(ModelDirError, match=r"novelty file .*novelty\.safetensors.* is missing or unreadable"):
+        dogclf.load_model(model)
+
+
+def test_train_without_novelty_writes_none_and_removes_a_stale_file(
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path
+) -> None:
+    out = tmp_path / "model"
+    config = dogclf.TrainConfig(num_workers=0, device="cpu", cv_folds=3)
+    for novelty in (True, False):
+        dogclf.train(
+            tiny_tree,
+            "tinynet",
+            out,
+            config=config,
+            weights=None,
+            progress=False,
+            log=lambda _: None,
+            overwrite=True,
+            novelty=novelty,
+        )
+
+    assert "novelty" not in json.loads((out / "config.json").read_text())
+    assert not (out / NOVELTY_NAME).exists()
+    assert load_novelty(out, json.loads((out / "config.json").read_text())) is None
+
+
+def test_the_package_archive_carries_the_novelty_file(
+    plugin_model: tuple[Path, Any],  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    from dogclf.serving.package import package_model
+
+    model, _ = plugin_model
+    features = torch.randn(40, 16, generator=torch.Generator().manual_seed(5))
+    scorer = fit_novelty(features, features[:8])
+    scorer.save(model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "novelty": scorer.to_config()}))
+
+    package_model(model, tmp_path / "model.tar.gz")
+
+    with tarfile.open(tmp_path / "model.tar.gz") as archive:
+        member = archive.extractfile(NOVELTY_NAME)
+        assert member is not None
+        assert member.read() == (model / NOVELTY_NAME).read_bytes()
+
+
+def _with_threshold(model: Path, tmp_path: Path, images: list[Path]) -> Path:
+    """A copy of ``model`` whose novelty threshold splits the scores of ``images`` in half."""
+    copy = Path(shutil.copytree(model, tmp_path / "model"))
+    classifier = dogclf.load_model(copy)
+    scores = classifier.scores(classifier.preprocess(images)).novelty
+    config = json.loads((copy / "config.json").read_text())
+    ordered = scores.sort().values  # type: ignore[union-attr]
+    middle = len(ordered) // 2  # halfway between the two middle scores: no image sits on the threshold
+    config["novelty"]["threshold"] = float(ordered[middle - 1] + ordered[middle]) / 2
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+def test_sagemaker_handlers_and_the_batcher_answer_with_the_novelty_decision(
+    novelty_model: dict[str, Path], tiny_spec: dogclf.BackboneSpec, tmp_path: Path
+) -> None:
+    from dogclf.serving import handlers
+    from dogclf.serving.batcher import Batcher
+
+    images = (
+        sorted(novelty_model["unknown"].rglob("*.jpg"))[:3]
+        + sorted((novelty_model["data"] / "test").rglob("*.jpg"))[:3]
+    )
+    model_dir = _with_threshold(novelty_model["model"], tmp_path, images)
+    reference = dogclf.load_model(model_dir)
+    expected = [a.unknown for a in reference.classify(images)]
+    assert any(expected)
+    assert not all(expected)
+
+    model = handlers.model_fn(str(model_dir))
+    answers = [handlers.predict_fn(handlers.input_fn(p.read_bytes(), "image/jpeg"), model) for p in images]
+    assert [a.results[0].unknown for a in answers] == expected
+
+    async def batched() -> list[Any]:
+        batcher = Batcher(reference)
+        await batcher.start()
+        try:
+            answers = await asyncio.gather(*(batcher.classify([p.read_bytes()], top_k=2) for p in images))
+        finally:
+            await batcher.stop()
+        return [answer[0] for answer in answers]
+
+    results = asyncio.run(batched())
+    assert [r.unknown for r in results] == expected
+    assert all(len(r.predictions) == 2 for r in results)
+
+
+def test_evaluate_unknown_dir_reports_both_scores_side_by_side(
+    novelty_model: dict[str, Path], tiny_spec: dogclf.BackboneSpec, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["evaluate", "--model", str(novelty_model["model"]), "--data", str(novelty_model["data"])]
+
+    code = main([*args, "--unknown-dir", str(novelty_model["unknown"]), "--json"])
+
+    payload = json.loads(capsys.readouterr().out)
+    assert code == 0
+    report = payload["unknown_dir"]
+    assert report["n_unknown"] == 6
+    assert report["n_known"] == payload["n"] == 18
+    by_name = {s["name"]: s for s in report["scores"]}
+    assert set(by_name) == {"softmax", "novelty"}
+    assert by_name["novelty"]["decides"] is True
+    assert by_name["softmax"]["decides"] is False
+    classifier = dogclf.load_model(novelty_model["model"])
+    unknown = sorted(novelty_model["unknown"].rglob("*.jpg"))
+    known = sorted((novelty_model["data"] / "test").rglob("*.jpg"))
+    unknown_scores = classifier.scores(classifier.preprocess(unknown)).novelty
+    known_scores = classifier.scores(classifier.preprocess(known)).novelty
+    assert by_name["novelty"]["auroc"] == pytest.approx(auroc(unknown_scores, known_scores))  # type: ignore[arg-type]
+    threshold = classifier.novelty.threshold  # type: ignore[union-attr]
+    assert by_name["novelty"]["unknown_flagged"] == pytest.approx(float((unknown_scores > threshold).float().mean()))
+    assert payload["unknown_rate"] == pytest.approx(by_name["novelty"]["known_flagged"])
+
+    assert main([*args, "--unknown-dir", str(novelty_model["unknown"])]) == 0
+    text = capsys.readouterr().out
+    assert "Unknown photos: 6, known (18):" in text
+    assert "(decides unknown)" in text
+
+
+def test_evaluate_unknown_dir_without_images_is_a_clear_error(
+    novelty_model: dict[str, Path], tiny_spec: dogclf.BackboneSpec, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    args = ["evaluate", "--model", str(novelty_model["model"]), "--data", str(novelty_model["data"])]
+
+    assert main([*args, "--unknown-dir", str(tmp_path / "empty")]) == 2
+    assert f"--unknown-dir {str(tmp_path / 'empty')!r} holds no image files" in capsys.readouterr().err
+
+
+def test_scorer_threshold_none_never_flags() -> None:
+    scorer = NoveltyScorer(bank=torch.tensor([[1.0, 0.0]]).half())
+
+    assert not scorer.is_novel(scorer.score(torch.tensor([[0.0, 1.0], [-1.0, 0.0]]))).any()
