@@ -138,6 +138,7 @@ def check_config(config: Any, path: Path, *, format_version: int) -> None:
     _check_preprocessing(check, check.mapping(config, "preprocessing"))
     _check_head(check, check.mapping(config, "head"))
     _check_calibration(check, check.mapping(config, "calibration", optional=True))
+    _check_novelty(check, check.mapping(config, "novelty", optional=True))
     check.mapping(config, "metrics", optional=True)
     _check_training(check, check.mapping(config, "training", optional=True))
 
@@ -194,6 +195,23 @@ def _check_calibration(check: _Checker, calibration: Mapping[str, Any]) -> None:
         check.number(calibration, key, p, low=0.0, optional=True)
     if calibration.get("n") is not None:
         check.int_(calibration, "n", p)
+
+
+def _check_novelty(check: _Checker, novelty: Mapping[str, Any]) -> None:
+    if not novelty:
+        return
+    p = "novelty."
+    if not isinstance(novelty.get("method"), str):
+        raise check.fail(p + "method", f"must be a method name such as 'knn', got {_short(novelty.get('method'))}")
+    if novelty.get("file") is not None:
+        name = novelty["file"]
+        if not isinstance(name, str) or not name.strip() or Path(name).name != name:
+            raise check.fail(p + "file", f"must be a file name inside the model directory, got {_short(name)}")
+    if novelty.get("k") is not None:
+        check.int_(novelty, "k", p, low=1)
+    check.number(novelty, "threshold", p, optional=True)
+    if novelty.get("keep") is not None:
+        check.number(novelty, "keep", p, positive=True, high=1.0)
 
 
 def _check_training(check: _Checker, training: Mapping[str, Any]) -> None:

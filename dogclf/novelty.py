@@ -166,10 +166,10 @@ def load_novelty(model_dir: str | os.PathLike[str], config: Mapping[str, Any]) -
         raise ModelDirError(
             f"{str(path)!r} holds a {tuple(bank.shape)} feature bank; the backbone has {width} features per image."
         )
-    threshold = settings.get("threshold")
-    return NoveltyScorer(
+    threshold, k, keep = settings.get("threshold"), settings.get("k"), settings.get("keep")
+    return NoveltyScorer(  # config.json's values were checked on load (dogclf.artifact_checks)
         bank=bank,
-        k=int(settings.get("k", DEFAULT_K)),
+        k=DEFAULT_K if k is None else int(k),
         threshold=None if threshold is None else float(threshold),
-        keep=float(settings.get("keep", 0.95)),
+        keep=0.95 if keep is None else float(keep),
     )

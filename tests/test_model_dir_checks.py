@@ -117,6 +117,10 @@ def _set(path: str, value: Any) -> Any:
         ),
         ("backbone", "", r"backbone must be a backbone name"),
         ("metrics", [], r"metrics must be a JSON object"),
+        ("novelty.k", 0, r"novelty\.k must be an integer >= 1, got 0"),
+        ("novelty.threshold", "0.2", r"novelty\.threshold must be a finite number or null, got '0\.2'"),
+        ("novelty.file", "../model.safetensors", r"novelty\.file must be a file name inside the model directory"),
+        ("novelty", ["knn"], r"novelty must be a JSON object"),
     ],
 )
 def test_a_bad_config_field_is_an_error_naming_the_key(

@@ -56,6 +56,17 @@ def test_phases_nest_exclusively_and_a_failing_step_ends_the_session() -> None:
     assert [name for name, _, _ in timer.intervals] == ["inner", "outer", "broken"]
 
 
+def test_a_run_shorter_than_one_interval_still_gets_one_sample() -> None:
+    from dogclf.diagnostics.profiler.system import SystemSampler
+
+    sampler = SystemSampler(interval=30.0)
+    sampler.start()
+    samples = sampler.stop()
+    assert len(samples) == 1
+    assert samples[0].cpu and all(0.0 <= c <= 100.0 for c in samples[0].cpu)
+    assert sampler.stop() == samples  # idempotent: no second sample
+
+
 def _run(**overrides: Any) -> RunProfile:
     steps = [
         StepTiming(step=i + 1, epoch=1, data=0.001, forward=0.002, backward=0.002, optimizer=0.001) for i in range(30)

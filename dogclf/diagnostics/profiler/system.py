@@ -93,11 +93,18 @@ class SystemSampler:
         self._thread.start()
 
     def stop(self) -> list[Sample]:
-        """Stops sampling (idempotent); returns the samples."""
+        """Stops sampling (idempotent); returns the samples.
+
+        A run shorter than one interval gets one sample here, covering the whole run (the CPU counters were primed
+        by :meth:`start`), so every report has its utilisation.
+        """
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5 * self.interval + 1)
             self._thread = None
+            with self._lock:
+                if not self.samples:
+                    self.samples.append(self.sample())
         with self._lock:
             return list(self.samples)
 
