@@ -64,7 +64,7 @@ def test_predict_serve_sagemaker_and_evaluate_agree(
 
     assert cli.main(["predict", "--model", str(model_dir), str(photo), "--json", "--top-k", str(NUM_CLASSES)]) == 0
     captured = capsys.readouterr()
-    predicted = json.loads(captured.out)
+    (predicted,) = json.loads(captured.out)  # one entry per image
     assert "bf16 (as calibrated)" in captured.err
 
     classifier = load_model(model_dir)
