@@ -244,3 +244,18 @@ def test_debugger_and_tensorboard_are_attached_to_the_request_and_a_closed_accou
             )
     assert "This AWS account cannot use SageMaker Debugger" in str(info.value)
     assert "Run the job without --debugger" in str(info.value)
+
+
+def test_the_billable_time_line_reports_instances_and_the_spot_saving() -> None:
+    from dogclf.sagemaker.training_job import billable_line
+
+    spot = {
+        "BillableTimeInSeconds": 82,
+        "TrainingTimeInSeconds": 100,
+        "ResourceConfig": {"InstanceCount": 2},
+        "EnableManagedSpotTraining": True,
+    }
+    assert billable_line(spot).startswith("billable 82 s x 2 instance(s) (training 100 s; managed spot saved 18%);")
+    on_demand = {"BillableTimeInSeconds": 100, "TrainingTimeInSeconds": 100, "ResourceConfig": {"InstanceCount": 1}}
+    assert billable_line(on_demand).startswith("billable 100 s x 1 instance(s) (training 100 s);")
+    assert billable_line({"TrainingJobStatus": "Completed"}) == ""
