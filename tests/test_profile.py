@@ -63,7 +63,8 @@ def test_a_run_shorter_than_one_interval_still_gets_one_sample() -> None:
     sampler.start()
     samples = sampler.stop()
     assert len(samples) == 1
-    assert samples[0].cpu and all(0.0 <= c <= 100.0 for c in samples[0].cpu)
+    assert samples[0].cpu
+    assert all(0.0 <= c <= 100.0 for c in samples[0].cpu)
     assert sampler.stop() == samples  # idempotent: no second sample
 
 

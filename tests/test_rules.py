@@ -118,6 +118,24 @@ def test_healthy_feature_run_fires_no_rule(tiny_spec: Any, tmp_path: Path) -> No
     assert {r["name"]: r["status"] for r in record["rules"]} == dict.fromkeys(BUILTIN_RULES, "NoIssuesFound")
 
 
+def test_an_lbfgs_head_is_not_judged_overfit_for_its_converged_training_loss(tiny_spec: Any) -> None:
+    from dogclf.training.lbfgs import fit_lbfgs_head
+
+    torch.manual_seed(0)
+    model = build_model(tiny_spec, 3, weights=None)
+    lines: list[str] = []
+    rule_set = RuleSet(make_rules("all"), log=lines.append)
+    config = TrainConfig(device="cpu", head_solver="lbfgs")
+    train, valid = clusters([40] * 3, noise=1.5), clusters([10] * 3, noise=1.5, seed=1)
+
+    history, _ = fit_lbfgs_head(model, train, valid, config, callbacks=[rule_set])
+
+    (entry,) = history
+    assert entry["valid_loss"] > 1.1 * entry["train_loss"]  # what Overfit's default ratio_threshold would flag
+    assert "Overfit" not in fired(rule_set.findings)
+    assert not any(line.startswith("rule=Overfit") for line in lines)
+
+
 def test_healthy_run_through_the_backbone_fires_no_rule(tiny_spec: Any, tmp_path: Path) -> None:
     root = dogclf.make_synthetic_dataset(tmp_path / "data", num_classes=3, per_split=(40, 12, 0), size=32, seed=1)
     splits = load_splits(root)

@@ -39,6 +39,8 @@ class TrainState:
         stop: Set to true to stop after the current epoch.
         forward_module: The module that maps a batch's inputs to logits: ``model.head`` when training on
             backbone features, the whole ``model`` when images go through the backbone.
+        solver: ``"loop"`` (epochs of mini-batch steps) or ``"lbfgs"`` (one full-batch fit of a linear head whose
+            penalty was chosen by cross-validation: one history entry, no training curve).
     """
 
     model: torch.nn.Module
@@ -53,6 +55,7 @@ class TrainState:
     phase: str = "train"
     stop: bool = False
     forward_module: torch.nn.Module | None = None
+    solver: str = "loop"
 
 
 class Callback:

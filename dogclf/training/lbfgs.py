@@ -422,6 +422,7 @@ def _report(
         config=config,
         num_batches=1,
         num_eval_batches=1 if valid is not None and len(valid) else 0,
+        solver="lbfgs",
     )
     hooks.on_train_start(state)
     state.epoch, state.step = 1, fit.iterations

@@ -127,7 +127,10 @@ class Overfit(Rule):
     """Detects a model being overfit to the training data, by comparing the validation and training losses.
 
     At the end of each epoch from step ``start_step`` on, ``(valid_loss - train_loss) / train_loss`` is compared
-    with ``ratio_threshold``; when it is above for ``patience`` epochs in a row, the rule fires.
+    with ``ratio_threshold``; when it is above for ``patience`` epochs in a row, the rule fires. A head fitted by
+    L-BFGS (``state.solver == "lbfgs"``) is not judged: its penalty was chosen by cross-validation for the loss on
+    held-out photos, and a converged linear probe's training loss is always well under its validation loss (0.04
+    vs 0.16 on Imagewoof), so the rule would fire on every such fit.
 
     Attributes:
         start_step: The step from which to start comparing (default 0).
@@ -156,7 +159,7 @@ class Overfit(Rule):
     def on_epoch_end(self, state: TrainState, metrics: Mapping[str, float]) -> None:
         """Compares the epoch's mean losses."""
         train, valid = metrics.get("train_loss"), metrics.get("valid_loss")
-        if state.step < self.start_step or not (is_finite(train) and is_finite(valid)):
+        if state.solver == "lbfgs" or state.step < self.start_step or not (is_finite(train) and is_finite(valid)):
             return
         ratio = _gap(valid, train)
         self._exceeded = self._exceeded + 1 if ratio > self.ratio_threshold else 0
