@@ -497,6 +497,16 @@ def test_the_forward_pass_runs_with_the_configured_torch_threads(classifier: Cla
     assert info["stats"]["forward_seconds"] > 0
 
 
+def test_the_default_serving_budget_keeps_a_core_for_the_event_loop_on_small_machines() -> None:
+    for cores in (1, 2):
+        budget = BatchConfig().budget(cores=cores)
+        assert (budget.forward_workers, budget.forward_threads) == (1, 1)
+    wide = BatchConfig().budget(cores=16)
+    assert (wide.cores, wide.forward_workers, wide.forward_threads) == (16, 2, 7)
+    told = BatchConfig(forward_workers=2).budget(cores=2)
+    assert (told.forward_workers, told.forward_threads) == (2, 1)  # what the user asks for is kept
+
+
 def test_instances_requests_get_predictions_answers(classifier: Classifier) -> None:
     """The TF Serving / KServe v1 / Vertex AI convention: {"instances": [{"b64": ...}]} -> {"predictions": [...]}."""
     images = [jpeg(30), png(31)]

@@ -53,7 +53,7 @@ class BatchConfig:
         queue_size: Most images waiting (decoding or queued) before requests are refused with 503.
         decode_workers: Threads that decode and resize images (``None``: :meth:`ThreadBudget.plan`).
         forward_workers: Forward passes that may run at once, each in its own thread on its own batch (``None``:
-            :meth:`ThreadBudget.plan`'s, 2 on two cores or more).
+            1 on up to two cores, else :meth:`ThreadBudget.plan`'s 2; see :meth:`budget`).
         forward_threads: torch threads of each forward pass (``None``: the cores not used for decoding, shared
             among the forward workers).
         retry_after_s: The ``Retry-After`` seconds sent with a 503.
@@ -88,12 +88,24 @@ class BatchConfig:
                 flag = "--" + name.replace("_", "-").removesuffix("-s")
                 raise ValueError(f"{name} ({flag} of dogclf serve) must be {wanted}, got {value!r}.")
 
-    def budget(self) -> ThreadBudget:
-        """The thread budget these settings ask for on this machine."""
+    def budget(self, cores: int | None = None) -> ThreadBudget:
+        """The thread budget these settings ask for on this machine (or on ``cores`` cores).
+
+        On one or two cores, unless told otherwise, the server runs **one** forward worker of one torch thread and
+        leaves the other core to decoding, the event loop and the HTTP connections: forward workers are threads of
+        one process, and on two cores a second worker, or a second torch thread, competes with them for the GIL
+        and the cores. Measured with ``bench/serve_speed.py`` on 2 cores (docs/benchmarks.md, run 3): 35.7 / 52.0 /
+        72.8 / 74.7 requests/s at 1 / 4 / 16 / 64 clients against 22.0 / 38.6 / 64.0 / 80.0 with two workers.
+        """
+        plan = ThreadBudget.plan(cores=cores)
+        workers, threads = self.forward_workers, self.forward_threads
+        if workers is None and threads is None and plan.cores <= 2:
+            workers, threads = 1, 1
         return ThreadBudget.plan(
+            cores=plan.cores,
             decode_workers=self.decode_workers,
-            forward_workers=self.forward_workers,
-            forward_threads=self.forward_threads,
+            forward_workers=workers,
+            forward_threads=threads,
         )
 
 
