@@ -70,8 +70,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     calibration = f"ECE {report.ece_uncalibrated:.3f} -> {report.ece:.3f} (temperature {report.temperature:.2f}); "
     if report.unknown_rate is None:
         calibration += "unknown rate n/a (the model has no unknown threshold)"
-    elif classifier.novelty is not None and classifier.novelty.threshold is not None:
-        calibration += f"unknown rate {report.unknown_rate:.1%} (novelty score over {classifier.novelty.threshold:.4f})"
+    elif classifier.post.by_novelty:
+        calibration += f"unknown rate {report.unknown_rate:.1%} (novelty score over {classifier.novelty.threshold:.4f})"  # type: ignore[union-attr]
     else:
         calibration += f"unknown rate {report.unknown_rate:.1%} (threshold {report.unknown_threshold:.3f})"
     print(calibration)

@@ -141,16 +141,13 @@ def evaluate(
             logits.append(batch.output.logits)
             unknown.append(classifier.scores(batch.output).unknown)  # the decision predict and serve make
             reporter.update(len(batch.positions))
-    decides = classifier.unknown_threshold is not None or (
-        classifier.novelty is not None and classifier.novelty.threshold is not None
-    )
     return report_from_logits(
         torch.cat(logits),
         torch.tensor([s.label for s in samples], dtype=torch.long),
         class_names=classifier.class_names,
         temperature=classifier.temperature,
         unknown_threshold=classifier.unknown_threshold,
-        unknown=torch.cat(unknown) if decides else None,
+        unknown=torch.cat(unknown) if classifier.post.flags_unknown else None,
         precision=classifier.precision,
     )
 

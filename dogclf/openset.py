@@ -145,7 +145,7 @@ def evaluate_unknown(
     known_top, known_novel = _scores(classifier, [s.path for s in known], batch_size)
     unknown_top, unknown_novel = _scores(classifier, unknown_paths, batch_size)
     novelty = classifier.novelty
-    by_novelty = novelty is not None and novelty.threshold is not None
+    by_novelty = classifier.post.by_novelty
     soft = classifier.unknown_threshold
 
     def soft_flags(top: torch.Tensor) -> torch.Tensor | None:

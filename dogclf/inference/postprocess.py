@@ -93,6 +93,16 @@ class PostProcessor:
         """Calibrated class probabilities ``(N, C)`` (float32) of raw logits."""
         return torch.softmax(logits.float() / self.temperature, dim=1)
 
+    @property
+    def by_novelty(self) -> bool:
+        """Whether the novelty score decides "unknown" (the model has one, with a threshold)."""
+        return self.novelty is not None and self.novelty.threshold is not None
+
+    @property
+    def flags_unknown(self) -> bool:
+        """Whether any image can be flagged unknown (a novelty or a top-score threshold)."""
+        return self.by_novelty or self.unknown_threshold is not None
+
     def novelty_scores(self, features: torch.Tensor | None) -> torch.Tensor | None:
         """``(N,)`` novelty scores of backbone features (``None`` for models without a novelty score)."""
         if self.novelty is None or features is None:
@@ -110,8 +120,8 @@ class PostProcessor:
             probabilities: Calibrated probabilities of the batch.
             novelty: The novelty scores of the same images (:meth:`novelty_scores`), or ``None``.
         """
-        if self.novelty is not None and self.novelty.threshold is not None and novelty is not None:
-            return self.novelty.is_novel(novelty)
+        if self.by_novelty and novelty is not None:
+            return self.novelty.is_novel(novelty)  # type: ignore[union-attr]
         if self.unknown_threshold is None:
             return torch.zeros(len(probabilities), dtype=torch.bool)
         return probabilities.max(dim=1).values < self.unknown_threshold

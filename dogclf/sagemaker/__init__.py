@@ -6,8 +6,9 @@ functions that talk to AWS, and the training toolkit (``dogclf[sagemaker-local]`
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from dogclf._lazy import lazy_exports
 
 _EXPORTS = {
     "metric_definitions": "dogclf.sagemaker.metrics",
@@ -28,17 +29,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dogclf.sagemaker' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return list(__all__)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 
 if TYPE_CHECKING:

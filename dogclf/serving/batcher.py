@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from dogclf.inference.threads import ThreadBudget
+from dogclf.inference.threads import ThreadBudget, available_cores
 from dogclf.serving.codec import Limits, RequestError, prepared_image
 
 __all__ = ["BatchConfig", "BatchStats", "Batcher", "default_decode_workers"]
@@ -97,12 +97,12 @@ class BatchConfig:
         and the cores. Measured with ``bench/serve_speed.py`` on 2 cores (docs/benchmarks.md, run 3): 35.7 / 52.0 /
         72.8 / 74.7 requests/s at 1 / 4 / 16 / 64 clients against 22.0 / 38.6 / 64.0 / 80.0 with two workers.
         """
-        plan = ThreadBudget.plan(cores=cores)
+        cores = available_cores() if cores is None else cores
         workers, threads = self.forward_workers, self.forward_threads
-        if workers is None and threads is None and plan.cores <= 2:
+        if workers is None and threads is None and cores <= 2:
             workers, threads = 1, 1
         return ThreadBudget.plan(
-            cores=plan.cores,
+            cores=cores,
             decode_workers=self.decode_workers,
             forward_workers=workers,
             forward_threads=threads,

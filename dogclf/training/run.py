@@ -692,14 +692,13 @@ def _evaluate(
         held_out = features[split]
         logits = head_logits(run.model.head, held_out.features)
         post = PostProcessor.from_config({"calibration": calibration.to_dict()}, splits.class_names, novelty=scorer)
-        decides = post.unknown_threshold is not None or (scorer is not None and scorer.threshold is not None)
         return report_from_logits(
             logits,
             held_out.labels,
             class_names=splits.class_names,
             temperature=calibration.temperature,
             unknown_threshold=calibration.unknown_threshold,
-            unknown=post.scores(EngineOutput(logits, held_out.features)).unknown if decides else None,
+            unknown=post.scores(EngineOutput(logits, held_out.features)).unknown if post.flags_unknown else None,
             precision=precision,
         )
     from dogclf.classifier import Classifier
