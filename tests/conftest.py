@@ -73,6 +73,27 @@ def _feature_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _hardware_pinned() -> Iterator[None]:
+    """Pins the CPU's bfloat16 answer (and the default engine) so no test depends on the CPU that runs it.
+
+    ``DOGCLF_CPU_BF16`` / ``DOGCLF_ENGINE`` set by whoever runs pytest are kept (``DOGCLF_CPU_BF16=1 pytest`` runs the
+    whole suite on the bfloat16 path); otherwise the suite runs as on a CPU without native bfloat16. Tests that must
+    cover both paths take the :func:`cpu_bf16` fixture.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        if "DOGCLF_CPU_BF16" not in os.environ:
+            patch.setenv("DOGCLF_CPU_BF16", "0")
+        yield
+
+
+@pytest.fixture(params=["0", "1"], ids=["cpu-fp32", "cpu-bf16"])
+def cpu_bf16(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Runs the test as on a CPU without native bfloat16, then as on one with it (DOGCLF_CPU_BF16)."""
+    monkeypatch.setenv("DOGCLF_CPU_BF16", request.param)
+    return request.param == "1"
+
+
 @pytest.fixture
 def tiny_spec() -> Iterator[dogclf.BackboneSpec]:
     """A tiny backbone registered in the default registry as ``tinynet`` for the test's duration."""

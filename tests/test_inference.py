@@ -177,23 +177,35 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize(
-    ("requested", "config", "precision", "reason"),
+    ("native", "requested", "config", "precision", "reason"),
     [
-        (None, {"calibration": {"precision": "bf16"}}, "bf16", "as calibrated"),
-        (None, {"training": {"precision": "fp32"}}, "fp32", "as calibrated"),
-        (None, {"calibration": {"precision": "fp32"}, "training": {"precision": "bf16"}}, "fp32", "as calibrated"),
-        (None, {}, "fp32", "records no calibration precision"),
-        ("fp32", {"calibration": {"precision": "bf16"}}, "fp32", "as requested"),
-        ("bf16", {}, "bf16", "as requested"),
+        ("1", None, {"calibration": {"precision": "bf16"}}, "bf16", "as calibrated"),
+        ("0", None, {"calibration": {"precision": "bf16"}}, "fp32", "no native bf16"),
+        ("0", None, {"training": {"precision": "fp32"}}, "fp32", "as calibrated"),
+        ("1", None, {"training": {"precision": "fp32"}}, "bf16", "native bf16"),
+        ("0", None, {"calibration": {"precision": "fp32"}, "training": {"precision": "bf16"}}, "fp32", "as calibrated"),
+        ("0", None, {}, "fp32", "records no calibration precision"),
+        ("1", None, {}, "fp32", "records no calibration precision"),
+        ("1", "fp32", {"calibration": {"precision": "bf16"}}, "fp32", "as requested"),
+        ("0", "bf16", {}, "bf16", "as requested"),
+        ("0", "auto", {}, "fp32", "auto"),
+        ("1", "auto", {}, "bf16", "auto"),
     ],
 )
-def test_the_model_runs_in_the_precision_it_was_calibrated_in_unless_told(
-    requested: str | None, config: dict[str, Any], precision: str, reason: str
+def test_the_model_runs_in_the_precision_its_hardware_runs_natively(
+    native: str,
+    requested: str | None,
+    config: dict[str, Any],
+    precision: str,
+    reason: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("DOGCLF_CPU_BF16", native)
     choice = choose_precision(requested, config, CPU)
     assert choice.precision == precision
     assert reason in choice.reason
     assert choice.describe().startswith(f"{precision} (")
+    assert "emulated" not in choice.reason  # never emulated bf16 by default
 
 
 def test_precisions_a_cpu_cannot_run() -> None:

@@ -116,24 +116,10 @@ class ExtractOptions:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bfloat16 matrix maths natively (x86 AVX-512 BF16 or AMX-BF16).
+    """Whether this CPU runs bfloat16 maths natively (see :func:`dogclf.hardware.cpu_has_native_bf16`)."""
+    from dogclf.hardware import cpu_has_native_bf16 as native
 
-    Without it, bfloat16 autocast on a CPU is emulated and slower than float32.
-    """
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    for name in checks:
-        check = getattr(torch.cpu, name, None)
-        if check is not None:
-            with contextlib.suppress(Exception):
-                if check():
-                    return True
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
-            flags = next((line for line in file if line.startswith("flags")), "")
-    except OSError:
-        return False
-    words = set(flags.split())
-    return "avx512_bf16" in words or "amx_bf16" in words
+    return native()
 
 
 def resolve_precision(options: ExtractOptions, device: torch.device | None = None) -> str:

@@ -47,7 +47,7 @@ def recorded_precision(config: Mapping[str, Any]) -> str | None:
 
 
 def _native_bf16() -> bool:
-    from dogclf.features.extract import cpu_has_native_bf16
+    from dogclf.hardware import cpu_has_native_bf16
 
     return cpu_has_native_bf16()
 
@@ -95,5 +95,7 @@ def choose_precision(requested: str | None, config: Mapping[str, Any], device: t
     if recorded == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return PrecisionChoice("fp16", "calibrated in bf16, which this GPU lacks")
     if recorded == "bf16" and device.type == "cpu" and not _native_bf16():
-        return PrecisionChoice("bf16", "as calibrated; emulated on this CPU, --precision fp32 is faster")
+        return PrecisionChoice("fp32", "calibrated in bf16; this CPU has no native bf16, and fp32 scores agree")
+    if recorded == "fp32" and device.type == "cpu" and _native_bf16():
+        return PrecisionChoice("bf16", "calibrated in fp32; native bf16 on this CPU, and its scores agree")
     return PrecisionChoice(recorded, "as calibrated")
