@@ -59,6 +59,13 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="feature-extraction precision (default auto: bf16 on CUDA and on CPUs with native bf16, else fp32)",
     )
+    p.add_argument(
+        "--engine",
+        choices=["auto", "torch", "openvino"],
+        default="auto",
+        help="runtime of the feature extraction (default auto: OpenVINO on x86 CPUs where installed, else torch; "
+        "both give the same features, so they share the feature cache)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed of the split, sampling and heads (default 0)")
     p.add_argument("--device", default="auto", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: CPUs - 1, at most 4)")

@@ -22,7 +22,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    classifier = load_model(args.model, device=args.device, precision=args.precision)
+    classifier = load_model(args.model, device=args.device, precision=args.precision, engine=args.engine)
     config = classifier.config
     chosen = select_eval_set(
         args.data,

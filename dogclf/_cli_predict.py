@@ -149,8 +149,11 @@ def _local_predictor(args: argparse.Namespace) -> Predictor:
     """
     from dogclf.classifier import load_model
 
-    classifier = load_model(args.model, device=args.device, precision=args.precision)
-    print(f"dogclf predict: {classifier.precision_choice.describe()} on {classifier.device}", file=sys.stderr)
+    classifier = load_model(args.model, device=args.device, precision=args.precision, engine=args.engine)
+    print(
+        f"dogclf predict: {classifier.engine.name} {classifier.precision_choice.describe()} on {classifier.device}",
+        file=sys.stderr,
+    )
 
     def predict(paths: Sequence[Path]) -> Iterator[dict[str, Any]]:
         for i, answer in classifier.classify_stream(paths, top_k=args.top_k):

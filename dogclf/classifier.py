@@ -8,6 +8,7 @@ its :class:`~dogclf.inference.postprocess.PostProcessor` (temperature, unknown d
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from dogclf.training.config import resolve_device
 __all__ = ["Classifier", "ImageResult", "Prediction", "load_model"]
 
 ImageInput = str | os.PathLike[str] | bytes | Image.Image
+_LOG = logging.getLogger("dogclf")
 
 
 def _check_top_k(top_k: Any) -> None:
@@ -273,7 +275,7 @@ def load_model(
     *,
     device: str = "cpu",
     precision: str | None = None,
-    engine: str = "torch",
+    engine: str | None = "auto",
     forward_batch: int | None = None,
 ) -> Classifier:
     """Loads a model directory written by ``dogclf train`` (no network, no pickle).
@@ -281,38 +283,32 @@ def load_model(
     Args:
         model_dir: The directory holding ``model.safetensors`` and ``config.json``.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
-        precision: ``None`` (the precision the model was calibrated in), ``"fp32"``, ``"bf16"``, ``"fp16"`` or
-            ``"auto"`` (see :class:`Classifier`).
-        engine: ``"torch"`` (default), or ``"onnxruntime"`` / ``"openvino"`` (the model exported to ONNX and run by
-            that runtime; needs ``pip install "dogclf[onnx]"``).
+        precision: ``None`` (the precision the model was calibrated in, run natively: see
+            :func:`~dogclf.inference.precision.choose_precision`), ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"``.
+        engine: ``"auto"`` (default: OpenVINO on an x86 CPU where it is installed, else torch; see
+            :func:`~dogclf.inference.openvino.resolve_engine`), ``"torch"``, ``"openvino"`` (the backbone compiled by
+            OpenVINO) or ``"onnxruntime"`` (the model exported to ONNX; needs ``pip install "dogclf[onnx]"``).
         forward_batch: Most images per forward pass (default: 8 on a CPU, 64 on CUDA).
 
     Returns:
-        A ready :class:`Classifier`.
+        A ready :class:`Classifier`, its engine compiled.
 
     Raises:
         ModelDirError: Missing or mismatched files, or an uninstalled backbone.
     """
+    from dogclf.inference.openvino import resolve_engine
+
     root = Path(model_dir)
     config = read_config(root)
     spec = resolve_spec(config, root)
     net = build_net(config, spec, root)
     device_ = resolve_device(device)
+    name = resolve_engine(engine, device_)
+    choice = choose_precision(precision, config, device_)
     other = None
-    if engine != "torch":
-        from dogclf.inference.runtimes import runtime_engine
-
-        choice = choose_precision(precision, config, device_)
-        other = runtime_engine(
-            engine,
-            net,
-            spec.preprocessing,
-            precision=choice.precision,
-            forward_batch=forward_batch,
-            model_dir=root,
-            config=config,
-        )
-    return Classifier(
+    if name != "torch":
+        other = _runtime_engine(name, engine, net, spec, choice, forward_batch, root, config)
+    classifier = Classifier(
         net,
         spec=spec,
         class_names=config["class_names"],
@@ -323,3 +319,41 @@ def load_model(
         forward_batch=forward_batch,
         novelty=load_novelty(root, config),
     )
+    if other is not None:
+        classifier.precision_choice = choice
+    return classifier
+
+
+def _runtime_engine(
+    name: str,
+    requested: str | None,
+    net: DogClassifierNet,
+    spec: BackboneSpec,
+    choice: PrecisionChoice,
+    forward_batch: int | None,
+    root: Path,
+    config: dict[str, Any],
+) -> Engine | None:
+    """The OpenVINO or ONNX Runtime engine, compiled; ``None`` when ``auto`` picked one that cannot run this model."""
+    from dogclf.inference.runtimes import runtime_engine
+
+    engine = runtime_engine(
+        name,
+        net,
+        spec.preprocessing,
+        precision=choice.precision,
+        forward_batch=forward_batch,
+        model_dir=root,
+        config=config,
+    )
+    prepare = getattr(getattr(engine, "compiled", None), "prepare", None)
+    if prepare is None:
+        return engine
+    try:
+        prepare()
+    except Exception as exc:  # a backbone OpenVINO cannot convert: torch runs it when the user did not insist
+        if requested not in (None, "auto"):
+            raise
+        _LOG.warning("OpenVINO could not compile the %s backbone (%s); running it in torch", spec.name, exc)
+        return None
+    return engine

@@ -184,6 +184,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     _add_precision_arg(ev)
+    add_engine_arg(ev)
     ev.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
     ev.add_argument(
         "--unknown-dir",
@@ -213,6 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     pr.add_argument("--device", default="cpu", help="with --model: cpu (default), auto, cuda or cuda:N")
     _add_precision_arg(pr)
+    add_engine_arg(pr)
 
     sv = sub.add_parser("serve", help="serve a model over HTTP with batching and a web page (SageMaker contract)")
     sv.add_argument("--model", required=True, type=Path, help="model directory")
@@ -242,12 +244,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sv.add_argument("--device", default="auto", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
     _add_precision_arg(sv)
-    sv.add_argument(
-        "--engine",
-        choices=("torch", "onnxruntime", "openvino"),
-        default="torch",
-        help="torch (default), or the model exported to ONNX and run by ONNX Runtime or OpenVINO (dogclf[onnx])",
-    )
+    add_engine_arg(sv)
     sv.add_argument(
         "--access-log", action=argparse.BooleanOptionalAction, default=True, help="log one line per request"
     )
@@ -273,13 +270,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_engine_arg(p: argparse.ArgumentParser) -> None:
+    """``--engine``: the runtime of the backbone's forward passes (``auto`` picks the fastest on this machine)."""
+    p.add_argument(
+        "--engine",
+        choices=("auto", "torch", "openvino", "onnxruntime"),
+        default="auto",
+        help="runtime of the forward passes; auto (default): OpenVINO on x86 CPUs where installed, else torch "
+        "(CUDA, ARM); onnxruntime runs the model exported to ONNX (dogclf[onnx]); $DOGCLF_ENGINE sets the default",
+    )
+
+
 def _add_precision_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
         choices=("auto", "bf16", "fp16", "fp32"),
         default=None,
-        help="default: the precision the model was calibrated in (config.json); auto: bf16 on CUDA and on CPUs "
-        "with native bf16, else fp32",
+        help="default: the model's calibration precision where this hardware runs it natively (bf16 and fp32 "
+        "scores agree; bf16 on CPUs with native bf16 and on CUDA, else fp32); auto: the same without the model",
     )
 
 
@@ -402,6 +410,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cache=args.cache,
             cache_dir=args.cache_dir,
             precision=args.precision,
+            engine=args.engine,
             extract_batch_size=args.extract_batch_size,
             novelty=args.novelty,
             environ=args.environ,

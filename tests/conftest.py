@@ -70,20 +70,24 @@ def _feature_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """Points dogclf's default feature cache (and that of CLI subprocesses) into pytest's temp folder, not ~/.cache."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DOGCLF_FEATURE_CACHE", str(tmp_path_factory.getbasetemp() / "feature-cache"))
+        patch.setenv("DOGCLF_OPENVINO_CACHE", str(tmp_path_factory.getbasetemp() / "openvino-cache"))
         yield
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _hardware_pinned() -> Iterator[None]:
-    """Pins the CPU's bfloat16 answer (and the default engine) so no test depends on the CPU that runs it.
+    """Pins the CPU's bfloat16 answer and the default engine so no test depends on the machine that runs it.
 
     ``DOGCLF_CPU_BF16`` / ``DOGCLF_ENGINE`` set by whoever runs pytest are kept (``DOGCLF_CPU_BF16=1 pytest`` runs the
-    whole suite on the bfloat16 path); otherwise the suite runs as on a CPU without native bfloat16. Tests that must
-    cover both paths take the :func:`cpu_bf16` fixture.
+    whole suite on the bfloat16 path, ``DOGCLF_ENGINE=openvino pytest`` on OpenVINO); otherwise the suite runs as on a
+    CPU without native bfloat16, with torch as the default engine (many tests reach into the torch module). Tests that
+    must cover both take the :func:`cpu_bf16` and :func:`engine` fixtures.
     """
     with pytest.MonkeyPatch.context() as patch:
         if "DOGCLF_CPU_BF16" not in os.environ:
             patch.setenv("DOGCLF_CPU_BF16", "0")
+        if "DOGCLF_ENGINE" not in os.environ:
+            patch.setenv("DOGCLF_ENGINE", "torch")
         yield
 
 
@@ -92,6 +96,15 @@ def cpu_bf16(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     """Runs the test as on a CPU without native bfloat16, then as on one with it (DOGCLF_CPU_BF16)."""
     monkeypatch.setenv("DOGCLF_CPU_BF16", request.param)
     return request.param == "1"
+
+
+@pytest.fixture(params=["torch", "openvino"])
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs the test with each engine as the default of every forward pass (DOGCLF_ENGINE)."""
+    if request.param == "openvino":
+        pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    monkeypatch.setenv("DOGCLF_ENGINE", request.param)
+    return request.param
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def _scores(answer: dict[str, Any]) -> dict[int, float]:
 
 @pytest.mark.parametrize("source", ["synthetic", "real"])
 def test_predict_serve_sagemaker_and_evaluate_agree(
-    source: str, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], cpu_bf16: bool
+    source: str, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], cpu_bf16: bool, engine: str
 ) -> None:
     photo = tmp_path / "dog.jpg"
     if source == "real":
@@ -65,14 +65,14 @@ def test_predict_serve_sagemaker_and_evaluate_agree(
     assert cli.main(["predict", "--model", str(model_dir), str(photo), "--json", "--top-k", str(NUM_CLASSES)]) == 0
     captured = capsys.readouterr()
     (predicted,) = json.loads(captured.out)  # one entry per image
-    # Calibrated in bf16: run natively where the CPU has bf16, else in fp32 (never emulated).
+    # Calibrated in bf16: run natively where the CPU has bf16, else in fp32 (never emulated); the start-up line
+    # names the engine that ran.
     expected = "bf16" if cpu_bf16 else "fp32"
-    assert ("bf16 (as calibrated)" if cpu_bf16 else "fp32 (calibrated in bf16; this CPU has no native bf16") in (
-        captured.err
-    )
+    why = "bf16 (as calibrated)" if cpu_bf16 else "fp32 (calibrated in bf16; this CPU has no native bf16"
+    assert f"dogclf predict: {engine} {why}" in captured.err
 
     classifier = load_model(model_dir)
-    assert classifier.precision == expected
+    assert (classifier.precision, classifier.engine.name) == (expected, engine)
     with running(classifier, top_k=NUM_CLASSES) as (port, _):
         status, _, served = call(port, "POST", "/invocations", data, {"Content-Type": "image/jpeg"})
     assert status == 200
@@ -80,7 +80,7 @@ def test_predict_serve_sagemaker_and_evaluate_agree(
     model = handlers.model_fn(str(model_dir))
     body, _ = handlers.output_fn(handlers.predict_fn(handlers.input_fn(data, "image/jpeg"), model), "application/json")
     sagemaker = json.loads(body)
-    assert model.precision == expected
+    assert (model.precision, model.engine.name) == (expected, engine)
 
     # evaluate: the image labelled with each class in turn; its loss is -log(score of that class).
     evaluated: dict[int, float] = {}

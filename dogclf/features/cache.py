@@ -102,14 +102,21 @@ def backbone_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def make_backbone_key(*, backbone: str, digest: str, preprocessing: Preprocessing, precision: str) -> str:
+def make_backbone_key(
+    *, backbone: str, digest: str, preprocessing: Preprocessing, precision: str, engine: str = "torch"
+) -> str:
     """The namespace key: everything besides the image file that changes a feature vector.
+
+    float32 features of the torch and OpenVINO engines agree (cosine >= 0.9999 on real photos), so they share a
+    namespace; reduced-precision features differ between engines (bfloat16: cosine ~0.996-0.999), so those are kept
+    per engine.
 
     Args:
         backbone: The backbone's registry name.
         digest: :func:`backbone_digest` of the loaded backbone.
         preprocessing: The backbone's input contract (resize, crop, mean, std, interpolation).
         precision: The precision features are computed in (``"fp32"``, ``"bf16"``, ``"fp16"``); not ``"auto"``.
+        engine: The runtime that computed them (``"torch"`` or ``"openvino"``).
 
     Returns:
         A canonical JSON string (also written to the namespace's ``namespace.json``).
@@ -122,7 +129,7 @@ def make_backbone_key(*, backbone: str, digest: str, preprocessing: Preprocessin
             "backbone": backbone,
             "weights_sha256": digest,
             "preprocessing": preprocessing.to_dict(),
-            "precision": precision,
+            "precision": precision if precision == "fp32" or engine == "torch" else f"{precision} {engine}",
         },
         sort_keys=True,
     )

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from dogclf.data.folder import DataSplits, Sample
     from dogclf.features.extract import ExtractOptions, FeatureBatch
 
-__all__ = ["FeatureSet", "effective_precision", "prepare_features"]
+__all__ = ["FeatureSet", "effective_engine", "effective_precision", "prepare_features"]
 
 
 @dataclass
@@ -89,9 +89,10 @@ def prepare_features(
     by_split = {"train": splits.train, "valid": splits.valid, "test": splits.test}
     paths, rows = _unique_paths(by_split)
     precision = effective_precision(options)
+    engine = effective_engine(options)
     cache = None
     if cache_dir is not None:
-        cache = _open_cache(cache_dir, spec, backbone, precision, weights_label, log)
+        cache = _open_cache(cache_dir, spec, backbone, (precision, engine), weights_label, log)
     features = torch.empty(len(paths), spec.num_features, dtype=torch.float32)
     found = _read_cached(cache, paths, features) if cache is not None else set()
     missing = [i for i in range(len(paths)) if i not in found]
@@ -106,7 +107,8 @@ def prepare_features(
     seconds = time.perf_counter() - started
     rate = f" ({len(missing) / seconds:.0f} img/s)" if missing and seconds > 0 else ""
     where = f" (cache {cache.path})" if cache is not None else " (no cache)"
-    log(f"features: {len(found)} cached, {len(missing)} extracted in {seconds:.0f} s{rate}, {precision}{where}")
+    how = f"{precision} {engine}" if missing else precision
+    log(f"features: {len(found)} cached, {len(missing)} extracted in {seconds:.0f} s{rate}, {how}{where}")
     if unreadable is not None:
         unreadable += [(paths[i], reason) for i, reason in bad]
     dropped = {i for i, _ in bad}
@@ -117,16 +119,18 @@ def _open_cache(
     cache_dir: Path,
     spec: BackboneSpec,
     backbone: torch.nn.Module,
-    precision: str,
+    numerics: tuple[str, str],
     weights_label: str,
     log: Callable[[str], None],
 ) -> FeatureCache:
-    """The cache namespace of this backbone's exact weights, preprocessing and precision."""
+    """The cache namespace of this backbone's exact weights, preprocessing and numerics (precision, engine)."""
+    precision, engine = numerics
     key = make_backbone_key(
         backbone=spec.name,
         digest=backbone_digest(backbone),
         preprocessing=spec.preprocessing,
         precision=precision,
+        engine=engine,
     )
     return FeatureCache(cache_dir, backbone_key=key, label=spec.name, describe={"weights": weights_label}, log=log)
 
@@ -193,6 +197,13 @@ def _feature_set(features: torch.Tensor, rows: list[int], samples: Sequence[Samp
         features=features[torch.tensor([r for r, _ in kept], dtype=torch.long)] if kept else features[:0].clone(),
         labels=torch.tensor([label for _, label in kept], dtype=torch.long),
     )
+
+
+def effective_engine(options: ExtractOptions) -> str:
+    """The runtime extraction will use with ``options`` (``"openvino"`` or ``"torch"``), for the summary line."""
+    from dogclf.features import extract
+
+    return extract.resolve_engine(options)
 
 
 def effective_precision(options: ExtractOptions) -> str:

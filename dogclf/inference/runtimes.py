@@ -1,10 +1,11 @@
-"""The exported model run by ONNX Runtime or OpenVINO, behind the torch engine's interface.
+"""Engines other than eager torch, behind the torch engine's interface: ONNX Runtime and OpenVINO.
 
 The same :class:`~dogclf.inference.engine.Engine` preparation and post-processing apply, and the engines return
 logits and features too.
 
 ``load_model(DIR, engine="onnxruntime")`` uses ``DIR/model.onnx`` when ``dogclf export`` wrote one for these exact
-weights, and otherwise exports the model to a temporary file first (tens of seconds on a CPU).
+weights, and otherwise exports the model to a temporary file first (tens of seconds on a CPU). OpenVINO runs the
+backbone converted directly from torch (:mod:`dogclf.inference.openvino`), cached across runs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dogclf.inference.engine import Engine, EngineOutput
 from dogclf.inference.preprocess import Normaliser, stack
 from dogclf.inference.threads import ThreadBudget
 
-__all__ = ["RUNTIMES", "OnnxRuntimeEngine", "OpenVinoEngine", "fresh_export", "runtime_engine"]
+__all__ = ["RUNTIMES", "OnnxRuntimeEngine", "fresh_export", "runtime_engine"]
 
 RUNTIMES = ("onnxruntime", "openvino")
 _EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
@@ -100,59 +101,6 @@ class OnnxRuntimeEngine(_OnnxEngine):
         return logits, features
 
 
-class OpenVinoEngine(_OnnxEngine):
-    """An exported model compiled by OpenVINO for the CPU.
-
-    It infers in bfloat16 when the model's precision is bf16 (fast where the CPU has native bfloat16), else float32.
-
-    Args:
-        path: The ONNX file.
-        preprocessing: The backbone's input contract.
-        precision: ``"bf16"`` or ``"fp32"``.
-        forward_batch: Most images per run (default 8).
-    """
-
-    name = "openvino"
-
-    def __init__(
-        self, path: Path, preprocessing: Any, *, precision: str = "fp32", forward_batch: int | None = None
-    ) -> None:
-        self._ov = require("openvino", extra="openvino", purpose="--engine openvino")
-        super().__init__(
-            path, preprocessing, precision="bf16" if precision == "bf16" else "fp32", forward_batch=forward_batch
-        )
-        self._compiled: Any = None
-        self._local = threading.local()
-        self._lock = threading.Lock()
-
-    def _reset(self) -> None:
-        self._compiled = None
-        self._local = threading.local()
-
-    def _request(self) -> Any:
-        with self._lock:
-            if self._compiled is None:
-                config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
-                if self.budget is not None:  # one stream per forward worker, so their requests run side by side
-                    config["NUM_STREAMS"] = str(self.budget.forward_workers)
-                    config["INFERENCE_NUM_THREADS"] = str(self.budget.forward_workers * self.budget.forward_threads)
-                else:
-                    config["PERFORMANCE_HINT"] = "LATENCY"
-                self._compiled = self._ov.Core().compile_model(os.fspath(self.path), "CPU", config)
-            compiled = self._compiled
-        request = getattr(self._local, "request", None)
-        if request is None or getattr(self._local, "compiled", None) is not compiled:
-            request = compiled.create_infer_request()
-            self._local.request, self._local.compiled = request, compiled
-        return request
-
-    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        request = self._request()
-        results = request.infer({"images": images})
-        by_name = {output.get_any_name(): value for output, value in results.items()}
-        return by_name["logits"].copy(), by_name["features"].copy()
-
-
 def fresh_export(model_dir: str | os.PathLike[str]) -> Path | None:
     """``model_dir/model.onnx`` if ``dogclf export`` wrote it from the directory's current weights, else ``None``."""
     from dogclf.inference.export import onnx_metadata, weights_digest
@@ -195,8 +143,10 @@ def runtime_engine(
     """
     if name not in RUNTIMES:
         raise ValueError(f"unknown engine {name!r}; use torch, {', '.join(RUNTIMES)}")
+    if name == "openvino":
+        from dogclf.inference.openvino import OpenVinoEngine
+
+        return OpenVinoEngine(net, preprocessing, precision=precision, forward_batch=forward_batch)
     require(name, extra=_EXTRAS[name], purpose=f"--engine {name}")  # fail before a long export
     path = _onnx_file(net, preprocessing, None if model_dir is None else Path(model_dir), config or {})
-    if name == "onnxruntime":
-        return OnnxRuntimeEngine(path, preprocessing, forward_batch=forward_batch)
-    return OpenVinoEngine(path, preprocessing, precision=precision, forward_batch=forward_batch)
+    return OnnxRuntimeEngine(path, preprocessing, forward_batch=forward_batch)

@@ -124,8 +124,9 @@ def model_fn(model_dir: str) -> Any:
     """Loads the model directory (``model.safetensors`` + ``config.json``) on CUDA if available, else CPU.
 
     The precision is ``$DOGCLF_PRECISION`` if set (``fp32``, ``bf16``, ``fp16``, ``auto``), else the precision the
-    model was calibrated in, as ``dogclf serve`` and ``dogclf predict`` run it. The torch threads are the container's
-    (TorchServe sets ``OMP_NUM_THREADS`` per worker).
+    model was calibrated in, run natively, as ``dogclf serve`` and ``dogclf predict`` run it; the engine is
+    ``$DOGCLF_ENGINE`` if set, else OpenVINO on an x86 CPU where it is installed, else torch. The torch threads are
+    the container's (TorchServe sets ``OMP_NUM_THREADS`` per worker).
 
     Args:
         model_dir: The unpacked archive root (``/opt/ml/model`` in the container).

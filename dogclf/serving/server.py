@@ -265,7 +265,7 @@ def serve(
     top_k: int = 5,
     device: str = "cpu",
     precision: str | None = None,
-    engine: str = "torch",
+    engine: str = "auto",
     access_log: bool = True,
 ) -> None:
     """Loads a model directory and serves it until SIGINT/SIGTERM (blocking).
@@ -280,7 +280,8 @@ def serve(
         device: ``cpu``, ``auto``, ``cuda`` or ``cuda:N``.
         precision: ``None`` (the precision the model was calibrated in), ``fp32``, ``bf16``, ``fp16`` or ``auto``
             (see :class:`~dogclf.classifier.Classifier`).
-        engine: ``torch``, ``onnxruntime`` or ``openvino`` (see :func:`~dogclf.classifier.load_model`).
+        engine: ``auto`` (OpenVINO on x86 CPUs where installed, else torch), ``torch``, ``openvino`` or
+            ``onnxruntime`` (see :func:`~dogclf.classifier.load_model`).
         access_log: Log one line per request.
 
     Raises:

@@ -185,6 +185,7 @@ def train(
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     precision: str = "auto",
+    engine: str = "auto",
     extract_batch_size: int = 64,
     environ: Mapping[str, str] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
@@ -218,6 +219,8 @@ def train(
         cache_dir: The feature-cache folder; default ``$DOGCLF_FEATURE_CACHE``, else
             ``$XDG_CACHE_HOME/dogclf/features``, else ``~/.cache/dogclf/features``.
         precision: Feature-extraction precision: ``"auto"``, ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+        engine: Feature-extraction runtime: ``"auto"`` (OpenVINO on an x86 CPU where installed, else torch),
+            ``"torch"`` or ``"openvino"``.
         extract_batch_size: Images per batch during feature extraction.
         environ: The environment (for the default cache folder); ``os.environ`` when ``None``.
         novelty: Fit the feature-space novelty score (:mod:`dogclf.novelty`) that decides "unknown" (needs a
@@ -243,6 +246,7 @@ def train(
         cache=cache,
         cache_dir=cache_dir,
         precision=precision,
+        engine=engine,
         extract_batch_size=extract_batch_size,
         environ=environ,
         log=log if main else _quiet,
@@ -321,6 +325,7 @@ class _Options:
     cache: bool
     cache_dir: str | os.PathLike[str] | None
     precision: str
+    engine: str
     extract_batch_size: int
     environ: Mapping[str, str]
     log: Callable[[str], None]
@@ -523,6 +528,7 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
         num_workers=config.num_workers,
         precision=options.precision,
         device=config.device,
+        engine=options.engine,
     )
     run.precision = effective_precision(extract)
     folder = None

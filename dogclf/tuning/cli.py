@@ -82,6 +82,7 @@ def run_tune(args: argparse.Namespace) -> int:
             device=args.device,
             num_workers=args.workers,
             precision=args.precision,
+            engine=args.engine,
             strict=args.strict,
             progress=args.progress,
         )

@@ -244,6 +244,7 @@ def prepare_trials(
     cache_dir: Path | None,
     precision: str,
     extract_batch_size: int,
+    engine: str = "auto",
     device: str,
     num_workers: int | None,
     log: Callable[[str], None],
@@ -264,7 +265,9 @@ def prepare_trials(
     random.seed(seed)
     backbone = build_backbone(spec, weights)
     torch_rng, python_rng = torch.get_rng_state(), random.getstate()
-    options = ExtractOptions(batch_size=extract_batch_size, num_workers=num_workers, precision=precision, device=device)
+    options = ExtractOptions(
+        batch_size=extract_batch_size, num_workers=num_workers, precision=precision, device=device, engine=engine
+    )
     # Tuning never looks at the test split, so its images are not extracted here.
     features = prepare_features(
         dataclasses.replace(splits, test=[]),

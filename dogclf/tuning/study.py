@@ -298,6 +298,7 @@ def tune(
     device: str = "auto",
     num_workers: int | None = None,
     precision: str = "auto",
+    engine: str = "auto",
     extract_batch_size: int = 64,
     strict: bool = False,
     pruner_startup_trials: int = 5,
@@ -338,6 +339,7 @@ def tune(
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         num_workers: DataLoader workers for extraction (default from the CPU count).
         precision: Feature-extraction precision (``"auto"``, ``"fp32"``, ``"bf16"``, ``"fp16"``).
+        engine: Feature-extraction runtime (``"auto"``, ``"torch"``, ``"openvino"``).
         extract_batch_size: Images per extraction batch.
         strict: Fail on unreadable images instead of skipping them.
         pruner_startup_trials: Trials that finish before pruning starts.
@@ -426,6 +428,7 @@ def tune(
                 seed=seed,
                 cache_dir=folder,
                 precision=precision,
+                engine=engine,
                 extract_batch_size=extract_batch_size,
                 device=device,
                 num_workers=num_workers,
@@ -476,6 +479,7 @@ def tune(
             device=device,
             num_workers=num_workers,
             precision=precision,
+            engine=engine,
             extract_batch_size=extract_batch_size,
             strict=strict,
             progress=progress,
