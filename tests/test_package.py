@@ -142,7 +142,7 @@ def test_packaged_plugin_model_serves_from_its_own_code_dir(
     assert {"code/dogclf_tinybb.py", "code/dogclf_tinybb-0.1.dist-info/entry_points.txt"} <= set(names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or n.endswith("checkpoint.pt")]
     assert (unpacked / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
-    requirements = (unpacked / "code" / "requirements.txt").read_text().split()
+    requirements = (unpacked / "code" / "requirements.txt").read_text().splitlines()
     assert requirements == list(SERVING_REQUIREMENTS)  # the tiny plugin declares no requirements; no torch
 
     image = tmp_path / "dog.jpg"

@@ -24,7 +24,13 @@ from dogclf.sagemaker.entry import ENTRY_SCRIPT, ENTRY_SOURCE
 __all__ = ["NAMES_FILE", "TRAINING_REQUIREMENTS", "SourceDir", "build_source_dir", "training_requirements"]
 
 # dogclf's third-party needs when training in the PyTorch container; keep in step with pyproject.toml (a test checks).
-TRAINING_REQUIREMENTS = ("safetensors>=0.4", "pillow>=10", "tqdm>=4.60", "matplotlib>=3.7")
+TRAINING_REQUIREMENTS = (
+    "safetensors>=0.4",
+    "pillow>=10",
+    "tqdm>=4.60",
+    "matplotlib>=3.7",
+    "openvino>=2024.0; platform_machine == 'x86_64' or platform_machine == 'AMD64'",  # the default engine on x86
+)
 NAMES_FILE = "dogclf-names.txt"
 
 

@@ -51,7 +51,9 @@ __all__ = [
 ]
 
 # dogclf's own third-party needs when serving; keep in step with pyproject.toml (a test checks).
-SERVING_REQUIREMENTS = ("safetensors>=0.4", "pillow>=10")
+# OpenVINO is the default engine on x86 CPUs (the marker keeps it off ARM instances).
+OPENVINO_REQUIREMENT = "openvino>=2024.0; platform_machine == 'x86_64' or platform_machine == 'AMD64'"
+SERVING_REQUIREMENTS = ("safetensors>=0.4", "pillow>=10", OPENVINO_REQUIREMENT)
 TIMM_REQUIREMENT = "timm>=1.0"
 # Provided by the AWS PyTorch inference image, so never written to requirements.txt (pip would replace torch).
 CONTAINER_PROVIDED = frozenset({"torch", "torchvision", "torchaudio", "dogclf"})
