@@ -3,14 +3,15 @@ tuned LitServe, in one run, with the same model, photos, precision and clients.
 
 Servers (each bound to 127.0.0.1, started, measured at every client count, stopped, one after the other):
 
-* ``dogclf serve`` with its defaults, once per engine (``torch``; ``onnxruntime`` and ``openvino`` serve the model's
-  ``model.onnx``, which this script exports first if it is missing or stale);
+* ``dogclf serve`` with its defaults (on an x86 CPU with OpenVINO: the OpenVINO engine), and with ``--engine torch``
+  (and ``--engine onnxruntime``, which serves the model's ``model.onnx``, exported first if missing or stale);
 * TorchServe 0.12 running the ``dogclf package`` archive through ``sagemaker-pytorch-inference``, exactly as the AWS
   PyTorch inference container does (its config, handler service, ``SAGEMAKER_PROGRAM=inference.py``), over a small
   grid: workers 1 and 2 with ``OMP_NUM_THREADS`` = cores / workers, TorchServe batch size 1, and 8 with a 5 ms
   ``maxBatchDelay`` (set as the container's ``SAGEMAKER_TS_*`` settings do);
-* LitServe with dynamic batching over a small grid (``bench/_litserve_app.py``): workers 1 and 2 with torch threads
-  = cores / workers, ``max_batch_size`` 8 and 16, ``batch_timeout`` 5 ms.
+* LitServe with dynamic batching (``bench/_litserve_app.py``): on dogclf's torch engine, workers 1 and 2 with torch
+  threads = cores / workers, ``max_batch_size`` 16, ``batch_timeout`` 5 ms; and on the model's ONNX export compiled
+  by OpenVINO (latency hint, bf16 where native), workers 1 and 2 x threads = cores / workers, batch 8 and 16.
 
 Every server runs the same model directory with dogclf's engine and post-processing in the precision the model was
 calibrated in (bf16 for a feature-path model on a CPU with native bfloat16; the ONNX Runtime engine runs fp32):
@@ -26,10 +27,10 @@ forward-only cost per image is measured once, in this process, for comparison. T
 their best configuration at that level. Top-1 answers of every server are compared on ``--check`` photos.
 
     python bench/serve_speed.py --model MODEL_DIR [--clients 1,4,16,64] [--seconds 10] [--warmup 3]
-        [--servers dogclf,dogclf-onnxruntime,dogclf-openvino,torchserve,litserve]
+        [--servers dogclf,dogclf-torch,torchserve,litserve,litserve-openvino]
 
-Needs the ``bench`` extra (TorchServe, torch-model-archiver, LitServe), Java 17 for TorchServe, ``dogclf[onnx]`` and
-``openvino`` for those engines.
+Needs the ``bench`` extra (TorchServe, torch-model-archiver, LitServe), Java 17 for TorchServe, and ``dogclf[onnx]``
+for the ONNX export. Each result is judged against the best peer row at that level.
 """
 
 from __future__ import annotations
@@ -347,11 +348,14 @@ def torchserve_server(model: Path, workers: int, batch: int, delay_ms: int, core
     return Server(name, "torchserve", start)
 
 
-def litserve_server(model: Path, workers: int, batch: int, timeout_ms: float, cores: int) -> Server:
-    name = f"litserve w{workers} b{batch} {timeout_ms:g}ms"
+def litserve_server(
+    model: Path, workers: int, batch: int, timeout_ms: float, cores: int, runtime: str = "torch"
+) -> Server:
+    name = f"litserve {runtime} w{workers} b{batch} {timeout_ms:g}ms"
 
     def start(port: int, work: Path) -> subprocess.Popen:
         cmd = [sys.executable, str(BENCH / "_litserve_app.py"), "--model", str(model), "--port", str(port)]
+        cmd += ["--runtime", runtime]
         cmd += ["--workers", str(workers), "--max-batch-size", str(batch), "--batch-timeout-ms", str(timeout_ms)]
         cmd += ["--threads", str(max(1, cores // workers))]
         log = (work / f"{name.replace(' ', '_')}.log").open("wb")
@@ -425,7 +429,7 @@ def servers_to_run(args: argparse.Namespace, cores: int) -> list[Server]:
     servers: list[Server] = []
     if "dogclf" in wanted:
         servers.append(dogclf_server(args.model, "dogclf serve", shlex.split(args.serve_args)))
-    for engine in ("onnxruntime", "openvino"):
+    for engine in ("torch", "onnxruntime"):
         if f"dogclf-{engine}" in wanted:
             servers.append(dogclf_server(args.model, f"dogclf serve --engine {engine}", ["--engine", engine]))
     if "torchserve" in wanted:
@@ -434,14 +438,47 @@ def servers_to_run(args: argparse.Namespace, cores: int) -> list[Server]:
                 servers.append(torchserve_server(args.model, workers, batch, delay, cores))
     if "litserve" in wanted:
         for workers in args.peer_workers:
+            servers.append(litserve_server(args.model, workers, 16, 5.0, cores))
+    if "litserve-openvino" in wanted:
+        for workers in args.peer_workers:
             for batch in (8, 16):
-                servers.append(litserve_server(args.model, workers, batch, 5.0, cores))
+                servers.append(litserve_server(args.model, workers, batch, 5.0, cores, runtime="openvino"))
     return servers
 
 
 def best(results: dict[str, list[Level]], family: str, servers: list[Server], index: int) -> tuple[str, Level] | None:
-    rows = [(s.name, results[s.name][index]) for s in servers if s.family == family and s.name in results]
+    """The peer row with the most requests/s at level ``index``, of ``family`` (``"peers"``: of any peer)."""
+    rows = [
+        (s.name, results[s.name][index])
+        for s in servers
+        if (s.family == family or (family == "peers" and s.family != "dogclf")) and s.name in results
+    ]
     return max(rows, key=lambda row: row[1].rps) if rows else None
+
+
+def compare(mine: str, results: dict[str, list[Level]], servers: list[Server], extraction: float) -> None:
+    """Prints ``mine`` against the best peer at each level: overall, TorchServe's and LitServe's best."""
+    ours = results.get(mine)
+    if ours is None:
+        return
+    print(f"\n{mine} (defaults) vs the best peer configuration at each level:\n")
+    peer = "req/s | p99 ms | ratio"
+    print(
+        f"| clients | {mine} req/s | p99 ms | best peer | {peer} | best TorchServe | {peer} | best LitServe | {peer} |"
+    )
+    print("|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|")
+    for i, level in enumerate(ours):
+        row = f"| {level.clients} | {level.rps:.1f} ({level.rps / extraction:.2f}x extraction) | "
+        row += f"{level.percentile(99):.0f} |"
+        for family in ("peers", "torchserve", "litserve"):
+            found = best(results, family, servers, i)
+            if found is None:
+                row += " - | - | - | - |"
+                continue
+            name, other = found
+            ratio = level.rps / other.rps if other.rps else float("inf")
+            row += f" {name} | {other.rps:.1f} | {other.percentile(99):.0f} | {ratio:.2f}x |"
+        print(row)
 
 
 def main() -> int:
@@ -455,8 +492,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--servers",
-        default="dogclf,dogclf-onnxruntime,dogclf-openvino,torchserve,litserve",
-        help="which servers (default all: dogclf,dogclf-onnxruntime,dogclf-openvino,torchserve,litserve)",
+        default="dogclf,dogclf-torch,torchserve,litserve,litserve-openvino",
+        help="which servers (default: dogclf,dogclf-torch,torchserve,litserve,litserve-openvino; also "
+        "dogclf-onnxruntime)",
     )
     parser.add_argument("--serve-args", default="", help="extra `dogclf serve` flags for the torch engine row")
     parser.add_argument("--peer-workers", default="1,2", help="TorchServe and LitServe worker counts (default 1,2)")
@@ -470,7 +508,7 @@ def main() -> int:
     paths = pick_images(args.images, args.seed)
     images = [p.read_bytes() for p in paths]
     servers = servers_to_run(args, cores)
-    if any(s.name.startswith("dogclf serve --engine") for s in servers):
+    if any(s.name == "dogclf serve --engine onnxruntime" or "openvino" in s.name for s in servers):
         ensure_onnx(args.model)
     print(f"machine: {machine()}")
     print(f"load average (1/5/15 min) at start: {load_average()}")
@@ -504,24 +542,8 @@ def main() -> int:
                 f"| {name} | {level.clients} | {level.rps:.1f} | {latency} | {level.errors} | {level.cpu_cores:.2f} "
                 f"| {level.cpu_ms_per_request:.1f} |"
             )
-    ours = results.get("dogclf serve")
-    if ours is not None:
-        print("\ndogclf serve (torch engine, defaults) vs each peer's best configuration at each level:\n")
-        peer = "req/s | p99 ms | ratio"
-        print(f"| clients | dogclf req/s | p99 ms | best TorchServe | {peer} | best LitServe | {peer} |")
-        print("|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|")
-        for i, level in enumerate(ours):
-            row = f"| {level.clients} | {level.rps:.1f} ({level.rps / extraction:.2f}x extraction) | "
-            row += f"{level.percentile(99):.0f} |"
-            for family in ("torchserve", "litserve"):
-                peer = best(results, family, servers, i)
-                if peer is None:
-                    row += " - | - | - | - |"
-                    continue
-                name, other = peer
-                ratio = level.rps / other.rps if other.rps else float("inf")
-                row += f" {name} | {other.rps:.1f} | {other.percentile(99):.0f} | {ratio:.2f}x |"
-            print(row)
+    for mine in ("dogclf serve", "dogclf serve --engine torch"):
+        compare(mine, results, servers, extraction)
     if labels:
         reference = next(iter(labels.values()))
         agree = {name: sum(a == b for a, b in zip(got, reference, strict=True)) for name, got in labels.items()}

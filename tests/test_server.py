@@ -220,6 +220,18 @@ def test_concurrent_requests_share_forward_passes_and_bad_ones_do_not_disturb_th
     assert stats["largest_batch"] >= 3, stats
 
 
+def test_a_lone_request_is_not_held_for_company_that_is_not_coming(classifier: Classifier) -> None:
+    """With nothing else decoding, the batch runs at once instead of waiting out max_wait_ms."""
+    batching = BatchConfig(max_batch_size=32, max_wait_ms=3000)
+    with running(classifier, batching=batching) as (port, _):
+        post_image(port, jpeg(1))  # warm-up
+        started = time.perf_counter()
+        for seed in range(3):
+            status, _, answer = post_image(port, jpeg(seed))
+            assert status == 200, answer
+        assert time.perf_counter() - started < 3.0  # the old batcher held each request for 3 s
+
+
 def _bad_requests() -> list[tuple[str, bytes, dict[str, str], int, str]]:
     image = jpeg(5)
     json_type = {"Content-Type": "application/json"}

@@ -341,7 +341,8 @@ class Batcher:
             self._wakeup = None
 
     async def _next_batch(self) -> list[_Item]:
-        """The next batch: up to ``max_batch_size`` items, once full or once the oldest has waited long enough."""
+        """The next batch: up to ``max_batch_size`` items, once full, once the oldest has waited ``max_wait_ms``, or
+        at once when no other image is being decoded (a lone client never waits for company that is not coming)."""
         while not self._items:
             if self._closing and self._waiting == 0:  # nothing queued and nothing still decoding
                 return []
@@ -349,8 +350,8 @@ class Batcher:
         deadline = self._items[0].arrived + self.config.max_wait_ms / 1000
         while len(self._items) < self.config.max_batch_size and not self._closing:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
+            if remaining <= 0 or self._waiting == len(self._items):
+                break  # waited long enough, or nothing else is decoding: waiting could only add latency
             await self._sleep(remaining)
         take = min(len(self._items), self.config.max_batch_size)
         batch = [self._items.popleft() for _ in range(take)]
