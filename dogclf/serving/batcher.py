@@ -341,8 +341,10 @@ class Batcher:
             self._wakeup = None
 
     async def _next_batch(self) -> list[_Item]:
-        """The next batch: up to ``max_batch_size`` items, once full, once the oldest has waited ``max_wait_ms``, or
-        at once when no other image is being decoded (a lone client never waits for company that is not coming)."""
+        """The next batch: up to ``max_batch_size`` items, once full or once the oldest has waited ``max_wait_ms``.
+
+        It goes at once when no other image is being decoded: a lone client never waits for company that is not coming.
+        """
         while not self._items:
             if self._closing and self._waiting == 0:  # nothing queued and nothing still decoding
                 return []
