@@ -20,11 +20,12 @@ Requests are each server's natural format: the JPEG bytes as ``image/jpeg`` to `
 TorchServe, ``{"image": "<base64>"}`` to ``/predict`` for LitServe.
 
 Clients are threads, each with its own keep-alive connection, sending real Imagewoof JPEGs back to back; each level
-runs ``--warmup`` seconds unmeasured, then ``--seconds`` measured: the requests that finish in that window count. For each level the script reports requests/s,
-p50/p99 latency, errors, and the server's CPU use (its whole process tree, in cores) and CPU milliseconds per request;
-for dogclf also the decode and forward seconds per request from ``/info``. The engine's own decode-only and
-forward-only cost per image is measured once, in this process, for comparison. The peers' best row at each level is
-their best configuration at that level. Top-1 answers of every server are compared on ``--check`` photos.
+runs ``--warmup`` seconds unmeasured, then ``--seconds`` measured: the requests that finish in that window count.
+For each level the script reports requests/s, p50/p99 latency, errors, and the server's CPU use (its whole process
+tree, in cores) and CPU milliseconds per request; for dogclf also the decode and forward seconds per request from
+``/info``. The engine's own decode-only and forward-only cost per image is measured once, in this process, for
+comparison. The peers' best row at each level is their best configuration at that level. Top-1 answers of every
+server are compared on ``--check`` photos.
 
     python bench/serve_speed.py --model MODEL_DIR [--clients 1,4,16,64] [--seconds 10] [--warmup 3]
         [--servers dogclf,dogclf-torch,torchserve,litserve,litserve-openvino]

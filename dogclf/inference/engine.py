@@ -108,6 +108,10 @@ class Engine:
         """
         raise NotImplementedError
 
+    def fit_budget(self, budget: ThreadBudget) -> ThreadBudget:
+        """The budget this engine runs best (and safely) under, given the one planned; the torch engine keeps it."""
+        return budget
+
     def use_threads(self, budget: ThreadBudget) -> None:
         """Tells the engine the thread budget its forward passes run under.
 
@@ -139,7 +143,7 @@ class Engine:
             :class:`EngineBatch` in source order, each with at most :attr:`forward_batch` images; a source that
             cannot be decoded is reported in ``failures`` and left out.
         """
-        budget = budget or ThreadBudget.plan()
+        budget = self.fit_budget(budget or ThreadBudget.plan())
         load = prepare or self.prepare
         self.use_threads(budget)
         with contextlib.ExitStack() as stack_:

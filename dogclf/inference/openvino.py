@@ -15,6 +15,7 @@ command on the same backbone loads it in a fraction of a second. An unwritable c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -138,7 +139,9 @@ class OpenVinoBackbone:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Features of a normalised float batch, as float32 (on the CPU)."""
         array = np.ascontiguousarray(images.detach().to("cpu", torch.float32).contiguous().numpy())
-        result = self._request().infer({0: array})
+        # share_inputs: the request reads ``array`` in place. Copying into the request's own input tensor (reshaped
+        # to each batch's size) deadlocked now and then with two forward workers on a loaded machine (1 run in 16).
+        result = self._request().infer({0: array}, share_inputs=True)
         return torch.from_numpy(np.array(result[0], dtype=np.float32, copy=True))
 
     def _request(self) -> Any:
@@ -247,6 +250,15 @@ class OpenVinoEngine(TorchEngine):
         self.compiled = OpenVinoBackbone(
             self.backbone, preprocessing.input_size, precision=precision, cache_dir=cache_dir
         )
+
+    def fit_budget(self, budget: ThreadBudget) -> ThreadBudget:
+        """One forward worker with all the forward threads: OpenVINO spreads one request over its threads itself.
+
+        Two Python threads each running their own OpenVINO request deadlocked now and then on a loaded machine (1 run
+        of ``dogclf predict`` in 16 to 24 hung inside ``InferRequest.infer``); one worker never did.
+        """
+        threads = budget.forward_workers * budget.forward_threads
+        return dataclasses.replace(budget, forward_workers=1, forward_threads=threads)
 
     def use_threads(self, budget: ThreadBudget) -> None:
         """One OpenVINO stream per forward worker, each with that worker's threads."""

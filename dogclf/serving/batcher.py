@@ -166,7 +166,7 @@ class Batcher:
         self.classifier = classifier
         self.config = config or BatchConfig()
         self.limits = limits or Limits()
-        self.budget = self.config.budget()
+        self.budget = classifier.engine.fit_budget(self.config.budget())
         self.stats = BatchStats()
         self._items: collections.deque[_Item] = collections.deque()
         self._waiting = 0  # images admitted and not yet taken into a batch (decoding or queued)

@@ -302,7 +302,7 @@ def serve(
                 f"{os.fspath(model_dir)} on {classifier.device}\n"
                 f"  web page     {url}\n  predictions  POST {url}invocations\n"
                 f"  engine       {classifier.engine.name}, {classifier.precision_choice.describe()}\n"
-                f"  threads      {batching.budget().describe()}\n"
+                f"  threads      {classifier.engine.fit_budget(batching.budget()).describe()}\n"
                 f"  batching     up to {batching.max_batch_size} images, {batching.max_wait_ms:g} ms wait, "
                 f"queue {batching.queue_size}, timeout {batching.request_timeout_s:g} s\nPress Ctrl-C to stop.",
                 flush=True,
