@@ -169,7 +169,8 @@ def hyperparameters_from_args(args: argparse.Namespace) -> dict[str, str]:
         explicit = any(option in given for option in action.option_strings)
         if value is None or (value == action.default and not explicit) or dest == "tensorboard":
             continue
-        flag = max(action.option_strings, key=len).lstrip("-")
+        # The first long name: --novelty, not --no-novelty (False is sent as "false", which the entry point reads)
+        flag = next(o for o in action.option_strings if o.startswith("--")).lstrip("-")
         options[flag] = NAMES_FILE if dest == "names" else value
     return to_hyperparameters(options)
 
