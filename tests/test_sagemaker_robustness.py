@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import tarfile
+from pathlib import Path
 
 import pytest
 from botocore.stub import Stubber
@@ -62,3 +64,89 @@ def test_delete_without_network_is_one_clear_line(
     assert "Reading endpoint some-ep: cannot reach AWS (Could not connect to the endpoint URL" in err
     assert "Traceback" not in err
     assert "There is no endpoint" not in out + err
+
+
+@pytest.fixture(scope="module")
+def model_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real model.tar.gz of a tiny trained model, config.json first (as a job's archive lists it)."""
+    from conftest import train_tiny_model
+
+    root = tmp_path_factory.mktemp("model")
+    _, model = train_tiny_model(root, per_split=(2, 1, 1))
+    archive = root / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(model.rglob("*"), key=lambda p: (p.name != "config.json", p.as_posix())):
+            if path.is_file():
+                tar.add(path, arcname=path.relative_to(model).as_posix())
+    return archive
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("damage", ["not gzip", "truncated"])
+def test_a_bad_archive_is_one_clear_error_and_leaves_nothing_that_blocks_the_retry(
+    damage: str, model_tar: Path, tmp_path: Path
+) -> None:
+    from dogclf.errors import ModelDirError
+    from dogclf.sagemaker.training_job import unpack_model
+
+    bad = tmp_path / "model.tar.gz"
+    whole = model_tar.read_bytes()
+    bad.write_bytes(b"<Error><Code>AccessDenied</Code></Error>" if damage == "not gzip" else whole[: len(whole) // 2])
+    out = tmp_path / "models" / "job-a"
+
+    with pytest.raises(ModelDirError, match=r"model.tar.gz is not a readable model.tar.gz \("):
+        unpack_model(bad, out)
+
+    assert not out.exists()
+    assert _leftovers(out.parent) == []
+    unpack_model(model_tar, out)  # the retry needs no --overwrite
+    assert {"config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
+
+
+def test_overwrite_swaps_the_whole_model_and_a_failed_one_keeps_the_old(model_tar: Path, tmp_path: Path) -> None:
+    from dogclf.errors import ModelDirError
+    from dogclf.sagemaker.training_job import unpack_model
+
+    out = unpack_model(model_tar, tmp_path / "m")
+    (out / "stale.txt").write_text("from an older model", encoding="utf-8")
+    before = (out / "config.json").read_bytes()
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(model_tar.read_bytes()[:100])
+
+    with pytest.raises(ModelDirError):
+        unpack_model(bad, out, overwrite=True)
+    assert (out / "config.json").read_bytes() == before  # the old model is untouched
+    with pytest.raises(ModelDirError, match="already holds a model; pass --overwrite"):
+        unpack_model(model_tar, out)
+
+    unpack_model(model_tar, out, overwrite=True)
+    assert not (out / "stale.txt").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_download_of_a_damaged_artifact_through_the_cli(
+    aws: Aws, moto_environ: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    aws.client("s3").create_bucket(Bucket="dogclf-test")
+    aws.client("sagemaker").create_training_job(
+        TrainingJobName="job-bad",
+        AlgorithmSpecification={"TrainingImage": "img", "TrainingInputMode": "File"},
+        RoleArn="arn:aws:iam::123456789012:role/SageMakerExecutionRole",
+        OutputDataConfig={"S3OutputPath": "s3://dogclf-test/dogclf/jobs"},
+        ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 30},
+        StoppingCondition={"MaxRuntimeInSeconds": 60},
+    )
+    key = "dogclf/jobs/job-bad/output/model.tar.gz"
+    aws.client("s3").put_object(Bucket="dogclf-test", Key=key, Body=b"\x1f\x8b\x08\x00 truncated gzip")
+    out = tmp_path / "models" / "job-bad"
+
+    code = main(["sagemaker", "download", "job-bad", "--out", str(out)], environ=moto_environ)
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "is not a readable model.tar.gz" in err
+    assert "Traceback" not in err
+    assert not out.exists()

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import secrets
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dogclf.errors import DatasetError, DogclfError
+from dogclf.sagemaker.model_archive import unpack_model
 
 if TYPE_CHECKING:
     from dogclf.sagemaker.aws import Aws
@@ -326,34 +326,15 @@ class TrainingJob:
         return S3Uri.parse(description["ModelArtifacts"]["S3ModelArtifacts"])
 
     def download(self, out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Downloads and unpacks the job's ``model.tar.gz`` into a model directory ``dogclf predict`` loads."""
+        """Downloads and unpacks the job's ``model.tar.gz`` into a model directory ``dogclf predict`` loads.
+
+        Nothing is written to ``out_dir`` unless the whole archive unpacks into a loadable model.
+        """
         from dogclf.sagemaker.s3 import download_file
 
         with tempfile.TemporaryDirectory(prefix="dogclf-download-") as tmp:
             archive = download_file(self.aws, self.model_artifact(), Path(tmp) / "model.tar.gz")
             return unpack_model(archive, out_dir, overwrite=overwrite)
-
-
-def unpack_model(archive: Path, out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Unpacks a ``model.tar.gz`` into a model directory and checks it loads as one.
-
-    Raises:
-        ModelDirError: ``out_dir`` already holds a model (without ``overwrite``), or the archive holds none.
-    """
-    from dogclf.artifact import CONFIG_NAME, WEIGHTS_NAME, read_config
-    from dogclf.errors import ModelDirError
-
-    out = Path(out_dir)
-    if (out / CONFIG_NAME).exists() and not overwrite:
-        raise ModelDirError(f"{str(out)!r} already holds a model; pass --overwrite or choose another --out.")
-    out.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive) as tar:
-        names = set(tar.getnames())
-        if not {CONFIG_NAME, WEIGHTS_NAME} <= names:
-            raise ModelDirError(f"{archive} holds no dogclf model ({CONFIG_NAME} and {WEIGHTS_NAME} are missing).")
-        tar.extractall(out, filter="data")
-    read_config(out)
-    return out
 
 
 def upload_inputs(
