@@ -72,7 +72,7 @@ def model_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from conftest import train_tiny_model
 
     root = tmp_path_factory.mktemp("model")
-    _, model = train_tiny_model(root, per_split=(2, 1, 1))
+    _, model = train_tiny_model(root, per_split=(5, 1, 1))
     archive = root / "model.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         for path in sorted(model.rglob("*"), key=lambda p: (p.name != "config.json", p.as_posix())):
