@@ -207,7 +207,6 @@ def _cmd_train(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     role = resolve_role(args.role, environ)
     aws = Aws.from_environ(environ, region=args.region, require_credentials=not (args.dry_run and args.bucket))
-    features = _features_uri(args.features, aws, args, environ)
     job = launch_training_job(
         spec,
         str(args.data),
@@ -216,7 +215,7 @@ def _cmd_train(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         bucket=args.bucket,
         prefix=args.prefix,
         name=args.job_name,
-        features=features,
+        features=args.features,
         debugger=args.debugger,
         tensorboard=args.tensorboard,
         dry_run=args.dry_run,
@@ -234,26 +233,6 @@ def _cmd_train(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             f"  dogclf sagemaker download {job.name} --out models/{job.name}"
         )
     return 0
-
-
-def _features_uri(features: str | None, aws: Any, args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
-    """An ``s3://`` features prefix as it is; a local feature-cache folder synced to S3 first."""
-    if features is None or features.startswith("s3://"):
-        return features
-    from dogclf.sagemaker.s3 import S3Uri, sync_folder
-
-    bucket = args.bucket or aws.default_bucket()
-    folder = Path(features).expanduser()
-    if not folder.is_dir():
-        from dogclf.errors import DatasetError
-
-        raise DatasetError(
-            f"--features folder {str(folder)!r} does not exist (a feature cache, e.g. ~/.cache/dogclf/features)"
-        )
-    return (
-        str(sync_folder(aws, folder, S3Uri(bucket, args.prefix.strip("/")).join("features", folder.name), log=_log).uri)
-        + "/"
-    )
 
 
 def _train_local(args: argparse.Namespace, spec: Any, environ: Mapping[str, str]) -> int:
@@ -309,7 +288,7 @@ def _cmd_tune(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         bucket=args.bucket,
         prefix=args.prefix,
         name=args.job_name,
-        features=_features_uri(args.features, aws, args, environ),
+        features=args.features,
         max_jobs=args.max_jobs,
         max_parallel_jobs=args.max_parallel_jobs,
         strategy=args.strategy,

@@ -39,6 +39,7 @@ __all__ = [
     "launch_tuning_job",
     "build_tuning_request",
     "parameter_ranges",
+    "strategy_fields",
     "tuned_values",
     "tuning_job_name",
     "write_tuning_results",
@@ -125,9 +126,13 @@ def build_tuning_request(
     if max_jobs < 1 or max_parallel_jobs < 1:
         raise TuningError(f"--max-jobs and --max-parallel-jobs must be >= 1, got {max_jobs} and {max_parallel_jobs}")
     ranges = parameter_ranges(space)
+    static = dict(training_request["HyperParameters"])
+    if strategy == "Hyperband":  # Hyperband allots the epochs itself: up to the searched range's top
+        ranges, top = _without_epochs(ranges)
+        static.update({} if top is None else {"epochs": str(top)})
     tuned = {entry["Name"] for entries in ranges.values() for entry in entries}
     definition = {
-        "StaticHyperParameters": {k: v for k, v in training_request["HyperParameters"].items() if k not in tuned},
+        "StaticHyperParameters": {k: v for k, v in static.items() if k not in tuned},
         "AlgorithmSpecification": {  # the time-series flag belongs to training jobs only
             k: v for k, v in training_request["AlgorithmSpecification"].items() if k != _TIME_SERIES
         },
@@ -153,6 +158,9 @@ def build_tuning_request(
         "ParameterRanges": ranges,
         "TrainingJobEarlyStoppingType": "Auto" if early_stopping else "Off",
     }
+    required = strategy_fields(strategy, ranges, definition["StaticHyperParameters"])
+    config["ResourceLimits"].update(required.pop("ResourceLimits", {}))
+    config.update(required)
     if seed is not None:
         config["RandomSeed"] = seed
     return {
@@ -161,6 +169,71 @@ def build_tuning_request(
         "TrainingJobDefinition": definition,
         "Tags": training_request.get("Tags", []),
     }
+
+
+def _grid_size(ranges: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
+    size = 1
+    for entry in ranges.get("CategoricalParameterRanges", []):
+        size *= len(entry["Values"])
+    return size
+
+
+def _without_epochs(ranges: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[dict[str, list[Any]], int | None]:
+    """``ranges`` without an ``epochs`` range, and that range's largest value (``None`` when it had none)."""
+    kept: dict[str, list[Any]] = {}
+    top = None
+    for kind, entries in ranges.items():
+        for entry in entries:
+            if entry["Name"] != "epochs":
+                kept.setdefault(kind, []).append(entry)
+            elif kind == "CategoricalParameterRanges":
+                top = max(int(float(v)) for v in entry["Values"])
+            else:
+                top = int(float(entry["MaxValue"]))
+    return kept, top
+
+
+def strategy_fields(
+    strategy: str, ranges: Mapping[str, Sequence[Mapping[str, Any]]], static: Mapping[str, str]
+) -> dict[str, Any]:
+    """What a strategy requires of ``HyperParameterTuningJobConfig`` beyond the common fields (AWS's rules).
+
+    - Hyperband stops trials itself: ``TrainingJobEarlyStoppingType`` must be ``Off``, and
+      ``HyperbandStrategyConfig`` says how many epochs a trial gets at least (1) and at most (the ``epochs``
+      hyperparameter, which it therefore must not search: see :func:`build_tuning_request`).
+    - Grid runs every combination of categorical values, so it takes categorical ranges only, and
+      ``MaxNumberOfTrainingJobs`` must equal the number of combinations.
+
+    Raises:
+        TuningError: A search space the strategy cannot run, saying what would work.
+    """
+    from dogclf.cli import train_parser
+
+    if strategy == "Hyperband":
+        epochs = int(static.get("epochs") or train_parser().get_default("epochs"))
+        return {
+            "TrainingJobEarlyStoppingType": "Off",
+            "StrategyConfig": {"HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": epochs}},
+        }
+    if strategy == "Grid":
+        numeric = sorted(
+            entry["Name"]
+            for kind, entries in ranges.items()
+            if kind != "CategoricalParameterRanges"
+            for entry in entries
+        )
+        if numeric:
+            raise TuningError(
+                f"Grid search takes categorical values only, and {', '.join(numeric)} "
+                f"{'is a range' if len(numeric) == 1 else 'are ranges'}: list the values to try instead (a JSON "
+                'space, e.g. {"lr": {"type": "categorical", "choices": [0.001, 0.003, 0.01]}}; see docs/tuning.md), '
+                "or use --strategy Random or Bayesian."
+            )
+        size = 1
+        for entry in ranges.get("CategoricalParameterRanges", []):
+            size *= len(entry["Values"])
+        return {"ResourceLimits": {"MaxNumberOfTrainingJobs": size}}
+    return {}
 
 
 def tuned_values(space: SearchSpace, hyperparameters: Mapping[str, str]) -> dict[str, Any]:
@@ -371,19 +444,17 @@ def launch_tuning_job(
     from dogclf.sagemaker import training_job as jobs
     from dogclf.sagemaker.aws import aws_errors
 
-    if not data.startswith("s3://"):
-        jobs.check_local_data(Path(data), spec.hyperparameters)
     tuning = name or tuning_job_name(spec.base_name)
-    chosen_bucket = bucket or (f"sagemaker-{aws.region}-{aws.account()}" if dry_run else aws.default_bucket())
-    template = jobs.plan_request(
+    template, manifest, _ = jobs.plan_launch(
         spec,
         data,
-        region=aws.region,
+        aws=aws,
         role=role,
-        bucket=chosen_bucket,
+        bucket=bucket,
         prefix=prefix,
         name=tuning,
         features=features,
+        dry_run=dry_run,
         tuning_job=tuning,
     )
     request = build_tuning_request(
@@ -399,7 +470,7 @@ def launch_tuning_job(
     job = TuningJob(tuning, aws, space, request, template)
     if dry_run:
         return job
-    jobs.upload_inputs(spec, data, aws, template, log)
+    jobs.upload_inputs(spec, data, aws, template, log, manifest=manifest, features=features)
     with aws_errors(f"Creating tuning job {tuning}"):
         aws.client("sagemaker").create_hyper_parameter_tuning_job(**request)
     log(f"Launched tuning job {tuning}: {max_jobs} trials, {max_parallel_jobs} at a time, {strategy} search")
