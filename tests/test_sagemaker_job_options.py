@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,90 @@ def test_a_default_switch_is_not_sent(tiny_tree: Path, capsys: pytest.CaptureFix
     assert main(args, environ=_DRY) == 0
     sent = json.loads(capsys.readouterr().out)["HyperParameters"]
     assert not {"freeze", "cache", "novelty", "no-freeze", "augment"} & set(sent)
+
+
+_SETTINGS = [
+    "--subnets", "subnet-0abc,subnet-0def", "--security-group-ids", "sg-0123", "--network-isolation",
+    "--tag", "project=dogs", "--tag", "cost-center=42",
+    "--volume-kms-key", "arn:aws:kms:eu-west-1:123456789012:key/vol", "--output-kms-key", "alias/dogclf-out",
+]  # fmt: skip
+
+
+def _dry_run(command: str, tiny_tree: Path, extra: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
+    args = ["sagemaker", command, "--data", str(tiny_tree), "--role", ROLE, "--bucket", "b", "--dry-run", *extra]
+    code = main(args, environ=_DRY)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_tune_keeps_what_train_keeps(tiny_tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trained = _dry_run("train", tiny_tree, _SETTINGS, capsys)
+    tuning = ["--tensorboard", "--debugger", "--objective-metric", "valid_loss", "--seed", "7", "--job-name", "tune-b"]
+    tuned = _dry_run("tune", tiny_tree, [*_SETTINGS, *tuning, "--warm-start", "dogclf-261201-101010-ab12"], capsys)
+
+    definition = tuned["TrainingJobDefinition"]
+    assert definition["VpcConfig"] == trained["VpcConfig"] == {"Subnets": ["subnet-0abc", "subnet-0def"],
+                                                                "SecurityGroupIds": ["sg-0123"]}  # fmt: skip
+    assert definition["EnableNetworkIsolation"] is trained["EnableNetworkIsolation"] is True
+    volume_key = "arn:aws:kms:eu-west-1:123456789012:key/vol"
+    assert definition["ResourceConfig"]["VolumeKmsKeyId"] == trained["ResourceConfig"]["VolumeKmsKeyId"] == volume_key
+    assert definition["OutputDataConfig"]["KmsKeyId"] == trained["OutputDataConfig"]["KmsKeyId"] == "alias/dogclf-out"
+    assert {"Key": "project", "Value": "dogs"} in tuned["Tags"]
+    assert {"Key": "cost-center", "Value": "42"} in trained["Tags"]
+    assert [t for t in tuned["Tags"] if t["Key"] != "dogclf:backbone"] == [
+        t for t in trained["Tags"] if t["Key"] != "dogclf:backbone"
+    ]
+
+    config = tuned["HyperParameterTuningJobConfig"]
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Minimize", "MetricName": "valid_loss"}
+    assert config["RandomSeed"] == 7
+    assert tuned["WarmStartConfig"] == {
+        "ParentHyperParameterTuningJobs": [{"HyperParameterTuningJobName": "dogclf-261201-101010-ab12"}],
+        "WarmStartType": "IdenticalDataAndAlgorithm",
+    }
+    static = definition["StaticHyperParameters"]
+    assert (static["tensorboard"], static["rules"], static["profile"]) == ("tensorboard", "all", "true")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--objective-metric", "accuracy"], "--objective-metric 'accuracy' is not a metric the trials print"),
+        (["--tensorboard", "s3://b/tb"], "pass --tensorboard alone"),
+        (["--subnets", "subnet-0abc"], "needs both --subnets and --security-group-ids"),
+        (["--tag", "novalue"], "expected KEY=VALUE"),
+    ],
+)
+def test_tune_settings_that_cannot_work_are_one_clear_line(
+    extra: list[str], message: str, tiny_tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["sagemaker", "tune", "--data", str(tiny_tree), "--role", ROLE, "--bucket", "b", "--dry-run", *extra]
+    with pytest.raises(SystemExit) if extra[0] == "--tag" else nullcontext():
+        assert main(args, environ=_DRY) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_a_trial_logs_tensorboard_into_its_own_checkpoint_folder(tmp_path: Path) -> None:
+    env = ContainerEnvironment.from_environ({"SAGEMAKER_BASE_DIR": str(tmp_path), "TRAINING_JOB_NAME": "tune-b-003"})
+    args = container_train_args(["--tensorboard", "tensorboard", "--backbone", "resnet18"], env, tmp_path)
+    assert args[args.index("--tensorboard") + 1] == str(tmp_path / "checkpoints" / "tune-b-003" / "tensorboard")
+    absolute = container_train_args(["--tensorboard", "/opt/ml/output/tb"], env, tmp_path)
+    assert absolute[absolute.index("--tensorboard") + 1] == "/opt/ml/output/tb"
+
+
+def test_a_minimised_objective_picks_the_lowest_trial(tmp_path: Path) -> None:
+    from dogclf.sagemaker.tuning_job import write_tuning_results
+    from dogclf.tuning.report import TrialRecord
+    from dogclf.tuning.space import SEED_RESNET18_SPACE
+
+    params = {"lr": 0.001, "batch_size": 16, "epochs": 5}
+    records = [TrialRecord(0, "COMPLETE", 0.9, params), TrialRecord(1, "COMPLETE", 0.4, {**params, "lr": 0.002})]
+    best, _, _ = write_tuning_results(
+        tmp_path, records, space=SEED_RESNET18_SPACE, metric="valid_loss", job_name="t", backbone="resnet18",
+        maximize=False, log=lambda _: None,
+    )  # fmt: skip
+    payload = json.loads(best.read_text())
+    assert (payload["value"], payload["direction"], payload["params"]["lr"]) == (0.4, "minimize", 0.002)

@@ -31,6 +31,9 @@ def _job_options(p: argparse.ArgumentParser, *, instance: str = "ml.m5.large") -
     p.add_argument("--max-wait", type=int, default=None, help="with --spot: seconds to wait + train (default 2x)")
     p.add_argument("--framework-version", default="", help="PyTorch training image version (default 2.8.0)")
     p.add_argument("--features", default=None, help="backbone features (a feature-cache folder or s3:// prefix)")
+    from dogclf.sagemaker.job_settings import add_job_settings_options
+
+    add_job_settings_options(p)
 
 
 def _aws_options(p: argparse.ArgumentParser) -> None:
@@ -116,6 +119,9 @@ def _add_tune(sub: Any) -> None:
     p.add_argument("--train-best", action="store_true", help="then train the final model with the best values")
     p.add_argument("--dry-run", action="store_true", help="print the tuning request as JSON, send nothing")
     p.add_argument("--local", action="store_true", help="run the trials here through the SageMaker training toolkit")
+    from dogclf.sagemaker.tune_options import add_tuning_options
+
+    add_tuning_options(p)
 
 
 def add_sagemaker_parser(sub: Any) -> argparse.ArgumentParser:
@@ -180,6 +186,7 @@ def _log(message: str) -> None:
 
 
 def _spec(args: argparse.Namespace, hyperparameters: Mapping[str, str]) -> Any:
+    from dogclf.sagemaker.job_settings import job_settings_from_args
     from dogclf.sagemaker.training_job import TrainingJobSpec
 
     return TrainingJobSpec(
@@ -193,6 +200,7 @@ def _spec(args: argparse.Namespace, hyperparameters: Mapping[str, str]) -> Any:
         max_wait=args.max_wait,
         framework_version=args.framework_version,
         names_file=args.names,
+        settings=job_settings_from_args(args),
     )
 
 
@@ -275,6 +283,7 @@ def _cmd_tune(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return _tune_local(args, spec, space, environ)
     from dogclf.sagemaker.aws import Aws, resolve_role
     from dogclf.sagemaker.training_job import format_request
+    from dogclf.sagemaker.tune_options import tuning_kwargs
     from dogclf.sagemaker.tuning_job import describe_trials, launch_tuning_job, write_tuning_results
 
     role = resolve_role(args.role, environ)
@@ -295,6 +304,7 @@ def _cmd_tune(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         early_stopping=args.early_stopping,
         dry_run=args.dry_run,
         log=_log,
+        **tuning_kwargs(args),
     )
     if args.dry_run:
         print(format_request(job.request))
@@ -308,7 +318,8 @@ def _cmd_tune(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             args.out,
             describe_trials(aws, job.name, space),
             space=space,
-            metric="valid_top1",
+            metric=job.objective["MetricName"],
+            maximize=job.objective["Type"] == "Maximize",
             job_name=job.name,
             backbone=spec.backbone,
             log=_log,
@@ -353,6 +364,8 @@ def _tune_local(args: argparse.Namespace, spec: Any, space: Any, environ: Mappin
         max_jobs=args.max_jobs,
         features=args.features,
         seed=args.seed,
+        objective=args.objective_metric,
+        objective_type=args.objective_type,
         environ=environ,
         log=_log,
     )

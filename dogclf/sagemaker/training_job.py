@@ -35,6 +35,7 @@ from dogclf.sagemaker.request_check import RequestError, validate_request  # noq
 
 if TYPE_CHECKING:
     from dogclf.sagemaker.aws import Aws
+    from dogclf.sagemaker.job_settings import JobSettings
     from dogclf.sagemaker.s3 import FolderManifest, S3Uri
 
 __all__ = [
@@ -85,6 +86,7 @@ class TrainingJobSpec:
         names_file: A ``--names`` file shipped with the code.
         environment: Extra environment variables of the container.
         extra: Request fields added as they are (``DebugHookConfig``, ``TensorBoardOutputConfig``, ...).
+        settings: VPC, network isolation, tags and KMS keys (:class:`~dogclf.sagemaker.job_settings.JobSettings`).
     """
 
     backbone: str
@@ -100,6 +102,7 @@ class TrainingJobSpec:
     names_file: Path | None = None
     environment: Mapping[str, str] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    settings: JobSettings | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.instance_count, int) or self.instance_count < 1:
@@ -210,6 +213,8 @@ def build_request(
     }
     if spec.environment:
         request["Environment"] = dict(spec.environment)
+    if spec.settings is not None:
+        spec.settings.apply(request)
     request.update(spec.extra)
     return request
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STRATEGIES",
+    "best_record",
     "TuningError",
     "TuningJob",
     "describe_trials",
@@ -40,8 +41,11 @@ __all__ = [
     "build_tuning_request",
     "parameter_ranges",
     "strategy_fields",
+    "trial_diagnostics",
     "tuned_values",
     "tuning_job_name",
+    "tuning_objective",
+    "warm_start_config",
     "write_tuning_results",
 ]
 
@@ -110,16 +114,34 @@ def build_tuning_request(
     max_parallel_jobs: int,
     strategy: str = "Bayesian",
     objective: str = "valid_top1",
+    objective_type: str | None = None,
     early_stopping: bool = True,
     seed: int | None = None,
+    warm_start: Sequence[str] = (),
+    warm_start_type: str = "IdenticalDataAndAlgorithm",
 ) -> dict[str, Any]:
     """The CreateHyperParameterTuningJob request whose trials run ``training_request`` with sampled values.
 
     The searched hyperparameters are taken out of the static ones; everything else (image, metric definitions,
-    channels, instance, spot, checkpoints) is the training request's.
+    channels, instance, spot, checkpoints, VPC, network isolation, KMS keys, tags) is the training request's.
+    What the strategy requires is added (:func:`strategy_fields`).
+
+    Args:
+        training_request: The trials' CreateTrainingJob request.
+        space: The search space.
+        name: The tuning job's name.
+        max_jobs: Trials in all (Grid: the number of combinations, whatever is given).
+        max_parallel_jobs: Trials at a time.
+        strategy: ``Bayesian``, ``Random``, ``Hyperband`` or ``Grid``.
+        objective: The metric (one of the metric definitions' names) to optimise.
+        objective_type: ``Maximize`` or ``Minimize`` (default: Minimize for a ``*loss`` metric, else Maximize).
+        early_stopping: SageMaker's early stopping ``Auto`` (Hyperband: always ``Off``, it stops trials itself).
+        seed: ``RandomSeed``: the same seed proposes the same values again.
+        warm_start: Parent tuning jobs (at most 5) whose trials this one starts from.
+        warm_start_type: ``IdenticalDataAndAlgorithm`` or ``TransferLearning``.
 
     Raises:
-        TuningError: Bad limits or strategy.
+        TuningError: Bad limits, strategy, objective or warm start.
     """
     if strategy not in STRATEGIES:
         raise TuningError(f"Unknown tuning strategy {strategy!r}; SageMaker offers {', '.join(STRATEGIES)}")
@@ -147,13 +169,16 @@ def build_tuning_request(
                 "EnableManagedSpotTraining",
                 "CheckpointConfig",
                 "Environment",
+                "VpcConfig",
+                "EnableNetworkIsolation",
+                "EnableInterContainerTrafficEncryption",
             )
             if key in training_request
         },
     }
     config: dict[str, Any] = {
         "Strategy": strategy,
-        "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": objective},
+        "HyperParameterTuningJobObjective": tuning_objective(training_request, objective, objective_type),
         "ResourceLimits": {"MaxNumberOfTrainingJobs": max_jobs, "MaxParallelTrainingJobs": max_parallel_jobs},
         "ParameterRanges": ranges,
         "TrainingJobEarlyStoppingType": "Auto" if early_stopping else "Off",
@@ -163,12 +188,77 @@ def build_tuning_request(
     config.update(required)
     if seed is not None:
         config["RandomSeed"] = seed
-    return {
+    request = {
         "HyperParameterTuningJobName": name,
         "HyperParameterTuningJobConfig": config,
         "TrainingJobDefinition": definition,
         "Tags": training_request.get("Tags", []),
     }
+    if warm_start:
+        request["WarmStartConfig"] = warm_start_config(warm_start, warm_start_type)
+    return request
+
+
+WARM_START_TYPES = ("IdenticalDataAndAlgorithm", "TransferLearning")
+
+
+def warm_start_config(parents: Sequence[str], kind: str = "IdenticalDataAndAlgorithm") -> dict[str, Any]:
+    """``WarmStartConfig``: start from the trials of up to 5 earlier tuning jobs.
+
+    ``IdenticalDataAndAlgorithm`` needs the same data and image as the parents (a local data folder with the same
+    photos gets the same content-named prefix); ``TransferLearning`` allows other data, ranges and static values.
+
+    Raises:
+        TuningError: No parent, more than 5, or an unknown type.
+    """
+    if kind not in WARM_START_TYPES:
+        raise TuningError(f"--warm-start-type must be one of {', '.join(WARM_START_TYPES)}, got {kind!r}")
+    if not 1 <= len(parents) <= 5:
+        raise TuningError(f"--warm-start takes 1 to 5 parent tuning jobs, got {len(parents)}")
+    return {
+        "ParentHyperParameterTuningJobs": [{"HyperParameterTuningJobName": parent} for parent in parents],
+        "WarmStartType": kind,
+    }
+
+
+def tuning_objective(training_request: Mapping[str, Any], metric: str, kind: str | None = None) -> dict[str, str]:
+    """``HyperParameterTuningJobObjective``: ``metric``, maximised or minimised (by default as its name says).
+
+    Raises:
+        TuningError: A metric the trials' metric definitions do not read, or a type other than Maximize/Minimize.
+    """
+    names = [d["Name"] for d in training_request["AlgorithmSpecification"].get("MetricDefinitions", [])]
+    if metric not in names:
+        raise TuningError(
+            f"--objective-metric {metric!r} is not a metric the trials print; choose one of {', '.join(names)}"
+        )
+    chosen = kind or ("Minimize" if metric.endswith("loss") else "Maximize")
+    if chosen not in ("Maximize", "Minimize"):
+        raise TuningError(f"--objective-type must be Maximize or Minimize, got {kind!r}")
+    return {"Type": chosen, "MetricName": metric}
+
+
+def trial_diagnostics(hyperparameters: Mapping[str, str], *, tensorboard: bool, debugger: bool) -> dict[str, str]:
+    """What ``--tensorboard`` and ``--debugger`` add to a tuning job's static hyperparameters.
+
+    SageMaker's tuning API has no TensorBoard or Debugger fields for trials (``HyperParameterTrainingJobDefinition``
+    has neither), so the trials do it themselves: ``--tensorboard`` makes each trial log TensorBoard scalars into its
+    checkpoint folder (``tensorboard``, a relative folder the entry point puts under ``/opt/ml/checkpoints/<trial>/``,
+    which SageMaker copies to S3 while it runs); ``--debugger`` runs all of dogclf's rules (the Debugger built-in
+    rules' names and meanings) and its profiler in each trial: their findings go to the trial's log and output.
+    """
+    added: dict[str, str] = {}
+    if tensorboard:
+        added["tensorboard"] = TRIAL_TENSORBOARD_DIR
+    if debugger:
+        added["profile"] = "true"
+        if "rules" not in hyperparameters:
+            added["rules"] = "all"
+    return added
+
+
+TRIAL_TENSORBOARD_DIR = "tensorboard"
+"""A trial's TensorBoard folder, relative to its checkpoint folder (synced to S3 while the trial runs)."""
 
 
 def _grid_size(ranges: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
@@ -264,9 +354,12 @@ def write_tuning_results(
     metric: str,
     job_name: str,
     backbone: str,
+    maximize: bool = True,
     log: Callable[[str], None] = print,
 ) -> tuple[Path, Path, Path]:
     """Writes ``best_params.json``, ``trials.csv`` and ``history.png`` (as ``dogclf tune`` does) for a tuning job.
+
+    The best trial is the one with the highest ``metric`` (the lowest when not ``maximize``).
 
     Raises:
         TuningError: No trial completed.
@@ -291,12 +384,12 @@ def write_tuning_results(
             f"No trial of tuning job {job_name} completed ({len(records)} trial(s), see {trials_csv})."
             + (f" Errors: {'; '.join(errors[:3])}" if errors else "")
         )
-    best = max(complete, key=lambda r: r.value or 0.0)
+    best = best_record(complete, maximize=maximize)
     history = plot_history(
         out / HISTORY_PNG_NAME,
         records,
         metric=metric,
-        maximize=True,
+        maximize=maximize,
         title=f"{job_name}: {metric} per trial (best {best.value:.4f}, trial {best.number})",
     )
     payload = {
@@ -304,7 +397,7 @@ def write_tuning_results(
         "hyperparameters": with_defaults(best.params),
         "value": best.value,
         "metric": metric,
-        "direction": "maximize",
+        "direction": "maximize" if maximize else "minimize",
         "objective": f"{metric}, its last value in the trial's log (SageMaker's final metric)",
         "trial": best.number,
         "tuning_job": job_name,
@@ -316,6 +409,12 @@ def write_tuning_results(
     log(f"Best: trial {best.number} {metric}={best.value:.4f} | {json.dumps(best.params)}")
     log(f"Wrote {best_params}, {trials_csv}, {history}")
     return best_params, trials_csv, history
+
+
+def best_record(records: Sequence[TrialRecord], *, maximize: bool = True) -> TrialRecord:
+    """The trial with the best value (highest, or lowest when not ``maximize``); ``records`` all have values."""
+    pick = max if maximize else min
+    return pick(records, key=lambda r: r.value if r.value is not None else 0.0)
 
 
 def describe_trials(aws: Aws, name: str, space: SearchSpace) -> list[TrialRecord]:
@@ -386,6 +485,11 @@ class TuningJob:
         """The tuning job's page in the SageMaker console."""
         return self.aws.console_url(f"/hyper-tuning-jobs/{self.name}")
 
+    @property
+    def objective(self) -> dict[str, str]:
+        """``{"Type": "Maximize"|"Minimize", "MetricName": ...}`` of the request."""
+        return dict(self.request["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"])
+
     def describe(self) -> dict[str, Any]:
         """DescribeHyperParameterTuningJob's answer."""
         from dogclf.sagemaker.aws import aws_errors
@@ -431,19 +535,35 @@ def launch_tuning_job(
     max_parallel_jobs: int = 2,
     strategy: str = "Bayesian",
     early_stopping: bool = True,
+    objective: str = "valid_top1",
+    objective_type: str | None = None,
+    seed: int | None = None,
+    warm_start: Sequence[str] = (),
+    warm_start_type: str = "IdenticalDataAndAlgorithm",
+    tensorboard: bool = False,
+    debugger: bool = False,
     dry_run: bool = False,
     log: Callable[[str], None] = print,
 ) -> TuningJob:
     """Uploads the data and the code, then creates the tuning job (with ``dry_run``, only builds the request).
 
+    The trials keep what a training job of ``spec`` has (VPC, isolation, tags, KMS keys: ``spec.settings``);
+    ``tensorboard`` and ``debugger`` are done by the trials themselves (:func:`trial_diagnostics`); the objective,
+    seed, warm start and strategy are :func:`build_tuning_request`'s.
+
     Raises:
         DatasetError: A local data folder that is missing or has no validation split (and no valid-fraction).
         TuningError: A space or setting SageMaker cannot run.
+        RequestError: A request SageMaker's API model refuses (a name too long ...), before anything is uploaded.
         AwsError: An upload or the API call failed.
     """
+    import dataclasses
+
     from dogclf.sagemaker import training_job as jobs
     from dogclf.sagemaker.aws import aws_errors
 
+    added = trial_diagnostics(spec.hyperparameters, tensorboard=tensorboard, debugger=debugger)
+    spec = dataclasses.replace(spec, hyperparameters={**spec.hyperparameters, **added})
     tuning = name or tuning_job_name(spec.base_name)
     template, manifest, _ = jobs.plan_launch(
         spec,
@@ -464,7 +584,12 @@ def launch_tuning_job(
         max_jobs=max_jobs,
         max_parallel_jobs=max_parallel_jobs,
         strategy=strategy,
+        objective=objective,
+        objective_type=objective_type,
         early_stopping=early_stopping,
+        seed=seed,
+        warm_start=warm_start,
+        warm_start_type=warm_start_type,
     )
     jobs.validate_request("CreateHyperParameterTuningJob", request)
     job = TuningJob(tuning, aws, space, request, template)
@@ -473,6 +598,15 @@ def launch_tuning_job(
     jobs.upload_inputs(spec, data, aws, template, log, manifest=manifest, features=features)
     with aws_errors(f"Creating tuning job {tuning}"):
         aws.client("sagemaker").create_hyper_parameter_tuning_job(**request)
-    log(f"Launched tuning job {tuning}: {max_jobs} trials, {max_parallel_jobs} at a time, {strategy} search")
+    limits = request["HyperParameterTuningJobConfig"]["ResourceLimits"]
+    log(
+        f"Launched tuning job {tuning}: {limits['MaxNumberOfTrainingJobs']} trials, {max_parallel_jobs} at a time, "
+        f"{strategy} search, {job.objective['Type'].lower()} {job.objective['MetricName']}"
+    )
     log(f"  trials and best job: {job.console_url}")
+    if tensorboard:
+        checkpoints = template["CheckpointConfig"]["S3Uri"]
+        log(f"  TensorBoard logs: {checkpoints}/<trial>/{TRIAL_TENSORBOARD_DIR}/ (tensorboard --logdir {checkpoints})")
+    if debugger:
+        log("  each trial runs dogclf's rules (all) and profiler: see its log and output.tar.gz (rules.json, profile/)")
     return job
