@@ -147,6 +147,6 @@ def test_download_of_a_damaged_artifact_through_the_cli(
 
     err = capsys.readouterr().err
     assert code == 2
-    assert "is not a readable model.tar.gz" in err
+    assert "s3://dogclf-test/dogclf/jobs/job-bad/output/model.tar.gz is not a readable model.tar.gz (" in err
     assert "Traceback" not in err
     assert not out.exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 __all__ = ["unpack_model"]
 
 
-def _extract(archive: Path, folder: Path) -> None:
+def _extract(archive: Path, folder: Path, label: str) -> None:
     """Extracts ``archive`` into ``folder``, refusing what is not a readable archive holding a dogclf model."""
     from dogclf.artifact import CONFIG_NAME, WEIGHTS_NAME
     from dogclf.errors import ModelDirError
@@ -26,11 +26,11 @@ def _extract(archive: Path, folder: Path) -> None:
         with tarfile.open(archive) as tar:
             names = set(tar.getnames())
             if not {CONFIG_NAME, WEIGHTS_NAME} <= names:
-                raise ModelDirError(f"{archive} holds no dogclf model ({CONFIG_NAME} and {WEIGHTS_NAME} are missing).")
+                raise ModelDirError(f"{label} holds no dogclf model ({CONFIG_NAME} and {WEIGHTS_NAME} are missing).")
             tar.extractall(folder, filter="data")
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise ModelDirError(
-            f"{archive} is not a readable model.tar.gz ({type(exc).__name__}: {exc}); nothing was written. Download "
+            f"{label} is not a readable model.tar.gz ({type(exc).__name__}: {exc}); nothing was written. Download "
             "it again; if it fails the same way, the job's artifact itself is damaged."
         ) from None
 
@@ -60,13 +60,16 @@ def _move_into_place(staging: Path, out: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def unpack_model(archive: Path, out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+def unpack_model(
+    archive: Path, out_dir: str | os.PathLike[str], *, overwrite: bool = False, source: str | None = None
+) -> Path:
     """Unpacks a ``model.tar.gz`` into a model directory and checks it loads as one, writing nothing on failure.
 
     Args:
         archive: The downloaded ``model.tar.gz``.
         out_dir: The model directory to create (or, with ``overwrite``, to replace as a whole).
         overwrite: Replace what ``out_dir`` holds.
+        source: Where the archive came from (an ``s3://`` URI), named in errors instead of ``archive``.
 
     Raises:
         ModelDirError: ``out_dir`` already holds a model or other files (without ``overwrite``), or the archive is
@@ -79,7 +82,7 @@ def unpack_model(archive: Path, out_dir: str | os.PathLike[str], *, overwrite: b
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        _extract(archive, staging)
+        _extract(archive, staging, source or str(archive))
         read_config(staging)
         _move_into_place(staging, out)
     finally:

@@ -351,9 +351,10 @@ class TrainingJob:
         """
         from dogclf.sagemaker.s3 import download_file
 
+        uri = self.model_artifact()
         with tempfile.TemporaryDirectory(prefix="dogclf-download-") as tmp:
-            archive = download_file(self.aws, self.model_artifact(), Path(tmp) / "model.tar.gz")
-            return unpack_model(archive, out_dir, overwrite=overwrite)
+            archive = download_file(self.aws, uri, Path(tmp) / "model.tar.gz")
+            return unpack_model(archive, out_dir, overwrite=overwrite, source=str(uri))
 
 
 def plan_request(
