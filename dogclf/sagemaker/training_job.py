@@ -7,7 +7,7 @@ The job runs the framework container's script mode: the AWS PyTorch training ima
 ``sagemaker_submit_directory`` and runs ``sagemaker_program`` (``train.py``, :mod:`dogclf.sagemaker.entry`) with the
 hyperparameters as flags. S3 layout under ``s3://BUCKET/PREFIX/``::
 
-    data/<folder name>/...                     a local --data folder, synced (unchanged files are skipped)
+    data/<folder name>-<content digest>/...    a local --data folder, mirrored (see dogclf.sagemaker.inputs)
     jobs/<job>/source/sourcedir.tar.gz         dogclf's source, a plugin backbone's package, train.py
     jobs/<job>/output/model.tar.gz             the model directory, deployable as it is (SageMaker writes it)
     jobs/<job>/output/output.tar.gz            history, evaluation report, plots

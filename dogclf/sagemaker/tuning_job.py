@@ -4,10 +4,11 @@
 (through the SDK's ``sagemaker.core.parameter`` classes): a log-scale ``FloatRange`` becomes a ``Logarithmic``
 continuous range, an ``IntRange`` an integer range, a ``Categorical`` a categorical one, each named as the entry
 script reads it (``lr``, ``batch-size``, ``epochs``, ...). :func:`build_tuning_request` wraps a training request
-(:func:`dogclf.sagemaker.training_job.build_request`) into the CreateHyperParameterTuningJob request: objective
+(:func:`dogclf.sagemaker.training_job.build_request`) into the CreateHyperParameterTuningJob request: by default
 ``valid_top1`` maximised, read from the log by the same metric definitions, Bayesian search, early stopping
-``Auto``. When the job ends, :func:`write_tuning_results` writes ``best_params.json``, ``trials.csv`` and
-``history.png``, the files ``dogclf tune`` writes locally.
+``Auto``; any metric of the log either way, Random, Hyperband and Grid with what each requires
+(:func:`strategy_fields`), a seed and a warm start. When the job ends, :func:`write_tuning_results` writes
+``best_params.json``, ``trials.csv`` and ``history.png``, the files ``dogclf tune`` writes locally.
 """
 
 from __future__ import annotations
