@@ -127,6 +127,25 @@ def test_overwrite_swaps_the_whole_model_and_a_failed_one_keeps_the_old(model_ta
     assert _leftovers(tmp_path) == []
 
 
+def test_a_folder_of_other_files_is_never_replaced(
+    model_tar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dogclf.errors import ModelDirError
+    from dogclf.sagemaker.training_job import unpack_model
+
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "notes.txt").write_text("mine", encoding="utf-8")
+    monkeypatch.chdir(project / "src")
+    for out in (project, Path("..")):
+        with pytest.raises(ModelDirError, match="is not empty and holds no dogclf model"):
+            unpack_model(model_tar, out, overwrite=True)
+    assert (project / "notes.txt").read_text(encoding="utf-8") == "mine"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (unpack_model(model_tar, empty) / "config.json").is_file()  # an empty folder is fine
+
+
 def test_download_of_a_damaged_artifact_through_the_cli(
     aws: Aws, moto_environ: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

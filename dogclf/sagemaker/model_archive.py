@@ -36,17 +36,22 @@ def _extract(archive: Path, folder: Path, label: str) -> None:
 
 
 def _refuse_occupied(out: Path, overwrite: bool) -> None:
+    """Refuses an ``out`` that would lose something: a model (unless ``overwrite``), other files, the working folder."""
     from dogclf.artifact import CONFIG_NAME
     from dogclf.errors import ModelDirError
 
-    if overwrite or not out.exists():
+    if not out.exists():
         return
     if not out.is_dir():
         raise ModelDirError(f"{str(out)!r} is a file, not a folder; choose another --out.")
-    if (out / CONFIG_NAME).exists():
+    holds_model = (out / CONFIG_NAME).exists()
+    if holds_model and not overwrite:
         raise ModelDirError(f"{str(out)!r} already holds a model; pass --overwrite or choose another --out.")
-    if any(out.iterdir()):
-        raise ModelDirError(f"{str(out)!r} is not empty; pass --overwrite to replace it or choose another --out.")
+    if not holds_model and any(out.iterdir()):
+        raise ModelDirError(f"{str(out)!r} is not empty and holds no dogclf model; choose a new or empty --out.")
+    here = Path.cwd().resolve()
+    if here == out.resolve() or out.resolve() in here.parents:
+        raise ModelDirError(f"{str(out)!r} is the working folder (or holds it); choose another --out.")
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
@@ -67,12 +72,13 @@ def unpack_model(
 
     Args:
         archive: The downloaded ``model.tar.gz``.
-        out_dir: The model directory to create (or, with ``overwrite``, to replace as a whole).
+        out_dir: The model directory to create: a new or empty folder, or, with ``overwrite``, a model directory
+            that is replaced as a whole.
         overwrite: Replace what ``out_dir`` holds.
         source: Where the archive came from (an ``s3://`` URI), named in errors instead of ``archive``.
 
     Raises:
-        ModelDirError: ``out_dir`` already holds a model or other files (without ``overwrite``), or the archive is
+        ModelDirError: ``out_dir`` already holds a model (without ``overwrite``) or other files, or the archive is
             not a readable tar.gz holding a dogclf model. ``out_dir`` is then unchanged.
     """
     from dogclf.artifact import read_config
