@@ -155,3 +155,11 @@ def test_a_minimised_objective_picks_the_lowest_trial(tmp_path: Path) -> None:
     )  # fmt: skip
     payload = json.loads(best.read_text())
     assert (payload["value"], payload["direction"], payload["params"]["lr"]) == (0.4, "minimize", 0.002)
+
+
+def test_tune_local_says_it_cannot_warm_start(tiny_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    args = ["sagemaker", "tune", "--local", "--out", str(tmp_path), "--data", str(tiny_tree), "--warm-start", "old-1"]
+    assert main(args, environ=_DRY) == 2
+    assert (
+        "--warm-start starts from SageMaker tuning jobs' trials, which --local does not have" in capsys.readouterr().err
+    )

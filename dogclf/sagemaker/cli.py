@@ -280,7 +280,9 @@ def _cmd_tune(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     hyperparameters = {k: v for k, v in hyperparameters_from_args(args).items() if k not in searched}
     spec = _spec(args, hyperparameters)
     if args.local:
-        return _tune_local(args, spec, space, environ)
+        from dogclf.sagemaker.tune_options import local_trial_spec
+
+        return _tune_local(args, local_trial_spec(args, spec), space, environ)
     from dogclf.sagemaker.aws import Aws, resolve_role
     from dogclf.sagemaker.training_job import format_request
     from dogclf.sagemaker.tune_options import tuning_kwargs

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_tuning_options", "tuning_kwargs"]
+__all__ = ["add_tuning_options", "local_trial_spec", "tuning_kwargs"]
 
 
 def add_tuning_options(p: argparse.ArgumentParser) -> None:
@@ -67,3 +67,20 @@ def tuning_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "tensorboard": args.tensorboard is not None,
         "debugger": args.debugger,
     }
+
+
+def local_trial_spec(args: argparse.Namespace, spec: Any) -> Any:
+    """``spec`` with what ``--tensorboard`` and ``--debugger`` add to the trials, for ``tune --local``.
+
+    Raises:
+        ValueError: ``--warm-start`` (there are no earlier SageMaker tuning jobs to start from here).
+    """
+    import dataclasses
+
+    from dogclf.sagemaker.tuning_job import trial_diagnostics
+
+    if args.warm_start:
+        raise ValueError("--warm-start starts from SageMaker tuning jobs' trials, which --local does not have: drop it")
+    tuning_kwargs(args)  # the same checks as on AWS
+    added = trial_diagnostics(spec.hyperparameters, tensorboard=args.tensorboard is not None, debugger=args.debugger)
+    return dataclasses.replace(spec, hyperparameters={**spec.hyperparameters, **added})
