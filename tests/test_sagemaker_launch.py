@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -55,9 +57,10 @@ def test_launch_uploads_data_and_code_once_and_sends_the_whole_request(
         max_runtime=3600,
     )
 
+    before = _keys(aws, "dogclf-test")  # moto's state outlives its server: other tests may have left objects
     planned = launch_training_job(spec, tiny_tree, aws=aws, role=ROLE, bucket="dogclf-test", name="job-a", dry_run=True)
     assert sent == []  # a dry run sends nothing,
-    assert _keys(aws, "dogclf-test") == {}  # and uploads nothing
+    assert _keys(aws, "dogclf-test") == before  # and uploads nothing
     job = launch_training_job(spec, tiny_tree, aws=aws, role=ROLE, bucket="dogclf-test", name="job-a")
 
     [request] = sent
@@ -79,7 +82,8 @@ def test_launch_uploads_data_and_code_once_and_sends_the_whole_request(
     assert "sagemaker_torch_distributed_enabled" not in hyperparameters
     [training] = request["InputDataConfig"]
     assert training["ChannelName"] == "training"
-    assert training["DataSource"]["S3DataSource"]["S3Uri"] == "s3://dogclf-test/dogclf/data/data/"
+    data_uri = training["DataSource"]["S3DataSource"]["S3Uri"]
+    assert re.fullmatch(r"s3://dogclf-test/dogclf/data/data-[0-9a-f]{16}/", data_uri)  # named by the content
     assert request["CheckpointConfig"] == {
         "S3Uri": "s3://dogclf-test/dogclf/jobs/job-a/checkpoints",
         "LocalPath": "/opt/ml/checkpoints",
@@ -89,9 +93,10 @@ def test_launch_uploads_data_and_code_once_and_sends_the_whole_request(
     assert request["ResourceConfig"] == {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30}
     assert request["RoleArn"] == ROLE
 
-    uploaded = _keys(aws, "dogclf-test", "dogclf/data/data/")
+    data_key = data_uri.removeprefix("s3://dogclf-test/")
+    uploaded = _keys(aws, "dogclf-test", data_key)
     images = sorted(p.relative_to(tiny_tree).as_posix() for p in tiny_tree.rglob("*.jpg"))
-    assert sorted(k.removeprefix("dogclf/data/data/") for k in uploaded if k.endswith(".jpg")) == images
+    assert sorted(k.removeprefix(data_key) for k in uploaded if k.endswith(".jpg")) == images
     body = aws.client("s3").get_object(Bucket="dogclf-test", Key=source_uri.removeprefix("s3://dogclf-test/"))
     with tarfile.open(fileobj=io.BytesIO(body["Body"].read())) as tar:
         names = set(tar.getnames())
@@ -259,3 +264,59 @@ def test_the_billable_time_line_reports_instances_and_the_spot_saving() -> None:
     on_demand = {"BillableTimeInSeconds": 100, "TrainingTimeInSeconds": 100, "ResourceConfig": {"InstanceCount": 1}}
     assert billable_line(on_demand).startswith("billable 100 s x 1 instance(s) (training 100 s);")
     assert billable_line({"TrainingJobStatus": "Completed"}) == ""
+
+
+def _channel_files(aws: Aws, request: dict[str, Any]) -> dict[str, int]:
+    """What the job's training channel copies into the container: relative path -> size."""
+    [training] = [c for c in request["InputDataConfig"] if c["ChannelName"] == "training"]
+    prefix = training["DataSource"]["S3DataSource"]["S3Uri"].removeprefix("s3://dogclf-test/")
+    return {key.removeprefix(prefix): size for key, size in _keys(aws, "dogclf-test", prefix).items()}
+
+
+def _local_files(folder: Path) -> dict[str, int]:
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
+
+def test_the_job_sees_exactly_the_local_folder_whatever_was_uploaded_before(aws: Aws, tmp_path: Path) -> None:
+    six = dogclf.make_synthetic_dataset(tmp_path / "a" / "data", num_classes=6, per_split=(2, 1, 0), size=32, seed=1)
+    three = dogclf.make_synthetic_dataset(tmp_path / "b" / "data", num_classes=3, per_split=(2, 1, 0), size=32, seed=2)
+    spec = TrainingJobSpec(backbone="resnet18")
+
+    first = launch_training_job(spec, six, aws=aws, role=ROLE, bucket="dogclf-test", name="six", log=lambda _: None)
+    second = launch_training_job(
+        spec, three, aws=aws, role=ROLE, bucket="dogclf-test", name="three", log=lambda _: None
+    )
+
+    assert _channel_files(aws, first.request or {}) == _local_files(six)
+    assert _channel_files(aws, second.request or {}) == _local_files(three)  # 3 classes, not the union's 6
+    assert len({p.split("/")[1] for p in _channel_files(aws, second.request or {}) if p.startswith("train/")}) == 3
+
+    # The same folder edited in place (a class removed, a photo replaced) is what the next job sees.
+    for split in ("train", "valid"):
+        shutil.rmtree(next((three / split).iterdir()))
+    photo = next((three / "train").rglob("*.jpg"))
+    photo.write_bytes(photo.read_bytes() + b"\0")
+    third = launch_training_job(spec, three, aws=aws, role=ROLE, bucket="dogclf-test", name="four", log=lambda _: None)
+    assert _channel_files(aws, third.request or {}) == _local_files(three)
+
+    # Relaunching on unchanged photos reuses the prefix and uploads nothing.
+    lines: list[str] = []
+    again = launch_training_job(spec, three, aws=aws, role=ROLE, bucket="dogclf-test", name="again", log=lines.append)
+    assert again.request["InputDataConfig"] == third.request["InputDataConfig"]  # type: ignore[index]
+    assert any(line.endswith(f"0 uploaded (0.0 MB), {len(_local_files(three))} already there") for line in lines)
+
+
+def test_a_mirrored_prefix_loses_the_objects_the_folder_does_not_have(aws: Aws, tmp_path: Path) -> None:
+    from dogclf.sagemaker.s3 import S3Uri, sync_folder
+
+    folder = tmp_path / "photos"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "1.jpg").write_bytes(b"one")
+    s3 = aws.client("s3")
+    for key in ("p/a/stale.jpg", "p/old-class/2.jpg", "p-sibling/keep.jpg"):
+        s3.put_object(Bucket="dogclf-test", Key=key, Body=b"x")
+
+    report = sync_folder(aws, folder, S3Uri("dogclf-test", "p"), mirror=True, log=lambda _: None)
+
+    assert (report.uploaded, report.deleted) == (1, 2)
+    assert sorted(_keys(aws, "dogclf-test", "p")) == ["p-sibling/keep.jpg", "p/a/1.jpg"]

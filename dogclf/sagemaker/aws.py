@@ -24,6 +24,7 @@ __all__ = [
     "NoRegionError",
     "NoRoleError",
     "aws_errors",
+    "is_not_found",
     "resolve_role",
 ]
 
@@ -77,8 +78,28 @@ def aws_errors(what: str) -> Iterator[None]:
         operation = exc.operation_name or ""
         message = error.get("Message") or str(exc)
         raise AwsError(f"{what}: {operation} failed ({code}): {message}.{_hint(code, operation)}") from None
-    except botocore.exceptions.EndpointConnectionError as exc:
+    except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
         raise AwsError(f"{what}: cannot reach AWS ({exc}). Check the network and the region.") from None
+
+
+_NOT_FOUND_CODES = frozenset({"ResourceNotFound", "ResourceNotFoundException", "NotFound", "NoSuchKey", "404"})
+
+
+def is_not_found(exc: Exception) -> bool:
+    """Whether a botocore ``ClientError`` is AWS saying the resource does not exist (and nothing else).
+
+    SageMaker answers a Describe* of a missing endpoint, endpoint config or model with ``ValidationException``
+    "Could not find ..."; other services use a ``*NotFound*`` code. Credentials, permissions, throttling and every
+    other error are not "not found".
+    """
+    response = getattr(exc, "response", None)
+    if not isinstance(response, Mapping):
+        return False
+    error = response.get("Error") or {}
+    code, message = str(error.get("Code", "")), str(error.get("Message", ""))
+    if code in _NOT_FOUND_CODES:
+        return True
+    return code == "ValidationException" and message.lower().startswith("could not find")
 
 
 _CREDENTIALS_HELP = (

@@ -31,6 +31,9 @@ def _job_options(p: argparse.ArgumentParser, *, instance: str = "ml.m5.large") -
     p.add_argument("--max-wait", type=int, default=None, help="with --spot: seconds to wait + train (default 2x)")
     p.add_argument("--framework-version", default="", help="PyTorch training image version (default 2.8.0)")
     p.add_argument("--features", default=None, help="backbone features (a feature-cache folder or s3:// prefix)")
+    from dogclf.sagemaker.job_settings import add_job_settings_options
+
+    add_job_settings_options(p)
 
 
 def _aws_options(p: argparse.ArgumentParser) -> None:
@@ -116,6 +119,9 @@ def _add_tune(sub: Any) -> None:
     p.add_argument("--train-best", action="store_true", help="then train the final model with the best values")
     p.add_argument("--dry-run", action="store_true", help="print the tuning request as JSON, send nothing")
     p.add_argument("--local", action="store_true", help="run the trials here through the SageMaker training toolkit")
+    from dogclf.sagemaker.tune_options import add_tuning_options
+
+    add_tuning_options(p)
 
 
 def add_sagemaker_parser(sub: Any) -> argparse.ArgumentParser:
@@ -169,7 +175,8 @@ def hyperparameters_from_args(args: argparse.Namespace) -> dict[str, str]:
         explicit = any(option in given for option in action.option_strings)
         if value is None or (value == action.default and not explicit) or dest == "tensorboard":
             continue
-        flag = max(action.option_strings, key=len).lstrip("-")
+        # The first long name: --novelty, not --no-novelty (False is sent as "false", which the entry point reads)
+        flag = next(o for o in action.option_strings if o.startswith("--")).lstrip("-")
         options[flag] = NAMES_FILE if dest == "names" else value
     return to_hyperparameters(options)
 
@@ -179,6 +186,7 @@ def _log(message: str) -> None:
 
 
 def _spec(args: argparse.Namespace, hyperparameters: Mapping[str, str]) -> Any:
+    from dogclf.sagemaker.job_settings import job_settings_from_args
     from dogclf.sagemaker.training_job import TrainingJobSpec
 
     return TrainingJobSpec(
@@ -192,6 +200,7 @@ def _spec(args: argparse.Namespace, hyperparameters: Mapping[str, str]) -> Any:
         max_wait=args.max_wait,
         framework_version=args.framework_version,
         names_file=args.names,
+        settings=job_settings_from_args(args),
     )
 
 
@@ -206,7 +215,6 @@ def _cmd_train(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     role = resolve_role(args.role, environ)
     aws = Aws.from_environ(environ, region=args.region, require_credentials=not (args.dry_run and args.bucket))
-    features = _features_uri(args.features, aws, args, environ)
     job = launch_training_job(
         spec,
         str(args.data),
@@ -215,7 +223,7 @@ def _cmd_train(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         bucket=args.bucket,
         prefix=args.prefix,
         name=args.job_name,
-        features=features,
+        features=args.features,
         debugger=args.debugger,
         tensorboard=args.tensorboard,
         dry_run=args.dry_run,
@@ -233,26 +241,6 @@ def _cmd_train(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             f"  dogclf sagemaker download {job.name} --out models/{job.name}"
         )
     return 0
-
-
-def _features_uri(features: str | None, aws: Any, args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
-    """An ``s3://`` features prefix as it is; a local feature-cache folder synced to S3 first."""
-    if features is None or features.startswith("s3://"):
-        return features
-    from dogclf.sagemaker.s3 import S3Uri, sync_folder
-
-    bucket = args.bucket or aws.default_bucket()
-    folder = Path(features).expanduser()
-    if not folder.is_dir():
-        from dogclf.errors import DatasetError
-
-        raise DatasetError(
-            f"--features folder {str(folder)!r} does not exist (a feature cache, e.g. ~/.cache/dogclf/features)"
-        )
-    return (
-        str(sync_folder(aws, folder, S3Uri(bucket, args.prefix.strip("/")).join("features", folder.name), log=_log).uri)
-        + "/"
-    )
 
 
 def _train_local(args: argparse.Namespace, spec: Any, environ: Mapping[str, str]) -> int:
@@ -292,9 +280,12 @@ def _cmd_tune(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     hyperparameters = {k: v for k, v in hyperparameters_from_args(args).items() if k not in searched}
     spec = _spec(args, hyperparameters)
     if args.local:
-        return _tune_local(args, spec, space, environ)
+        from dogclf.sagemaker.tune_options import local_trial_spec
+
+        return _tune_local(args, local_trial_spec(args, spec), space, environ)
     from dogclf.sagemaker.aws import Aws, resolve_role
     from dogclf.sagemaker.training_job import format_request
+    from dogclf.sagemaker.tune_options import tuning_kwargs
     from dogclf.sagemaker.tuning_job import describe_trials, launch_tuning_job, write_tuning_results
 
     role = resolve_role(args.role, environ)
@@ -308,13 +299,14 @@ def _cmd_tune(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         bucket=args.bucket,
         prefix=args.prefix,
         name=args.job_name,
-        features=_features_uri(args.features, aws, args, environ),
+        features=args.features,
         max_jobs=args.max_jobs,
         max_parallel_jobs=args.max_parallel_jobs,
         strategy=args.strategy,
         early_stopping=args.early_stopping,
         dry_run=args.dry_run,
         log=_log,
+        **tuning_kwargs(args),
     )
     if args.dry_run:
         print(format_request(job.request))
@@ -328,7 +320,8 @@ def _cmd_tune(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             args.out,
             describe_trials(aws, job.name, space),
             space=space,
-            metric="valid_top1",
+            metric=job.objective["MetricName"],
+            maximize=job.objective["Type"] == "Maximize",
             job_name=job.name,
             backbone=spec.backbone,
             log=_log,
@@ -373,6 +366,8 @@ def _tune_local(args: argparse.Namespace, spec: Any, space: Any, environ: Mappin
         max_jobs=args.max_jobs,
         features=args.features,
         seed=args.seed,
+        objective=args.objective_metric,
+        objective_type=args.objective_type,
         environ=environ,
         log=_log,
     )

@@ -232,40 +232,57 @@ def invoke(
     return results
 
 
-def delete_endpoint(aws: Aws, name: str, log: Callable[[str], None] = print) -> list[str]:
-    """Deletes the endpoint ``name``, its endpoint config and its models; returns what was deleted.
-
-    A config or model of that name left behind by a failed deployment is deleted too.
+def _describe(call: Callable[..., Any], what: str, **params: str) -> dict[str, Any] | None:
+    """A Describe* answer, or ``None`` when AWS says there is no such resource; any other failure raises.
 
     Raises:
-        EndpointError: Nothing of that name exists.
+        AwsError: Bad credentials, no permission, no network ... (never taken for "not found").
     """
     import botocore.exceptions
 
+    from dogclf.sagemaker.aws import aws_errors, is_not_found
+
+    with aws_errors(what):
+        try:
+            return dict(call(**params))
+        except botocore.exceptions.ClientError as exc:
+            if is_not_found(exc):
+                return None
+            raise
+
+
+def delete_endpoint(aws: Aws, name: str, log: Callable[[str], None] = print) -> list[str]:
+    """Deletes the endpoint ``name``, its endpoint config and its models; returns what was deleted.
+
+    A config or model of that name left behind by a failed deployment is deleted too. Only AWS's own "could not
+    find" answer counts as absent: any other error (credentials, permissions, network) is raised, so a live endpoint
+    is never reported as missing.
+
+    Raises:
+        EndpointError: Nothing of that name exists.
+        AwsError: A call failed for another reason.
+    """
     from dogclf.sagemaker.aws import aws_errors
 
     client = aws.client("sagemaker")
     deleted: list[str] = []
     config_name, models = name, {name}
-    try:
-        config_name = client.describe_endpoint(EndpointName=name)["EndpointConfigName"]
+    endpoint = _describe(client.describe_endpoint, f"Reading endpoint {name}", EndpointName=name)
+    if endpoint is not None:
+        config_name = endpoint["EndpointConfigName"]
         with aws_errors(f"Deleting endpoint {name}"):
             client.delete_endpoint(EndpointName=name)
         deleted.append(f"endpoint {name}")
-    except botocore.exceptions.ClientError:
-        pass  # no endpoint: still look for its config and model
-    try:
-        variants = client.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
-        models |= {variant["ModelName"] for variant in variants}
+    config = _describe(
+        client.describe_endpoint_config, f"Reading endpoint config {config_name}", EndpointConfigName=config_name
+    )
+    if config is not None:
+        models |= {variant["ModelName"] for variant in config["ProductionVariants"]}
         with aws_errors(f"Deleting endpoint config {config_name}"):
             client.delete_endpoint_config(EndpointConfigName=config_name)
         deleted.append(f"endpoint config {config_name}")
-    except botocore.exceptions.ClientError:
-        pass
     for model in sorted(models):
-        try:
-            client.describe_model(ModelName=model)
-        except botocore.exceptions.ClientError:
+        if _describe(client.describe_model, f"Reading model {model}", ModelName=model) is None:
             continue
         with aws_errors(f"Deleting model {model}"):
             client.delete_model(ModelName=model)

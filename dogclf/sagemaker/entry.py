@@ -13,7 +13,9 @@ from the container's environment:
 - ``--checkpoint-dir``: ``/opt/ml/checkpoints/<job name>`` (SageMaker syncs ``/opt/ml/checkpoints`` with the job's
   checkpoint S3 URI); a restarted job (a managed spot interruption) finds its checkpoint there and resumes;
 - ``--cache-dir``: a ``features`` channel (backbone features extracted by an earlier run) if there is one, else
-  ``/opt/ml/checkpoints/feature-cache`` on the instance's disk, which later jobs sharing the checkpoint prefix reuse.
+  ``/opt/ml/checkpoints/feature-cache`` on the instance's disk, which later jobs sharing the checkpoint prefix reuse;
+- a relative ``--tensorboard`` folder (what a tuning job's trials get) goes into the job's checkpoint folder, which
+  SageMaker copies to S3 while the job runs.
 
 Flags the job passes override these defaults.
 """
@@ -115,6 +117,9 @@ def container_train_args(argv: Sequence[str], env: ContainerEnvironment, data: P
     head = [item for flag, value in defaults.items() if not _given(args, flag) for item in (flag, str(value))]
     final = [*head, *args]
     chosen = Path(final[final.index("--checkpoint-dir") + 1]) if "--checkpoint-dir" in final else checkpoint_dir
+    if "--tensorboard" in final[:-1]:  # a relative folder (a tuning job's trials): in this job's checkpoint folder
+        at = final.index("--tensorboard") + 1
+        final[at] = str(chosen / final[at]) if not Path(final[at]).is_absolute() else final[at]
     if (chosen / "checkpoint.pt").is_file() and not _given(final, "--resume"):
         print(
             f"Found the checkpoint {chosen / 'checkpoint.pt'} of an earlier attempt of this job (a restarted job, "

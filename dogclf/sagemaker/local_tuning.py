@@ -72,6 +72,7 @@ def run_tuning_locally(
     max_jobs: int,
     features: str | os.PathLike[str] | None = None,
     objective: str = "valid_top1",
+    objective_type: str | None = None,
     seed: int = 0,
     environ: Mapping[str, str] | None = None,
     log: Callable[[str], None] = print,
@@ -88,6 +89,7 @@ def run_tuning_locally(
     from dogclf.sagemaker.local import LOCAL_ROLE, LocalJobError, run_request
     from dogclf.sagemaker.source import build_source_dir
     from dogclf.sagemaker.tuning_job import (
+        best_record,
         build_tuning_request,
         job_hyperparameters,
         tuning_job_name,
@@ -113,7 +115,17 @@ def run_tuning_locally(
         features="s3://dogclf-local/features/" if features is not None else None,
         tuning_job=name,
     )
-    request = build_tuning_request(template, space, name=name, max_jobs=max_jobs, max_parallel_jobs=1)
+    request = build_tuning_request(
+        template,
+        space,
+        name=name,
+        max_jobs=max_jobs,
+        max_parallel_jobs=1,
+        objective=objective,
+        objective_type=objective_type,
+        seed=seed,
+    )
+    maximize = request["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]["Type"] == "Maximize"
     (out / "tuning-request.json").write_text(json.dumps(request, indent=2) + "\n", encoding="utf-8")
     channels: dict[str, Path] = {"training": data_dir}
     if features is not None:
@@ -121,7 +133,8 @@ def run_tuning_locally(
     log(f"Tuning job {name} here: {max_jobs} trials through the SageMaker training toolkit")
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    direction = "maximize" if maximize else "minimize"
+    study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=seed))
     records: list[TrialRecord] = []
     seconds: list[float] = []
     delivered_by_trial: dict[int, dict[str, str]] = {}
@@ -154,8 +167,8 @@ def run_tuning_locally(
         outcome = f"{objective}={value:.4f}" if value is not None else f"FAILED ({error})"
         log(f"trial {number + 1}/{max_jobs} {trial_name}: {outcome} in {seconds[-1]:.1f} s | {json.dumps(values)}")
     best_path, _, _ = write_tuning_results(
-        out, records, space=space, metric=objective, job_name=name, backbone=spec.backbone, log=log
+        out, records, space=space, metric=objective, job_name=name, backbone=spec.backbone, maximize=maximize, log=log
     )
-    best = max((r for r in records if r.value is not None), key=lambda r: r.value or 0.0)
+    best = best_record([r for r in records if r.value is not None], maximize=maximize)
     best_hyperparameters = job_hyperparameters({**template["HyperParameters"], **delivered_by_trial[best.number]})
     return LocalTuningResult(name, records, best_path, best_hyperparameters, seconds)

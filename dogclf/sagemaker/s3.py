@@ -1,8 +1,11 @@
-"""S3 for the launchers: ``s3://`` URIs, a folder upload that skips what is already there, downloads.
+"""S3 for the launchers: ``s3://`` URIs, a folder's content manifest, a folder upload that mirrors it, downloads.
 
-:func:`sync_folder` uploads a local folder under a prefix. A file whose object already exists with the same size and
-the same SHA-256 (kept in the object's ``x-amz-meta-sha256`` by every upload here) is skipped, so launching again
-on the same photos uploads nothing.
+:func:`folder_manifest` lists a local folder's files with their sizes and SHA-256 and digests the list, so the same
+photos always name the same prefix and different photos a different one. :func:`sync_folder` uploads a folder under a
+prefix. A file whose object already exists with the same size and the same SHA-256 (kept in the object's
+``x-amz-meta-sha256`` by every upload here) is skipped, so launching again on the same photos uploads nothing; with
+``mirror=True`` objects under the prefix that the folder does not have are deleted, so the prefix holds exactly the
+folder.
 """
 
 from __future__ import annotations
@@ -21,7 +24,17 @@ from dogclf.errors import DogclfError
 if TYPE_CHECKING:
     from dogclf.sagemaker.aws import Aws
 
-__all__ = ["S3Uri", "SyncReport", "download_file", "download_prefix", "sha256_file", "sync_folder", "upload_file"]
+__all__ = [
+    "FolderManifest",
+    "S3Uri",
+    "SyncReport",
+    "download_file",
+    "download_prefix",
+    "folder_manifest",
+    "sha256_file",
+    "sync_folder",
+    "upload_file",
+]
 
 _SHA_KEY = "sha256"
 _WORKERS = 8
@@ -77,12 +90,40 @@ class SyncReport:
         uploaded: Files uploaded.
         skipped: Files already there with the same size and checksum.
         bytes_uploaded: Bytes sent.
+        deleted: Objects under the prefix the folder does not have, deleted (``mirror=True``).
     """
 
     uri: S3Uri
     uploaded: int
     skipped: int
     bytes_uploaded: int
+    deleted: int = 0
+
+
+@dataclass(frozen=True)
+class FolderManifest:
+    """A local folder's files (hidden ones left out): relative path, size and SHA-256 of each, sorted by path.
+
+    Attributes:
+        root: The folder.
+        files: ``(relative POSIX path, size, hex SHA-256)`` per file.
+    """
+
+    root: Path
+    files: tuple[tuple[str, int, str], ...]
+
+    @property
+    def digest(self) -> str:
+        """The hex SHA-256 of the listing: equal for equal contents, whatever the folder is called or where."""
+        digest = hashlib.sha256()
+        for relative, size, sha in self.files:
+            digest.update(f"{sha} {size} {relative}\n".encode())
+        return digest.hexdigest()
+
+    @property
+    def size(self) -> int:
+        """Bytes in all."""
+        return sum(size for _, size, _ in self.files)
 
 
 def sha256_file(path: Path) -> str:
@@ -100,6 +141,19 @@ def _local_files(folder: Path) -> Iterator[Path]:
         for name in sorted(filenames):
             if not name.startswith("."):
                 yield Path(dirpath) / name
+
+
+def folder_manifest(folder: str | os.PathLike[str]) -> FolderManifest:
+    """Lists and hashes ``folder``'s files (what :func:`sync_folder` uploads), several at a time."""
+    root = Path(folder)
+    paths = list(_local_files(root))
+
+    def entry(path: Path) -> tuple[str, int, str]:
+        return path.relative_to(root).as_posix(), path.stat().st_size, sha256_file(path)
+
+    with ThreadPoolExecutor(_WORKERS) as pool:
+        files = tuple(sorted(pool.map(entry, paths)))
+    return FolderManifest(root, files)
 
 
 def _existing_sizes(aws: Aws, uri: S3Uri) -> dict[str, int]:
@@ -120,8 +174,30 @@ def upload_file(aws: Aws, path: Path, uri: S3Uri, *, sha256: str | None = None) 
         aws.client("s3").upload_file(str(path), uri.bucket, uri.key, ExtraArgs={"Metadata": {_SHA_KEY: digest}})
 
 
+def _delete_keys(aws: Aws, bucket: str, keys: list[str]) -> None:
+    from dogclf.sagemaker.aws import AwsError, aws_errors
+
+    for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+        batch = [{"Key": key} for key in keys[start : start + 1000]]
+        with aws_errors(f"Deleting {len(batch)} stale objects from s3://{bucket}"):
+            answer = aws.client("s3").delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        if answer.get("Errors"):
+            first = answer["Errors"][0]
+            raise AwsError(
+                f"Could not delete s3://{bucket}/{first.get('Key')} ({first.get('Code')}: {first.get('Message')}) "
+                f"and {len(answer['Errors']) - 1} more: the prefix would not mirror the local folder."
+            )
+
+
 def sync_folder(
-    aws: Aws, folder: str | os.PathLike[str], uri: S3Uri, *, log: Callable[[str], None] = print, every: float = 5.0
+    aws: Aws,
+    folder: str | os.PathLike[str],
+    uri: S3Uri,
+    *,
+    manifest: FolderManifest | None = None,
+    mirror: bool = False,
+    log: Callable[[str], None] = print,
+    every: float = 5.0,
 ) -> SyncReport:
     """Uploads ``folder`` under ``uri``, skipping files already there with the same size and SHA-256.
 
@@ -129,40 +205,43 @@ def sync_folder(
         aws: The AWS context.
         folder: The local folder (hidden files and folders are left out).
         uri: The prefix to mirror it under.
+        manifest: The folder's :func:`folder_manifest`, when already made (saves hashing it again).
+        mirror: Also delete objects under the prefix that the folder does not have, so that it holds exactly the
+            folder (what a training channel then copies).
         log: Where progress lines go (one every ``every`` seconds, and a summary).
         every: Seconds between progress lines.
 
     Returns:
-        What was uploaded and skipped.
+        What was uploaded, skipped and deleted.
 
     Raises:
-        AwsError: A listing or an upload failed.
+        AwsError: A listing, an upload or a deletion failed.
     """
     from dogclf.sagemaker.aws import aws_errors
 
     root = Path(folder)
-    files = list(_local_files(root))
+    listing = manifest if manifest is not None else folder_manifest(root)
     with aws_errors(f"Listing {uri}"):
         existing = _existing_sizes(aws, uri)
     base = uri.prefix()
 
-    def one(path: Path) -> int:
-        key = base + path.relative_to(root).as_posix()
-        digest = sha256_file(path)
-        size = path.stat().st_size
+    def one(entry: tuple[str, int, str]) -> int:
+        relative, size, digest = entry
+        key = base + relative
         if existing.get(key) == size:
             with aws_errors(f"Reading {uri.bucket}/{key}"):
                 head = aws.client("s3").head_object(Bucket=uri.bucket, Key=key)
             if head.get("Metadata", {}).get(_SHA_KEY) == digest:
                 return -1
-        upload_file(aws, path, S3Uri(uri.bucket, key), sha256=digest)
+        upload_file(aws, root / relative, S3Uri(uri.bucket, key), sha256=digest)
         return size
 
     uploaded = skipped = sent = 0
     last = time.monotonic()
-    log(f"Syncing {len(files)} files from {root} to {uri.join('')}/ ...")
+    total = len(listing.files)
+    log(f"Syncing {total} files from {root} to {uri.join('')}/ ...")
     with ThreadPoolExecutor(_WORKERS) as pool:
-        for done, result in enumerate(pool.map(one, files), 1):
+        for done, result in enumerate(pool.map(one, listing.files), 1):
             if result < 0:
                 skipped += 1
             else:
@@ -170,9 +249,13 @@ def sync_folder(
                 sent += result
             if time.monotonic() - last >= every:
                 last = time.monotonic()
-                log(f"  {done}/{len(files)} files: {uploaded} uploaded, {skipped} already there")
-    log(f"Synced {root} to {uri.join('')}/: {uploaded} uploaded ({sent / 1e6:.1f} MB), {skipped} already there")
-    return SyncReport(uri=uri, uploaded=uploaded, skipped=skipped, bytes_uploaded=sent)
+                log(f"  {done}/{total} files: {uploaded} uploaded, {skipped} already there")
+    stale = sorted(set(existing) - {base + relative for relative, _, _ in listing.files}) if mirror else []
+    _delete_keys(aws, uri.bucket, stale)
+    removed = f", {len(stale)} stale deleted" if stale else ""
+    summary = f"{uploaded} uploaded ({sent / 1e6:.1f} MB), {skipped} already there{removed}"
+    log(f"Synced {root} to {uri.join('')}/: {summary}")
+    return SyncReport(uri=uri, uploaded=uploaded, skipped=skipped, bytes_uploaded=sent, deleted=len(stale))
 
 
 def download_file(aws: Aws, uri: S3Uri, path: Path) -> Path:

@@ -7,7 +7,7 @@ The job runs the framework container's script mode: the AWS PyTorch training ima
 ``sagemaker_submit_directory`` and runs ``sagemaker_program`` (``train.py``, :mod:`dogclf.sagemaker.entry`) with the
 hyperparameters as flags. S3 layout under ``s3://BUCKET/PREFIX/``::
 
-    data/<folder name>/...                     a local --data folder, synced (unchanged files are skipped)
+    data/<folder name>-<content digest>/...    a local --data folder, mirrored (see dogclf.sagemaker.inputs)
     jobs/<job>/source/sourcedir.tar.gz         dogclf's source, a plugin backbone's package, train.py
     jobs/<job>/output/model.tar.gz             the model directory, deployable as it is (SageMaker writes it)
     jobs/<job>/output/output.tar.gz            history, evaluation report, plots
@@ -20,7 +20,6 @@ import json
 import os
 import re
 import secrets
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,10 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dogclf.errors import DatasetError, DogclfError
+from dogclf.sagemaker.inputs import upload_inputs
+from dogclf.sagemaker.model_archive import unpack_model
+from dogclf.sagemaker.request_check import RequestError, validate_request  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from dogclf.sagemaker.aws import Aws
-    from dogclf.sagemaker.s3 import S3Uri
+    from dogclf.sagemaker.job_settings import JobSettings
+    from dogclf.sagemaker.s3 import FolderManifest, S3Uri
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -47,6 +50,8 @@ __all__ = [
     "format_request",
     "job_name",
     "launch_training_job",
+    "local_data_manifest",
+    "plan_launch",
     "plan_request",
     "validate_request",
     "unpack_model",
@@ -81,6 +86,7 @@ class TrainingJobSpec:
         names_file: A ``--names`` file shipped with the code.
         environment: Extra environment variables of the container.
         extra: Request fields added as they are (``DebugHookConfig``, ``TensorBoardOutputConfig``, ...).
+        settings: VPC, network isolation, tags and KMS keys (:class:`~dogclf.sagemaker.job_settings.JobSettings`).
     """
 
     backbone: str
@@ -96,6 +102,7 @@ class TrainingJobSpec:
     names_file: Path | None = None
     environment: Mapping[str, str] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    settings: JobSettings | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.instance_count, int) or self.instance_count < 1:
@@ -206,8 +213,20 @@ def build_request(
     }
     if spec.environment:
         request["Environment"] = dict(spec.environment)
+    if spec.settings is not None:
+        spec.settings.apply(request)
     request.update(spec.extra)
     return request
+
+
+def local_data_manifest(data: str, hyperparameters: Mapping[str, str]) -> FolderManifest | None:
+    """A local data folder's manifest, after :func:`check_local_data`; ``None`` for an ``s3://`` prefix."""
+    if data.startswith("s3://"):
+        return None
+    from dogclf.sagemaker.s3 import folder_manifest
+
+    check_local_data(Path(data), hyperparameters)
+    return folder_manifest(data)
 
 
 def check_local_data(folder: Path, hyperparameters: Mapping[str, str]) -> None:
@@ -326,51 +345,16 @@ class TrainingJob:
         return S3Uri.parse(description["ModelArtifacts"]["S3ModelArtifacts"])
 
     def download(self, out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Downloads and unpacks the job's ``model.tar.gz`` into a model directory ``dogclf predict`` loads."""
+        """Downloads and unpacks the job's ``model.tar.gz`` into a model directory ``dogclf predict`` loads.
+
+        Nothing is written to ``out_dir`` unless the whole archive unpacks into a loadable model.
+        """
         from dogclf.sagemaker.s3 import download_file
 
+        uri = self.model_artifact()
         with tempfile.TemporaryDirectory(prefix="dogclf-download-") as tmp:
-            archive = download_file(self.aws, self.model_artifact(), Path(tmp) / "model.tar.gz")
-            return unpack_model(archive, out_dir, overwrite=overwrite)
-
-
-def unpack_model(archive: Path, out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Unpacks a ``model.tar.gz`` into a model directory and checks it loads as one.
-
-    Raises:
-        ModelDirError: ``out_dir`` already holds a model (without ``overwrite``), or the archive holds none.
-    """
-    from dogclf.artifact import CONFIG_NAME, WEIGHTS_NAME, read_config
-    from dogclf.errors import ModelDirError
-
-    out = Path(out_dir)
-    if (out / CONFIG_NAME).exists() and not overwrite:
-        raise ModelDirError(f"{str(out)!r} already holds a model; pass --overwrite or choose another --out.")
-    out.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive) as tar:
-        names = set(tar.getnames())
-        if not {CONFIG_NAME, WEIGHTS_NAME} <= names:
-            raise ModelDirError(f"{archive} holds no dogclf model ({CONFIG_NAME} and {WEIGHTS_NAME} are missing).")
-        tar.extractall(out, filter="data")
-    read_config(out)
-    return out
-
-
-def upload_inputs(
-    spec: TrainingJobSpec, data: str, aws: Aws, request: Mapping[str, Any], log: Callable[[str], None]
-) -> None:
-    """Puts a request's inputs where it says: a local data folder (synced) and the built source directory."""
-    from dogclf.sagemaker.s3 import S3Uri, sync_folder, upload_file
-    from dogclf.sagemaker.source import build_source_dir
-
-    if not data.startswith("s3://"):
-        training = next(c for c in request["InputDataConfig"] if c["ChannelName"] == "training")
-        sync_folder(aws, data, S3Uri.parse(training["DataSource"]["S3DataSource"]["S3Uri"]), log=log)
-    target = S3Uri.parse(json.loads(request["HyperParameters"]["sagemaker_submit_directory"]))
-    with tempfile.TemporaryDirectory(prefix="dogclf-source-") as tmp:
-        source = build_source_dir(tmp, backbone=spec.backbone, names_file=spec.names_file)
-        upload_file(aws, source.archive, target)
-    log(f"Uploaded the source directory ({source.files} files, {source.size / 1e6:.1f} MB) to {target}")
+            archive = download_file(self.aws, uri, Path(tmp) / "model.tar.gz")
+            return unpack_model(archive, out_dir, overwrite=overwrite, source=str(uri))
 
 
 def plan_request(
@@ -384,21 +368,28 @@ def plan_request(
     name: str,
     features: str | None = None,
     tuning_job: str | None = None,
+    manifest: FolderManifest | None = None,
 ) -> dict[str, Any]:
     """The request a launch sends: the job's S3 locations under ``s3://bucket/prefix/`` and its image.
 
-    With ``tuning_job`` it is the template of that tuning job's trials: source, outputs and checkpoints under
-    ``tuning/<tuning_job>/`` (each trial's model at ``tuning/<tuning_job>/trials/<trial>/output/model.tar.gz``).
+    A local ``data`` folder's channel is named by its content (:func:`dogclf.sagemaker.inputs.data_uri`; pass its
+    ``manifest`` when made already), a local ``features`` folder's by its name. With ``tuning_job`` it is the
+    template of that tuning job's trials: source, outputs and checkpoints under ``tuning/<tuning_job>/`` (each
+    trial's model at ``tuning/<tuning_job>/trials/<trial>/output/model.tar.gz``).
+
+    Raises:
+        DatasetError: A local ``features`` folder that does not exist.
     """
     from dogclf.sagemaker.images import gpus_per_instance, training_image
+    from dogclf.sagemaker.inputs import data_uri, features_uri
     from dogclf.sagemaker.s3 import S3Uri
 
     image = training_image(region, spec.instance_type, spec.framework_version or _default_version())
     root = S3Uri(bucket, prefix.strip("/"))
-    data_uri = data if data.startswith("s3://") else str(root.join("data", Path(data).name)) + "/"
-    channels = {"training": data_uri}
-    if features is not None:
-        channels["features"] = features
+    channels = {"training": data_uri(root, data, manifest)}
+    cache = features_uri(root, features)
+    if cache is not None:
+        channels["features"] = cache
     home = root.join("jobs", name) if tuning_job is None else root.join("tuning", tuning_job)
     return build_request(
         spec,
@@ -412,6 +403,43 @@ def plan_request(
         checkpoint_uri=str(home.join("checkpoints")),
         gpus=gpus_per_instance(spec.instance_type, region),
     )
+
+
+def plan_launch(
+    spec: TrainingJobSpec,
+    data: str,
+    *,
+    aws: Aws,
+    role: str,
+    bucket: str | None,
+    prefix: str,
+    name: str,
+    features: str | None,
+    dry_run: bool,
+    tuning_job: str | None = None,
+) -> tuple[dict[str, Any], FolderManifest | None, str]:
+    """What a launch plans before it uploads anything: the request, the data folder's manifest, the bucket.
+
+    The bucket is ``bucket``, else the SDK's default one (created unless ``dry_run``). See :func:`plan_request`.
+
+    Raises:
+        DatasetError: A local data or features folder that is missing, or data without a validation split.
+    """
+    manifest = local_data_manifest(data, spec.hyperparameters)
+    chosen = bucket or (f"sagemaker-{aws.region}-{aws.account()}" if dry_run else aws.default_bucket())
+    request = plan_request(
+        spec,
+        data,
+        region=aws.region,
+        role=role,
+        bucket=chosen,
+        prefix=prefix,
+        name=name,
+        features=features,
+        tuning_job=tuning_job,
+        manifest=manifest,
+    )
+    return request, manifest, chosen
 
 
 def _create_training_job(aws: Aws, request: Mapping[str, Any], *, debugger: bool) -> None:
@@ -474,13 +502,15 @@ def launch_training_job(
 
     Args:
         spec: What to run.
-        data: A local data folder (synced to ``s3://BUCKET/PREFIX/data/<name>/``) or an ``s3://`` prefix.
+        data: A local data folder (mirrored to ``s3://BUCKET/PREFIX/data/<name>-<content digest>/``) or an
+            ``s3://`` prefix.
         aws: The AWS context.
         role: The execution role ARN.
         bucket: The bucket (default: the SDK's ``sagemaker-<region>-<account>``, created when missing).
         prefix: Key prefix of everything this job writes.
         name: The job name (default: unique, see :func:`job_name`).
-        features: An ``s3://`` prefix of backbone features (a feature cache) to mount as the ``features`` channel.
+        features: Backbone features (a feature cache) to mount as the ``features`` channel: an ``s3://`` prefix, or
+            a local folder uploaded (after the request is checked) to ``s3://BUCKET/PREFIX/features/<name>/``.
         debugger: Attach SageMaker Debugger's hook, built-in rules and Profiler (:mod:`dogclf.diagnostics`).
         tensorboard: ``"auto"`` or an ``s3://`` prefix: the job logs TensorBoard scalars and SageMaker uploads them
             there (``auto``: ``s3://BUCKET/PREFIX/jobs/<job>/tensorboard``).
@@ -496,12 +526,9 @@ def launch_training_job(
         AwsError: An upload or the CreateTrainingJob call failed.
     """
     data = str(data)
-    if not data.startswith("s3://"):
-        check_local_data(Path(data), spec.hyperparameters)
     job = name or job_name(spec.base_name, spec.backbone)
-    chosen_bucket = bucket or (f"sagemaker-{aws.region}-{aws.account()}" if dry_run else aws.default_bucket())
-    request = plan_request(
-        spec, data, region=aws.region, role=role, bucket=chosen_bucket, prefix=prefix, name=job, features=features
+    request, manifest, chosen_bucket = plan_launch(
+        spec, data, aws=aws, role=role, bucket=bucket, prefix=prefix, name=job, features=features, dry_run=dry_run
     )
     request.update(
         _diagnostics(aws.region, f"s3://{chosen_bucket}/{prefix.strip('/')}/jobs/{job}", debugger, tensorboard)
@@ -509,32 +536,13 @@ def launch_training_job(
     validate_request("CreateTrainingJob", request)
     if dry_run:
         return TrainingJob(job, aws, request)
-    upload_inputs(spec, data, aws, request, log)
+    upload_inputs(spec, data, aws, request, log, manifest=manifest, features=features)
     _create_training_job(aws, request, debugger=debugger)
     created = TrainingJob(job, aws, request)
     log(f"Launched training job {job}")
     log(f"  status and metrics: {created.console_url}")
     log(f"  logs: {created.logs_url}")
     return created
-
-
-def validate_request(operation: str, request: Mapping[str, Any]) -> None:
-    """Checks a request against SageMaker's API model (botocore's, offline), as the SDK does before sending.
-
-    Raises:
-        RequestError: Every field that does not fit, by its path.
-    """
-    import botocore.session
-    import botocore.validate
-
-    model = botocore.session.get_session().get_service_model("sagemaker").operation_model(operation)
-    report = botocore.validate.ParamValidator().validate(dict(request), model.input_shape)
-    if report.has_errors():
-        raise RequestError(f"The {operation} request does not fit SageMaker's API:\n{report.generate_report()}")
-
-
-class RequestError(DogclfError, ValueError):
-    """A request that SageMaker's API model refuses."""
 
 
 def format_request(request: Mapping[str, Any]) -> str:

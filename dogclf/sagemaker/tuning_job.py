@@ -4,10 +4,11 @@
 (through the SDK's ``sagemaker.core.parameter`` classes): a log-scale ``FloatRange`` becomes a ``Logarithmic``
 continuous range, an ``IntRange`` an integer range, a ``Categorical`` a categorical one, each named as the entry
 script reads it (``lr``, ``batch-size``, ``epochs``, ...). :func:`build_tuning_request` wraps a training request
-(:func:`dogclf.sagemaker.training_job.build_request`) into the CreateHyperParameterTuningJob request: objective
+(:func:`dogclf.sagemaker.training_job.build_request`) into the CreateHyperParameterTuningJob request: by default
 ``valid_top1`` maximised, read from the log by the same metric definitions, Bayesian search, early stopping
-``Auto``. When the job ends, :func:`write_tuning_results` writes ``best_params.json``, ``trials.csv`` and
-``history.png``, the files ``dogclf tune`` writes locally.
+``Auto``; any metric of the log either way, Random, Hyperband and Grid with what each requires
+(:func:`strategy_fields`), a seed and a warm start. When the job ends, :func:`write_tuning_results` writes
+``best_params.json``, ``trials.csv`` and ``history.png``, the files ``dogclf tune`` writes locally.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STRATEGIES",
+    "best_record",
     "TuningError",
     "TuningJob",
     "describe_trials",
@@ -39,8 +41,12 @@ __all__ = [
     "launch_tuning_job",
     "build_tuning_request",
     "parameter_ranges",
+    "strategy_fields",
+    "trial_diagnostics",
     "tuned_values",
     "tuning_job_name",
+    "tuning_objective",
+    "warm_start_config",
     "write_tuning_results",
 ]
 
@@ -109,25 +115,47 @@ def build_tuning_request(
     max_parallel_jobs: int,
     strategy: str = "Bayesian",
     objective: str = "valid_top1",
+    objective_type: str | None = None,
     early_stopping: bool = True,
     seed: int | None = None,
+    warm_start: Sequence[str] = (),
+    warm_start_type: str = "IdenticalDataAndAlgorithm",
 ) -> dict[str, Any]:
     """The CreateHyperParameterTuningJob request whose trials run ``training_request`` with sampled values.
 
     The searched hyperparameters are taken out of the static ones; everything else (image, metric definitions,
-    channels, instance, spot, checkpoints) is the training request's.
+    channels, instance, spot, checkpoints, VPC, network isolation, KMS keys, tags) is the training request's.
+    What the strategy requires is added (:func:`strategy_fields`).
+
+    Args:
+        training_request: The trials' CreateTrainingJob request.
+        space: The search space.
+        name: The tuning job's name.
+        max_jobs: Trials in all (Grid: the number of combinations, whatever is given).
+        max_parallel_jobs: Trials at a time.
+        strategy: ``Bayesian``, ``Random``, ``Hyperband`` or ``Grid``.
+        objective: The metric (one of the metric definitions' names) to optimise.
+        objective_type: ``Maximize`` or ``Minimize`` (default: Minimize for a ``*loss`` metric, else Maximize).
+        early_stopping: SageMaker's early stopping ``Auto`` (Hyperband: always ``Off``, it stops trials itself).
+        seed: ``RandomSeed``: the same seed proposes the same values again.
+        warm_start: Parent tuning jobs (at most 5) whose trials this one starts from.
+        warm_start_type: ``IdenticalDataAndAlgorithm`` or ``TransferLearning``.
 
     Raises:
-        TuningError: Bad limits or strategy.
+        TuningError: Bad limits, strategy, objective or warm start.
     """
     if strategy not in STRATEGIES:
         raise TuningError(f"Unknown tuning strategy {strategy!r}; SageMaker offers {', '.join(STRATEGIES)}")
     if max_jobs < 1 or max_parallel_jobs < 1:
         raise TuningError(f"--max-jobs and --max-parallel-jobs must be >= 1, got {max_jobs} and {max_parallel_jobs}")
     ranges = parameter_ranges(space)
+    static = dict(training_request["HyperParameters"])
+    if strategy == "Hyperband":  # Hyperband allots the epochs itself: up to the searched range's top
+        ranges, top = _without_epochs(ranges)
+        static.update({} if top is None else {"epochs": str(top)})
     tuned = {entry["Name"] for entries in ranges.values() for entry in entries}
     definition = {
-        "StaticHyperParameters": {k: v for k, v in training_request["HyperParameters"].items() if k not in tuned},
+        "StaticHyperParameters": {k: v for k, v in static.items() if k not in tuned},
         "AlgorithmSpecification": {  # the time-series flag belongs to training jobs only
             k: v for k, v in training_request["AlgorithmSpecification"].items() if k != _TIME_SERIES
         },
@@ -142,25 +170,161 @@ def build_tuning_request(
                 "EnableManagedSpotTraining",
                 "CheckpointConfig",
                 "Environment",
+                "VpcConfig",
+                "EnableNetworkIsolation",
+                "EnableInterContainerTrafficEncryption",
             )
             if key in training_request
         },
     }
     config: dict[str, Any] = {
         "Strategy": strategy,
-        "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": objective},
+        "HyperParameterTuningJobObjective": tuning_objective(training_request, objective, objective_type),
         "ResourceLimits": {"MaxNumberOfTrainingJobs": max_jobs, "MaxParallelTrainingJobs": max_parallel_jobs},
         "ParameterRanges": ranges,
         "TrainingJobEarlyStoppingType": "Auto" if early_stopping else "Off",
     }
+    required = strategy_fields(strategy, ranges, definition["StaticHyperParameters"])
+    config["ResourceLimits"].update(required.pop("ResourceLimits", {}))
+    config.update(required)
     if seed is not None:
         config["RandomSeed"] = seed
-    return {
+    request = {
         "HyperParameterTuningJobName": name,
         "HyperParameterTuningJobConfig": config,
         "TrainingJobDefinition": definition,
         "Tags": training_request.get("Tags", []),
     }
+    if warm_start:
+        request["WarmStartConfig"] = warm_start_config(warm_start, warm_start_type)
+    return request
+
+
+WARM_START_TYPES = ("IdenticalDataAndAlgorithm", "TransferLearning")
+
+
+def warm_start_config(parents: Sequence[str], kind: str = "IdenticalDataAndAlgorithm") -> dict[str, Any]:
+    """``WarmStartConfig``: start from the trials of up to 5 earlier tuning jobs.
+
+    ``IdenticalDataAndAlgorithm`` needs the same data and image as the parents (a local data folder with the same
+    photos gets the same content-named prefix); ``TransferLearning`` allows other data, ranges and static values.
+
+    Raises:
+        TuningError: No parent, more than 5, or an unknown type.
+    """
+    if kind not in WARM_START_TYPES:
+        raise TuningError(f"--warm-start-type must be one of {', '.join(WARM_START_TYPES)}, got {kind!r}")
+    if not 1 <= len(parents) <= 5:
+        raise TuningError(f"--warm-start takes 1 to 5 parent tuning jobs, got {len(parents)}")
+    return {
+        "ParentHyperParameterTuningJobs": [{"HyperParameterTuningJobName": parent} for parent in parents],
+        "WarmStartType": kind,
+    }
+
+
+def tuning_objective(training_request: Mapping[str, Any], metric: str, kind: str | None = None) -> dict[str, str]:
+    """``HyperParameterTuningJobObjective``: ``metric``, maximised or minimised (by default as its name says).
+
+    Raises:
+        TuningError: A metric the trials' metric definitions do not read, or a type other than Maximize/Minimize.
+    """
+    names = [d["Name"] for d in training_request["AlgorithmSpecification"].get("MetricDefinitions", [])]
+    if metric not in names:
+        raise TuningError(
+            f"--objective-metric {metric!r} is not a metric the trials print; choose one of {', '.join(names)}"
+        )
+    chosen = kind or ("Minimize" if metric.endswith("loss") else "Maximize")
+    if chosen not in ("Maximize", "Minimize"):
+        raise TuningError(f"--objective-type must be Maximize or Minimize, got {kind!r}")
+    return {"Type": chosen, "MetricName": metric}
+
+
+def trial_diagnostics(hyperparameters: Mapping[str, str], *, tensorboard: bool, debugger: bool) -> dict[str, str]:
+    """What ``--tensorboard`` and ``--debugger`` add to a tuning job's static hyperparameters.
+
+    SageMaker's tuning API has no TensorBoard or Debugger fields for trials (``HyperParameterTrainingJobDefinition``
+    has neither), so the trials do it themselves: ``--tensorboard`` makes each trial log TensorBoard scalars into its
+    checkpoint folder (``tensorboard``, a relative folder the entry point puts under ``/opt/ml/checkpoints/<trial>/``,
+    which SageMaker copies to S3 while it runs); ``--debugger`` runs all of dogclf's rules (the Debugger built-in
+    rules' names and meanings) and its profiler in each trial: their findings go to the trial's log and output.
+    """
+    added: dict[str, str] = {}
+    if tensorboard:
+        added["tensorboard"] = TRIAL_TENSORBOARD_DIR
+    if debugger:
+        added["profile"] = "true"
+        if "rules" not in hyperparameters:
+            added["rules"] = "all"
+    return added
+
+
+TRIAL_TENSORBOARD_DIR = "tensorboard"
+"""A trial's TensorBoard folder, relative to its checkpoint folder (synced to S3 while the trial runs)."""
+
+
+def _grid_size(ranges: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
+    size = 1
+    for entry in ranges.get("CategoricalParameterRanges", []):
+        size *= len(entry["Values"])
+    return size
+
+
+def _without_epochs(ranges: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[dict[str, list[Any]], int | None]:
+    """``ranges`` without an ``epochs`` range, and that range's largest value (``None`` when it had none)."""
+    kept: dict[str, list[Any]] = {}
+    top = None
+    for kind, entries in ranges.items():
+        for entry in entries:
+            if entry["Name"] != "epochs":
+                kept.setdefault(kind, []).append(entry)
+            elif kind == "CategoricalParameterRanges":
+                top = max(int(float(v)) for v in entry["Values"])
+            else:
+                top = int(float(entry["MaxValue"]))
+    return kept, top
+
+
+def strategy_fields(
+    strategy: str, ranges: Mapping[str, Sequence[Mapping[str, Any]]], static: Mapping[str, str]
+) -> dict[str, Any]:
+    """What a strategy requires of ``HyperParameterTuningJobConfig`` beyond the common fields (AWS's rules).
+
+    - Hyperband stops trials itself: ``TrainingJobEarlyStoppingType`` must be ``Off``, and
+      ``HyperbandStrategyConfig`` says how many epochs a trial gets at least (1) and at most (the ``epochs``
+      hyperparameter, which it therefore must not search: see :func:`build_tuning_request`).
+    - Grid runs every combination of categorical values, so it takes categorical ranges only, and
+      ``MaxNumberOfTrainingJobs`` must equal the number of combinations.
+
+    Raises:
+        TuningError: A search space the strategy cannot run, saying what would work.
+    """
+    from dogclf.cli import train_parser
+
+    if strategy == "Hyperband":
+        epochs = int(static.get("epochs") or train_parser().get_default("epochs"))
+        return {
+            "TrainingJobEarlyStoppingType": "Off",
+            "StrategyConfig": {"HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": epochs}},
+        }
+    if strategy == "Grid":
+        numeric = sorted(
+            entry["Name"]
+            for kind, entries in ranges.items()
+            if kind != "CategoricalParameterRanges"
+            for entry in entries
+        )
+        if numeric:
+            raise TuningError(
+                f"Grid search takes categorical values only, and {', '.join(numeric)} "
+                f"{'is a range' if len(numeric) == 1 else 'are ranges'}: list the values to try instead (a JSON "
+                'space, e.g. {"lr": {"type": "categorical", "choices": [0.001, 0.003, 0.01]}}; see docs/tuning.md), '
+                "or use --strategy Random or Bayesian."
+            )
+        size = 1
+        for entry in ranges.get("CategoricalParameterRanges", []):
+            size *= len(entry["Values"])
+        return {"ResourceLimits": {"MaxNumberOfTrainingJobs": size}}
+    return {}
 
 
 def tuned_values(space: SearchSpace, hyperparameters: Mapping[str, str]) -> dict[str, Any]:
@@ -191,9 +355,12 @@ def write_tuning_results(
     metric: str,
     job_name: str,
     backbone: str,
+    maximize: bool = True,
     log: Callable[[str], None] = print,
 ) -> tuple[Path, Path, Path]:
     """Writes ``best_params.json``, ``trials.csv`` and ``history.png`` (as ``dogclf tune`` does) for a tuning job.
+
+    The best trial is the one with the highest ``metric`` (the lowest when not ``maximize``).
 
     Raises:
         TuningError: No trial completed.
@@ -218,12 +385,12 @@ def write_tuning_results(
             f"No trial of tuning job {job_name} completed ({len(records)} trial(s), see {trials_csv})."
             + (f" Errors: {'; '.join(errors[:3])}" if errors else "")
         )
-    best = max(complete, key=lambda r: r.value or 0.0)
+    best = best_record(complete, maximize=maximize)
     history = plot_history(
         out / HISTORY_PNG_NAME,
         records,
         metric=metric,
-        maximize=True,
+        maximize=maximize,
         title=f"{job_name}: {metric} per trial (best {best.value:.4f}, trial {best.number})",
     )
     payload = {
@@ -231,7 +398,7 @@ def write_tuning_results(
         "hyperparameters": with_defaults(best.params),
         "value": best.value,
         "metric": metric,
-        "direction": "maximize",
+        "direction": "maximize" if maximize else "minimize",
         "objective": f"{metric}, its last value in the trial's log (SageMaker's final metric)",
         "trial": best.number,
         "tuning_job": job_name,
@@ -243,6 +410,12 @@ def write_tuning_results(
     log(f"Best: trial {best.number} {metric}={best.value:.4f} | {json.dumps(best.params)}")
     log(f"Wrote {best_params}, {trials_csv}, {history}")
     return best_params, trials_csv, history
+
+
+def best_record(records: Sequence[TrialRecord], *, maximize: bool = True) -> TrialRecord:
+    """The trial with the best value (highest, or lowest when not ``maximize``); ``records`` all have values."""
+    pick = max if maximize else min
+    return pick(records, key=lambda r: r.value if r.value is not None else 0.0)
 
 
 def describe_trials(aws: Aws, name: str, space: SearchSpace) -> list[TrialRecord]:
@@ -313,6 +486,11 @@ class TuningJob:
         """The tuning job's page in the SageMaker console."""
         return self.aws.console_url(f"/hyper-tuning-jobs/{self.name}")
 
+    @property
+    def objective(self) -> dict[str, str]:
+        """``{"Type": "Maximize"|"Minimize", "MetricName": ...}`` of the request."""
+        return dict(self.request["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"])
+
     def describe(self) -> dict[str, Any]:
         """DescribeHyperParameterTuningJob's answer."""
         from dogclf.sagemaker.aws import aws_errors
@@ -358,32 +536,46 @@ def launch_tuning_job(
     max_parallel_jobs: int = 2,
     strategy: str = "Bayesian",
     early_stopping: bool = True,
+    objective: str = "valid_top1",
+    objective_type: str | None = None,
+    seed: int | None = None,
+    warm_start: Sequence[str] = (),
+    warm_start_type: str = "IdenticalDataAndAlgorithm",
+    tensorboard: bool = False,
+    debugger: bool = False,
     dry_run: bool = False,
     log: Callable[[str], None] = print,
 ) -> TuningJob:
     """Uploads the data and the code, then creates the tuning job (with ``dry_run``, only builds the request).
 
+    The trials keep what a training job of ``spec`` has (VPC, isolation, tags, KMS keys: ``spec.settings``);
+    ``tensorboard`` and ``debugger`` are done by the trials themselves (:func:`trial_diagnostics`); the objective,
+    seed, warm start and strategy are :func:`build_tuning_request`'s.
+
     Raises:
         DatasetError: A local data folder that is missing or has no validation split (and no valid-fraction).
         TuningError: A space or setting SageMaker cannot run.
+        RequestError: A request SageMaker's API model refuses (a name too long ...), before anything is uploaded.
         AwsError: An upload or the API call failed.
     """
+    import dataclasses
+
     from dogclf.sagemaker import training_job as jobs
     from dogclf.sagemaker.aws import aws_errors
 
-    if not data.startswith("s3://"):
-        jobs.check_local_data(Path(data), spec.hyperparameters)
+    added = trial_diagnostics(spec.hyperparameters, tensorboard=tensorboard, debugger=debugger)
+    spec = dataclasses.replace(spec, hyperparameters={**spec.hyperparameters, **added})
     tuning = name or tuning_job_name(spec.base_name)
-    chosen_bucket = bucket or (f"sagemaker-{aws.region}-{aws.account()}" if dry_run else aws.default_bucket())
-    template = jobs.plan_request(
+    template, manifest, _ = jobs.plan_launch(
         spec,
         data,
-        region=aws.region,
+        aws=aws,
         role=role,
-        bucket=chosen_bucket,
+        bucket=bucket,
         prefix=prefix,
         name=tuning,
         features=features,
+        dry_run=dry_run,
         tuning_job=tuning,
     )
     request = build_tuning_request(
@@ -393,15 +585,29 @@ def launch_tuning_job(
         max_jobs=max_jobs,
         max_parallel_jobs=max_parallel_jobs,
         strategy=strategy,
+        objective=objective,
+        objective_type=objective_type,
         early_stopping=early_stopping,
+        seed=seed,
+        warm_start=warm_start,
+        warm_start_type=warm_start_type,
     )
     jobs.validate_request("CreateHyperParameterTuningJob", request)
     job = TuningJob(tuning, aws, space, request, template)
     if dry_run:
         return job
-    jobs.upload_inputs(spec, data, aws, template, log)
+    jobs.upload_inputs(spec, data, aws, template, log, manifest=manifest, features=features)
     with aws_errors(f"Creating tuning job {tuning}"):
         aws.client("sagemaker").create_hyper_parameter_tuning_job(**request)
-    log(f"Launched tuning job {tuning}: {max_jobs} trials, {max_parallel_jobs} at a time, {strategy} search")
+    limits = request["HyperParameterTuningJobConfig"]["ResourceLimits"]
+    log(
+        f"Launched tuning job {tuning}: {limits['MaxNumberOfTrainingJobs']} trials, {max_parallel_jobs} at a time, "
+        f"{strategy} search, {job.objective['Type'].lower()} {job.objective['MetricName']}"
+    )
     log(f"  trials and best job: {job.console_url}")
+    if tensorboard:
+        checkpoints = template["CheckpointConfig"]["S3Uri"]
+        log(f"  TensorBoard logs: {checkpoints}/<trial>/{TRIAL_TENSORBOARD_DIR}/ (tensorboard --logdir {checkpoints})")
+    if debugger:
+        log("  each trial runs dogclf's rules (all) and profiler: see its log and output.tar.gz (rules.json, profile/)")
     return job
