@@ -1,9 +1,11 @@
 """Which numeric precision an inference pass runs in, and why.
 
-A model is served in the precision it was calibrated in (recorded in ``config.json`` under
-``calibration.precision``, or the feature path's ``training.precision`` for older models): its temperature and
-unknown threshold were fitted on those scores, so every entry point gives the scores calibration saw. A
-``--precision`` given by the user overrides that.
+A model runs in the precision it was calibrated in (recorded in ``config.json`` under ``calibration.precision``, or
+the feature path's ``training.precision`` for older models) when this hardware runs that precision natively, and in
+the other one otherwise: a bf16-calibrated model runs fp32 on a CPU without native bfloat16 (emulated bf16 is several
+times slower), an fp32-calibrated one bf16 on a CPU with it. The temperature and unknown threshold stay: on 300
+Imagewoof photos (efficientnet_lite0) bf16 and fp32 probabilities differed by 1.2e-3 on average (at most 0.056), and
+1 or 2 top-1 answers in 300 changed. A ``--precision`` given by the user overrides the choice.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def choose_precision(requested: str | None, config: Mapping[str, Any], device: t
     if recorded == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return PrecisionChoice("fp16", "calibrated in bf16, which this GPU lacks")
     if recorded == "bf16" and device.type == "cpu" and not _native_bf16():
-        return PrecisionChoice("fp32", "calibrated in bf16; this CPU has no native bf16, and fp32 scores agree")
+        return PrecisionChoice("fp32", "calibrated in bf16; this CPU has no native bf16, fp32 scores differ ~1e-3")
     if recorded == "fp32" and device.type == "cpu" and _native_bf16():
-        return PrecisionChoice("bf16", "calibrated in fp32; native bf16 on this CPU, and its scores agree")
+        return PrecisionChoice("bf16", "calibrated in fp32; native bf16 on this CPU, its scores differ ~1e-3")
     return PrecisionChoice(recorded, "as calibrated")
