@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import shutil
@@ -79,6 +80,19 @@ def resolve_engine(
     if name in ("openvino", "onnxruntime") and device.type != "cpu":
         raise ValueError(f"engine {name} runs on the CPU, but the device is {device}; use --engine torch or auto")
     return name
+
+
+@functools.cache
+def _core() -> Any:
+    """The process's one OpenVINO ``Core``, kept for the life of the process.
+
+    OpenVINO's CPU plugin points the compiling thread's signal stack (``sigaltstack``) at memory it owns; a ``Core``
+    per model that was later freed unloaded the plugin and left that stack dangling, and the next signal with a Python
+    handler (SIGCHLD of a finished subprocess) killed the process with SIGSEGV. One ``Core`` keeps the plugin loaded.
+    """
+    import openvino
+
+    return openvino.Core()
 
 
 def _cache_key(digest: str, input_size: int, ov_version: str) -> str:
@@ -162,7 +176,7 @@ class OpenVinoBackbone:
         else:
             config["NUM_STREAMS"] = str(self._streams)
             config["INFERENCE_NUM_THREADS"] = str(self._threads)
-        return self._ov.Core().compile_model(self._converted(), "CPU", config)
+        return _core().compile_model(self._converted(), "CPU", config)
 
     def _converted(self) -> Any:
         if self._model is None:
@@ -171,7 +185,7 @@ class OpenVinoBackbone:
             self.loaded_from_cache = (folder / "backbone.xml").is_file()
             if self.loaded_from_cache:
                 with contextlib.suppress(Exception):  # a damaged entry is converted again below
-                    self._model = self._ov.Core().read_model(os.fspath(folder / "backbone.xml"))
+                    self._model = _core().read_model(os.fspath(folder / "backbone.xml"))
                     return self._model
                 self.loaded_from_cache = False
             self._model = self._convert()

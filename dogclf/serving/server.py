@@ -240,6 +240,9 @@ def make_server(app: Any, *, log_level: str = "info", access_log: bool = True) -
         app,
         http="h11",
         ws="none",
+        # No dictConfig of the process's logging: uvicorn's default config closes every handler already installed
+        # (a library user's, or absl's, which OpenVINO's converter imports); its loggers propagate to the root logger.
+        log_config=None,
         lifespan="on",
         log_level=log_level,
         access_log=access_log,
