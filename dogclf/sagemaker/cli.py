@@ -150,6 +150,9 @@ def add_sagemaker_parser(sub: Any) -> argparse.ArgumentParser:
     download.add_argument("--out", required=True, type=Path, help="model directory to write")
     download.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     download.add_argument("--region", default=None, help="AWS region (default $AWS_REGION or ~/.aws/config)")
+    from dogclf.sagemaker.followup import add_followup_parsers
+
+    add_followup_parsers(commands)
     return p
 
 
@@ -229,8 +232,8 @@ def _cmd_train(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(f"Fetch the model with: dogclf sagemaker download {job.name} --out models/{job.name}")
     else:
         print(
-            f"Follow it with: dogclf sagemaker train ... --wait, or fetch the model when it completes with:\n"
-            f"  dogclf sagemaker download {job.name} --out models/{job.name}"
+            f"Follow it with: dogclf sagemaker logs {job.name} --follow (or status, wait, stop {job.name}); fetch "
+            f"the model when it completes with:\n  dogclf sagemaker download {job.name} --out models/{job.name}"
         )
     return 0
 
@@ -320,7 +323,10 @@ def _cmd_tune(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(format_request(job.request))
         return 0
     if not (args.wait or args.train_best):
-        print(f"Follow it at {job.console_url}; rerun with --wait --out DIR to collect the results.")
+        print(
+            f"Follow it at {job.console_url} or with: dogclf sagemaker status {job.name}; collect the results "
+            f"when it ends with: dogclf sagemaker wait {job.name} --out DIR (stop it: dogclf sagemaker stop {job.name})"
+        )
         return 0
     job.wait(log=_log)
     if args.out is not None:
@@ -439,7 +445,9 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
 
 def run_sagemaker(args: argparse.Namespace) -> int:
     """Runs ``dogclf sagemaker COMMAND``; returns the exit code."""
-    return _COMMANDS[args.sagemaker_command](args, args.environ)
+    from dogclf.sagemaker.followup import FOLLOWUP_COMMANDS
+
+    return {**_COMMANDS, **FOLLOWUP_COMMANDS}[args.sagemaker_command](args, args.environ)
 
 
 def print_json(data: Any) -> None:

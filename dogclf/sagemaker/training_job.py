@@ -241,11 +241,42 @@ class TrainingJob:
     request: dict[str, Any] | None = None
 
     @classmethod
-    def attach(cls, name: str, aws: Aws) -> TrainingJob:
-        """The job called ``name`` (checked to exist)."""
-        job = cls(name, aws)
+    def attach(cls, name: str, aws: Any = None) -> TrainingJob:
+        """The job called ``name``, launched earlier (by this or any other program), checked to exist.
+
+        Args:
+            name: The training job's name.
+            aws: An :class:`~dogclf.sagemaker.aws.Aws`, a ``boto3.Session``, or ``None`` (from the environment).
+
+        Raises:
+            AwsError: No such job in the region (or it could not be read).
+        """
+        from dogclf.sagemaker.aws import as_aws
+
+        job = cls(name, as_aws(aws))
         job.describe()
         return job
+
+    @property
+    def status(self) -> str:
+        """``TrainingJobStatus`` now: InProgress, Completed, Failed, Stopping or Stopped."""
+        return str(self.describe()["TrainingJobStatus"])
+
+    def logs(self) -> list[str]:
+        """The job's CloudWatch log lines so far (every instance's stream; empty before the job starts writing)."""
+        from dogclf.sagemaker.logs import LogFollower
+
+        return LogFollower(self.aws, LOG_GROUP, f"{self.name}/").poll()
+
+    def stop(self) -> bool:
+        """Asks SageMaker to stop the job; ``False`` when it had already ended (nothing to stop)."""
+        from dogclf.sagemaker.aws import aws_errors
+
+        if self.status in (*TERMINAL_STATUSES, "Stopping"):
+            return False
+        with aws_errors(f"Stopping training job {self.name}"):
+            self.aws.client("sagemaker").stop_training_job(TrainingJobName=self.name)
+        return True
 
     def describe(self) -> dict[str, Any]:
         """DescribeTrainingJob's answer."""
