@@ -159,11 +159,13 @@ def train_tiny_model(
     return data, root / "model"
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``dogclf ARGS`` in-process: the exit code, stdout and stderr."""
+def run_cli(
+    args: list[str], capsys: pytest.CaptureFixture[str], environ: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """``dogclf ARGS`` in-process (with ``environ``, default ``os.environ``): the exit code, stdout and stderr."""
     from dogclf.cli import main
 
-    code = main(args)
+    code = main(args, environ=environ)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -237,3 +239,13 @@ def moto_environ(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         yield environ
     finally:
         server.stop()
+
+
+@pytest.fixture
+def moto_aws(moto_environ: dict[str, str]) -> Any:
+    """An :class:`~dogclf.sagemaker.aws.Aws` on the moto server, with the bucket ``dogclf-test`` created."""
+    from dogclf.sagemaker.aws import Aws
+
+    context = Aws.from_environ(moto_environ)
+    context.client("s3").create_bucket(Bucket="dogclf-test")
+    return context

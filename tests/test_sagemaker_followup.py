@@ -12,8 +12,8 @@ from typing import Any
 import boto3
 import pytest
 from botocore.stub import Stubber
+from conftest import run_cli
 
-from dogclf.cli import main
 from dogclf.sagemaker.aws import Aws
 from dogclf.sagemaker.training_job import TrainingJob, TrainingJobSpec, launch_training_job
 from dogclf.sagemaker.tuning_job import TuningJob, launch_tuning_job
@@ -27,18 +27,14 @@ GROUP = "/aws/sagemaker/TrainingJobs"
 
 
 @pytest.fixture
-def aws(moto_environ: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Aws:
+def aws(moto_aws: Aws, moto_environ: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Aws:
     for key, value in moto_environ.items():  # the Python API reads os.environ when no context is given
         monkeypatch.setenv(key, value)
-    context = Aws.from_environ(moto_environ)
-    context.client("s3").create_bucket(Bucket="dogclf-test")
-    return context
+    return moto_aws
 
 
 def _cli(args: list[str], environ: dict[str, str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args, environ=environ)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(args, capsys, environ)
 
 
 def _put_logs(aws: Aws, job: str, lines: list[str]) -> None:
