@@ -137,7 +137,7 @@ def _stem(model: str | os.PathLike[str]) -> str:
 def deploy(
     model: str | os.PathLike[str],
     *,
-    aws: Aws,
+    aws: Aws | Any = None,
     role: str,
     instance_type: str = "ml.m5.large",
     instance_count: int = 1,
@@ -154,7 +154,8 @@ def deploy(
 
     Args:
         model: A model directory (packaged and uploaded) or an ``s3://`` ``model.tar.gz``.
-        aws: The AWS context.
+        aws: The AWS context: an :class:`~dogclf.sagemaker.aws.Aws`, a ``boto3.Session`` or ``None`` (the
+            environment).
         role: The execution role ARN.
         instance_type: The endpoint's instance type (ignored when serverless).
         instance_count: Instances behind the endpoint (SageMaker spreads requests over them).
@@ -172,9 +173,10 @@ def deploy(
         ModelDirError: A model directory that cannot be loaded.
         AwsError: An API call failed.
     """
-    from dogclf.sagemaker.aws import aws_errors
+    from dogclf.sagemaker.aws import as_aws, aws_errors
     from dogclf.sagemaker.images import inference_image
 
+    aws = as_aws(aws)
     if serverless_memory is not None and serverless_memory not in _SERVERLESS_MEMORY:
         raise EndpointError(
             f"--serverless takes the memory in MB, one of {', '.join(map(str, _SERVERLESS_MEMORY))}; got "

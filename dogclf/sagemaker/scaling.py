@@ -123,7 +123,7 @@ def _new_variant(
 def update_endpoint(
     model: str | os.PathLike[str],
     *,
-    aws: Aws,
+    aws: Aws | Any = None,
     endpoint: str,
     role: str,
     instance_type: str | None = None,
@@ -140,7 +140,7 @@ def update_endpoint(
 
     Args:
         model: A model directory (packaged and uploaded) or an ``s3://`` ``model.tar.gz``.
-        aws: The AWS context.
+        aws: An :class:`~dogclf.sagemaker.aws.Aws`, a ``boto3.Session`` or ``None`` (the environment).
         endpoint: The endpoint to update (InService).
         role: The execution role ARN of the new model.
         instance_type: A new instance type (default: the current one).
@@ -158,11 +158,12 @@ def update_endpoint(
             would change, or the update was rolled back.
         AwsError: An API call failed.
     """
-    from dogclf.sagemaker.aws import aws_errors
+    from dogclf.sagemaker.aws import as_aws, aws_errors
     from dogclf.sagemaker.endpoint import model_data_uri, model_request, resource_name
     from dogclf.sagemaker.images import inference_image
     from dogclf.sagemaker.training_job import validate_request
 
+    aws = as_aws(aws)
     described, old_config, old_variant = _current(aws, endpoint)
     serverless = "ServerlessConfig" in old_variant
     if (
@@ -231,7 +232,7 @@ def _finish_update(
 
 
 def autoscale_endpoint(
-    aws: Aws,
+    aws: Aws | Any,
     endpoint: str,
     *,
     min_instances: int = 1,
@@ -250,8 +251,9 @@ def autoscale_endpoint(
         EndpointError: Bad limits, a serverless endpoint (it scales by itself), or an endpoint not InService.
         AwsError: An API call failed.
     """
-    from dogclf.sagemaker.aws import aws_errors
+    from dogclf.sagemaker.aws import as_aws, aws_errors
 
+    aws = as_aws(aws)  # an Aws, a boto3.Session, or None (the environment)
     if not 1 <= min_instances <= max_instances:
         raise EndpointError(f"Need 1 <= --min <= --max instances, got --min {min_instances} --max {max_instances}")
     if invocations_per_instance <= 0:
@@ -290,10 +292,11 @@ def autoscale_endpoint(
     return target, policy
 
 
-def remove_autoscaling(aws: Aws, endpoint: str, *, log: Callable[[str], None] = print) -> bool:
+def remove_autoscaling(aws: Aws | Any, endpoint: str, *, log: Callable[[str], None] = print) -> bool:
     """Deletes the endpoint's scaling policies and deregisters it; ``False`` when it was not autoscaled."""
-    from dogclf.sagemaker.aws import aws_errors
+    from dogclf.sagemaker.aws import as_aws, aws_errors
 
+    aws = as_aws(aws)
     scaling = aws.client("application-autoscaling")
     resource = scaling_resource_id(endpoint)
     with aws_errors(f"Removing the autoscaling of endpoint {endpoint}"):

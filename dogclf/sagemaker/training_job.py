@@ -490,7 +490,7 @@ def launch_training_job(
     spec: TrainingJobSpec,
     data: str | os.PathLike[str],
     *,
-    aws: Aws,
+    aws: Aws | Any = None,
     role: str,
     bucket: str | None = None,
     prefix: str = DEFAULT_PREFIX,
@@ -506,7 +506,8 @@ def launch_training_job(
     Args:
         spec: What to run.
         data: A local data folder (synced to ``s3://BUCKET/PREFIX/data/<name>/``) or an ``s3://`` prefix.
-        aws: The AWS context.
+        aws: The AWS context: an :class:`~dogclf.sagemaker.aws.Aws`, a ``boto3.Session`` or ``None`` (the
+            environment).
         role: The execution role ARN.
         bucket: The bucket (default: the SDK's ``sagemaker-<region>-<account>``, created when missing).
         prefix: Key prefix of everything this job writes.
@@ -526,6 +527,9 @@ def launch_training_job(
         UnknownInstanceTypeError: An instance type SageMaker does not offer.
         AwsError: An upload or the CreateTrainingJob call failed.
     """
+    from dogclf.sagemaker.aws import as_aws
+
+    aws = as_aws(aws)
     data = str(data)
     if not data.startswith("s3://"):
         check_local_data(Path(data), spec.hyperparameters)

@@ -156,7 +156,7 @@ def launch_transform_job(
     source: str,
     output: str,
     *,
-    aws: Aws,
+    aws: Aws | Any = None,
     role: str,
     instance_type: str = "ml.m5.large",
     instance_count: int = 1,
@@ -172,7 +172,7 @@ def launch_transform_job(
         model: A model directory (packaged and uploaded) or an ``s3://`` ``model.tar.gz``.
         source: The ``s3://`` prefix of the photos.
         output: The ``s3://`` prefix the answers go to.
-        aws: The AWS context.
+        aws: An :class:`~dogclf.sagemaker.aws.Aws`, a ``boto3.Session`` or ``None`` (the environment).
         role: The execution role ARN.
         instance_type: The transform instances' type.
         instance_count: How many (SageMaker splits the photos between them).
@@ -186,12 +186,13 @@ def launch_transform_job(
         TransformError: No photos under ``source``, or a source or output that is not ``s3://``.
         AwsError: An upload or an API call failed.
     """
-    from dogclf.sagemaker.aws import aws_errors
+    from dogclf.sagemaker.aws import as_aws, aws_errors
     from dogclf.sagemaker.endpoint import model_data_uri, model_request, resource_name
     from dogclf.sagemaker.images import inference_image
     from dogclf.sagemaker.s3 import S3Uri
     from dogclf.sagemaker.training_job import validate_request
 
+    aws = as_aws(aws)
     for uri in (source, output):
         if not uri.startswith("s3://"):
             raise TransformError(f"A transform job reads and writes S3: expected an s3:// prefix, got {uri!r}")

@@ -447,7 +447,7 @@ def launch_tuning_job(
     space: SearchSpace,
     data: str,
     *,
-    aws: Aws,
+    aws: Aws | Any = None,
     role: str,
     bucket: str | None = None,
     prefix: str = "dogclf",
@@ -468,8 +468,9 @@ def launch_tuning_job(
         AwsError: An upload or the API call failed.
     """
     from dogclf.sagemaker import training_job as jobs
-    from dogclf.sagemaker.aws import aws_errors
+    from dogclf.sagemaker.aws import as_aws, aws_errors
 
+    aws = as_aws(aws)  # an Aws, a boto3.Session, or None (the environment)
     if not data.startswith("s3://"):
         jobs.check_local_data(Path(data), spec.hyperparameters)
     tuning = name or tuning_job_name(spec.base_name)
