@@ -464,13 +464,31 @@ def _create_training_job(aws: Aws, request: Mapping[str, Any], *, debugger: bool
             raise
 
 
-def _diagnostics(region: str, home: str, debugger: bool, tensorboard: str | None) -> dict[str, Any]:
-    """The Debugger/Profiler and TensorBoard fields of a request (empty when neither is asked for)."""
+def _diagnostics(
+    request: Mapping[str, Any],
+    home: str,
+    debugger: bool,
+    tensorboard: str | None,
+    *,
+    region: str,
+    framework_version: str,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The Debugger/Profiler and TensorBoard fields of a request (empty when neither is asked for).
+
+    Raises:
+        DebuggerUnsupportedError: ``debugger`` for an image without smdebug (:mod:`dogclf.sagemaker.debugger`).
+    """
     fields: dict[str, Any] = {}
     if debugger:
-        from dogclf.diagnostics.sagemaker_requests import debugger_request
+        from dogclf.sagemaker.debugger import debugger_fields
 
-        fields.update(debugger_request(region, f"{home}/debugger"))
+        distributed = "sagemaker_torch_distributed_enabled" in request["HyperParameters"]
+        fields.update(
+            debugger_fields(
+                region, f"{home}/debugger", framework_version=framework_version, distributed=distributed, log=log
+            )
+        )
     if tensorboard is not None:
         from dogclf.diagnostics.sagemaker_requests import tensorboard_output_config
 
@@ -513,7 +531,8 @@ def launch_training_job(
         prefix: Key prefix of everything this job writes.
         name: The job name (default: unique, see :func:`job_name`).
         features: An ``s3://`` prefix of backbone features (a feature cache) to mount as the ``features`` channel.
-        debugger: Attach SageMaker Debugger's hook, built-in rules and Profiler (:mod:`dogclf.diagnostics`).
+        debugger: Attach SageMaker Debugger's hook, built-in rules and Profiler (:mod:`dogclf.diagnostics`); refused
+            for images without smdebug, and without hook for distributed jobs (:mod:`dogclf.sagemaker.debugger`).
         tensorboard: ``"auto"`` or an ``s3://`` prefix: the job logs TensorBoard scalars and SageMaker uploads them
             there (``auto``: ``s3://BUCKET/PREFIX/jobs/<job>/tensorboard``).
         dry_run: Build and return the request without uploading or creating anything.
@@ -525,6 +544,7 @@ def launch_training_job(
     Raises:
         DatasetError: A local data folder that does not exist or has no validation split (and no valid-fraction).
         UnknownInstanceTypeError: An instance type SageMaker does not offer.
+        DebuggerUnsupportedError: ``debugger`` for a training image without smdebug.
         AwsError: An upload or the CreateTrainingJob call failed.
     """
     from dogclf.sagemaker.aws import as_aws
@@ -538,8 +558,10 @@ def launch_training_job(
     request = plan_request(
         spec, data, region=aws.region, role=role, bucket=chosen_bucket, prefix=prefix, name=job, features=features
     )
+    home = f"s3://{chosen_bucket}/{prefix.strip('/')}/jobs/{job}"
+    version = spec.framework_version or _default_version()
     request.update(
-        _diagnostics(aws.region, f"s3://{chosen_bucket}/{prefix.strip('/')}/jobs/{job}", debugger, tensorboard)
+        _diagnostics(request, home, debugger, tensorboard, region=aws.region, framework_version=version, log=log)
     )
     validate_request("CreateTrainingJob", request)
     if dry_run:
