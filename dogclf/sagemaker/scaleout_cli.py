@@ -125,9 +125,8 @@ def _cmd_transform(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     aws = _aws(args, environ) if remote or not args.local else None
     if args.local:
         result = run_transform_locally(args.model, args.input, args.output, aws=aws, top_k=args.top_k, log=_log)
-        rate = len(result.outputs) / result.seconds if result.seconds else 0.0
         where = args.output.rstrip("/")
-        print(f"Wrote {len(result.outputs)} answers to {where}/ in {result.seconds:.1f} s ({rate:.1f} photos/s)")
+        print(f"Wrote {len(result.outputs)} answers to {where}/ in {result.seconds:.1f} s (model loading included)")
         return 0
     from dogclf.sagemaker.aws import resolve_role
 

@@ -4,7 +4,7 @@ The SDK's ``NumpySerializer`` sends ``numpy.save`` of whatever ``predictor.predi
 ``NumpyDeserializer`` asks for ``application/x-npy`` back. So a request may be one image as pixels, ``(H, W, 3)``
 (also ``(H, W)`` grey or ``(H, W, 4)`` with alpha, channels last, values 0-255, e.g. ``numpy.asarray(PIL image)``),
 or a batch ``(N, H, W, 3)``; the answer is the calibrated class probabilities in the model's class order, ``(C,)``
-for one image or ``(N, C)`` for a batch (``config.json``'s ``classes`` names them). Nothing is unpickled.
+for one image or ``(N, C)`` for a batch (``config.json``'s ``class_names`` name them). Nothing is unpickled.
 """
 
 from __future__ import annotations
