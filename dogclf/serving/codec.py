@@ -6,6 +6,8 @@ Accepted request content types:
 * ``application/json``: ``{"images": ["<base64>", ...], "top_k": 5}`` (a batch; ``data:`` URLs are accepted too),
   or the convention of TF Serving, KServe v1 and Vertex AI, ``{"instances": [{"b64": "<base64>"}, ...]}`` (``top_k``
   at the top level or in ``"parameters"``).
+* ``application/x-npy``: pixels, one ``(H, W, 3)`` image or an ``(N, H, W, 3)`` batch (:mod:`dogclf.serving.npy`,
+  what the SageMaker SDK's default ``PyTorchPredictor`` sends).
 
 The answer is ``application/json``. For one image::
 
@@ -32,6 +34,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from dogclf.errors import DogclfError, UnreadableImageError
+from dogclf.serving.npy import NPY_CONTENT_TYPE, decode_npy
 
 __all__ = [
     "ACCEPTED_CONTENT_TYPES",
@@ -52,7 +55,7 @@ __all__ = [
 
 JSON_CONTENT_TYPE = "application/json"
 IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "application/octet-stream")
-ACCEPTED_CONTENT_TYPES = (*IMAGE_CONTENT_TYPES, JSON_CONTENT_TYPE)
+ACCEPTED_CONTENT_TYPES = (*IMAGE_CONTENT_TYPES, JSON_CONTENT_TYPE, NPY_CONTENT_TYPE)
 
 
 class RequestError(DogclfError, ValueError):
@@ -135,24 +138,25 @@ def check_content_type(content_type: str | None) -> str:
     return kind
 
 
-def check_accept(accept: str | None) -> str:
-    """Picks the response type for an ``Accept`` header: always JSON, or 406 if JSON is not acceptable.
+def check_accept(accept: str | None, offers: Sequence[str] = (JSON_CONTENT_TYPE,)) -> str:
+    """Picks the response type for an ``Accept`` header among ``offers`` (the first for none or a wildcard).
 
     Raises:
         RequestError: 406, when the client accepts nothing this server produces.
     """
     if not accept or not accept.strip():
-        return JSON_CONTENT_TYPE
+        return offers[0]
     for part in accept.split(","):
         kind = media_type(part)
         params = [p.strip().replace(" ", "") for p in part.split(";")[1:]]
         if "q=0" in params or "q=0.0" in params:
             continue
-        if kind in (JSON_CONTENT_TYPE, "application/*", "*/*", "*"):
-            return JSON_CONTENT_TYPE
-    raise RequestError(
-        406, f"Cannot produce {accept!r}: answers are {JSON_CONTENT_TYPE} only; send Accept: {JSON_CONTENT_TYPE}."
-    )
+        if kind in offers:
+            return kind
+        if kind in ("application/*", "*/*", "*"):
+            return offers[0]
+    only = f"{offers[0]} only" if len(offers) == 1 else " or ".join(offers)
+    raise RequestError(406, f"Cannot produce {accept!r}: answers are {only}; send Accept: {offers[0]}.")
 
 
 def _b64(item: Any, name: str) -> bytes:
@@ -221,6 +225,9 @@ def decode_request(body: bytes | str | None, content_type: str | None, *, limits
         raise RequestError(400, "Empty request body: send the bytes of a JPEG or PNG image, or a JSON batch.")
     if len(raw) > limits.max_body_bytes:
         raise RequestError(413, f"Request body is {len(raw):,} bytes; the limit is {limits.max_body_bytes:,} bytes.")
+    if kind == NPY_CONTENT_TYPE:
+        images, batch = decode_npy(raw, max_images=limits.max_images, max_pixels=limits.max_pixels)
+        return DecodedRequest(images=images, batch=batch)
     if kind != JSON_CONTENT_TYPE:
         return DecodedRequest(images=[raw], batch=False)
     try:
