@@ -126,6 +126,11 @@ def read_config(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
         config = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
     except (OSError, ValueError) as exc:
         raise ModelDirError(f"{str(path)!r} is not valid JSON: {exc}") from exc
+    except RecursionError:  # '[[[[...' nested deeper than Python's parser recurses
+        raise ModelDirError(
+            f"{str(path)!r} is not a dogclf config: its JSON is nested too deeply to read. Retrain the model "
+            "(`dogclf train`) to write a valid config.json."
+        ) from None
     required = ("format_version", "backbone", "class_names", "preprocessing", "head", "num_features")
     absent = [k for k in required if not isinstance(config, dict) or k not in config]
     if absent:

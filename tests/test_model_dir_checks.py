@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import _tiny_namespace, dogclf_command, jpeg, plugin_environ, train_tiny_model
+from conftest import _tiny_namespace, dogclf_command, jpeg, plugin_environ, run_cli, train_tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
@@ -86,8 +86,10 @@ def _set(path: str, value: Any) -> Any:
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("calibration.temperature", 0, r"calibration\.temperature must be a finite number > 0, got 0"),
-        ("calibration.temperature", -1.5, r"calibration\.temperature must be a finite number > 0"),
+        ("calibration.temperature", 0, r"calibration\.temperature must be a finite number in \[0\.001, 1000\], got 0"),
+        ("calibration.temperature", -1.5, r"calibration\.temperature must be a finite number in \[0\.001, 1000\]"),
+        ("calibration.temperature", 1e-40, r"calibration\.temperature must be a finite number in .*, got 1e-40"),
+        ("calibration.temperature", 1e300, r"calibration\.temperature must be a finite number in .*, got 1e\+300"),
         (
             "calibration.unknown_threshold",
             -0.5,
@@ -172,8 +174,25 @@ def test_cli_with_a_broken_config_prints_one_line_not_nan_json(
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.startswith("dogclf predict: error: ")
-    assert "calibration.temperature must be a finite number > 0, got 0" in done.stderr
+    assert "calibration.temperature must be a finite number in [0.001, 1000], got 0" in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+def test_a_deeply_nested_config_json_is_one_line_error_not_a_traceback(
+    edited: Any, tiny_spec: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = edited(lambda c: None)
+    (target / "config.json").write_text('{"class_names": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    photo = tmp_path / "dog.jpg"
+    photo.write_bytes(jpeg(3))
+
+    code, out, err = run_cli(["predict", "--model", str(target), str(photo), "--json"], capsys)
+
+    assert code == 2
+    assert out == ""
+    assert err.startswith(f"dogclf predict: error: {str(target / 'config.json')!r} is not a dogclf config")
+    assert "nested too deeply" in err
+    assert err.count("\n") == 1
 
 
 # --- property-based: mutated config.json ---------------------------------------------------------------------------

@@ -234,6 +234,7 @@ def _bad_requests() -> list[tuple[str, bytes, dict[str, str], int, str]]:
         ("over the pixel limit", png_claiming(9_000, 9_000), {"Content-Type": "image/png"}, 413, "Not decoded"),
         ("body over the limit", b"\xff" * (BODY_LIMIT + 1), {"Content-Type": "image/jpeg"}, 413, f"{BODY_LIMIT:,}"),
         ("malformed JSON", b'{"images": [', json_type, 400, "Malformed JSON"),
+        ("deeply nested JSON", b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", json_type, 400, "deeply"),
         ("JSON without images", b'{"image": "x"}', json_type, 400, '{"images"'),
         ("bad base64", json.dumps({"images": ["@@@"]}).encode(), json_type, 400, "base64"),
         (

@@ -31,6 +31,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from dogclf._json import dumps
 from dogclf.errors import DogclfError, UnreadableImageError
 
 __all__ = [
@@ -227,6 +228,8 @@ def decode_request(body: bytes | str | None, content_type: str | None, *, limits
         payload = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"Malformed JSON: {exc}.") from exc
+    except RecursionError:  # '[[[[...' nested deeper than Python's parser recurses
+        raise RequestError(400, 'Malformed JSON: nested too deeply; send a flat {"images": [...]} object.') from None
     key, items, top_k = _batch_items(payload)
     if not items:
         raise RequestError(400, f'"{key}" is empty: send at least one base64 image.')
@@ -298,7 +301,7 @@ def encode_results(results: Sequence[Any], *, batch: bool, key: str | None = "re
     The key is ``"results"`` for an ``images`` request and ``"predictions"`` for an ``instances`` one.
     """
     answers = [r.to_dict() for r in results]
-    return json.dumps({key or "results": answers} if batch else answers[0])
+    return dumps({key or "results": answers} if batch else answers[0])  # a NaN score would be invalid JSON
 
 
 def encode_error(error: RequestError) -> str:
