@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -232,6 +233,54 @@ def test_unreadable_file_is_reported_with_path_and_reason(
     [(bad_path, reason)] = find_unreadable([good, path, good])
     assert bad_path == path
     assert scan_reason in reason
+
+
+# A minimal EPS: Pillow identifies it from the header and would run Ghostscript on the bytes to decode it.
+_EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\nnewpath 0 0 moveto 8 8 lineto stroke\n"
+
+
+def test_eps_is_refused_without_running_ghostscript(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import EpsImagePlugin
+
+    from dogclf.serving.codec import RequestError, open_image
+
+    with Image.open(io.BytesIO(_EPS)) as unrestricted:
+        assert unrestricted.format == "EPS"  # Pillow alone would take it
+    runs: list[object] = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: runs.append(args))
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", "gs")  # as if Ghostscript were installed
+    path = tmp_path / "dog.jpg"
+    path.write_bytes(_EPS)
+
+    with pytest.raises(UnreadableImageError, match=r"supported format \(JPEG, PNG, WebP, BMP, GIF or TIFF\)"):
+        load_rgb(path)
+    with pytest.raises(RequestError, match=r"not an image \(JPEG, PNG, WebP, BMP, GIF or TIFF expected\)") as info:
+        open_image(_EPS)
+
+    assert info.value.status == 400
+    assert find_unreadable([path])[0][0] == path
+    assert runs == []
+
+
+@pytest.mark.parametrize("fmt", ["PPM", "TGA", "ICO", "PCX"])
+def test_formats_pillow_knows_but_dogclf_does_not_support_are_refused(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / "dog.jpg"  # the name does not matter, the bytes do
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(path, format=fmt)
+
+    with pytest.raises(UnreadableImageError, match="not in a supported format"):
+        load_rgb(path)
+    with pytest.raises(UnreadableImageError, match="not in a supported format"):
+        load_rgb(path.read_bytes())
+
+
+@pytest.mark.parametrize(("fmt", "options"), [("WEBP", {"lossless": True}), ("TIFF", {}), ("MPO", {}), ("GIF", {})])
+def test_every_supported_format_decodes(tmp_path: Path, fmt: str, options: dict[str, object]) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(buffer, format=fmt, **options)
+
+    image = load_rgb(buffer.getvalue())
+
+    assert _close(image.getpixel((8, 8)), (10, 200, 30), tolerance=12), image.getpixel((8, 8))
 
 
 def test_find_unreadable_in_threads_keeps_the_order_of_paths(tmp_path: Path) -> None:

@@ -424,7 +424,8 @@ def test_cli_serve_and_predict_url(
         assert len(lines) == 5
         assert lines[3] == str(junk)
         assert (
-            lines[4] == f"  error: {junk}: server answered HTTP 400: the bytes are not an image (JPEG or PNG expected)."
+            lines[4] == f"  error: {junk}: server answered HTTP 400: the bytes are not an image "
+            "(JPEG, PNG, WebP, BMP, GIF or TIFF expected)."
         )
     finally:
         process.send_signal(signal.SIGTERM)

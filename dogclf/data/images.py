@@ -12,9 +12,21 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dogclf.errors import UnreadableImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "find_unreadable", "is_image_file", "load_rgb"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "IMAGE_FORMATS",
+    "SUPPORTED_FORMATS_TEXT",
+    "find_unreadable",
+    "is_image_file",
+    "load_rgb",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# The Pillow formats an image file may be in, whatever its name: those of IMAGE_EXTENSIONS (Pillow's JPEG opener also
+# gives the MPO files of phones that store several pictures). Nothing else is even identified: EPS would run
+# Ghostscript on the bytes, and every other plugin is code that untrusted uploads need not reach.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+SUPPORTED_FORMATS_TEXT = "JPEG, PNG, WebP, BMP, GIF or TIFF"
 _BACKGROUND = (255, 255, 255)
 
 
@@ -49,7 +61,9 @@ def load_rgb(source: str | os.PathLike[str] | bytes | Image.Image, *, min_size: 
         if isinstance(source, Image.Image):
             image = source
         else:
-            image = opened = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            image = opened = Image.open(
+                io.BytesIO(source) if isinstance(source, bytes) else source, formats=IMAGE_FORMATS
+            )
         width, height = image.size
         limit = Image.MAX_IMAGE_PIXELS
         if limit and width * height > limit:
@@ -66,7 +80,10 @@ def load_rgb(source: str | os.PathLike[str] | bytes | Image.Image, *, min_size: 
         raise
     except UnidentifiedImageError as exc:
         detail = "" if isinstance(source, bytes) else f" ({exc})"  # for bytes Pillow names an io.BytesIO object
-        raise UnreadableImageError(f"{label}: not an image Pillow can identify{detail}") from exc
+        raise UnreadableImageError(
+            f"{label}: not an image Pillow can identify, or not in a supported format ({SUPPORTED_FORMATS_TEXT})"
+            f"{detail}"
+        ) from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         reason = "truncated image" if "truncated" in str(exc).lower() else f"{type(exc).__name__}: {exc}"
         raise UnreadableImageError(f"{label}: {reason}") from exc

@@ -260,17 +260,17 @@ def open_image(
     Raises:
         RequestError: 400 for bytes that are not an image or a truncated one, 413 for too many pixels.
     """
-    from dogclf.data.images import load_rgb
+    from dogclf.data.images import IMAGE_FORMATS, SUPPORTED_FORMATS_TEXT, load_rgb
 
     try:
-        with Image.open(io.BytesIO(data)) as header:  # reads the header only
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as header:  # reads the header only
             width, height = header.size
     except Image.DecompressionBombError as exc:
         raise RequestError(413, f"{label}: too many pixels to decode ({exc}).") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         if "truncated" in str(exc).lower():
             raise RequestError(400, f"{label}: truncated image (the file ends inside its header).") from exc
-        raise RequestError(400, f"{label}: the bytes are not an image (JPEG or PNG expected).") from exc
+        raise RequestError(400, f"{label}: the bytes are not an image ({SUPPORTED_FORMATS_TEXT} expected).") from exc
     if width * height > max_pixels:
         raise RequestError(
             413, f"{label}: {width}x{height} is {width * height:,} pixels; the limit is {max_pixels:,}. Not decoded."
