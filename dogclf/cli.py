@@ -241,6 +241,12 @@ def _parser() -> argparse.ArgumentParser:
         "--request-timeout", type=float, default=30.0, help="seconds before a request gets 504 (default 30; 0: none)"
     )
     sv.add_argument(
+        "--decode-memory-mb",
+        type=float,
+        default=1024.0,
+        help="MiB that large photos may hold while decoding at once (default 1024)",
+    )
+    sv.add_argument(
         "--header-timeout", type=float, default=10.0, help="seconds for a request's headers to arrive (default 10)"
     )
     sv.add_argument(
@@ -478,6 +484,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         forward_workers=args.forward_workers,
         forward_threads=args.forward_threads,
         request_timeout_s=args.request_timeout,
+        decode_memory_mb=args.decode_memory_mb,
     )
     limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024))
     top_k = default_top_k(args.environ) if args.top_k is None else args.top_k

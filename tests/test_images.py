@@ -189,6 +189,38 @@ def test_huge_jpeg_is_decoded_in_draft_mode_keeping_min_size(tmp_path: Path, mod
     assert full.size == (4000, 3000)
 
 
+@pytest.mark.parametrize(
+    ("fmt", "mode"), [("PNG", "RGB"), ("PNG", "RGBA"), ("WEBP", "RGB"), ("TIFF", "L"), ("MPO", "RGB")]
+)
+def test_a_large_photo_of_any_format_is_decoded_reduced_keeping_min_size(fmt: str, mode: str) -> None:
+    """JPEG (and the MPO of phones) by draft decoding; formats without it are reduced before any conversion."""
+    buffer = io.BytesIO()
+    image = Image.new(mode, (2400, 1800), 90 if mode == "L" else (200, 30, 60, 255)[: len(mode)])
+    # An MPO of two pictures, as phones write them (one picture would be read as a plain JPEG).
+    second = {"save_all": True, "append_images": [Image.new(mode, image.size)], "quality": 80}
+    image.save(buffer, format=fmt, **(second if fmt == "MPO" else {}))
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == fmt
+
+    small = load_rgb(buffer.getvalue(), min_size=64)
+
+    assert small.mode == "RGB"
+    assert 64 <= min(small.size) <= 1800 // 8  # draft decoding stops at 1/8; reducing goes down to min_size
+    assert small.size[0] / small.size[1] == pytest.approx(4 / 3, abs=0.03)  # aspect ratio kept
+    expected = (90, 90, 90) if mode == "L" else (200, 30, 60)
+    assert _close(small.getpixel((10, 10)), expected), small.getpixel((10, 10))
+
+
+def test_palette_and_16_bit_images_are_not_averaged_as_raw_values() -> None:
+    palette = Image.new("P", (1200, 900), 1)
+    palette.putpalette([0, 0, 0, 250, 10, 10] + [0, 0, 0] * 254)
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG")
+
+    image = load_rgb(buffer.getvalue(), min_size=64)
+
+    assert _close(image.getpixel((5, 5)), (250, 10, 10))
+
+
 # --- unreadable files ------------------------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import io
 import json
 import re
 import signal
@@ -20,12 +21,14 @@ from typing import Any
 import pytest
 import torch
 from conftest import dogclf_command, jpeg, png, png_claiming
+from PIL import Image
 
 from dogclf import cli
 from dogclf.artifact import save_model
 from dogclf.classifier import Classifier, load_model
 from dogclf.data.folder import ClassInfo
 from dogclf.model import HeadConfig, build_model
+from dogclf.serving import batcher as batcher_module
 from dogclf.serving.batcher import BatchConfig
 from dogclf.serving.codec import ACCEPTED_CONTENT_TYPES, Limits
 from dogclf.serving.server import ConnectionLimits, ServeError, bind_socket, create_app, make_server
@@ -385,6 +388,82 @@ def test_connections_beyond_the_limit_get_503_at_once(classifier: Classifier) ->
         time.sleep(0.2)
         status, _, ok = post_image(port, probe)
         assert status == 200, ok
+
+
+def _big_png(side: int = 3000) -> bytes:
+    """A PNG of ``side`` x ``side`` pixels (72 MB to decode at 3000: the large-photo lane) that compresses small."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (90, 120, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class GatedDecodes:
+    """Wraps the batcher's decoding: large images wait for the gate; records how many decode at once."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, large: bytes) -> None:
+        self.real = batcher_module.prepared_image
+        self.large = large
+        self.entered = threading.Semaphore(0)
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        self.running = self.most = 0
+        monkeypatch.setattr(batcher_module, "prepared_image", self)
+
+    def __call__(self, classifier: Any, data: bytes, **kwargs: Any) -> Any:
+        if data != self.large:
+            return self.real(classifier, data, **kwargs)
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.entered.release()
+        try:
+            self.gate.wait(timeout=20)
+            return self.real(classifier, data, **kwargs)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_small_images_are_answered_while_a_large_photo_decodes(
+    classifier: Classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big, probe = _big_png(), jpeg(12)
+    decodes = GatedDecodes(monkeypatch, big)
+    batching = BatchConfig(decode_workers=1)
+    with running(classifier, batching=batching) as (port, app), ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(post_image, port, big, "image/png")
+        assert decodes.entered.acquire(timeout=20), "the large decode never started"
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)  # it must not wait for the large photo
+        conn.request("POST", "/invocations", body=probe, headers={"Content-Type": "image/jpeg"})
+        assert conn.getresponse().status == 200
+        conn.close()
+        assert not pending.done()
+
+        decodes.gate.set()
+        status, _, answer = pending.result(timeout=30)
+        assert status == 200, answer
+        assert app.state.batcher.stats.large_decodes == 1
+
+
+def test_large_photos_decode_at_once_only_as_far_as_the_memory_budget_allows(
+    classifier: Classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big = _big_png()
+    decodes = GatedDecodes(monkeypatch, big)
+    batching = BatchConfig(decode_workers=3, decode_memory_mb=100)  # three threads, room for one 72 MB decode
+    with running(classifier, batching=batching) as (port, app), ThreadPoolExecutor(3) as pool:
+        pending = [pool.submit(post_image, port, big, "image/png") for _ in range(3)]
+        assert decodes.entered.acquire(timeout=20)
+        time.sleep(0.5)  # time for the other two to start, were they allowed to
+        assert decodes.running == 1
+        decodes.gate.set()
+        assert [f.result(timeout=30)[0] for f in pending] == [200, 200, 200]
+        stats = app.state.batcher.stats
+    assert decodes.most == 1
+    assert stats.large_decodes == 3
+    assert stats.decode_memory_waits == 2
+    assert stats.decode_memory_peak_mb <= 100
 
 
 def test_the_server_answers_while_a_forward_pass_runs(classifier: Classifier) -> None:

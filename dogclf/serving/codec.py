@@ -46,6 +46,7 @@ __all__ = [
     "decode_request",
     "encode_error",
     "encode_results",
+    "image_header",
     "prepared_image",
     "media_type",
     "open_image",
@@ -260,11 +261,30 @@ def open_image(
     Raises:
         RequestError: 400 for bytes that are not an image or a truncated one, 413 for too many pixels.
     """
-    from dogclf.data.images import IMAGE_FORMATS, SUPPORTED_FORMATS_TEXT, load_rgb
+    from dogclf.data.images import load_rgb
+
+    image_header(data, max_pixels=max_pixels, label=label)
+    try:
+        return load_rgb(data, min_size=min_size)
+    except UnreadableImageError as exc:
+        reason = str(exc).split(": ", 1)[-1]
+        raise RequestError(400, f"{label}: cannot decode the image: {reason} (the bytes may be cut short).") from exc
+
+
+def image_header(
+    data: bytes, *, max_pixels: int = Limits.max_pixels, label: str = "image"
+) -> tuple[int, int, str | None]:
+    """``(width, height, Pillow format)`` of an image file, from its header alone (no pixel is decoded).
+
+    Raises:
+        RequestError: 400 for bytes that are not an image of a supported format, 413 for too many pixels.
+    """
+    from dogclf.data.images import IMAGE_FORMATS, SUPPORTED_FORMATS_TEXT
 
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as header:  # reads the header only
             width, height = header.size
+            image_format = header.format
     except Image.DecompressionBombError as exc:
         raise RequestError(413, f"{label}: too many pixels to decode ({exc}).") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -275,11 +295,7 @@ def open_image(
         raise RequestError(
             413, f"{label}: {width}x{height} is {width * height:,} pixels; the limit is {max_pixels:,}. Not decoded."
         )
-    try:
-        return load_rgb(data, min_size=min_size)
-    except UnreadableImageError as exc:
-        reason = str(exc).split(": ", 1)[-1]
-        raise RequestError(400, f"{label}: cannot decode the image: {reason} (the bytes may be cut short).") from exc
+    return width, height, image_format
 
 
 def prepared_image(classifier: Any, data: bytes, *, label: str = "image", max_pixels: int = Limits.max_pixels) -> Any:
