@@ -86,8 +86,7 @@ def load_rgb(source: str | os.PathLike[str] | bytes | Image.Image, *, min_size: 
     except UnidentifiedImageError as exc:
         detail = "" if isinstance(source, bytes) else f" ({exc})"  # for bytes Pillow names an io.BytesIO object
         raise UnreadableImageError(
-            f"{label}: not an image Pillow can identify, or not in a supported format ({SUPPORTED_FORMATS_TEXT})"
-            f"{detail}"
+            f"{label}: not an image Pillow can identify as {SUPPORTED_FORMATS_TEXT}{detail}"
         ) from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         reason = "truncated image" if "truncated" in str(exc).lower() else f"{type(exc).__name__}: {exc}"
