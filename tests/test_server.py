@@ -455,7 +455,11 @@ def test_large_photos_decode_at_once_only_as_far_as_the_memory_budget_allows(
     with running(classifier, batching=batching) as (port, app), ThreadPoolExecutor(3) as pool:
         pending = [pool.submit(post_image, port, big, "image/png") for _ in range(3)]
         assert decodes.entered.acquire(timeout=20)
-        time.sleep(0.5)  # time for the other two to start, were they allowed to
+        deadline = time.monotonic() + 20
+        while app.state.batcher.decode_memory.waited < 2:  # the other two arrived, and wait for room
+            assert time.monotonic() < deadline, "the other two large photos never arrived"
+            time.sleep(0.01)
+        time.sleep(0.2)
         assert decodes.running == 1
         decodes.gate.set()
         assert [f.result(timeout=30)[0] for f in pending] == [200, 200, 200]

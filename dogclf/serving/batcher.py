@@ -4,6 +4,9 @@ Each request's images are decoded, resized and cropped in a small thread pool (P
 runs there), then wait in a bounded queue. The batching worker takes up to ``max_batch_size`` images at a time,
 waiting at most ``max_wait_ms`` after the oldest one arrived for more to join, and hands the batch to a forward
 thread (torch releases the GIL), so the event loop keeps accepting and answering requests while the model works.
+Each image's header is read first on the event loop (no pixels); photos that would hold over 32 MiB while decoding
+go to a pool of their own, as many at once as ``decode_memory_mb`` allows (:mod:`dogclf.serving.decode_memory`), so
+small images never wait behind them.
 With ``forward_workers`` above 1, that many batches run at once, each on its own share of the cores.
 
 The thread budget is set on purpose (:class:`~dogclf.inference.threads.ThreadBudget`): decoding threads, forward
@@ -172,6 +175,10 @@ class Batcher:
         classifier: A loaded :class:`~dogclf.classifier.Classifier` (its ``engine`` and ``answer``).
         config: Batching knobs (default :class:`BatchConfig`).
         limits: Request limits; the pixel limit is checked before decoding (default ``Limits()``).
+
+    Attributes:
+        stats: The :class:`BatchStats` counters.
+        decode_memory: The :class:`~dogclf.serving.decode_memory.DecodeMemory` budget of large photos.
     """
 
     def __init__(self, classifier: Any, *, config: BatchConfig | None = None, limits: Limits | None = None) -> None:
@@ -188,7 +195,7 @@ class Batcher:
         self._died: BaseException | None = None
         self._decode_pool: ThreadPoolExecutor | None = None
         self._large_pool: ThreadPoolExecutor | None = None
-        self._memory = DecodeMemory(int(self.config.decode_memory_mb * 1024 * 1024))
+        self.decode_memory = DecodeMemory(int(self.config.decode_memory_mb * 1024 * 1024))
         self._forward_pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()  # the time counters are added to from several threads
 
@@ -329,13 +336,13 @@ class Batcher:
             return await loop.run_in_executor(self._decode_pool, self._prepare, data, label)
         if self._large_pool is None:
             raise RuntimeError("Batcher.start() was not called.")
-        held = await self._memory.acquire(cost)
+        held = await self.decode_memory.acquire(cost)
         self.stats.large_decodes += 1
-        self.stats.decode_memory_waits = self._memory.waited
-        self.stats.decode_memory_peak_mb = round(self._memory.peak / 2**20, 1)
+        self.stats.decode_memory_waits = self.decode_memory.waited
+        self.stats.decode_memory_peak_mb = round(self.decode_memory.peak / 2**20, 1)
         running = self._large_pool.submit(self._prepare, data, label)
         # Released when the thread is done, not when the request is: a timed-out request's decode still holds memory.
-        running.add_done_callback(lambda _: loop.call_soon_threadsafe(self._memory.release, held))
+        running.add_done_callback(lambda _: loop.call_soon_threadsafe(self.decode_memory.release, held))
         return await asyncio.wrap_future(running)
 
     def _prepare(self, data: bytes, label: str) -> Any:
