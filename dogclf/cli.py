@@ -242,6 +242,21 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--request-timeout", type=float, default=30.0, help="seconds before a request gets 504 (default 30; 0: none)"
     )
+    sv.add_argument(
+        "--decode-memory-mb",
+        type=float,
+        default=1024.0,
+        help="MiB that large photos may hold while decoding at once (default 1024)",
+    )
+    sv.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds for a request's headers to arrive (default 10)"
+    )
+    sv.add_argument(
+        "--body-timeout", type=float, default=60.0, help="seconds for a body to arrive after its headers (default 60)"
+    )
+    sv.add_argument(
+        "--max-connections", type=int, default=512, help="open connections; more are answered 503 (default 512)"
+    )
     sv.add_argument("--device", default="auto", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
     _add_precision_arg(sv)
     add_engine_arg(sv)
@@ -466,7 +481,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from dogclf.serving.batcher import BatchConfig
     from dogclf.serving.codec import Limits
     from dogclf.serving.handlers import default_top_k
-    from dogclf.serving.server import serve
+    from dogclf.serving.server import ConnectionLimits, serve
 
     if args.max_body_mb <= 0:
         raise ValueError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
@@ -478,6 +493,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         forward_workers=args.forward_workers,
         forward_threads=args.forward_threads,
         request_timeout_s=args.request_timeout,
+        decode_memory_mb=args.decode_memory_mb,
     )
     limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024))
     top_k = default_top_k(args.environ) if args.top_k is None else args.top_k
@@ -492,6 +508,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         precision=args.precision,
         engine=args.engine,
         access_log=args.access_log,
+        connections=ConnectionLimits(
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+            max_connections=args.max_connections,
+        ),
     )
     return 0
 

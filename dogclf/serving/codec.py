@@ -33,6 +33,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from dogclf._json import dumps
 from dogclf.errors import DogclfError, UnreadableImageError
 from dogclf.serving.npy import NPY_CONTENT_TYPE, decode_npy
 
@@ -48,6 +49,7 @@ __all__ = [
     "decode_request",
     "encode_error",
     "encode_results",
+    "image_header",
     "prepared_image",
     "media_type",
     "open_image",
@@ -234,6 +236,8 @@ def decode_request(body: bytes | str | None, content_type: str | None, *, limits
         payload = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"Malformed JSON: {exc}.") from exc
+    except RecursionError:  # '[[[[...' nested deeper than Python's parser recurses
+        raise RequestError(400, 'Malformed JSON: nested too deeply; send a flat {"images": [...]} object.') from None
     key, items, top_k = _batch_items(payload)
     if not items:
         raise RequestError(400, f'"{key}" is empty: send at least one base64 image.')
@@ -266,24 +270,39 @@ def open_image(
     """
     from dogclf.data.images import load_rgb
 
-    try:
-        with Image.open(io.BytesIO(data)) as header:  # reads the header only
-            width, height = header.size
-    except Image.DecompressionBombError as exc:
-        raise RequestError(413, f"{label}: too many pixels to decode ({exc}).") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        if "truncated" in str(exc).lower():
-            raise RequestError(400, f"{label}: truncated image (the file ends inside its header).") from exc
-        raise RequestError(400, f"{label}: the bytes are not an image (JPEG or PNG expected).") from exc
-    if width * height > max_pixels:
-        raise RequestError(
-            413, f"{label}: {width}x{height} is {width * height:,} pixels; the limit is {max_pixels:,}. Not decoded."
-        )
+    image_header(data, max_pixels=max_pixels, label=label)
     try:
         return load_rgb(data, min_size=min_size)
     except UnreadableImageError as exc:
         reason = str(exc).split(": ", 1)[-1]
         raise RequestError(400, f"{label}: cannot decode the image: {reason} (the bytes may be cut short).") from exc
+
+
+def image_header(
+    data: bytes, *, max_pixels: int = Limits.max_pixels, label: str = "image"
+) -> tuple[int, int, str | None]:
+    """``(width, height, Pillow format)`` of an image file, from its header alone (no pixel is decoded).
+
+    Raises:
+        RequestError: 400 for bytes that are not an image of a supported format, 413 for too many pixels.
+    """
+    from dogclf.data.images import IMAGE_FORMATS, SUPPORTED_FORMATS_TEXT
+
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as header:  # reads the header only
+            width, height = header.size
+            image_format = header.format
+    except Image.DecompressionBombError as exc:
+        raise RequestError(413, f"{label}: too many pixels to decode ({exc}).") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        if "truncated" in str(exc).lower():
+            raise RequestError(400, f"{label}: truncated image (the file ends inside its header).") from exc
+        raise RequestError(400, f"{label}: the bytes are not an image ({SUPPORTED_FORMATS_TEXT} expected).") from exc
+    if width * height > max_pixels:
+        raise RequestError(
+            413, f"{label}: {width}x{height} is {width * height:,} pixels; the limit is {max_pixels:,}. Not decoded."
+        )
+    return width, height, image_format
 
 
 def prepared_image(classifier: Any, data: bytes, *, label: str = "image", max_pixels: int = Limits.max_pixels) -> Any:
@@ -305,7 +324,7 @@ def encode_results(results: Sequence[Any], *, batch: bool, key: str | None = "re
     The key is ``"results"`` for an ``images`` request and ``"predictions"`` for an ``instances`` one.
     """
     answers = [r.to_dict() for r in results]
-    return json.dumps({key or "results": answers} if batch else answers[0])
+    return dumps({key or "results": answers} if batch else answers[0])  # a NaN score would be invalid JSON
 
 
 def encode_error(error: RequestError) -> str:
