@@ -181,6 +181,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--plot", type=Path, default=None, help="confusion-matrix PNG (default MODEL/confusion_<split>.png)"
     )
+    ev.add_argument(
+        "--reliability-plot",
+        type=Path,
+        default=None,
+        help="reliability-diagram PNG of the calibrated scores (default MODEL/reliability_<split>.png)",
+    )
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     _add_precision_arg(ev)

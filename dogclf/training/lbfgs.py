@@ -67,6 +67,9 @@ class CvResult:
         top1: Held-out top-1 at each.
         best_c: The ``C`` with the lowest held-out log-loss.
         seconds: Wall time of the cross-validation.
+        oof_logits: ``(N, K)`` out-of-fold logits at :attr:`best_c`: each training row scored by the fold fit that
+            did not see it (float32, CPU). Calibration can be fitted on them (``--calibrate-on oof``); not stored
+            in ``config.json``.
     """
 
     folds: int
@@ -75,6 +78,7 @@ class CvResult:
     top1: list[float] = field(default_factory=list)
     best_c: float = float("nan")
     seconds: float = 0.0
+    oof_logits: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def best_index(self) -> int:
@@ -106,6 +110,7 @@ class LbfgsFit:
         """A JSON-ready dict (``solver``, ``c``, ``chosen_by``, ..., ``cv`` with its table)."""
         data = {"solver": "lbfgs", **asdict(self)}
         if self.cv is not None:
+            del data["cv"]["oof_logits"]
             data["cv"]["best_log_loss"] = self.cv.log_loss[self.cv.best_index]
             data["cv"]["best_top1"] = self.cv.top1[self.cv.best_index]
         return data
@@ -290,6 +295,7 @@ def cross_validate_c(
     for c in sorted(grid):
         tick = time.perf_counter()
         nll, hits = 0.0, 0
+        oof = torch.empty(len(y), num_classes, dtype=torch.float32)
         for fold in range(folds):
             train, held = ids != fold, ids == fold
             weights = balanced_class_weights(y[train], num_classes) if class_weight == "balanced" else None
@@ -306,6 +312,7 @@ def cross_validate_c(
             )
             warm[fold] = (weight, bias)
             logits = x[held] @ weight.T + bias
+            oof[held.cpu()] = logits.detach().float().cpu()
             nll += float(torch.nn.functional.cross_entropy(logits, y[held], reduction="sum"))
             hits += int((logits.argmax(1) == y[held]).sum())
         result.grid.append(float(c))
@@ -316,6 +323,8 @@ def cross_validate_c(
             f"({time.perf_counter() - tick:.1f} s)"
         )
         best = min(range(len(result.grid)), key=result.log_loss.__getitem__)
+        if best == len(result.grid) - 1:
+            result.oof_logits = oof
         worse = 0 if best == len(result.grid) - 1 else worse + 1
         if worse >= _PATIENCE:
             break
