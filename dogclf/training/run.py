@@ -276,7 +276,7 @@ def train(
     valid_features = features["valid"] if features is not None else None
     precision = run.precision or _inference_precision(options.precision, trainer.device)
     calibration = _calibrate(run.model, splits, spec, options.config, trainer.device, log, valid_features, precision)
-    scorer = _fit_novelty(run, splits, features, options) if novelty else None
+    scorer = _fit_novelty(run, splits, features, options, calibration.temperature) if novelty else None
     held_out = "test" if splits.test else "valid"
     report = None
     if splits.test or (output_dir is not None and splits.valid):
@@ -611,13 +611,15 @@ def _recipe(config: TrainConfig) -> str:
 
 
 def _fit_novelty(
-    run: _Run, splits: DataSplits, features: dict[str, FeatureSet] | None, options: _Options
+    run: _Run, splits: DataSplits, features: dict[str, FeatureSet] | None, options: _Options, temperature: float
 ) -> NoveltyScorer | None:
-    """Step 5b: the novelty score's bank of training features, its threshold on the validation ones.
+    """Step 5b: the novelty score (:data:`dogclf.novelty.DEFAULT_METHOD`), its threshold on the validation photos.
 
-    On the image path the trained backbone runs once more over the train and valid images (eval transform).
+    Its energy part divides the head's logits by the calibrated ``temperature``. On the image path the trained
+    backbone runs once more over the train and valid images (eval transform).
     """
-    from dogclf.novelty import fit_novelty
+    from dogclf.novelty import DEFAULT_METHOD, fit_novelty
+    from dogclf.training.head import head_logits
 
     if not splits.valid:
         options.log("novelty: skipped (no validation images to set its threshold on); the softmax threshold decides")
@@ -625,7 +627,14 @@ def _fit_novelty(
     if features is None:
         features = _image_features(run, splits, options)
     train, valid = features["train"], features["valid"]
-    scorer = fit_novelty(train.features, valid.features)
+    scorer = fit_novelty(
+        train.features,
+        valid.features,
+        train_labels=train.labels,
+        valid_logits=head_logits(run.model.get_submodule("head"), valid.features),
+        temperature=temperature,
+        method=DEFAULT_METHOD,
+    )
     options.log(scorer.summary())
     return scorer
 
