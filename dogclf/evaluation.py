@@ -262,8 +262,9 @@ def plot_confusion_matrix(report: EvalReport, path: str | os.PathLike[str], *, t
 def plot_reliability(report: EvalReport, path: str | os.PathLike[str], *, title: str = "") -> Path:
     """Writes the reliability diagram of the calibrated scores as a PNG.
 
-    Top: one bar per confidence bin at the bin's accuracy, with the diagonal a calibrated model would follow and the
-    gap to each bin's mean top score shaded; bottom: how many images fall in each bin. The title gives the ECE
+    Top: one bar per confidence bin at the bin's accuracy, a black line at the bin's mean top score, the gap between
+    them hatched, and the diagonal a calibrated model would follow; bottom: how many images fall in each bin (log
+    scale). The title gives the ECE
     before and after the temperature.
     """
     import matplotlib
@@ -277,27 +278,26 @@ def plot_reliability(report: EvalReport, path: str | os.PathLike[str], *, title:
     )
     width = [b["high"] - b["low"] for b in bins]
     lefts = [b["low"] for b in bins]
+    accuracy = [b["accuracy"] for b in bins]
+    confidence = [b["confidence"] for b in bins]
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated")
+    top.bar(lefts, accuracy, width=width, align="edge", color="#4c72b0", edgecolor="white", label="accuracy in bin")
+    low = [min(a, c) for a, c in zip(accuracy, confidence, strict=True)]
+    gap = [abs(a - c) for a, c in zip(accuracy, confidence, strict=True)]
     top.bar(
         lefts,
-        [b["accuracy"] for b in bins],
+        gap,
+        bottom=low,
         width=width,
         align="edge",
-        color="#4c72b0",
-        edgecolor="white",
-        label="accuracy in bin",
-    )
-    gaps = [b["confidence"] - b["accuracy"] for b in bins]
-    top.bar(
-        lefts,
-        gaps,
-        bottom=[b["accuracy"] for b in bins],
-        width=width,
-        align="edge",
-        color="#dd8452",
-        alpha=0.55,
-        edgecolor="white",
+        fill=False,
+        hatch="///",
+        edgecolor="#c44e52",
+        linewidth=0,
         label="gap to mean confidence",
+    )
+    top.hlines(
+        confidence, lefts, [b["high"] for b in bins], colors="black", linewidth=1.5, label="mean confidence in bin"
     )
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
