@@ -9,7 +9,8 @@ split 60/20/20 (stratified, seeded) into train / valid / test, and the head is f
   that did not see it);
 * ``oof+valid``: both pooled;
 * ``augment``: augmented views of the validation photos (random resized crop, flip, colour jitter);
-* ``valid+augment``: the validation photos and their augmented views pooled.
+* ``valid+augment``: the validation photos and their augmented views pooled;
+* the shifted test photos themselves: an oracle no method can have, the best any one temperature could do there.
 
 and the expected calibration error (15 bins) is measured on the validation photos, on the test photos, and on the
 **shifted** test photos: the same test photos cropped off centre, cut to a 64-160 px shorter side and re-compressed
@@ -94,6 +95,7 @@ def main() -> int:
         "oof+valid": pooled("oof", "valid"),
         "augment": pooled("augment"),
         "valid+augment": pooled("valid", "augment"),
+        "shifted test itself (oracle, not a method)": pooled("shift"),
     }
     top1 = {k: float((logits[k].argmax(1) == labels[k]).float().mean()) for k in ("valid", "test", "shift")}
     print(

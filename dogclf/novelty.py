@@ -1,26 +1,30 @@
-"""The feature-space novelty score: how far an image's backbone features are from the training photos' breeds.
+"""The novelty score: how far an image is from the breeds of the training photos, for the "unknown" answer.
 
 A max-softmax threshold flags photos that look like nothing the head knows, but a photo of another dog breed often
-still gets a confident softmax, because the head only learned to tell the known breeds apart. The backbone's features
-carry more. Two distances are measured on the L2-normalised features:
+still gets a confident softmax, because the head only learned to tell the known breeds apart. Three scores are
+computed here, each higher for more novel photos:
 
-* ``knn``: one minus the cosine similarity to the ``k``-th most similar training photo (Sun et al., 2022, "Out-of-
-  distribution detection with deep nearest neighbors"). No assumption on the shape of a breed's cluster.
-* ``mahalanobis``: the squared Mahalanobis distance to the nearest breed's mean, with one covariance shared by all
-  breeds (Lee et al., 2018), shrunk towards a multiple of the identity (:data:`DEFAULT_SHRINKAGE`) because there are
-  about as many feature dimensions as training photos.
+* ``knn``: one minus the cosine similarity of the L2-normalised backbone features to the ``k``-th most similar
+  training photo's (Sun et al., 2022, "Out-of-distribution detection with deep nearest neighbors"). No assumption on
+  the shape of a breed's cluster.
+* ``mahalanobis``: the squared Mahalanobis distance of the normalised features to the nearest breed's mean, with one
+  covariance shared by all breeds (Lee et al., 2018), shrunk towards a multiple of the identity
+  (:data:`DEFAULT_SHRINKAGE`) because there are about as many feature dimensions as training photos.
+* ``energy``: minus the log-sum-exp of the head's logits divided by the calibrated temperature (Liu et al., 2020).
 
-``knn+mahalanobis`` (the default, :data:`DEFAULT_METHOD`) adds the two after putting each on the scale of the
-validation photos (minus their median, over their interquartile range). On the 8-seen/2-unseen open-set benchmark
-over all 45 pairs of unseen Imagewoof breeds it tells other breeds from known ones better than either alone and than
-the energy score (docs/benchmarks.md).
+A combination such as ``knn+energy`` adds its parts after putting each on the scale of the validation photos (minus
+their median, over their interquartile range). ``knn+energy`` is what ``dogclf train`` fits
+(:data:`DEFAULT_METHOD`): on the 8-seen/2-unseen open-set benchmark over all 45 pairs of unseen Imagewoof breeds it
+told other breeds from known ones better than every other score here, ``knn`` (the default before) included
+(docs/benchmarks.md).
 
-Every score is higher for more novel photos. Its threshold keeps :data:`~dogclf.training.calibration.DEFAULT_KEEP`
-(95%) of the validation photos as known, like the softmax threshold. What scoring needs is stored in the model
-directory as ``novelty.safetensors`` (no pickle): ``bank``, the normalised training features (float16), and for the
-Mahalanobis distance ``means`` and ``whitener`` (float32). ``config.json`` records the method, ``k``, the shrinkage,
-the component scales and the threshold under ``"novelty"``. Models of earlier releases (method ``knn``, a bank only)
-load and score as before; a model without the entry behaves as before (the softmax threshold alone).
+The threshold keeps :data:`~dogclf.training.calibration.DEFAULT_KEEP` (95%) of the validation photos as known, like
+the softmax threshold. What scoring needs is stored in the model directory as ``novelty.safetensors`` (no pickle):
+``bank``, the normalised training features (float16), and for the Mahalanobis distance ``means`` and ``whitener``
+(float32). ``config.json`` records the method, ``k``, the temperature, the shrinkage, the scales and the threshold
+under ``"novelty"``. Models of earlier releases (method ``knn``, a bank alone) load and score as before; a method this
+dogclf does not know is a :class:`~dogclf.errors.ModelDirError` naming the known ones; a model without the entry
+behaves as before (the softmax threshold alone).
 """
 
 from __future__ import annotations
