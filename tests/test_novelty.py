@@ -101,6 +101,23 @@ def test_a_combination_adds_the_parts_on_the_validation_photos_scale_and_keeps_9
     assert scorer.to_config()["temperature"] == 1.5
 
 
+@pytest.mark.parametrize("method", ["knn", "mahalanobis", "energy", "knn+energy", "knn+mahalanobis"])
+def test_every_method_saves_and_loads_back_to_the_same_scores_and_threshold(method: str, tmp_path: Path) -> None:
+    features, labels = _clusters(60, torch.randn(3, 8, generator=torch.Generator().manual_seed(1)) * 3, seed=2)
+    logits = torch.randn(60, 3, generator=torch.Generator().manual_seed(3))
+    scorer = fit_novelty(
+        features[:40], features[40:], train_labels=labels[:40], valid_logits=logits[40:], temperature=1.3, method=method
+    )
+    scorer.save(tmp_path)
+
+    loaded = load_novelty(tmp_path, {"novelty": json.loads(json.dumps(scorer.to_config())), "num_features": 8})
+
+    assert loaded is not None
+    assert loaded.method == method
+    assert loaded.threshold == scorer.threshold
+    assert torch.allclose(loaded.score(features, logits), scorer.score(features, logits), atol=5e-3)
+
+
 def test_fit_novelty_refuses_bad_arguments() -> None:
     with pytest.raises(ValueError, match="k must be an int >= 1"):
         fit_novelty(torch.ones(3, 2), None, k=0)
