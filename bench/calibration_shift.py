@@ -17,7 +17,11 @@ and the expected calibration error (15 bins) is measured on the validation photo
 at JPEG quality 15-60 (``bench/_views.py``), the way users' photos differ from curated ImageNet ones. The backbone
 saw the Imagewoof photos while pretraining; it never saw these views.
 
-    python bench/calibration_shift.py [--views-dir /tmp/dogclf-views] [--cache-dir DIR] [--seed 0]
+With ``--train-views`` it also fits the head on the training photos plus one degraded view of each (the shift's
+kind of transform, other random draws), with the temperature on valid and on valid plus its degraded views: the
+head, not the temperature, is what makes the shifted ECE move (docs/benchmarks.md).
+
+    python bench/calibration_shift.py [--train-views] [--views-dir /tmp/dogclf-views] [--cache-dir DIR] [--seed 0]
 
 The first run writes the views and extracts their features (about 3,500 photos, a minute or two on 2 cores).
 """
