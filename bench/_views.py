@@ -21,30 +21,20 @@ from _features import BACKBONE
 KINDS = ("shift", "augment")
 
 
-def _crop(image: Any, rng: random.Random, low: float, high: float) -> Any:
-    width, height = image.size
-    area = rng.uniform(low, high) * width * height
-    ratio = rng.uniform(3 / 4, 4 / 3)
-    w = min(width, max(8, round((area * ratio) ** 0.5)))
-    h = min(height, max(8, round((area / ratio) ** 0.5)))
-    left, top = rng.randint(0, width - w), rng.randint(0, height - h)
-    return image.crop((left, top, left + w, top + h))
-
-
 def transformed(path: Path, kind: str, seed: int) -> Any:
-    """The ``kind`` view of the photo at ``path`` (a PIL image) and the JPEG quality to save it at."""
+    """The ``kind`` view of the photo at ``path`` (a PIL image) and the JPEG quality to save it at.
+
+    ``shift`` is :func:`dogclf.data.degrade.degraded_view`, what ``dogclf train --degraded-views`` trains on (with other
+    seeds); ``augment`` is drawn here.
+    """
     from PIL import Image, ImageEnhance, ImageOps
 
-    rng = random.Random(f"{kind}:{seed}:{path.name}")
-    image = Image.open(path).convert("RGB")
+    from dogclf.data.degrade import _crop, degraded_view
+
     if kind == "shift":
-        image = _crop(image, rng, 0.3, 0.9)
-        short = rng.randint(64, 160)
-        scale = short / min(image.size)
-        if scale < 1:
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
-        return image, rng.randint(15, 60)
-    image = _crop(image, rng, 0.25, 1.0)
+        return degraded_view(path, seed=seed)
+    rng = random.Random(f"{kind}:{seed}:{path.name}")
+    image = _crop(Image.open(path).convert("RGB"), rng, 0.25, 1.0)
     if rng.random() < 0.5:
         image = ImageOps.mirror(image)
     for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
