@@ -68,7 +68,7 @@ def test_train_fits_the_head_on_the_photos_and_their_views_and_records_it(
 
     text = "\n".join(lines)
     assert "degraded views: 1 per training photo (36 images, seed 0)" in text
-    assert "cross-validation on 72 training images" in text  # 36 photos + 36 views
+    assert "cross-validation on 36 training images" in text  # the penalty is cross-validated on the photos alone
     assert saved["training"]["degraded_views"] == 1
     assert saved["training"]["n_train"] == 36  # the photos; the views are not training files
     assert len(list((cache / "degraded-views" / "tinynet").glob("*.jpg"))) == 36

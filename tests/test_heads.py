@@ -102,6 +102,23 @@ def test_cross_validation_keeps_each_rows_out_of_fold_logits_at_the_chosen_penal
     assert "oof_logits" not in json.dumps(fit.to_dict())  # config.json keeps the table, not the logits
 
 
+def test_extra_rows_join_the_final_lbfgs_fit_but_not_the_cross_validation() -> None:
+    photos = _blobs(90, 3, 6, seed=6, noise=2.0)
+    views = _blobs(60, 3, 6, seed=7, noise=3.0)
+    model = _model(6, 3)
+
+    _, fit = fit_lbfgs_head(model, photos, None, _config(cv_folds=3), extra=views)
+
+    assert fit.cv is not None
+    assert fit.cv.oof_logits is not None
+    assert len(fit.cv.oof_logits) == 90  # the penalty is cross-validated on the photos alone
+    both_x, both_y = torch.cat([photos.features, views.features]), torch.cat([photos.labels, views.labels])
+    weight, bias, _, _ = fit_logistic(both_x, both_y, num_classes=3, c=fit.c, tol=1e-8, max_iter=5000)
+    layer = model.head[0]
+    assert torch.allclose(layer.weight.detach(), weight, atol=2e-3)
+    assert torch.allclose(layer.bias.detach(), bias, atol=2e-3)
+
+
 def test_cross_validation_needs_enough_images_per_class_and_says_what_to_pass() -> None:
     data = _blobs(9, 3, 4, seed=4)  # 3 per class
 

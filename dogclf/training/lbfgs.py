@@ -352,8 +352,12 @@ def fit_lbfgs_head(
     *,
     callbacks: Sequence[Callback] = (),
     log: Callable[[str], None] = lambda _: None,
+    extra: FeatureSet | None = None,
 ) -> tuple[list[dict[str, float]], LbfgsFit]:
     """Fits ``model.head`` (a single linear layer) on training features by L-BFGS; returns ``(history, fit)``.
+
+    ``extra`` rows (degraded views of the training photos) join the final fit only: the penalty is cross-validated
+    on ``train`` alone, so no photo is held out while a view of it is fitted on.
 
     The history has one entry, ``epoch`` 1, with the metrics a loop epoch has (``train_loss`` is the training
     objective's loss without the penalty, ``valid_loss`` plain cross-entropy); callbacks get ``on_train_start``,
@@ -391,6 +395,8 @@ def fit_lbfgs_head(
             log=log,
         )
         c = cv.best_c
+    if extra is not None and len(extra):
+        x, y = torch.cat([x, extra.features.to(device)]), torch.cat([y, extra.labels.to(device)])
     weights = balanced_class_weights(y, num_classes) if config.class_weight == "balanced" else None
     weight, bias, iterations, converged = fit_logistic(
         x, y, num_classes=num_classes, c=c, class_weights=weights, label_smoothing=config.label_smoothing
@@ -465,6 +471,7 @@ class LbfgsHeadFitter:
             ``device``).
         callbacks: Training callbacks.
         log: Where the cross-validation lines and the summary go.
+        extra: Rows for the final fit only (see :func:`fit_lbfgs_head`).
     """
 
     kept_epoch = 1
@@ -479,8 +486,10 @@ class LbfgsHeadFitter:
         *,
         callbacks: Sequence[Callback] = (),
         log: Callable[[str], None] = lambda _: None,
+        extra: FeatureSet | None = None,
     ) -> None:
         self.model = model
+        self.extra = extra
         self.train = train
         self.valid = valid
         self.config = config
@@ -492,6 +501,6 @@ class LbfgsHeadFitter:
     def fit(self) -> list[dict[str, float]]:
         """Fits the head; returns the one-entry history."""
         history, self.fit_info = fit_lbfgs_head(
-            self.model, self.train, self.valid, self.config, callbacks=self.callbacks, log=self.log
+            self.model, self.train, self.valid, self.config, callbacks=self.callbacks, log=self.log, extra=self.extra
         )
         return history

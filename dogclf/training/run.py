@@ -496,12 +496,25 @@ def _make_trainer(
     from dogclf.training.head import make_head_trainer
 
     features = _extract_features(run, splits, options)
-    train = _with_degraded_views(features["train"], run, splits, options)
+    views = _degraded_view_features(run, splits, options)
     if run.solver == "lbfgs":
         from dogclf.training.lbfgs import LbfgsHeadFitter
 
-        fitter = LbfgsHeadFitter(run.model, train, features["valid"], options.config, callbacks=hooks, log=options.log)
+        fitter = LbfgsHeadFitter(
+            run.model,
+            features["train"],
+            features["valid"],
+            options.config,
+            callbacks=hooks,
+            log=options.log,
+            extra=views,
+        )
         return fitter, features
+    train = features["train"]
+    if views is not None:
+        from dogclf.features.pipeline import FeatureSet
+
+        train = FeatureSet(torch.cat([train.features, views.features]), torch.cat([train.labels, views.labels]))
     trainer = make_head_trainer(
         run.model,
         train,
@@ -528,22 +541,24 @@ def _check_degraded_views(views: int, *, mode: str, distributed: bool) -> None:
         raise ValueError("--degraded-views runs in one process; run it without torchrun.")
 
 
-def _with_degraded_views(train: FeatureSet, run: _Run, splits: DataSplits, options: _Options) -> FeatureSet:
-    """The training features plus those of ``options.degraded_views`` degraded views of each training photo."""
+def _degraded_view_features(run: _Run, splits: DataSplits, options: _Options) -> FeatureSet | None:
+    """The features of ``options.degraded_views`` degraded views of each training photo (``None``: none asked for).
+
+    The L-BFGS head cross-validates its penalty on the photos alone and adds these to its final fit; the loop trains
+    on both.
+    """
     import tempfile
 
     from dogclf.data.degrade import write_degraded_views
-    from dogclf.features.pipeline import FeatureSet
 
     if not options.degraded_views:
-        return train
+        return None
     seed, views = options.config.seed, options.degraded_views
     cache = _cache_folder(run, options)
     root = Path(cache if cache is not None else tempfile.mkdtemp(prefix="dogclf-views-")) / "degraded-views"
     samples = write_degraded_views(splits.train, root / run.spec.name, views=views, seed=seed)
     options.log(f"degraded views: {views} per training photo ({len(samples)} images, seed {seed}) in {root}")
-    extra = _extract_features(run, dataclasses.replace(splits, train=samples, valid=[], test=[]), options)["train"]
-    return FeatureSet(torch.cat([train.features, extra.features]), torch.cat([train.labels, extra.labels]))
+    return _extract_features(run, dataclasses.replace(splits, train=samples, valid=[], test=[]), options)["train"]
 
 
 def _cache_folder(run: _Run, options: _Options) -> Path | None:
