@@ -216,6 +216,19 @@ def _check_novelty(check: _Checker, novelty: Mapping[str, Any]) -> None:
     check.number(novelty, "threshold", p, optional=True)
     if novelty.get("keep") is not None:
         check.number(novelty, "keep", p, positive=True, high=1.0)
+    check.number(novelty, "temperature", p, positive=True, optional=True)
+    check.number(novelty, "shrinkage", p, low=0.0, high=1.0, optional=True)
+    scales = novelty.get("scales")
+    if scales is not None:
+        pairs = scales.values() if isinstance(scales, Mapping) else [None]
+        if not all(_is_scale(pair) for pair in pairs):
+            raise check.fail(p + "scales", f"must map each score to [centre, spread > 0], got {_short(scales)}")
+
+
+def _is_scale(pair: Any) -> bool:
+    numbers = isinstance(pair, list) and len(pair) == 2
+    numbers = numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+    return numbers and all(math.isfinite(v) for v in pair) and pair[1] > 0
 
 
 def _check_training(check: _Checker, training: Mapping[str, Any]) -> None:

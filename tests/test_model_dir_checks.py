@@ -125,6 +125,8 @@ def _set(path: str, value: Any) -> Any:
         ("novelty.file", "../model.safetensors", r"novelty\.file must be a file name inside the model directory"),
         ("novelty", ["knn"], r"novelty must be a JSON object"),
         ("files", [], r"files must be a JSON object of file names"),
+        ("novelty.scales", {"knn": [0.1, 0]}, r"novelty\.scales must map each score to \[centre, spread > 0\]"),
+        ("novelty.temperature", -1, r"novelty\.temperature must be a finite number > 0 or null, got -1"),
     ],
 )
 def test_a_bad_config_field_is_an_error_naming_the_key(

@@ -112,11 +112,14 @@ class PostProcessor:
         """Whether any image can be flagged unknown (a novelty or a top-score threshold)."""
         return self.by_novelty or self.unknown_threshold is not None
 
-    def novelty_scores(self, features: torch.Tensor | None) -> torch.Tensor | None:
-        """``(N,)`` novelty scores of backbone features (``None`` for models without a novelty score)."""
+    def novelty_scores(self, features: torch.Tensor | None, logits: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``(N,)`` novelty scores of backbone features and the head's logits of the same images.
+
+        ``None`` for models without a novelty score.
+        """
         if self.novelty is None or features is None:
             return None
-        return self.novelty.score(features)
+        return self.novelty.score(features, logits)
 
     def unknown(self, probabilities: torch.Tensor, novelty: torch.Tensor | None = None) -> torch.Tensor:
         """The unknown decision ``(N,)`` for a batch.
@@ -138,7 +141,7 @@ class PostProcessor:
     def scores(self, output: EngineOutput) -> Scores:
         """Calibrated probabilities, novelty scores and unknown flags of one forward pass's output."""
         probabilities = self.probabilities(output.logits)
-        novelty = self.novelty_scores(output.features)
+        novelty = self.novelty_scores(output.features, output.logits)
         return Scores(probabilities, self.unknown(probabilities, novelty), novelty)
 
     def results(self, scores: Scores, *, top_k: int | Sequence[int] = 5) -> list[ImageResult]:
