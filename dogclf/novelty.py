@@ -322,6 +322,7 @@ def load_novelty(model_dir: str | os.PathLike[str], config: Mapping[str, Any]) -
     scorer = NoveltyScorer(method=method)
     _check_tensors(scorer.components, tensors, path, config.get("num_features"))
     threshold, k, keep = settings.get("threshold"), settings.get("k"), settings.get("keep")
+    shrinkage, temperature = settings.get("shrinkage"), settings.get("temperature")  # null means the default
     scales = settings.get("scales") or {}
     return NoveltyScorer(  # config.json's values were checked on load (dogclf.artifact_checks)
         bank=tensors.get("bank"),
@@ -331,8 +332,8 @@ def load_novelty(model_dir: str | os.PathLike[str], config: Mapping[str, Any]) -
         method=method,
         means=tensors.get("means"),
         whitener=tensors.get("whitener"),
-        shrinkage=float(settings.get("shrinkage", DEFAULT_SHRINKAGE)),
-        temperature=float(settings.get("temperature", 1.0)),
+        shrinkage=DEFAULT_SHRINKAGE if shrinkage is None else float(shrinkage),
+        temperature=1.0 if temperature is None else float(temperature),
         scales={str(name): (float(pair[0]), float(pair[1])) for name, pair in scales.items()},
     )
 

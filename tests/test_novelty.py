@@ -229,6 +229,7 @@ def test_a_model_saved_with_the_old_knn_entry_loads_and_scores_by_knn_alone(
 
     save_file({"bank": bank}, str(model / NOVELTY_NAME), metadata={"method": "knn", "k": "10"})  # as 0.x wrote it
     config["novelty"] = {"method": "knn", "file": NOVELTY_NAME, "k": 3, "threshold": 0.01, "keep": 0.95}
+    config.pop("files", None)  # 0.x wrote no manifest of the files either
     (model / "config.json").write_text(json.dumps(config))
 
     old = dogclf.load_model(model)
@@ -239,6 +240,21 @@ def test_a_model_saved_with_the_old_knn_entry_loads_and_scores_by_knn_alone(
     expected = 1.0 - similarity.topk(3, dim=1).values[:, -1]
     assert torch.allclose(old.novelty.score(features), expected, atol=2e-3)
     assert [a.unknown for a in old.classify(images)] == (old.novelty.score(features) > 0.01).tolist()
+
+
+def test_null_temperature_and_shrinkage_load_as_their_defaults(
+    novelty_model: dict[str, Path], tiny_spec: dogclf.BackboneSpec, tmp_path: Path
+) -> None:
+    model = Path(shutil.copytree(novelty_model["model"], tmp_path / "model"))
+    config = json.loads((model / "config.json").read_text())
+    config["novelty"] |= {"temperature": None, "shrinkage": None}  # what config.json's checks let through
+    (model / "config.json").write_text(json.dumps(config))
+
+    loaded = dogclf.load_model(model)
+
+    assert loaded.novelty is not None
+    assert loaded.novelty.temperature == 1.0
+    assert loaded.novelty.shrinkage == NoveltyScorer().shrinkage
 
 
 def test_a_config_naming_a_novelty_method_this_dogclf_does_not_know_is_a_clear_error(
