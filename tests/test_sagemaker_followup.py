@@ -220,3 +220,16 @@ def test_tune_hint_and_wait_out_write_the_results_of_an_earlier_launch(
     assert best["params"] == {"lr": 0.002, "batch_size": 32, "epochs": 5}
     assert best["tuning_job"] == "tune-b"
     assert (tmp_path / "trials.csv").read_text().count("\n") == 3
+
+
+def test_sagemaker_saying_requested_resource_not_found_means_no_such_job(aws: Aws) -> None:
+    from dogclf.sagemaker.followup import JobNotFoundError, find_job
+
+    missing = "ValidationException", "Requested resource not found."  # what real SageMaker answers (moto differs)
+    with Stubber(aws.client("sagemaker")) as stub:
+        stub.add_client_error("describe_training_job", *missing, expected_params={"TrainingJobName": "gone"})
+        stub.add_client_error(
+            "describe_hyper_parameter_tuning_job", *missing, expected_params={"HyperParameterTuningJobName": "gone"}
+        )
+        with pytest.raises(JobNotFoundError, match="There is no training job and no tuning job named 'gone'"):
+            find_job(aws, "gone")

@@ -90,8 +90,9 @@ def is_not_found(exc: Exception) -> bool:
     """Whether a botocore ``ClientError`` is AWS saying the resource does not exist (and nothing else).
 
     SageMaker answers a Describe* of a missing endpoint, endpoint config or model with ``ValidationException``
-    "Could not find ..."; other services use a ``*NotFound*`` code. Credentials, permissions, throttling and every
-    other error are not "not found".
+    "Could not find ...", of a missing training job with ``ValidationException`` "Requested resource not found.";
+    other services use a ``*NotFound*`` code. Credentials, permissions, throttling and every other error are not
+    "not found".
     """
     response = getattr(exc, "response", None)
     if not isinstance(response, Mapping):
@@ -100,7 +101,9 @@ def is_not_found(exc: Exception) -> bool:
     code, message = str(error.get("Code", "")), str(error.get("Message", ""))
     if code in _NOT_FOUND_CODES:
         return True
-    return code == "ValidationException" and message.lower().startswith("could not find")
+    return code == "ValidationException" and message.lower().startswith(
+        ("could not find", "requested resource not found")
+    )
 
 
 _CREDENTIALS_HELP = (
