@@ -37,3 +37,10 @@ def imagewoof_features(cache_dir: Path | None, device: str = "auto") -> tuple[An
         progress=False,
     )["train"]
     return features.features, features.labels, [c.folder for c in splits.classes]
+
+
+def imagewoof_paths() -> list[Path]:
+    """The photo files of imagewoof/train, in the row order of :func:`imagewoof_features`."""
+    from dogclf.data.folder import load_splits
+
+    return [s.path for s in load_splits(IMAGEWOOF, require_valid=False, check_images=False).train]

@@ -1,16 +1,23 @@
 """Open-set check of the "unknown" scores: train on 8 of the 10 breeds, and use the other 2 as photos to flag.
 
 On the cached ``efficientnet_lite0`` features of ``../shared/data/imagewoof/train``, for each of ``--rounds`` pairs of
-held-out breeds (by default 5 disjoint pairs, so every breed is an unknown once): the 8 known breeds' photos are split
-60/20/20 (stratified, seeded) into train / valid / test; the head is fitted as ``dogclf train`` does by default
-(L-BFGS, C by 5-fold CV on train), the temperature and softmax threshold are fitted on valid, and the novelty score
-(k-nearest-neighbour distance, :mod:`dogclf.novelty`) on train with its threshold on valid, both keeping 95% of valid
-as known.
+held-out breeds (by default all 45 pairs): the 8 known breeds' photos are split 60/20/20 (stratified, seeded) into
+train / valid / test; the head is fitted as ``dogclf train`` does by default (L-BFGS, C by 5-fold CV on train, or
+``--penalty-c``), the temperature and softmax threshold are fitted on valid, and every novelty score of
+:mod:`dogclf.novelty` on train with its threshold on valid, each keeping 95% of valid as known:
+
+* ``softmax``: the top calibrated probability (lower is more unknown);
+* ``knn``: the distance to the 10th nearest training photo (cosine), the default before issue 18;
+* ``mahalanobis``: the distance to the nearest breed mean, shared shrunk covariance;
+* ``energy``: minus the log-sum-exp of the tempered logits;
+* ``knn+energy`` (the default now) and ``knn+mahalanobis``: the parts added on the validation photos' scale.
+
 Then the known test photos and **all** photos of the 2 held-out breeds are scored, exactly as ``dogclf evaluate
 --unknown-dir`` scores them: AUROC (threshold-free) and, at each threshold, the share of unknown photos flagged and of
-known test photos flagged.
+known test photos flagged. The summary gives the mean, standard deviation, minimum and maximum over the rounds, and
+for each score its paired AUROC gain over ``knn`` (mean and standard deviation over the rounds).
 
-    python bench/openset.py [--rounds 5] [--cache-dir DIR]
+    python bench/openset.py [--rounds 45] [--penalty-c 0.1] [--cache-dir DIR] [--jsonl FILE]
 
 Verify quickly with ``--rounds 1 --subset 800``.
 """
@@ -18,6 +25,8 @@ Verify quickly with ``--rounds 1 --subset 800``.
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import os
 import shlex
 import statistics
@@ -29,6 +38,8 @@ from _common import REPO, machine  # bench/ is on sys.path when a script runs
 from _features import imagewoof_features
 
 NAMES = REPO / "examples" / "imagewoof_names.txt"
+METHODS = ("knn", "mahalanobis", "energy", "knn+energy", "knn+mahalanobis")
+BASELINE = "knn"
 
 
 def _names(classes: list[str]) -> list[str]:
@@ -38,7 +49,7 @@ def _names(classes: list[str]) -> list[str]:
     return [names.get(c, c) for c in classes]
 
 
-def one_round(x: Any, y: Any, held_out: tuple[int, int], seed: int) -> dict[str, Any]:
+def one_round(x: Any, y: Any, held_out: tuple[int, int], seed: int, penalty_c: float | None) -> dict[str, Any]:
     """Fits on the known breeds and scores known test photos against the held-out breeds' photos."""
     import torch
 
@@ -59,43 +70,80 @@ def one_round(x: Any, y: Any, held_out: tuple[int, int], seed: int) -> dict[str,
     part = stratified_fold_ids(labels, 5, seed)  # 3 folds train, 1 valid, 1 test: 60/20/20
     rows = {"train": known_rows[part <= 2], "valid": known_rows[part == 3], "test": known_rows[part == 4]}
     sets = {k: FeatureSet(x[v], remap[y[v]]) for k, v in rows.items()}
+    sets["unknown"] = FeatureSet(x[unknown], y[unknown])
 
     torch.manual_seed(seed)
     model = DogClassifierNet(torch.nn.Identity(), build_head(x.shape[1], len(kept), HeadConfig()), frozen=True)
-    _, fit = fit_lbfgs_head(model, sets["train"], sets["valid"], TrainConfig(device="cpu", seed=seed))
+    config = TrainConfig(device="cpu", seed=seed, penalty_c=penalty_c)
+    _, fit = fit_lbfgs_head(model, sets["train"], sets["valid"], config)
     with torch.no_grad():
-        valid_logits = model.head(sets["valid"].features)
-        test_logits = model.head(sets["test"].features)
-        unknown_logits = model.head(x[unknown])
-    calibration = calibrate(valid_logits, sets["valid"].labels)
-    scorer = fit_novelty(sets["train"].features, sets["valid"].features)
-
-    def top(logits: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits / calibration.temperature, dim=1).max(dim=1).values
-
-    known_top, unknown_top = top(test_logits), top(unknown_logits)
-    known_novel, unknown_novel = scorer.score(sets["test"].features), scorer.score(x[unknown])
-    threshold = calibration.unknown_threshold
-    return {
+        logits = {k: model.head(s.features) for k, s in sets.items()}
+    calibration = calibrate(logits["valid"], sets["valid"].labels)
+    scores: dict[str, dict[str, Any]] = {}
+    thresholds: dict[str, float] = {}
+    top = {k: torch.softmax(v / calibration.temperature, dim=1).max(dim=1).values for k, v in logits.items()}
+    scores["softmax"] = {k: -v for k, v in top.items()}  # a lower top score is more unknown
+    thresholds["softmax"] = -float(calibration.unknown_threshold)  # type: ignore[arg-type]
+    for method in METHODS:
+        scorer = fit_novelty(
+            sets["train"].features,
+            sets["valid"].features,
+            train_labels=sets["train"].labels,
+            valid_logits=logits["valid"],
+            temperature=calibration.temperature,
+            method=method,
+        )
+        scores[method] = {k: scorer.score(sets[k].features, logits[k]) for k in ("test", "unknown")}
+        thresholds[method] = float(scorer.threshold)  # type: ignore[arg-type]
+    result: dict[str, Any] = {
         "held_out": held_out,
         "c": fit.c,
-        "test_top1": float((test_logits.argmax(1) == sets["test"].labels).float().mean()),
+        "test_top1": float((logits["test"].argmax(1) == sets["test"].labels).float().mean()),
         "n_known": len(rows["test"]),
         "n_unknown": int(unknown.sum()),
-        "softmax_auroc": auroc(-unknown_top, -known_top),
-        "softmax_unknown_flagged": float((unknown_top < threshold).float().mean()),
-        "softmax_known_flagged": float((known_top < threshold).float().mean()),
-        "novelty_auroc": auroc(unknown_novel, known_novel),
-        "novelty_unknown_flagged": float(scorer.is_novel(unknown_novel).float().mean()),
-        "novelty_known_flagged": float(scorer.is_novel(known_novel).float().mean()),
     }
+    for name, values in scores.items():
+        # softmax: flagged when the top score is under the threshold, i.e. minus it is above minus the threshold
+        flagged = {k: v > thresholds[name] for k, v in values.items()}
+        result[name] = {
+            "auroc": auroc(values["unknown"], values["test"]),
+            "unknown_flagged": float(flagged["unknown"].float().mean()),
+            "known_flagged": float(flagged["test"].float().mean()),
+        }
+    return result
+
+
+def _summary(rounds: list[dict[str, Any]]) -> list[str]:
+    def spread(values: list[float]) -> str:
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.3f} ± {sd:.3f} ({min(values):.3f}-{max(values):.3f})"
+
+    lines = [
+        f"| score | AUROC mean ± sd (min-max) over {len(rounds)} rounds | AUROC gain over {BASELINE} (paired) | "
+        "unknown flagged | known test flagged |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in ("softmax", *METHODS):
+        areas = [r[name]["auroc"] for r in rounds]
+        gains = [r[name]["auroc"] - r[BASELINE]["auroc"] for r in rounds]
+        gain_sd = statistics.stdev(gains) if len(gains) > 1 else 0.0
+        flagged = [r[name]["unknown_flagged"] for r in rounds]
+        known = [r[name]["known_flagged"] for r in rounds]
+        lines.append(
+            f"| {name} | {spread(areas)} | {statistics.mean(gains):+.3f} ± {gain_sd:.3f} | "
+            f"{statistics.mean(flagged):.1%} ({min(flagged):.1%}-{max(flagged):.1%}) | "
+            f"{statistics.mean(known):.1%} ({min(known):.1%}-{max(known):.1%}) |"
+        )
+    return lines
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5, help="pairs of held-out breeds (default 5: every breed once)")
+    parser.add_argument("--rounds", type=int, default=45, help="pairs of held-out breeds (default 45: every pair)")
     parser.add_argument("--subset", type=int, default=None, help="use this many photos (stratified), to check quickly")
     parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: dogclf's default)")
+    parser.add_argument("--penalty-c", type=float, default=None, help="a fixed C instead of 5-fold CV in each round")
+    parser.add_argument("--jsonl", type=Path, default=None, help="also append each round's results to this file")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -108,30 +156,22 @@ def main() -> int:
         keep = torch.cat([(y == c).nonzero().reshape(-1)[: args.subset // len(classes)] for c in range(len(classes))])
         x, y = x[keep], y[keep]
     names = _names(classes)
+    pairs = list(itertools.combinations(range(len(classes)), 2))
+    pairs = [pairs[i] for i in sorted(range(len(pairs)), key=lambda i: (7 * i) % len(pairs))]  # breeds spread early
     rounds = []
-    for r in range(args.rounds):
-        pair = (2 * r % len(classes), (2 * r + 1) % len(classes))
-        result = one_round(x, y, pair, args.seed)
+    for pair in pairs[: args.rounds]:
+        result = one_round(x, y, pair, args.seed, args.penalty_c)
         rounds.append(result)
+        if args.jsonl is not None:
+            with args.jsonl.open("a", encoding="utf-8") as file:
+                file.write(json.dumps(result) + "\n")
+        aurocs = ", ".join(f"{n} {result[n]['auroc']:.3f}" for n in ("softmax", *METHODS))
         print(
             f"unknown: {names[pair[0]]} + {names[pair[1]]} ({result['n_unknown']} photos; known test "
-            f"{result['n_known']}, top-1 {result['test_top1']:.4f}, C={result['c']:g}): AUROC softmax "
-            f"{result['softmax_auroc']:.3f}, novelty {result['novelty_auroc']:.3f}; flagged unknown "
-            f"{result['softmax_unknown_flagged']:.1%} vs {result['novelty_unknown_flagged']:.1%}, known "
-            f"{result['softmax_known_flagged']:.1%} vs {result['novelty_known_flagged']:.1%}",
+            f"{result['n_known']}, top-1 {result['test_top1']:.4f}, C={result['c']:g}): AUROC {aurocs}",
             flush=True,
         )
-    print("\n| score | AUROC (mean, min-max over rounds) | unknown photos flagged | known test photos flagged |")
-    print("|---|---:|---:|---:|")
-    for score in ("softmax", "novelty"):
-        areas = [r[f"{score}_auroc"] for r in rounds]
-        flagged = statistics.mean(r[f"{score}_unknown_flagged"] for r in rounds)
-        false = statistics.mean(r[f"{score}_known_flagged"] for r in rounds)
-        label = "max softmax (calibrated)" if score == "softmax" else "kNN novelty (k=10, cosine)"
-        print(
-            f"| {label} | {statistics.mean(areas):.3f} ({min(areas):.3f}-{max(areas):.3f}) | {flagged:.1%} | "
-            f"{false:.1%} |"
-        )
+    print("\n" + "\n".join(_summary(rounds)))
     print(f"\nCommand: python {shlex.join(['bench/openset.py', *sys.argv[1:]])}")
     print(f"Machine: {machine('cpu')}")
     return 0

@@ -41,6 +41,7 @@ _EXPORTS = {
     "evaluate": "dogclf.evaluation",
     "EvalReport": "dogclf.evaluation",
     "plot_confusion_matrix": "dogclf.evaluation",
+    "plot_reliability": "dogclf.evaluation",
 }
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "load_splits",
     "make_synthetic_dataset",
     "plot_confusion_matrix",
+    "plot_reliability",
     "register_backbone",
     "save_model",
     "train",
@@ -89,7 +91,7 @@ if TYPE_CHECKING:
     from dogclf.data.folder import find_classes, load_splits
     from dogclf.data.labelled import LabelledFolder, load_labelled
     from dogclf.data.synthetic import make_synthetic_dataset
-    from dogclf.evaluation import EvalReport, evaluate, plot_confusion_matrix
+    from dogclf.evaluation import EvalReport, evaluate, plot_confusion_matrix, plot_reliability
     from dogclf.model import DogClassifierNet, HeadConfig, build_model
     from dogclf.training.callbacks import Callback
     from dogclf.training.config import TrainConfig

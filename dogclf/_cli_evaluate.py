@@ -18,7 +18,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Runs ``dogclf evaluate``; returns 0."""
     from dogclf.classifier import load_model
     from dogclf.eval_data import select_eval_set
-    from dogclf.evaluation import evaluate, plot_confusion_matrix
+    from dogclf.evaluation import evaluate, plot_confusion_matrix, plot_reliability
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -35,6 +35,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     plot = args.plot or args.model / f"confusion_{chosen.split}.png"
     title = f"{config['backbone']} on {chosen.split}: top-1 {report.top1:.1%}"
     plot_confusion_matrix(report, plot, title=title)
+    reliability = args.reliability_plot or args.model / f"reliability_{chosen.split}.png"
+    plot_reliability(report, reliability, title=_reliability_title(config["backbone"], chosen.split, report))
     open_set = None
     if args.unknown_dir is not None:
         from dogclf.openset import evaluate_unknown
@@ -49,6 +51,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             classes_without_folder=[c.name for c in chosen.missing],
             skipped_folders=chosen.unknown,
             confusion_png=str(plot),
+            reliability_png=str(reliability),
             skipped=len(chosen.skipped),
             precision_reason=classifier.precision_choice.reason,
         )
@@ -86,4 +89,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if open_set is not None:
         print("\n" + "\n".join(open_set.lines()))
     print(f"\nConfusion matrix: {plot}")
+    print(f"Reliability diagram: {reliability}")
     return 0
+
+
+def _reliability_title(backbone: str, split: str, report: Any) -> str:
+    return (
+        f"{backbone} on {split} (n={report.n}): ECE {report.ece_uncalibrated:.3f} -> {report.ece:.3f} "
+        f"at T={report.temperature:.2f}"
+    )

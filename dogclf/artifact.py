@@ -1,4 +1,4 @@
-"""The trained-model directory: ``model.safetensors`` plus ``config.json``.
+"""The trained-model directory: ``model.safetensors`` plus ``config.json``, which records their digests.
 
 Loading needs no network and no pickle, and never downloads pretrained
 weights: the backbone is built empty and every weight comes from the file.
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dogclf.artifact_checks import check_class_lists, check_config, check_weight_shapes
+from dogclf.artifact_manifest import MANIFEST_KEY, check_manifest_shape, manifest
 from dogclf.backbones.spec import BackboneSpec, Preprocessing
 from dogclf.errors import ModelDirError, UnknownBackboneError
 
@@ -95,11 +96,24 @@ def save_model(
     save_file(state, str(tmp_weights), metadata={"format": "pt", "dogclf_version": __version__})
     # safetensors creates the file owner-only; a model is meant to be read by servers running as other users.
     os.chmod(tmp_weights, 0o644)
+    _sync(tmp_weights)
+    files = [(WEIGHTS_NAME, tmp_weights)]
+    novelty_file = None if novelty is None else str(novelty.get("file", NOVELTY_NAME))  # written before this call
+    if novelty_file is not None and (out / novelty_file).is_file():
+        files.append((novelty_file, out / novelty_file))
+    config[MANIFEST_KEY] = manifest(files)  # checked on load: a crash between the renames below cannot go unseen
     os.replace(tmp_weights, out / WEIGHTS_NAME)
     tmp_config = out / f".{CONFIG_NAME}.tmp"
     tmp_config.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    _sync(tmp_config)
     os.replace(tmp_config, out / CONFIG_NAME)
     return out
+
+
+def _sync(path: Path) -> None:
+    """Flushes a written file to disk, so that the rename that publishes it cannot outlive its bytes."""
+    with open(path, "rb+") as file:
+        os.fsync(file.fileno())
 
 
 def read_config(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -126,11 +140,17 @@ def read_config(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
         config = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
     except (OSError, ValueError) as exc:
         raise ModelDirError(f"{str(path)!r} is not valid JSON: {exc}") from exc
+    except RecursionError:  # '[[[[...' nested deeper than Python's parser recurses
+        raise ModelDirError(
+            f"{str(path)!r} is not a dogclf config: its JSON is nested too deeply to read. Retrain the model "
+            "(`dogclf train`) to write a valid config.json."
+        ) from None
     required = ("format_version", "backbone", "class_names", "preprocessing", "head", "num_features")
     absent = [k for k in required if not isinstance(config, dict) or k not in config]
     if absent:
         raise ModelDirError(f"{str(path)!r} lacks keys: {', '.join(absent)}.")
     check_config(config, path, format_version=FORMAT_VERSION)
+    check_manifest_shape(config, path)
     check_weight_shapes(config, root / WEIGHTS_NAME, config_path=path)
     check_class_lists(config, path)
     return config

@@ -16,8 +16,11 @@ from typing import Any
 
 from dogclf.errors import ModelDirError
 
-__all__ = ["check_class_lists", "check_config", "check_state", "check_weight_shapes"]
+__all__ = ["TEMPERATURE_RANGE", "check_class_lists", "check_config", "check_state", "check_weight_shapes"]
 
+# The temperatures a model may hold. Fitting keeps to [0.05, 20] (dogclf.training.calibration); a hand-set 1e-40
+# would turn every score into 0/0. Outside this range no calibration means anything.
+TEMPERATURE_RANGE = (1e-3, 1e3)
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 _MAX_SIDE = 4096  # pixels; a larger input would exhaust memory at the first image rather than fail clearly
 
@@ -187,7 +190,8 @@ def _check_calibration(check: _Checker, calibration: Mapping[str, Any]) -> None:
         return
     p = "calibration."
     if "temperature" in calibration:
-        check.number(calibration, "temperature", p, positive=True)
+        low, high = TEMPERATURE_RANGE
+        check.number(calibration, "temperature", p, low=low, high=high)
     check.number(calibration, "unknown_threshold", p, low=0.0, optional=True)  # above 1: every image is unknown
     if calibration.get("keep") is not None:
         check.number(calibration, "keep", p, positive=True, high=1.0)
@@ -212,6 +216,19 @@ def _check_novelty(check: _Checker, novelty: Mapping[str, Any]) -> None:
     check.number(novelty, "threshold", p, optional=True)
     if novelty.get("keep") is not None:
         check.number(novelty, "keep", p, positive=True, high=1.0)
+    check.number(novelty, "temperature", p, positive=True, optional=True)
+    check.number(novelty, "shrinkage", p, low=0.0, high=1.0, optional=True)
+    scales = novelty.get("scales")
+    if scales is not None:
+        pairs = scales.values() if isinstance(scales, Mapping) else [None]
+        if not all(_is_scale(pair) for pair in pairs):
+            raise check.fail(p + "scales", f"must map each score to [centre, spread > 0], got {_short(scales)}")
+
+
+def _is_scale(pair: Any) -> bool:
+    numbers = isinstance(pair, list) and len(pair) == 2
+    numbers = numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+    return numbers and all(math.isfinite(v) for v in pair) and pair[1] > 0
 
 
 def _check_training(check: _Checker, training: Mapping[str, Any]) -> None:

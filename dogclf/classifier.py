@@ -19,6 +19,7 @@ from PIL import Image
 
 from dogclf.artifact import load_state, read_config, resolve_spec
 from dogclf.artifact_checks import check_state
+from dogclf.artifact_manifest import check_manifest
 from dogclf.backbones.spec import BackboneSpec
 from dogclf.inference.engine import Engine, EngineOutput, TorchEngine
 from dogclf.inference.postprocess import PostProcessor, Scores
@@ -257,7 +258,8 @@ def build_net(config: dict[str, Any], spec: BackboneSpec, root: Path) -> DogClas
     """The network of a model directory, with its weights loaded (no network, no pickle).
 
     Raises:
-        ModelDirError: Weights that do not fit the backbone and head.
+        ModelDirError: Weights that do not fit the backbone and head, or files that are not those ``config.json``
+            was saved with.
     """
     net = DogClassifierNet(
         spec.build(pretrained=False, progress=False),
@@ -266,6 +268,7 @@ def build_net(config: dict[str, Any], spec: BackboneSpec, root: Path) -> DogClas
     )
     state = load_state(root)
     check_state(net, state, root, backbone=spec.name)
+    check_manifest(config, root)  # last: a broken file is named by the checks above, a mixed-up save here
     net.load_state_dict(state)
     return net
 

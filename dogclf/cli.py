@@ -64,6 +64,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         help="fit the feature-space novelty score that flags unknown breeds (default); --no-novelty: softmax threshold",
     )
     p.add_argument(
+        "--degraded-views",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also fit the head on N degraded views (crop, 64-160 px, JPEG 15-60) of each training photo, extracted "
+        "once and cached, for scores that hold better on users' photos (default 0)",
+    )
+    p.add_argument(
         "--checkpoint-dir",
         type=Path,
         default=None,
@@ -181,6 +189,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--plot", type=Path, default=None, help="confusion-matrix PNG (default MODEL/confusion_<split>.png)"
     )
+    ev.add_argument(
+        "--reliability-plot",
+        type=Path,
+        default=None,
+        help="reliability-diagram PNG of the calibrated scores (default MODEL/reliability_<split>.png)",
+    )
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     _add_precision_arg(ev)
@@ -241,6 +255,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     sv.add_argument(
         "--request-timeout", type=float, default=30.0, help="seconds before a request gets 504 (default 30; 0: none)"
+    )
+    sv.add_argument(
+        "--decode-memory-mb",
+        type=float,
+        default=1024.0,
+        help="MiB that large photos may hold while decoding at once (default 1024)",
+    )
+    sv.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds for a request's headers to arrive (default 10)"
+    )
+    sv.add_argument(
+        "--body-timeout", type=float, default=60.0, help="seconds for a body to arrive after its headers (default 60)"
+    )
+    sv.add_argument(
+        "--max-connections", type=int, default=512, help="open connections; more are answered 503 (default 512)"
     )
     sv.add_argument("--device", default="auto", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
     _add_precision_arg(sv)
@@ -413,6 +442,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             engine=args.engine,
             extract_batch_size=args.extract_batch_size,
             novelty=args.novelty,
+            degraded_views=args.degraded_views,
             environ=args.environ,
             checkpoint_dir=args.checkpoint_dir,
             output_dir=args.output_dir,
@@ -466,7 +496,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from dogclf.serving.batcher import BatchConfig
     from dogclf.serving.codec import Limits
     from dogclf.serving.handlers import default_top_k
-    from dogclf.serving.server import serve
+    from dogclf.serving.server import ConnectionLimits, serve
 
     if args.max_body_mb <= 0:
         raise ValueError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
@@ -478,6 +508,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         forward_workers=args.forward_workers,
         forward_threads=args.forward_threads,
         request_timeout_s=args.request_timeout,
+        decode_memory_mb=args.decode_memory_mb,
     )
     limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024))
     top_k = default_top_k(args.environ) if args.top_k is None else args.top_k
@@ -492,6 +523,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         precision=args.precision,
         engine=args.engine,
         access_log=args.access_log,
+        connections=ConnectionLimits(
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+            max_connections=args.max_connections,
+        ),
     )
     return 0
 

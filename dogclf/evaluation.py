@@ -15,9 +15,9 @@ from dogclf.classifier import Classifier
 from dogclf.data.folder import Sample
 from dogclf.errors import UnreadableImageError
 from dogclf.inference.threads import ThreadBudget
-from dogclf.training.calibration import ece_from_confidences
+from dogclf.training.calibration import ece_from_confidences, reliability_bins
 
-__all__ = ["EvalReport", "evaluate", "plot_confusion_matrix", "report_from_logits"]
+__all__ = ["EvalReport", "evaluate", "plot_confusion_matrix", "plot_reliability", "report_from_logits"]
 
 
 @dataclass
@@ -38,6 +38,9 @@ class EvalReport:
         temperature: The model's temperature.
         unknown_threshold: The model's unknown threshold, if any.
         precision: The precision the forward passes ran in (``"fp32"``, ``"bf16"``, ``"fp16"``), if known.
+        reliability: The reliability table of the calibrated scores (15 bins,
+            :func:`~dogclf.training.calibration.reliability_bins`): per non-empty bin its edges, image count, mean
+            top score and accuracy. :func:`plot_reliability` draws it.
     """
 
     n: int
@@ -52,6 +55,7 @@ class EvalReport:
     temperature: float = 1.0
     unknown_threshold: float | None = None
     precision: str | None = None
+    reliability: list[dict[str, float]] = field(default_factory=list, repr=False)
 
     def per_class(self) -> dict[str, dict[str, float]]:
         """Accuracy and image count of each class that has images."""
@@ -89,6 +93,7 @@ class EvalReport:
             "temperature": self.temperature,
             "unknown_threshold": self.unknown_threshold,
             "precision": self.precision,
+            "reliability": self.reliability,
         }
 
 
@@ -204,6 +209,7 @@ def report_from_logits(
         temperature=temperature,
         unknown_threshold=unknown_threshold,
         precision=precision,
+        reliability=reliability_bins(calibrated, correct),
     )
 
 
@@ -246,6 +252,65 @@ def plot_confusion_matrix(report: EvalReport, path: str | os.PathLike[str], *, t
                     ax.text(p, t, int(counts[t, p]), ha="center", va="center", fontsize=font, color=colour)
     ax.set_title(title or f"top-1 {report.top1:.1%} on {report.n} images")
     fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_reliability(report: EvalReport, path: str | os.PathLike[str], *, title: str = "") -> Path:
+    """Writes the reliability diagram of the calibrated scores as a PNG.
+
+    Top: one bar per confidence bin at the bin's accuracy, a black line at the bin's mean top score, the gap between
+    them hatched, and the diagonal a calibrated model would follow; bottom: how many images fall in each bin (log
+    scale). The title gives the ECE
+    before and after the temperature.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    bins = report.reliability
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}, constrained_layout=True
+    )
+    width = [b["high"] - b["low"] for b in bins]
+    lefts = [b["low"] for b in bins]
+    accuracy = [b["accuracy"] for b in bins]
+    confidence = [b["confidence"] for b in bins]
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated")
+    top.bar(lefts, accuracy, width=width, align="edge", color="#4c72b0", edgecolor="white", label="accuracy in bin")
+    low = [min(a, c) for a, c in zip(accuracy, confidence, strict=True)]
+    gap = [abs(a - c) for a, c in zip(accuracy, confidence, strict=True)]
+    top.bar(
+        lefts,
+        gap,
+        bottom=low,
+        width=width,
+        align="edge",
+        fill=False,
+        hatch="///",
+        edgecolor="#c44e52",
+        linewidth=0,
+        label="gap to mean confidence",
+    )
+    top.hlines(
+        confidence, lefts, [b["high"] for b in bins], colors="black", linewidth=1.5, label="mean confidence in bin"
+    )
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title(
+        title or f"ECE {report.ece_uncalibrated:.3f} -> {report.ece:.3f} (T={report.temperature:.2f}), n={report.n}",
+        fontsize=10,
+    )
+    bottom.bar(lefts, [b["n"] for b in bins], width=width, align="edge", color="#55a868", edgecolor="white")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("images")
+    bottom.set_xlabel("calibrated top score (confidence)")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)

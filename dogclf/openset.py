@@ -4,7 +4,8 @@
 that should be flagged: other breeds, other animals, anything) with both unknown scores a model can have:
 
 * ``softmax``: the top calibrated class probability, flagged under the model's ``unknown_threshold``;
-* ``novelty``: the feature-space k-nearest-neighbour score (:mod:`dogclf.novelty`), flagged above its threshold.
+* ``novelty``: the model's novelty score (:mod:`dogclf.novelty`; ``knn+energy`` for models trained now, ``knn`` for
+  older ones), flagged above its threshold.
 
 For each it reports the AUROC of telling unknown from known (0.5: chance, 1.0: perfectly apart, threshold-free) and,
 at the model's threshold, the fraction of unknown photos flagged (higher is better) and of known photos flagged
@@ -35,7 +36,7 @@ class UnknownScore:
 
     Attributes:
         name: ``"softmax"`` (flagged when the top calibrated probability is under the threshold) or ``"novelty"``
-            (flagged when the k-nearest-neighbour distance is above it).
+            (flagged when the model's novelty score is above it).
         auroc: Area under the ROC curve of unknown (positive) against known photos.
         threshold: The model's threshold on this score, or ``None`` if it has none.
         unknown_flagged: Fraction of the unknown photos flagged at the threshold.

@@ -193,11 +193,13 @@ def train_tiny_model(
     return data, root / "model"
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``dogclf ARGS`` in-process: the exit code, stdout and stderr."""
+def run_cli(
+    args: list[str], capsys: pytest.CaptureFixture[str], environ: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """``dogclf ARGS`` in-process (with ``environ``, default ``os.environ``): the exit code, stdout and stderr."""
     from dogclf.cli import main
 
-    code = main(args)
+    code = main(args, environ=environ)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -245,12 +247,16 @@ def moto_environ(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     """A moto server on 127.0.0.1 (a free port) standing in for AWS, and the environment that points at it.
 
     Dummy credentials and region, SDK telemetry off, role validation off; no real AWS variable leaks in. The server
-    is stopped after the test.
+    starts empty (moto's state outlives one server in this process, so it is reset) and is stopped after the test.
     """
+    import urllib.request
+
     moto_server = pytest.importorskip("moto.server", reason="moto (dogclf[dev]) is not installed")
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    reset = urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")
+    urllib.request.urlopen(reset, timeout=10).close()
     telemetry = tmp_path_factory.mktemp("sagemaker-config") / "config.yaml"
     telemetry.write_text(
         "SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n", encoding="utf-8"
@@ -271,3 +277,13 @@ def moto_environ(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         yield environ
     finally:
         server.stop()
+
+
+@pytest.fixture
+def moto_aws(moto_environ: dict[str, str]) -> Any:
+    """An :class:`~dogclf.sagemaker.aws.Aws` on the moto server, with the bucket ``dogclf-test`` created."""
+    from dogclf.sagemaker.aws import Aws
+
+    context = Aws.from_environ(moto_environ)
+    context.client("s3").create_bucket(Bucket="dogclf-test")
+    return context

@@ -25,6 +25,7 @@ from dogclf.training.calibration import (
     collect_logits,
     expected_calibration_error,
     fit_temperature,
+    reliability_bins,
     unknown_threshold,
 )
 from dogclf.training.run import _calibrate
@@ -113,6 +114,25 @@ def test_ece_is_small_for_calibrated_scores_and_large_for_overconfident_ones_unt
     assert calibration.ece_after < 0.03
     assert calibration.nll_after < calibration.nll_before
     assert calibration.n == len(labels)
+
+
+def test_reliability_bins_are_the_hand_computed_case_and_add_up_to_the_ece() -> None:
+    confidences = torch.tensor([0.9, 0.58, 0.78, 0.85])
+    correct = torch.tensor([True, False, True, False])
+
+    bins = reliability_bins(confidences, correct)
+
+    # 0.58 in (0.5333, 0.6]; 0.78 in (0.7333, 0.8]; 0.85 and 0.9 in (0.8, 0.8667] and (0.8667, 0.9333].
+    assert [(b["n"], b["accuracy"]) for b in bins] == [(1, 0.0), (1, 1.0), (1, 0.0), (1, 1.0)]
+    assert [b["confidence"] for b in bins] == pytest.approx([0.58, 0.78, 0.85, 0.9])
+    assert bins[0]["low"] == pytest.approx(8 / 15)
+    assert bins[0]["high"] == pytest.approx(9 / 15)
+    logits, labels = _synthetic(2.0, n=500, seed=4)
+    top, predicted = torch.softmax(logits, dim=1).max(dim=1)
+    table = reliability_bins(top, predicted == labels)
+    weighted_gap = sum(b["n"] * abs(b["confidence"] - b["accuracy"]) for b in table) / 500
+    assert sum(b["n"] for b in table) == 500
+    assert weighted_gap == pytest.approx(expected_calibration_error(torch.softmax(logits, dim=1), labels))
 
 
 def test_ece_needs_images() -> None:

@@ -60,11 +60,17 @@ def test_train_prints_one_epoch_line_per_epoch_and_no_progress_bars(cli_run: dic
     assert (cli_run["model"] / "config.json").is_file()
 
 
-def test_evaluate_json_reports_metrics_and_writes_the_confusion_png(cli_run: dict[str, Any], tmp_path: Path) -> None:
+def test_evaluate_json_reports_metrics_and_writes_the_confusion_and_reliability_pngs(
+    cli_run: dict[str, Any], tmp_path: Path
+) -> None:
     plot = tmp_path / "plots" / "cm.png"
+    reliability = tmp_path / "plots" / "rel.png"
 
     done = _run(
-        ["evaluate", "--model", str(cli_run["model"]), "--data", str(cli_run["data"]), "--json", "--plot", str(plot)],
+        [
+            *("evaluate", "--model", str(cli_run["model"]), "--data", str(cli_run["data"]), "--json"),
+            *("--plot", str(plot), "--reliability-plot", str(reliability)),
+        ],
         cli_run["env"],
     )
 
@@ -77,9 +83,15 @@ def test_evaluate_json_reports_metrics_and_writes_the_confusion_png(cli_run: dic
     assert set(report["per_class"]) == {"Synthetic red discs", "Synthetic blue stripes", "Synthetic green squares"}
     assert all(stats["n"] == 3 for stats in report["per_class"].values())
     assert report["confusion_png"] == str(plot)
-    with Image.open(plot) as image:
-        assert image.format == "PNG"
-        image.verify()
+    assert report["reliability_png"] == str(reliability)
+    for png in (plot, reliability):
+        with Image.open(png) as image:
+            assert image.format == "PNG"
+            image.verify()
+    bins = report["reliability"]  # the table the diagram draws: every image in one bin, the ECE its weighted gap
+    assert sum(b["n"] for b in bins) == 9
+    gap = sum(b["n"] * abs(b["confidence"] - b["accuracy"]) for b in bins) / 9
+    assert gap == pytest.approx(report["ece"])
 
 
 # The text outputs run main() in-process (tinynet registered by tiny_spec), sparing two interpreter start-ups.
@@ -96,6 +108,9 @@ def test_evaluate_text_output_is_readable(
     png = cli_run["model"] / "confusion_valid.png"
     assert f"Confusion matrix: {png}" in stdout
     assert png.read_bytes().startswith(b"\x89PNG")
+    diagram = cli_run["model"] / "reliability_valid.png"
+    assert f"Reliability diagram: {diagram}" in stdout
+    assert diagram.read_bytes().startswith(b"\x89PNG")
 
 
 def test_predict_json_gives_top_k_labels_and_reports_unreadable_images(cli_run: dict[str, Any], tmp_path: Path) -> None:

@@ -154,10 +154,11 @@ def test_names_map_overrides_dogimages_names(tmp_path: Path) -> None:
     [
         ("names.txt", "n02086240 Shih-Tzu\nn02087394\n", r"names\.txt:2: expected '<folder> <display name>'"),
         ("names.json", "{not json", r"is not valid JSON"),
+        ("names.json", '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", r"is not valid JSON: maximum recursion depth"),
         ("names.json", json.dumps(["a", "b"]), r"must be a JSON object of folder -> name strings"),
         ("names.json", json.dumps({"n1": 3}), r"must be a JSON object of folder -> name strings"),
     ],
-    ids=["text-line-without-name", "invalid-json", "json-list", "json-non-string-name"],
+    ids=["text-line-without-name", "invalid-json", "nested-too-deeply", "json-list", "json-non-string-name"],
 )
 def test_bad_names_file_is_an_error_naming_the_file(tmp_path: Path, filename: str, content: str, message: str) -> None:
     path = tmp_path / filename

@@ -351,6 +351,74 @@ def test_cache_writes_a_shard_per_chunk_and_unique_names(tmp_path: Path) -> None
     assert len(cache_module.FeatureCache(tmp_path / "cache", backbone_key="other", log=print)) == 0
 
 
+class _Clock:
+    """The ``time`` module with a monotonic clock the test moves (wall-clock functions stay real)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.now = 1000.0
+        self.time, self.time_ns = time.time, time.time_ns
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def _rows_on_disk(folder: Path) -> int:
+    cache = FeatureCache(folder, backbone_key="k", label="tiny", log=print)
+    return len(cache)
+
+
+def _slow_run(tmp_path: Path, cache: FeatureCache, clock: _Clock, seconds: int) -> list[tuple[float, int]]:
+    """One image a second for ``seconds`` seconds; ``(seconds since start, rows queued and unwritten)`` after each."""
+    started, unwritten = clock.now, []
+    for i in range(seconds):
+        path = tmp_path / f"img{i}.jpg"
+        path.write_bytes(i.to_bytes(4, "big"))
+        clock.now += 1.0
+        cache.add([image_key(path)], torch.full((1, 4), float(i)))
+        unwritten.append((clock.now - started, i + 1 - cache.writes))
+    return unwritten
+
+
+def test_a_slow_extraction_is_written_every_few_seconds_so_a_kill_loses_little(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(cache_module, "time", clock)
+    cache = FeatureCache(tmp_path / "cache", backbone_key="k", label="tiny", log=print)  # the defaults
+
+    unwritten = _slow_run(tmp_path, cache, clock, 40)
+
+    assert max(rows for _, rows in unwritten) <= 5  # never more than 5 s of work at risk (was 60 s, or 512 images)
+    assert _rows_on_disk(tmp_path / "cache") >= 36  # what a SIGKILL at 40 s finds on disk
+
+
+def test_slow_shard_writes_stretch_the_wait_so_writing_takes_at_most_two_percent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(cache_module, "time", clock)
+    cache = FeatureCache(tmp_path / "cache", backbone_key="k", label="tiny", log=print)
+    real_write = cache._atomic_write_bytes
+    writes: list[float] = []
+
+    def slow_disk(target: Path, data: bytes) -> None:
+        real_write(target, data)
+        clock.now += 1.0  # a network disk: a second per shard
+        writes.append(1.0)
+
+    monkeypatch.setattr(cache, "_atomic_write_bytes", slow_disk)
+
+    unwritten = _slow_run(tmp_path, cache, clock, 300)
+
+    assert cache.flush_seconds_now == pytest.approx(50.0)  # 1 s per write at most 2 % of the time
+    elapsed = unwritten[-1][0]
+    assert len(writes) >= 3
+    assert sum(writes) / elapsed <= 0.02
+    assert max(rows for _, rows in unwritten) <= 51
+
+
 # --- training on features --------------------------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from dogclf.features.pipeline import FeatureSet
 from dogclf.model import DogClassifierNet, HeadConfig, build_head
 from dogclf.training.callbacks import Callback, TrainState
 from dogclf.training.head import make_head_trainer
-from dogclf.training.lbfgs import C_GRID, cross_validate_c, fit_lbfgs_head, fit_logistic
+from dogclf.training.lbfgs import C_GRID, LbfgsFit, cross_validate_c, fit_lbfgs_head, fit_logistic, stratified_fold_ids
 from dogclf.training.schedule import balanced_class_weights, lr_factor, make_loss, make_optimizer
 
 EPOCH_LINE = re.compile(r"^epoch=(\d+) train_loss=([0-9.]+) valid_loss=([0-9.]+) valid_top1=([0-9.]+)", re.M)
@@ -81,6 +81,42 @@ def test_cross_validation_picks_a_strong_penalty_for_few_noisy_samples_and_a_wea
     assert noisy.log_loss[noisy.best_index] == min(noisy.log_loss)
     assert noisy.grid == sorted(noisy.grid)
     assert len(noisy.grid) == len(noisy.log_loss) == len(noisy.top1)
+
+
+def test_cross_validation_keeps_each_rows_out_of_fold_logits_at_the_chosen_penalty() -> None:
+    data = _blobs(120, 3, 6, seed=5, noise=2.5)
+
+    cv = cross_validate_c(data.features, data.labels, num_classes=3, folds=4, seed=1)
+
+    assert cv.oof_logits is not None
+    assert cv.oof_logits.shape == (120, 3)
+    pooled = float(torch.nn.functional.cross_entropy(cv.oof_logits, data.labels))
+    assert pooled == pytest.approx(cv.log_loss[cv.best_index], rel=1e-5)  # the CV score is these logits' log-loss
+    fold = stratified_fold_ids(data.labels, 4, 1) == 0  # fold 0's rows come from the fit on the other three folds
+    weight, bias, _, _ = fit_logistic(
+        data.features[~fold], data.labels[~fold], num_classes=3, c=cv.best_c, tol=1e-8, max_iter=5000
+    )
+    expected = data.features[fold] @ weight.T + bias
+    assert torch.allclose(cv.oof_logits[fold], expected, atol=2e-2)
+    fit = LbfgsFit(c=cv.best_c, chosen_by="cv", iterations=1, converged=True, seconds=0, cv=cv)
+    assert "oof_logits" not in json.dumps(fit.to_dict())  # config.json keeps the table, not the logits
+
+
+def test_extra_rows_join_the_final_lbfgs_fit_but_not_the_cross_validation() -> None:
+    photos = _blobs(90, 3, 6, seed=6, noise=2.0)
+    views = _blobs(60, 3, 6, seed=7, noise=3.0)
+    model = _model(6, 3)
+
+    _, fit = fit_lbfgs_head(model, photos, None, _config(cv_folds=3), extra=views)
+
+    assert fit.cv is not None
+    assert fit.cv.oof_logits is not None
+    assert len(fit.cv.oof_logits) == 90  # the penalty is cross-validated on the photos alone
+    both_x, both_y = torch.cat([photos.features, views.features]), torch.cat([photos.labels, views.labels])
+    weight, bias, _, _ = fit_logistic(both_x, both_y, num_classes=3, c=fit.c, tol=1e-8, max_iter=5000)
+    layer = model.head[0]
+    assert torch.allclose(layer.weight.detach(), weight, atol=2e-3)
+    assert torch.allclose(layer.bias.detach(), bias, atol=2e-3)
 
 
 def test_cross_validation_needs_enough_images_per_class_and_says_what_to_pass() -> None:

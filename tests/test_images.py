@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -188,6 +189,38 @@ def test_huge_jpeg_is_decoded_in_draft_mode_keeping_min_size(tmp_path: Path, mod
     assert full.size == (4000, 3000)
 
 
+@pytest.mark.parametrize(
+    ("fmt", "mode"), [("PNG", "RGB"), ("PNG", "RGBA"), ("WEBP", "RGB"), ("TIFF", "L"), ("MPO", "RGB")]
+)
+def test_a_large_photo_of_any_format_is_decoded_reduced_keeping_min_size(fmt: str, mode: str) -> None:
+    """JPEG (and the MPO of phones) by draft decoding; formats without it are reduced before any conversion."""
+    buffer = io.BytesIO()
+    image = Image.new(mode, (2400, 1800), 90 if mode == "L" else (200, 30, 60, 255)[: len(mode)])
+    # An MPO of two pictures, as phones write them (one picture would be read as a plain JPEG).
+    second = {"save_all": True, "append_images": [Image.new(mode, image.size)], "quality": 80}
+    image.save(buffer, format=fmt, **(second if fmt == "MPO" else {}))
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == fmt
+
+    small = load_rgb(buffer.getvalue(), min_size=64)
+
+    assert small.mode == "RGB"
+    assert 64 <= min(small.size) <= 1800 // 8  # draft decoding stops at 1/8; reducing goes down to min_size
+    assert small.size[0] / small.size[1] == pytest.approx(4 / 3, abs=0.03)  # aspect ratio kept
+    expected = (90, 90, 90) if mode == "L" else (200, 30, 60)
+    assert _close(small.getpixel((10, 10)), expected), small.getpixel((10, 10))
+
+
+def test_palette_and_16_bit_images_are_not_averaged_as_raw_values() -> None:
+    palette = Image.new("P", (1200, 900), 1)
+    palette.putpalette([0, 0, 0, 250, 10, 10] + [0, 0, 0] * 254)
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG")
+
+    image = load_rgb(buffer.getvalue(), min_size=64)
+
+    assert _close(image.getpixel((5, 5)), (250, 10, 10))
+
+
 # --- unreadable files ------------------------------------------------------------------------------------------------
 
 
@@ -232,6 +265,56 @@ def test_unreadable_file_is_reported_with_path_and_reason(
     [(bad_path, reason)] = find_unreadable([good, path, good])
     assert bad_path == path
     assert scan_reason in reason
+
+
+# A minimal EPS: Pillow identifies it from the header and would run Ghostscript on the bytes to decode it.
+_EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\nnewpath 0 0 moveto 8 8 lineto stroke\n"
+
+
+def test_eps_is_refused_without_running_ghostscript(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import EpsImagePlugin
+
+    from dogclf.serving.codec import RequestError, open_image
+
+    with Image.open(io.BytesIO(_EPS)) as unrestricted:
+        assert unrestricted.format == "EPS"  # Pillow alone would take it
+    runs: list[object] = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: runs.append(args))
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", "gs")  # as if Ghostscript were installed
+    path = tmp_path / "dog.jpg"
+    path.write_bytes(_EPS)
+
+    with pytest.raises(
+        UnreadableImageError, match=r"not an image Pillow can identify as JPEG, PNG, WebP, BMP, GIF or TIFF"
+    ):
+        load_rgb(path)
+    with pytest.raises(RequestError, match=r"not an image \(JPEG, PNG, WebP, BMP, GIF or TIFF expected\)") as info:
+        open_image(_EPS)
+
+    assert info.value.status == 400
+    assert find_unreadable([path])[0][0] == path
+    assert runs == []
+
+
+@pytest.mark.parametrize("fmt", ["PPM", "TGA", "ICO", "PCX"])
+def test_formats_pillow_knows_but_dogclf_does_not_support_are_refused(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / "dog.jpg"  # the name does not matter, the bytes do
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(path, format=fmt)
+
+    with pytest.raises(UnreadableImageError, match="Pillow can identify as JPEG, PNG, WebP, BMP, GIF or TIFF"):
+        load_rgb(path)
+    with pytest.raises(UnreadableImageError, match="Pillow can identify as JPEG, PNG, WebP, BMP, GIF or TIFF"):
+        load_rgb(path.read_bytes())
+
+
+@pytest.mark.parametrize(("fmt", "options"), [("WEBP", {"lossless": True}), ("TIFF", {}), ("MPO", {}), ("GIF", {})])
+def test_every_supported_format_decodes(tmp_path: Path, fmt: str, options: dict[str, object]) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(buffer, format=fmt, **options)
+
+    image = load_rgb(buffer.getvalue())
+
+    assert _close(image.getpixel((8, 8)), (10, 200, 30), tolerance=12), image.getpixel((8, 8))
 
 
 def test_find_unreadable_in_threads_keeps_the_order_of_paths(tmp_path: Path) -> None:

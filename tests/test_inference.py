@@ -235,6 +235,23 @@ def test_post_processing_applies_temperature_threshold_and_per_image_top_k() -> 
         PostProcessor(class_names=("a",), temperature=0.0)
 
 
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300, 0.0, 1e300, float("nan")])
+def test_a_temperature_outside_the_bounds_is_refused(temperature: float) -> None:
+    with pytest.raises(ValueError, match=r"temperature must be a finite number in \[0\.001, 1000\]"):
+        PostProcessor(class_names=("a", "b"), temperature=temperature)
+
+
+def test_the_smallest_temperature_gives_finite_scores_even_for_huge_logits() -> None:
+    """logits / T overflows float32 to inf here (inf - inf is NaN inside softmax); shifting by the max first cannot."""
+    post = PostProcessor(class_names=("a", "b", "c"), temperature=1e-3)
+    logits = torch.tensor([[1e36, 0.0, -1e36], [3.0, 3.0, -1e38]])
+
+    probabilities = post.probabilities(logits)
+
+    assert torch.isfinite(probabilities).all()
+    assert probabilities.tolist() == [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]]
+
+
 def test_the_novelty_score_in_post_processing_sees_the_same_passes_features(
     net: torch.nn.Module, tiny_spec: Any
 ) -> None:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import _tiny_namespace, dogclf_command, jpeg, plugin_environ, train_tiny_model
+import torch
+from conftest import _tiny_namespace, dogclf_command, jpeg, plugin_environ, run_cli, train_tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
@@ -86,8 +87,10 @@ def _set(path: str, value: Any) -> Any:
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("calibration.temperature", 0, r"calibration\.temperature must be a finite number > 0, got 0"),
-        ("calibration.temperature", -1.5, r"calibration\.temperature must be a finite number > 0"),
+        ("calibration.temperature", 0, r"calibration\.temperature must be a finite number in \[0\.001, 1000\], got 0"),
+        ("calibration.temperature", -1.5, r"calibration\.temperature must be a finite number in \[0\.001, 1000\]"),
+        ("calibration.temperature", 1e-40, r"calibration\.temperature must be a finite number in .*, got 1e-40"),
+        ("calibration.temperature", 1e300, r"calibration\.temperature must be a finite number in .*, got 1e\+300"),
         (
             "calibration.unknown_threshold",
             -0.5,
@@ -121,6 +124,9 @@ def _set(path: str, value: Any) -> Any:
         ("novelty.threshold", "0.2", r"novelty\.threshold must be a finite number or null, got '0\.2'"),
         ("novelty.file", "../model.safetensors", r"novelty\.file must be a file name inside the model directory"),
         ("novelty", ["knn"], r"novelty must be a JSON object"),
+        ("files", [], r"files must be a JSON object of file names"),
+        ("novelty.scales", {"knn": [0.1, 0]}, r"novelty\.scales must map each score to \[centre, spread > 0\]"),
+        ("novelty.temperature", -1, r"novelty\.temperature must be a finite number > 0 or null, got -1"),
     ],
 )
 def test_a_bad_config_field_is_an_error_naming_the_key(
@@ -172,8 +178,103 @@ def test_cli_with_a_broken_config_prints_one_line_not_nan_json(
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.startswith("dogclf predict: error: ")
-    assert "calibration.temperature must be a finite number > 0, got 0" in done.stderr
+    assert "calibration.temperature must be a finite number in [0.001, 1000], got 0" in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+def _save(spec: Any, out: Path, *, seed: int, temperature: float) -> Path:
+    from dogclf.artifact import save_model
+    from dogclf.data.folder import ClassInfo
+    from dogclf.model import HeadConfig, build_model
+
+    torch.manual_seed(seed)
+    net = build_model(spec, 3, weights=None, head=HeadConfig()).eval()
+    classes = [ClassInfo(f"c{i}", f"Breed {i}") for i in range(3)]
+    calibration = {"temperature": temperature}
+    return save_model(net, out, spec=spec, classes=classes, head=HeadConfig().to_dict(), calibration=calibration)
+
+
+def test_a_save_that_stopped_between_its_renames_is_refused_not_loaded_with_the_old_config(
+    tiny_spec: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    out = _save(tiny_spec, tmp_path / "model", seed=0, temperature=1.0)
+    assert dogclf.load_model(out).temperature == 1.0
+    real_replace = os.replace
+
+    def crash_before_the_config(src: Any, dst: Any) -> None:
+        if Path(dst).name == "config.json":
+            raise KeyboardInterrupt  # the process dies here: new weights in place, config.json still the old one
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_before_the_config)
+    with pytest.raises(KeyboardInterrupt):
+        _save(tiny_spec, out, seed=1, temperature=2.5)
+    monkeypatch.undo()
+
+    with pytest.raises(
+        ModelDirError, match=r"model\.safetensors' is not the file .*config\.json' was saved with"
+    ) as info:
+        dogclf.load_model(out)
+    assert "mixes two saves" in str(info.value)
+
+    _save(tiny_spec, out, seed=1, temperature=2.5)  # a save that completes puts it right
+    assert dogclf.load_model(out).temperature == 2.5
+
+
+def test_config_json_records_the_digest_of_each_file_it_was_saved_with(model_dir: Path) -> None:
+    import hashlib
+
+    files = json.loads((model_dir / "config.json").read_text())["files"]
+
+    assert sorted(files) == ["model.safetensors", "novelty.safetensors"]
+    for name, entry in files.items():
+        data = (model_dir / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"bytes": 1}, r"files\.model\.safetensors\.sha256 must be 64 lower-case hex digits, got None"),
+        ({"bytes": -1, "sha256": "0" * 64}, r"files\.model\.safetensors\.bytes must be an integer >= 0, got -1"),
+    ],
+)
+def test_a_malformed_manifest_entry_is_an_error_naming_it(
+    edited: Any, tiny_spec: Any, entry: dict[str, Any], message: str
+) -> None:
+    target = edited(lambda config: config["files"].update({"model.safetensors": entry}))
+
+    with pytest.raises(ModelDirError, match=message):
+        dogclf.load_model(target)
+
+
+def test_a_novelty_file_from_another_save_is_refused(model_dir: Path, tiny_spec: Any, tmp_path: Path) -> None:
+    target = shutil.copytree(model_dir, tmp_path / "mixed")
+    data = bytearray((target / "novelty.safetensors").read_bytes())
+    data[-1] ^= 1  # same size, one bit of the feature bank differs
+    (target / "novelty.safetensors").write_bytes(bytes(data))
+
+    with pytest.raises(ModelDirError, match=r"novelty\.safetensors' is not the file .* \(SHA-256 [0-9a-f]{12}\.\.\."):
+        dogclf.load_model(target)
+
+
+def test_a_deeply_nested_config_json_is_one_line_error_not_a_traceback(
+    edited: Any, tiny_spec: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = edited(lambda c: None)
+    (target / "config.json").write_text('{"class_names": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    photo = tmp_path / "dog.jpg"
+    photo.write_bytes(jpeg(3))
+
+    code, out, err = run_cli(["predict", "--model", str(target), str(photo), "--json"], capsys)
+
+    assert code == 2
+    assert out == ""
+    assert err.startswith(f"dogclf predict: error: {str(target / 'config.json')!r} is not a dogclf config")
+    assert "nested too deeply" in err
+    assert err.count("\n") == 1
 
 
 # --- property-based: mutated config.json ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import dogclf
 from dogclf.backbones.registry import default_registry
 from dogclf.cli import main
 from dogclf.errors import ModelDirError
-from dogclf.novelty import NOVELTY_NAME, NoveltyScorer, fit_novelty, load_novelty
+from dogclf.novelty import DEFAULT_METHOD, NOVELTY_NAME, NoveltyScorer, fit_novelty, load_novelty
 from dogclf.openset import auroc
 
 
@@ -48,11 +48,85 @@ def test_novelty_scores_an_unseen_cluster_far_above_the_known_ones_and_keeps_95_
     assert float(unseen_scores[0]) == pytest.approx(expected, abs=2e-3)  # the bank is stored as float16
 
 
+def test_energy_is_the_negative_log_sum_exp_of_the_tempered_logits_and_needs_them() -> None:
+    logits = torch.tensor([[4.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    scorer = NoveltyScorer(method="energy", temperature=2.0)
+
+    expected = -torch.logsumexp(logits / 2.0, dim=1)
+    assert torch.allclose(scorer.score(torch.ones(2, 5), logits), expected)
+    with pytest.raises(ValueError, match="'energy' novelty score needs the head's logits"):
+        scorer.score(torch.ones(2, 5))
+
+
+def test_mahalanobis_is_the_distance_to_the_nearest_class_mean_under_the_shrunk_shared_covariance() -> None:
+    centres = torch.randn(3, 6, generator=torch.Generator().manual_seed(0)) * 3
+    train, labels = _clusters(300, centres, seed=1)
+    probe = torch.randn(4, 6, generator=torch.Generator().manual_seed(2))
+
+    scorer = fit_novelty(train, None, train_labels=labels, method="mahalanobis", shrinkage=0.2)
+
+    x = torch.nn.functional.normalize(train.double(), dim=1)
+    means = torch.stack([x[labels == c].mean(0) for c in range(3)])
+    centred = x - means[labels]
+    covariance = centred.T @ centred / len(x)
+    shrunk = 0.8 * covariance + 0.2 * covariance.trace() / 6 * torch.eye(6, dtype=torch.float64)
+    p = torch.nn.functional.normalize(probe.double(), dim=1)
+    d = p[:, None, :] - means[None]
+    expected = torch.einsum("nkf,fg,nkg->nk", d, torch.linalg.inv(shrunk), d).min(dim=1).values
+    assert torch.allclose(scorer.score(probe).double(), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_a_combination_adds_the_parts_on_the_validation_photos_scale_and_keeps_95_percent() -> None:
+    centres = torch.randn(4, 16, generator=torch.Generator().manual_seed(0)) * 3
+    train, labels = _clusters(400, centres[:3], seed=1)
+    valid, _ = _clusters(200, centres[:3], seed=2)
+    head = torch.nn.Linear(16, 3)
+    with torch.no_grad():
+        head.weight.copy_(centres[:3])
+        head.bias.zero_()
+        valid_logits = head(valid)
+
+    scorer = fit_novelty(
+        train, valid, train_labels=labels, valid_logits=valid_logits, temperature=1.5, method="knn+energy"
+    )
+
+    parts = scorer.component_scores(valid, valid_logits)
+    assert set(parts) == set(scorer.scales) == {"knn", "energy"}
+    for name, values in parts.items():  # each part: minus its median, over its interquartile range
+        q = torch.quantile(values.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+        assert scorer.scales[name] == pytest.approx((float(q[1]), float(q[2] - q[0])), rel=1e-5)
+    combined = sum((parts[n] - scorer.scales[n][0]) / scorer.scales[n][1] for n in parts)
+    assert torch.allclose(scorer.score(valid, valid_logits), combined, atol=1e-5)
+    assert float(scorer.is_novel(scorer.score(valid, valid_logits)).float().mean()) == pytest.approx(0.05, abs=0.005)
+    assert scorer.to_config()["temperature"] == 1.5
+
+
+@pytest.mark.parametrize("method", ["knn", "mahalanobis", "energy", "knn+energy", "knn+mahalanobis"])
+def test_every_method_saves_and_loads_back_to_the_same_scores_and_threshold(method: str, tmp_path: Path) -> None:
+    features, labels = _clusters(60, torch.randn(3, 8, generator=torch.Generator().manual_seed(1)) * 3, seed=2)
+    logits = torch.randn(60, 3, generator=torch.Generator().manual_seed(3))
+    scorer = fit_novelty(
+        features[:40], features[40:], train_labels=labels[:40], valid_logits=logits[40:], temperature=1.3, method=method
+    )
+    scorer.save(tmp_path)
+
+    loaded = load_novelty(tmp_path, {"novelty": json.loads(json.dumps(scorer.to_config())), "num_features": 8})
+
+    assert loaded is not None
+    assert loaded.method == method
+    assert loaded.threshold == scorer.threshold
+    assert torch.allclose(loaded.score(features, logits), scorer.score(features, logits), atol=5e-3)
+
+
 def test_fit_novelty_refuses_bad_arguments() -> None:
     with pytest.raises(ValueError, match="k must be an int >= 1"):
         fit_novelty(torch.ones(3, 2), None, k=0)
     with pytest.raises(ValueError, match="needs training features"):
         fit_novelty(torch.ones(0, 2), None)
+    with pytest.raises(ValueError, match="Unknown novelty method 'ssd'; choose one of knn, mahalanobis"):
+        fit_novelty(torch.ones(3, 2), None, method="ssd")
+    with pytest.raises(ValueError, match="needs one class label per training feature"):
+        fit_novelty(torch.ones(3, 2), None, method="mahalanobis")
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -95,8 +169,10 @@ def test_train_stores_the_novelty_score_as_safetensors_named_in_the_config(
     model = novelty_model["model"]
     config = json.loads((model / "config.json").read_text())
 
-    assert config["novelty"]["method"] == "knn"
+    assert config["novelty"]["method"] == DEFAULT_METHOD == "knn+energy"
     assert config["novelty"]["k"] == 10
+    assert config["novelty"]["temperature"] == config["calibration"]["temperature"]
+    assert set(config["novelty"]["scales"]) == {"knn", "energy"}
     assert config["novelty"]["file"] == NOVELTY_NAME
     assert config["novelty"]["keep"] == 0.95
     assert (model / NOVELTY_NAME).read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
@@ -138,6 +214,59 @@ def test_a_model_without_the_novelty_entry_loads_and_decides_by_softmax_as_befor
     assert classifier.novelty is None
     threshold = config["calibration"]["unknown_threshold"]
     assert [a.unknown for a in answers] == [a.predictions[0].score < threshold for a in answers]
+
+
+def test_a_model_saved_with_the_old_knn_entry_loads_and_scores_by_knn_alone(
+    novelty_model: dict[str, Path], tiny_spec: dogclf.BackboneSpec, tmp_path: Path
+) -> None:
+    model = Path(shutil.copytree(novelty_model["model"], tmp_path / "model"))
+    config = json.loads((model / "config.json").read_text())
+    classifier = dogclf.load_model(model)
+    images = sorted(novelty_model["unknown"].rglob("*.jpg"))
+    features = classifier.forward(classifier.preprocess(images)).features
+    bank = classifier.novelty.bank  # type: ignore[union-attr]
+    from safetensors.torch import save_file
+
+    save_file({"bank": bank}, str(model / NOVELTY_NAME), metadata={"method": "knn", "k": "10"})  # as 0.x wrote it
+    config["novelty"] = {"method": "knn", "file": NOVELTY_NAME, "k": 3, "threshold": 0.01, "keep": 0.95}
+    config.pop("files", None)  # 0.x wrote no manifest of the files either
+    (model / "config.json").write_text(json.dumps(config))
+
+    old = dogclf.load_model(model)
+
+    assert old.novelty is not None
+    assert old.novelty.components == ("knn",)
+    similarity = torch.nn.functional.normalize(features, dim=1) @ torch.nn.functional.normalize(bank.float(), dim=1).T
+    expected = 1.0 - similarity.topk(3, dim=1).values[:, -1]
+    assert torch.allclose(old.novelty.score(features), expected, atol=2e-3)
+    assert [a.unknown for a in old.classify(images)] == (old.novelty.score(features) > 0.01).tolist()
+
+
+def test_null_temperature_and_shrinkage_load_as_their_defaults(
+    novelty_model: dict[str, Path], tiny_spec: dogclf.BackboneSpec, tmp_path: Path
+) -> None:
+    model = Path(shutil.copytree(novelty_model["model"], tmp_path / "model"))
+    config = json.loads((model / "config.json").read_text())
+    config["novelty"] |= {"temperature": None, "shrinkage": None}  # what config.json's checks let through
+    (model / "config.json").write_text(json.dumps(config))
+
+    loaded = dogclf.load_model(model)
+
+    assert loaded.novelty is not None
+    assert loaded.novelty.temperature == 1.0
+    assert loaded.novelty.shrinkage == NoveltyScorer().shrinkage
+
+
+def test_a_config_naming_a_novelty_method_this_dogclf_does_not_know_is_a_clear_error(
+    novelty_model: dict[str, Path], tiny_spec: dogclf.BackboneSpec, tmp_path: Path
+) -> None:
+    model = Path(shutil.copytree(novelty_model["model"], tmp_path / "model"))
+    config = json.loads((model / "config.json").read_text())
+    config["novelty"]["method"] = "vim"
+    (model / "config.json").write_text(json.dumps(config))
+
+    with pytest.raises(ModelDirError, match=r"has novelty method 'vim'; this dogclf knows 'knn', .*Upgrade dogclf"):
+        dogclf.load_model(model)
 
 
 def test_a_config_naming_a_missing_novelty_file_is_a_clear_error(

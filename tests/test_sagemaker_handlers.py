@@ -215,7 +215,7 @@ BAD_REQUESTS = [
     pytest.param(truncated(), "image/jpeg", None, 400, "truncated", id="truncated"),
     pytest.param(jpeg(1), "text/plain", None, 415, "image/jpeg, image/png", id="unsupported-type"),
     pytest.param(jpeg(1), None, None, 415, "no Content-Type", id="no-content-type"),
-    pytest.param(jpeg(1), "image/jpeg", "text/csv", 406, "application/json only", id="accept-csv"),
+    pytest.param(jpeg(1), "image/jpeg", "text/csv", 406, "application/json or application/x-npy", id="accept-csv"),
     pytest.param(png_claiming(8500, 8500), "image/png", None, 413, "Not decoded", id="pixel-limit"),
     pytest.param(png_claiming(30000, 30000), "image/png", None, 413, "too many pixels", id="decompression-bomb"),
     pytest.param("{not json", "application/json", None, 400, "Malformed JSON", id="malformed-json"),
@@ -282,3 +282,46 @@ def test_model_fn_refuses_a_bad_top_k_at_start_up(model_dir: Path, monkeypatch: 
     monkeypatch.setenv(handlers.TOP_K_ENV, "five")
     with pytest.raises(ValueError, match="DOGCLF_TOP_K='five' must be an integer"):
         handlers.model_fn(str(model_dir))
+
+
+def test_the_sdk_default_pytorch_predictor_numpy_round_trip(served: Any, reference: Classifier) -> None:
+    # PyTorchPredictor's defaults: NumpySerializer in, NumpyDeserializer (Accept: application/x-npy) out.
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from sagemaker.core.deserializers import NumpyDeserializer
+    from sagemaker.core.serializers import NumpySerializer
+
+    serializer, deserializer = NumpySerializer(), NumpyDeserializer()
+    photos = [jpeg(3, size=(90, 70)), jpeg(4, size=(90, 70))]
+    pixels = [np.asarray(Image.open(io.BytesIO(photo)).convert("RGB")) for photo in photos]
+    wanted = reference.scores(reference.preprocess([Image.fromarray(p) for p in pixels])).probabilities.numpy()
+
+    status, body, content_type, _ = served(
+        serializer.serialize(pixels[0]), serializer.CONTENT_TYPE, deserializer.ACCEPT[0]
+    )
+    assert (status, content_type) == (200, "application/x-npy")
+    one = deserializer.deserialize(io.BytesIO(body), content_type)
+    assert one.shape == (NUM_CLASSES,)
+    assert one == pytest.approx(wanted[0], abs=1e-5)
+
+    status, body, content_type, _ = served(
+        serializer.serialize(np.stack(pixels)), "application/x-npy", "application/x-npy"
+    )
+    assert status == 200
+    assert deserializer.deserialize(io.BytesIO(body), content_type) == pytest.approx(wanted, abs=1e-5)
+
+    # The same pixels with a JSON answer give what predict gives for the photo's pixels.
+    status, body, _, _ = served(serializer.serialize(pixels[1]), "application/x-npy", "application/json")
+    assert status == 200
+    assert_same(json.loads(body), reference.classify([Image.fromarray(pixels[1])])[0].to_dict())
+
+    for bad, says in [
+        (b"not npy", "Malformed .npy body"),
+        (serializer.serialize(np.zeros((4, 4, 7))), "is not an image"),
+        (serializer.serialize(np.full((8, 8, 3), 300.0)), "Pixel values must be finite numbers from 0 to 255"),
+    ]:
+        status, body, _, _ = served(bad, "application/x-npy", "application/x-npy")
+        assert status == 400
+        assert says in error_of(body)["message"]

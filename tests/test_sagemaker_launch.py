@@ -224,8 +224,14 @@ def test_wait_follows_status_and_log_lines_and_a_failure_shows_its_reason(
 
 
 def test_debugger_and_tensorboard_are_attached_to_the_request_and_a_closed_account_is_told_plainly(
-    aws: Aws, tiny_tree: Path, moto_environ: dict[str, str], capsys: pytest.CaptureFixture[str]
+    aws: Aws,
+    tiny_tree: Path,
+    moto_environ: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Played: an image with smdebug (no image dogclf can use has it; see tests/test_sagemaker_debugger.py).
+    monkeypatch.setattr("dogclf.sagemaker.debugger.SMDEBUG_IMAGES_UP_TO", (2, 8))
     args = ["sagemaker", "train", "--data", str(tiny_tree), "--backbone", "resnet18", "--role", ROLE]
     args += ["--bucket", "dogclf-test", "--job-name", "dbg", "--debugger", "--tensorboard", "--dry-run"]
     code, out, err = _cli(args, moto_environ, capsys)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import io
 import json
 import re
 import signal
@@ -20,15 +21,17 @@ from typing import Any
 import pytest
 import torch
 from conftest import dogclf_command, jpeg, png, png_claiming
+from PIL import Image
 
 from dogclf import cli
 from dogclf.artifact import save_model
 from dogclf.classifier import Classifier, load_model
 from dogclf.data.folder import ClassInfo
 from dogclf.model import HeadConfig, build_model
+from dogclf.serving import batcher as batcher_module
 from dogclf.serving.batcher import BatchConfig
 from dogclf.serving.codec import ACCEPTED_CONTENT_TYPES, Limits
-from dogclf.serving.server import ServeError, bind_socket, create_app, make_server
+from dogclf.serving.server import ConnectionLimits, ServeError, bind_socket, create_app, make_server
 
 NUM_CLASSES = 6
 BODY_LIMIT = 512 * 1024
@@ -101,9 +104,10 @@ class GatedNet(torch.nn.Module):
 def running(classifier: Classifier, **kwargs: Any) -> Iterator[tuple[int, Any]]:
     """Serves ``create_app(classifier, **kwargs)`` with uvicorn in a thread; yields ``(port, app)``; stops it."""
     kwargs.setdefault("limits", Limits(max_body_bytes=BODY_LIMIT))
+    connections = kwargs.pop("connections", None)
     app = create_app(classifier, **kwargs)
     sock = bind_socket("127.0.0.1", 0)
-    server = make_server(app, log_level="warning", access_log=False)
+    server = make_server(app, log_level="warning", access_log=False, connections=connections)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -246,6 +250,7 @@ def _bad_requests() -> list[tuple[str, bytes, dict[str, str], int, str]]:
         ("over the pixel limit", png_claiming(9_000, 9_000), {"Content-Type": "image/png"}, 413, "Not decoded"),
         ("body over the limit", b"\xff" * (BODY_LIMIT + 1), {"Content-Type": "image/jpeg"}, 413, f"{BODY_LIMIT:,}"),
         ("malformed JSON", b'{"images": [', json_type, 400, "Malformed JSON"),
+        ("deeply nested JSON", b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", json_type, 400, "deeply"),
         ("JSON without images", b'{"image": "x"}', json_type, 400, '{"images"'),
         ("bad base64", json.dumps({"images": ["@@@"]}).encode(), json_type, 400, "base64"),
         (
@@ -320,6 +325,161 @@ def test_body_limits_are_enforced_without_reading_the_body(classifier: Classifie
         status, _, ok = post_image(port, probe)
         assert status == 200
         assert_same_answer(ok, want)
+
+
+def _answer_to(sock: socket.socket, limit_s: float = 10.0) -> tuple[bytes, float]:
+    """Everything the server sends on ``sock`` until it closes the connection, and how many seconds that took."""
+    started = time.monotonic()
+    sock.settimeout(limit_s)
+    answer = b""
+    with contextlib.suppress(TimeoutError, ConnectionResetError):
+        while data := sock.recv(65536):
+            answer += data
+    return answer, time.monotonic() - started
+
+
+def _json_error(answer: bytes) -> dict[str, Any]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), head
+    return json.loads(body)["error"]
+
+
+def test_slow_clients_are_cut_off_at_the_header_and_body_deadlines(classifier: Classifier) -> None:
+    probe = jpeg(8)
+    limits = ConnectionLimits(header_timeout_s=0.5, body_timeout_s=0.5)
+    with running(classifier, connections=limits) as (port, _):
+        # Headers that never end.
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            slow.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\n")
+            answer, seconds = _answer_to(slow)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert "headers did not arrive within 0.5 s" in _json_error(answer)["message"]
+        assert seconds < 5
+
+        # Headers sent one byte at a time: each byte is on time, the whole is not (the deadline is absolute).
+        with socket.create_connection(("127.0.0.1", port)) as trickle:
+            answer = b""
+            for byte in b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n":
+                try:
+                    trickle.sendall(bytes([byte]))
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                time.sleep(0.05)
+            answer, _ = _answer_to(trickle)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+
+        # A Content-Length larger than the body sent.
+        with socket.create_connection(("127.0.0.1", port)) as short:
+            head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+            short.sendall(head % (len(probe) + 100) + probe)
+            answer, seconds = _answer_to(short)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert "Content-Length" in _json_error(answer)["message"]
+        assert seconds < 5
+
+        status, _, ok = post_image(port, probe)  # whole requests are still answered
+        assert status == 200, ok
+
+
+def test_connections_beyond_the_limit_get_503_at_once(classifier: Classifier) -> None:
+    probe = jpeg(10)
+    with running(classifier, connections=ConnectionLimits(max_connections=3)) as (port, _):
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        try:
+            time.sleep(0.2)  # accepted by the server
+            with socket.create_connection(("127.0.0.1", port)) as extra:
+                extra.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer, seconds = _answer_to(extra)
+            assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+            assert b"retry-after: 1" in answer.lower()
+            assert "3 connections open" in _json_error(answer)["message"]
+            assert seconds < 2  # answered at once, not after a timeout
+        finally:
+            for sock in idle:
+                sock.close()
+        time.sleep(0.2)
+        status, _, ok = post_image(port, probe)
+        assert status == 200, ok
+
+
+def _big_png(side: int = 3000) -> bytes:
+    """A PNG of ``side`` x ``side`` pixels (72 MB to decode at 3000: the large-photo lane) that compresses small."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (90, 120, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class GatedDecodes:
+    """Wraps the batcher's decoding: large images wait for the gate; records how many decode at once."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, large: bytes) -> None:
+        self.real = batcher_module.prepared_image
+        self.large = large
+        self.entered = threading.Semaphore(0)
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        self.running = self.most = 0
+        monkeypatch.setattr(batcher_module, "prepared_image", self)
+
+    def __call__(self, classifier: Any, data: bytes, **kwargs: Any) -> Any:
+        if data != self.large:
+            return self.real(classifier, data, **kwargs)
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.entered.release()
+        try:
+            self.gate.wait(timeout=20)
+            return self.real(classifier, data, **kwargs)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_small_images_are_answered_while_a_large_photo_decodes(
+    classifier: Classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big, probe = _big_png(), jpeg(12)
+    decodes = GatedDecodes(monkeypatch, big)
+    batching = BatchConfig(decode_workers=1)
+    with running(classifier, batching=batching) as (port, app), ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(post_image, port, big, "image/png")
+        assert decodes.entered.acquire(timeout=20), "the large decode never started"
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)  # it must not wait for the large photo
+        conn.request("POST", "/invocations", body=probe, headers={"Content-Type": "image/jpeg"})
+        assert conn.getresponse().status == 200
+        conn.close()
+        assert not pending.done()
+
+        decodes.gate.set()
+        status, _, answer = pending.result(timeout=30)
+        assert status == 200, answer
+        assert app.state.batcher.stats.large_decodes == 1
+
+
+def test_large_photos_decode_at_once_only_as_far_as_the_memory_budget_allows(
+    classifier: Classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big = _big_png()
+    decodes = GatedDecodes(monkeypatch, big)
+    batching = BatchConfig(decode_workers=3, decode_memory_mb=100)  # three threads, room for one 72 MB decode
+    with running(classifier, batching=batching) as (port, app), ThreadPoolExecutor(3) as pool:
+        pending = [pool.submit(post_image, port, big, "image/png") for _ in range(3)]
+        assert decodes.entered.acquire(timeout=20)
+        deadline = time.monotonic() + 20
+        while app.state.batcher.decode_memory.waited < 2:  # the other two arrived, and wait for room
+            assert time.monotonic() < deadline, "the other two large photos never arrived"
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert decodes.running == 1
+        decodes.gate.set()
+        assert [f.result(timeout=30)[0] for f in pending] == [200, 200, 200]
+        stats = app.state.batcher.stats
+    assert decodes.most == 1
+    assert stats.large_decodes == 3
+    assert stats.decode_memory_waits == 2
+    assert stats.decode_memory_peak_mb <= 100
 
 
 def test_the_server_answers_while_a_forward_pass_runs(classifier: Classifier) -> None:
@@ -435,12 +595,30 @@ def test_cli_serve_and_predict_url(
         assert len(lines) == 5
         assert lines[3] == str(junk)
         assert (
-            lines[4] == f"  error: {junk}: server answered HTTP 400: the bytes are not an image (JPEG or PNG expected)."
+            lines[4] == f"  error: {junk}: server answered HTTP 400: the bytes are not an image "
+            "(JPEG, PNG, WebP, BMP, GIF or TIFF expected)."
         )
+
+        # SIGTERM while an upload has stalled (Content-Length more than was sent): the upload gets 503 within the
+        # shutdown grace, the server drains and exits with status 0, without a traceback.
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as stalled:
+            stalled.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n")
+            stalled.sendall(b"Content-Length: 100000\r\n\r\n" + jpeg(23)[:100])
+            time.sleep(0.3)
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            out, _ = process.communicate(timeout=30)
+            seconds = time.monotonic() - started
+            answer, _ = _answer_to(stalled)
     finally:
-        process.send_signal(signal.SIGTERM)
-        out, _ = process.communicate(timeout=30)
-    assert process.returncode == -signal.SIGTERM, out
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, out
+    assert seconds < 10, out
+    assert "Traceback" not in out, out
+    assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
     assert "stopped: 3 requests, 3 images in 3 batches" in out  # the junk file failed before the queue
 
 

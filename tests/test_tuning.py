@@ -122,6 +122,7 @@ def test_space_json_round_trip_and_file(tmp_path: Path) -> None:
     [
         (None, "does not exist"),
         ("{not json", "not readable JSON"),
+        ('{"lr": ' + "[" * 100_000 + "]" * 100_000 + "}", "not readable JSON: maximum recursion depth"),
         ("[1, 2]", "expected a JSON object"),
         ('{"lr": {"type": "uniform", "low": 0.1, "high": 1}}', "'lr'"),
         ('{"lr": {"type": "float", "low": 0.1}}', "missing high"),

@@ -134,8 +134,8 @@ def read_names_file(path: str | os.PathLike[str]) -> dict[str, str]:
     if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"Names file {str(path)!r} is not valid JSON: {exc}") from exc
+        except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: '[[[[...' nested too deeply
+            raise DatasetError(f"Names file {str(path)!r} is not valid JSON: {exc}") from None
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
             raise DatasetError(f"Names file {str(path)!r} must be a JSON object of folder -> name strings.")
         return {str(k): v for k, v in data.items()}

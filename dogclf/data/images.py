@@ -12,9 +12,21 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dogclf.errors import UnreadableImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "find_unreadable", "is_image_file", "load_rgb"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "IMAGE_FORMATS",
+    "SUPPORTED_FORMATS_TEXT",
+    "find_unreadable",
+    "is_image_file",
+    "load_rgb",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# The Pillow formats an image file may be in, whatever its name: those of IMAGE_EXTENSIONS (Pillow's JPEG opener also
+# gives the MPO files of phones that store several pictures). Nothing else is even identified: EPS would run
+# Ghostscript on the bytes, and every other plugin is code that untrusted uploads need not reach.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+SUPPORTED_FORMATS_TEXT = "JPEG, PNG, WebP, BMP, GIF or TIFF"
 _BACKGROUND = (255, 255, 255)
 
 
@@ -30,7 +42,9 @@ def load_rgb(source: str | os.PathLike[str] | bytes | Image.Image, *, min_size: 
     Handles greyscale, CMYK, 16-bit, palette and alpha images (alpha is
     composited on white) and EXIF orientation. For JPEGs much larger than
     ``min_size``, Pillow's draft mode decodes at a reduced scale that keeps the
-    shorter side at least ``min_size``, which is several times faster.
+    shorter side at least ``min_size``, which is several times faster; other
+    formats are reduced by a whole factor right after decoding, before any
+    conversion, so a large photo's full-size pixels live only briefly.
 
     Args:
         source: A path, the file's bytes, or an already opened image.
@@ -49,16 +63,21 @@ def load_rgb(source: str | os.PathLike[str] | bytes | Image.Image, *, min_size: 
         if isinstance(source, Image.Image):
             image = source
         else:
-            image = opened = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            image = opened = Image.open(
+                io.BytesIO(source) if isinstance(source, bytes) else source, formats=IMAGE_FORMATS
+            )
         width, height = image.size
         limit = Image.MAX_IMAGE_PIXELS
         if limit and width * height > limit:
             raise UnreadableImageError(
                 f"{label}: {width}x{height} pixels is over the decompression-bomb limit of {limit} pixels; not decoded"
             )
-        if min_size and image.format == "JPEG" and min(width, height) >= 2 * min_size:
-            image.draft("RGB", (min_size, min_size))
+        drafted = None
+        if min_size and min(width, height) >= 2 * min_size:
+            drafted = image.draft("RGB", (min_size, min_size))  # JPEG (MPO too) decodes at 1/2, 1/4 or 1/8
         image.load()
+        if drafted is None:  # a format without draft decoding
+            image = _reduced(image, min_size)
         image = ImageOps.exif_transpose(image) or image
         result = _to_rgb(image)
         return result
@@ -66,13 +85,32 @@ def load_rgb(source: str | os.PathLike[str] | bytes | Image.Image, *, min_size: 
         raise
     except UnidentifiedImageError as exc:
         detail = "" if isinstance(source, bytes) else f" ({exc})"  # for bytes Pillow names an io.BytesIO object
-        raise UnreadableImageError(f"{label}: not an image Pillow can identify{detail}") from exc
+        raise UnreadableImageError(
+            f"{label}: not an image Pillow can identify as {SUPPORTED_FORMATS_TEXT}{detail}"
+        ) from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         reason = "truncated image" if "truncated" in str(exc).lower() else f"{type(exc).__name__}: {exc}"
         raise UnreadableImageError(f"{label}: {reason}") from exc
     finally:
         if opened is not None and opened is not result:
             opened.close()
+
+
+# Modes whose pixels can be averaged as they are (not palette indices, not 16-bit), by Image.reduce.
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F"})
+
+
+def _reduced(image: Image.Image, min_size: int | None) -> Image.Image:
+    """``image`` shrunk by a whole factor that keeps its shorter side >= ``min_size``, before any conversion.
+
+    Formats without draft decoding (PNG, WebP, TIFF, ...) are decoded at full size; reducing at once means the
+    colour conversion, the EXIF rotation and the caller's resize all work on the small copy, and the full-size
+    pixels are freed as soon as the caller drops the returned image.
+    """
+    factor = min(image.size) // min_size if min_size else 0
+    if factor < 2 or image.mode not in _REDUCIBLE_MODES:
+        return image
+    return image.reduce(factor)  # load_rgb closes the full-size image it opened
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -159,9 +159,15 @@ class _Entry(NamedTuple):
 class FeatureCache:
     """Per-image feature vectors under one backbone namespace of a cache folder.
 
-    Use :meth:`get_many` to look images up, :meth:`add` to store newly extracted features (written every
-    ``chunk_size`` images or ``flush_seconds``, whichever comes first), and :meth:`flush` (or ``with``) to write the
-    rest. Faults never raise: they are reported through ``log`` and the cache degrades to recomputing.
+    Use :meth:`get_many` to look images up, :meth:`add` to store newly extracted features, and :meth:`flush` (or
+    ``with``) to write the rest. Faults never raise: they are reported through ``log`` and the cache degrades to
+    recomputing.
+
+    Queued features are written as a shard once ``chunk_size`` images wait, or once the oldest has waited
+    ``flush_seconds``, so a run that is killed (SIGKILL, a lost spot instance) loses at most that many seconds of
+    extraction however slow it is. A shard write that is slow itself (a network disk) stretches the wait, so that
+    writing never takes more than ``max_write_share`` of the time: the wait is at least the last write's duration
+    divided by that share.
 
     Args:
         root: The cache folder (holds one subfolder per backbone namespace).
@@ -171,6 +177,7 @@ class FeatureCache:
         log: Where warnings go (default: stderr).
         chunk_size: Images per shard.
         flush_seconds: Also write a shard when the oldest unwritten feature is this old.
+        max_write_share: The most of the run's time that time-triggered writes may take (0.02: 2 %).
     """
 
     def __init__(
@@ -182,7 +189,8 @@ class FeatureCache:
         describe: Mapping[str, str] | None = None,
         log: Callable[[str], None] = _stderr,
         chunk_size: int = 512,
-        flush_seconds: float = 60.0,
+        flush_seconds: float = 5.0,
+        max_write_share: float = 0.02,
     ) -> None:
         self.root = Path(root).expanduser()
         self.backbone_key = backbone_key
@@ -193,6 +201,8 @@ class FeatureCache:
         self.log = log
         self.chunk_size = max(1, int(chunk_size))
         self.flush_seconds = float(flush_seconds)
+        self.max_write_share = float(max_write_share)
+        self.write_seconds = 0.0  # how long the last shard took to write (fsyncs included)
         self.writable = True
         self.hits = 0
         self.writes = 0
@@ -364,7 +374,7 @@ class FeatureCache:
     # --- writing -------------------------------------------------------------------------------------------------
 
     def add(self, keys: Sequence[ImageKey | None], features: torch.Tensor) -> None:
-        """Queues newly extracted features; writes a shard once ``chunk_size`` images (or ``flush_seconds``) wait.
+        """Queues newly extracted features; writes a shard once ``chunk_size`` images wait or :attr:`flush_due`.
 
         Args:
             keys: The images' keys; rows whose key is ``None`` are not stored.
@@ -384,8 +394,20 @@ class FeatureCache:
         self._pending_keys += [key for key in keys if key is not None]
         rows = features.detach().to("cpu", torch.float32)
         self._pending.append(rows if len(keep) == len(keys) else rows[keep])
-        if len(self._pending_keys) >= self.chunk_size or (time.monotonic() - self._pending_since >= self.flush_seconds):
+        if len(self._pending_keys) >= self.chunk_size or self.flush_due:
             self.flush()
+
+    @property
+    def flush_seconds_now(self) -> float:
+        """How long queued features wait before a write: ``flush_seconds``, stretched by a slow last write."""
+        return max(self.flush_seconds, self.write_seconds / self.max_write_share if self.max_write_share > 0 else 0)
+
+    @property
+    def flush_due(self) -> bool:
+        """Whether the oldest queued feature has waited :attr:`flush_seconds_now`."""
+        if self._pending_since is None:
+            return False
+        return time.monotonic() - self._pending_since >= self.flush_seconds_now
 
     def flush(self) -> None:
         """Writes every queued feature as shards of at most ``chunk_size`` rows."""
@@ -403,11 +425,14 @@ class FeatureCache:
 
     def _write_shard(self, keys: Sequence[ImageKey], matrix: torch.Tensor) -> None:
         target = self.path / f"shard-{time.time_ns():016x}-{os.getpid()}-{secrets.token_hex(4)}.safetensors"
+        started = time.monotonic()
         try:
             self._atomic_write_bytes(target, shard_bytes(keys, matrix, format_version=FORMAT_VERSION))
         except OSError as exc:
             self._disable_writes(exc)
             return
+        finally:
+            self.write_seconds = time.monotonic() - started
         self.writes += len(keys)
         if self._index is not None:
             for row, key in enumerate(keys):

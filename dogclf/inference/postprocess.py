@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dogclf.artifact_checks import TEMPERATURE_RANGE
 from dogclf.inference.results import ImageResult, Prediction
 
 if TYPE_CHECKING:
@@ -64,8 +65,11 @@ class PostProcessor:
     novelty: NoveltyScorer | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.temperature) or self.temperature <= 0:
-            raise ValueError(f"calibration temperature must be a finite number > 0, got {self.temperature!r}")
+        low, high = TEMPERATURE_RANGE
+        if not (math.isfinite(self.temperature) and low <= self.temperature <= high):
+            raise ValueError(
+                f"calibration temperature must be a finite number in [{low:g}, {high:g}], got {self.temperature!r}"
+            )
 
     @classmethod
     def from_config(
@@ -90,8 +94,13 @@ class PostProcessor:
         )
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Calibrated class probabilities ``(N, C)`` (float32) of raw logits."""
-        return torch.softmax(logits.float() / self.temperature, dim=1)
+        """Calibrated class probabilities ``(N, C)`` (float32) of raw logits.
+
+        The logits are shifted so that each row's largest is 0 before dividing by the temperature: the quotients are
+        then at most 0 and cannot overflow to infinity (``inf - inf`` is the NaN a small temperature would give).
+        """
+        z = logits.float()
+        return torch.softmax((z - z.amax(dim=1, keepdim=True)) / self.temperature, dim=1)
 
     @property
     def by_novelty(self) -> bool:
@@ -103,11 +112,14 @@ class PostProcessor:
         """Whether any image can be flagged unknown (a novelty or a top-score threshold)."""
         return self.by_novelty or self.unknown_threshold is not None
 
-    def novelty_scores(self, features: torch.Tensor | None) -> torch.Tensor | None:
-        """``(N,)`` novelty scores of backbone features (``None`` for models without a novelty score)."""
+    def novelty_scores(self, features: torch.Tensor | None, logits: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``(N,)`` novelty scores of backbone features and the head's logits of the same images.
+
+        ``None`` for models without a novelty score.
+        """
         if self.novelty is None or features is None:
             return None
-        return self.novelty.score(features)
+        return self.novelty.score(features, logits)
 
     def unknown(self, probabilities: torch.Tensor, novelty: torch.Tensor | None = None) -> torch.Tensor:
         """The unknown decision ``(N,)`` for a batch.
@@ -129,7 +141,7 @@ class PostProcessor:
     def scores(self, output: EngineOutput) -> Scores:
         """Calibrated probabilities, novelty scores and unknown flags of one forward pass's output."""
         probabilities = self.probabilities(output.logits)
-        novelty = self.novelty_scores(output.features)
+        novelty = self.novelty_scores(output.features, output.logits)
         return Scores(probabilities, self.unknown(probabilities, novelty), novelty)
 
     def results(self, scores: Scores, *, top_k: int | Sequence[int] = 5) -> list[ImageResult]:

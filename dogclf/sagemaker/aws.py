@@ -23,6 +23,7 @@ __all__ = [
     "NoCredentialsError",
     "NoRegionError",
     "NoRoleError",
+    "as_aws",
     "aws_errors",
     "is_not_found",
     "resolve_role",
@@ -89,8 +90,9 @@ def is_not_found(exc: Exception) -> bool:
     """Whether a botocore ``ClientError`` is AWS saying the resource does not exist (and nothing else).
 
     SageMaker answers a Describe* of a missing endpoint, endpoint config or model with ``ValidationException``
-    "Could not find ..."; other services use a ``*NotFound*`` code. Credentials, permissions, throttling and every
-    other error are not "not found".
+    "Could not find ...", of a missing training job with ``ValidationException`` "Requested resource not found.";
+    other services use a ``*NotFound*`` code. Credentials, permissions, throttling and every other error are not
+    "not found".
     """
     response = getattr(exc, "response", None)
     if not isinstance(response, Mapping):
@@ -99,7 +101,9 @@ def is_not_found(exc: Exception) -> bool:
     code, message = str(error.get("Code", "")), str(error.get("Message", ""))
     if code in _NOT_FOUND_CODES:
         return True
-    return code == "ValidationException" and message.lower().startswith("could not find")
+    return code == "ValidationException" and message.lower().startswith(
+        ("could not find", "requested resource not found")
+    )
 
 
 _CREDENTIALS_HELP = (
@@ -159,6 +163,20 @@ class Aws:
             raise NoCredentialsError(f"No AWS credentials were found. {_CREDENTIALS_HELP}")
         return cls(session=session, region=session.region_name, endpoint_url=environ.get("AWS_ENDPOINT_URL") or None)
 
+    @classmethod
+    def from_session(cls, session: Any, *, endpoint_url: str | None = None) -> Aws:
+        """A context around an existing ``boto3.Session`` (its credentials and region).
+
+        Raises:
+            NoRegionError: The session has no region.
+        """
+        if not session.region_name:
+            raise NoRegionError(
+                "The boto3 session has no region: create it with boto3.Session(region_name='us-east-1') (or set "
+                "AWS_REGION)."
+            )
+        return cls(session=session, region=session.region_name, endpoint_url=endpoint_url)
+
     def client(self, service: str) -> Any:
         """The (cached) boto3 client of ``service`` in this region."""
         if service not in self._clients:
@@ -212,3 +230,21 @@ def resolve_role(role: str | None, environ: Mapping[str, str]) -> str:
             f"got {value!r}"
         )
     return value
+
+
+def as_aws(context: Any = None, environ: Mapping[str, str] | None = None) -> Aws:
+    """An :class:`Aws` from what a Python caller has: an ``Aws``, a ``boto3.Session``, or nothing.
+
+    With nothing, the context comes from ``environ`` (default ``os.environ``) as the CLI builds it; a boto3 session
+    keeps its credentials and region, and ``AWS_ENDPOINT_URL`` in ``environ`` still applies.
+    """
+    import os
+
+    if isinstance(context, Aws):
+        return context
+    environ = os.environ if environ is None else environ
+    if context is None:
+        return Aws.from_environ(environ)
+    if hasattr(context, "client") and hasattr(context, "region_name"):
+        return Aws.from_session(context, endpoint_url=environ.get("AWS_ENDPOINT_URL") or None)
+    raise TypeError(f"Expected a dogclf.sagemaker.aws.Aws, a boto3.Session or None, got {type(context).__name__}")

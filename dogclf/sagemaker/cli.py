@@ -137,6 +137,7 @@ def add_sagemaker_parser(sub: Any) -> argparse.ArgumentParser:
     where = deploy.add_mutually_exclusive_group()
     where.add_argument("--instance-type", default="ml.m5.large", help="endpoint instance (default ml.m5.large)")
     where.add_argument("--serverless", type=int, default=None, metavar="MEMORY_MB", help="serverless, with this memory")
+    deploy.add_argument("--instance-count", type=int, default=1, help="instances behind the endpoint (default 1)")
     deploy.add_argument("--max-concurrency", type=int, default=5, help="serverless: concurrent requests (default 5)")
     deploy.add_argument("--endpoint-name", default=None, help="name of the endpoint, its config and model")
     deploy.add_argument("--top-k", type=int, default=5, help="breeds per answer (default 5)")
@@ -156,6 +157,11 @@ def add_sagemaker_parser(sub: Any) -> argparse.ArgumentParser:
     download.add_argument("--out", required=True, type=Path, help="model directory to write")
     download.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     download.add_argument("--region", default=None, help="AWS region (default $AWS_REGION or ~/.aws/config)")
+    from dogclf.sagemaker.followup import add_followup_parsers
+    from dogclf.sagemaker.scaleout_cli import add_scaleout_parsers
+
+    add_followup_parsers(commands)
+    add_scaleout_parsers(commands)
     return p
 
 
@@ -237,8 +243,8 @@ def _cmd_train(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(f"Fetch the model with: dogclf sagemaker download {job.name} --out models/{job.name}")
     else:
         print(
-            f"Follow it with: dogclf sagemaker train ... --wait, or fetch the model when it completes with:\n"
-            f"  dogclf sagemaker download {job.name} --out models/{job.name}"
+            f"Follow it with: dogclf sagemaker logs {job.name} --follow (or status, wait, stop {job.name}); fetch "
+            f"the model when it completes with:\n  dogclf sagemaker download {job.name} --out models/{job.name}"
         )
     return 0
 
@@ -312,7 +318,10 @@ def _cmd_tune(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(format_request(job.request))
         return 0
     if not (args.wait or args.train_best):
-        print(f"Follow it at {job.console_url}; rerun with --wait --out DIR to collect the results.")
+        print(
+            f"Follow it at {job.console_url} or with: dogclf sagemaker status {job.name}; collect the results "
+            f"when it ends with: dogclf sagemaker wait {job.name} --out DIR (stop it: dogclf sagemaker stop {job.name})"
+        )
         return 0
     job.wait(log=_log)
     if args.out is not None:
@@ -391,6 +400,7 @@ def _cmd_deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         aws=aws,
         role=role,
         instance_type=args.instance_type,
+        instance_count=args.instance_count,
         serverless_memory=args.serverless,
         max_concurrency=args.max_concurrency,
         endpoint_name=args.endpoint_name,
@@ -434,7 +444,10 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
 
 def run_sagemaker(args: argparse.Namespace) -> int:
     """Runs ``dogclf sagemaker COMMAND``; returns the exit code."""
-    return _COMMANDS[args.sagemaker_command](args, args.environ)
+    from dogclf.sagemaker.followup import FOLLOWUP_COMMANDS
+    from dogclf.sagemaker.scaleout_cli import SCALEOUT_COMMANDS
+
+    return {**_COMMANDS, **FOLLOWUP_COMMANDS, **SCALEOUT_COMMANDS}[args.sagemaker_command](args, args.environ)
 
 
 def print_json(data: Any) -> None:

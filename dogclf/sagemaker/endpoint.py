@@ -26,7 +26,16 @@ from dogclf.errors import DogclfError
 if TYPE_CHECKING:
     from dogclf.sagemaker.aws import Aws
 
-__all__ = ["DeployedEndpoint", "EndpointError", "delete_endpoint", "deploy", "invoke", "resource_name"]
+__all__ = [
+    "DeployedEndpoint",
+    "EndpointError",
+    "delete_endpoint",
+    "deploy",
+    "invoke",
+    "model_data_uri",
+    "model_request",
+    "resource_name",
+]
 
 _CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 _SERVERLESS_MEMORY = (1024, 2048, 3072, 4096, 5120, 6144)
@@ -74,21 +83,64 @@ def _upload_model_dir(
     return str(target)
 
 
-def _variant(name: str, instance_type: str, serverless_memory: int | None, max_concurrency: int) -> dict[str, Any]:
+def _variant(
+    name: str, instance_type: str, serverless_memory: int | None, max_concurrency: int, instance_count: int = 1
+) -> dict[str, Any]:
     variant: dict[str, Any] = {"VariantName": "AllTraffic", "ModelName": name}
     if serverless_memory is None:
-        variant |= {"InitialInstanceCount": 1, "InstanceType": instance_type}
+        variant |= {"InitialInstanceCount": instance_count, "InstanceType": instance_type}
     else:
         variant["ServerlessConfig"] = {"MemorySizeInMB": serverless_memory, "MaxConcurrency": max_concurrency}
     return variant
 
 
+def model_request(name: str, *, role: str, image: str, model_data: str, region: str, top_k: int) -> dict[str, Any]:
+    """The CreateModel request of a dogclf model archive on the PyTorch inference image (its handlers, its top-k)."""
+    return {
+        "ModelName": name,
+        "ExecutionRoleArn": role,
+        "PrimaryContainer": {
+            "Image": image,
+            "ModelDataUrl": model_data,
+            "Environment": {
+                "SAGEMAKER_PROGRAM": "inference.py",
+                "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+                "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+                "SAGEMAKER_REGION": region,
+                "DOGCLF_TOP_K": str(top_k),
+            },
+        },
+        "Tags": [{"Key": "dogclf:model", "Value": model_data[-256:]}],
+    }
+
+
+def model_data_uri(
+    model: str | os.PathLike[str], aws: Aws, *, name: str, bucket: str | None, prefix: str, log: Callable[[str], None]
+) -> str:
+    """An ``s3://`` ``model.tar.gz`` as it is; a model directory packaged and uploaded under ``models/<name>/``."""
+    source = str(model)
+    if source.startswith("s3://"):
+        return source
+    return _upload_model_dir(Path(source), aws, bucket or aws.default_bucket(), prefix, name, log)
+
+
+def _stem(model: str | os.PathLike[str]) -> str:
+    """``dogclf-<backbone>`` of a model directory, ``dogclf-model`` for an archive in S3."""
+    source = str(model)
+    if source.startswith("s3://"):
+        return "dogclf-model"
+    from dogclf.artifact import read_config
+
+    return f"dogclf-{read_config(source)['backbone'].replace('/', '-')}"
+
+
 def deploy(
     model: str | os.PathLike[str],
     *,
-    aws: Aws,
+    aws: Aws | Any = None,
     role: str,
     instance_type: str = "ml.m5.large",
+    instance_count: int = 1,
     serverless_memory: int | None = None,
     max_concurrency: int = 5,
     endpoint_name: str | None = None,
@@ -102,9 +154,11 @@ def deploy(
 
     Args:
         model: A model directory (packaged and uploaded) or an ``s3://`` ``model.tar.gz``.
-        aws: The AWS context.
+        aws: The AWS context: an :class:`~dogclf.sagemaker.aws.Aws`, a ``boto3.Session`` or ``None`` (the
+            environment).
         role: The execution role ARN.
         instance_type: The endpoint's instance type (ignored when serverless).
+        instance_count: Instances behind the endpoint (SageMaker spreads requests over them).
         serverless_memory: Serverless endpoint memory in MB (1024-6144 in steps of 1024) instead of an instance.
         max_concurrency: Serverless: concurrent invocations.
         endpoint_name: The name of all three resources (default: unique, ``dogclf-<backbone>-...``).
@@ -119,46 +173,28 @@ def deploy(
         ModelDirError: A model directory that cannot be loaded.
         AwsError: An API call failed.
     """
-    from dogclf.sagemaker.aws import aws_errors
+    from dogclf.sagemaker.aws import as_aws, aws_errors
     from dogclf.sagemaker.images import inference_image
 
+    aws = as_aws(aws)
     if serverless_memory is not None and serverless_memory not in _SERVERLESS_MEMORY:
         raise EndpointError(
             f"--serverless takes the memory in MB, one of {', '.join(map(str, _SERVERLESS_MEMORY))}; got "
             f"{serverless_memory}"
         )
-    source = str(model)
-    local = not source.startswith("s3://")
-    stem = "dogclf-model"
-    if local:
-        from dogclf.artifact import read_config
-
-        stem = f"dogclf-{read_config(source)['backbone'].replace('/', '-')}"
-    name = endpoint_name or resource_name(stem)
+    if instance_count < 1 or (serverless_memory is not None and instance_count != 1):
+        raise EndpointError(
+            f"--instance-count must be >= 1 and applies to instance endpoints only (serverless scales by itself); "
+            f"got {instance_count}"
+        )
+    name = endpoint_name or resource_name(_stem(model))
     image = inference_image(aws.region, "ml.m5.large" if serverless_memory else instance_type)
-    model_data = (
-        _upload_model_dir(Path(source), aws, bucket or aws.default_bucket(), prefix, name, log) if local else source
-    )
+    model_data = model_data_uri(model, aws, name=name, bucket=bucket, prefix=prefix, log=log)
     requests = (
-        {
-            "ModelName": name,
-            "ExecutionRoleArn": role,
-            "PrimaryContainer": {
-                "Image": image,
-                "ModelDataUrl": model_data,
-                "Environment": {
-                    "SAGEMAKER_PROGRAM": "inference.py",
-                    "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
-                    "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
-                    "SAGEMAKER_REGION": aws.region,
-                    "DOGCLF_TOP_K": str(top_k),
-                },
-            },
-            "Tags": [{"Key": "dogclf:model", "Value": model_data[-256:]}],
-        },
+        model_request(name, role=role, image=image, model_data=model_data, region=aws.region, top_k=top_k),
         {
             "EndpointConfigName": name,
-            "ProductionVariants": [_variant(name, instance_type, serverless_memory, max_concurrency)],
+            "ProductionVariants": [_variant(name, instance_type, serverless_memory, max_concurrency, instance_count)],
         },
         {"EndpointName": name, "EndpointConfigName": name},
     )
@@ -167,7 +203,7 @@ def deploy(
         client.create_model(**requests[0])
         client.create_endpoint_config(**requests[1])
         client.create_endpoint(**requests[2])
-    where = f"serverless, {serverless_memory} MB" if serverless_memory else instance_type
+    where = f"serverless, {serverless_memory} MB" if serverless_memory else f"{instance_count} x {instance_type}"
     log(f"Creating endpoint {name} ({where}) serving {model_data}")
     log(f"  {aws.console_url(f'/endpoints/{name}')}")
     if wait:

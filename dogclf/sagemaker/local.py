@@ -32,7 +32,15 @@ from dogclf.errors import DogclfError
 if TYPE_CHECKING:
     from dogclf.sagemaker.training_job import TrainingJobSpec
 
-__all__ = ["LocalJobError", "LocalResult", "parse_metrics", "run_local", "run_request", "run_spec_locally"]
+__all__ = [
+    "LocalJobError",
+    "LocalResult",
+    "emulated_hyperparameters",
+    "parse_metrics",
+    "run_local",
+    "run_request",
+    "run_spec_locally",
+]
 
 # The PyTorch training container sets this, so the toolkit hands control to the PyTorch toolkit (which launches
 # torchrun for distributed jobs); used when sagemaker-pytorch-training is installed.
@@ -131,12 +139,48 @@ def _tar(folder: Path, target: Path) -> Path:
 
 
 def _toolkit_environ(base: Path, job_name: str, environ: Mapping[str, str]) -> dict[str, str]:
-    env = {key: value for key, value in environ.items() if not key.startswith(("SM_", "SAGEMAKER_"))}
+    env = {key: value for key, value in environ.items() if not key.startswith(("SM_", "SAGEMAKER_", "PET_"))}
     env.update(SAGEMAKER_BASE_DIR=str(base), TRAINING_JOB_NAME=job_name, PYTHONUNBUFFERED="1")
+    # the container's PATH has its Python's scripts (pip, torchrun) first; so does this interpreter's here
+    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
+    env["PET_MASTER_PORT"] = str(_free_port())  # torchrun's rendezvous port: a free one, not 29500
     if importlib.util.find_spec("sagemaker_pytorch_container") is not None:
         env["SAGEMAKER_TRAINING_MODULE"] = PYTORCH_TRAINING_MODULE
         env["SM_STUDIO_LOCAL_MODE"] = "true"  # skips its DNS wait for the hosts, as SageMaker Studio's local mode does
     return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def emulated_hyperparameters(hyperparameters: Mapping[str, str], instance_count: int) -> dict[str, str]:
+    """A distributed job's hyperparameters for one machine: ``instance_count`` instances as as many processes.
+
+    On SageMaker, a job with ``sagemaker_torch_distributed_enabled`` on N CPU instances runs ``torchrun --nnodes N
+    --nproc_per_node 1``; here the PyTorch toolkit is asked for N processes on this one host
+    (``sagemaker_mpi_num_of_processes_per_host``, which its torchrun runner reads), the same world size.
+
+    Raises:
+        MissingExtraError: The PyTorch training toolkit (``dogclf[sagemaker-local]``) is not installed; without it the
+            generic toolkit would run one process and ignore the distribution.
+    """
+    values = dict(hyperparameters)
+    if instance_count <= 1 or values.get("sagemaker_torch_distributed_enabled") != "true":
+        return values
+    if importlib.util.find_spec("sagemaker_pytorch_container") is None:
+        from dogclf.errors import MissingExtraError
+
+        raise MissingExtraError(
+            f"Emulating {instance_count} instances needs the PyTorch training toolkit, which launches torchrun as the "
+            "AWS PyTorch container does: pip install 'dogclf[sagemaker-local]' (sagemaker-pytorch-training)"
+        )
+    values["sagemaker_mpi_num_of_processes_per_host"] = str(instance_count)
+    return values
 
 
 def _run_toolkit(env: Mapping[str, str], log: Callable[[str], None]) -> tuple[int, list[str]]:
@@ -251,7 +295,10 @@ def run_request(
     missing = [name for name in wanted if name not in channels]
     if missing:
         raise LocalJobError(f"No local folder for channel(s) {', '.join(missing)} of job {request['TrainingJobName']}")
-    hyperparameters = dict(request.get("HyperParameters", {}))
+    count = int(request.get("ResourceConfig", {}).get("InstanceCount", 1))
+    hyperparameters = emulated_hyperparameters(request.get("HyperParameters", {}), count)
+    if count > 1 and "sagemaker_mpi_num_of_processes_per_host" in hyperparameters:
+        log(f"Emulating {count} instances as {count} processes on this machine (torchrun, gloo)")
     if submit_directory is not None:
         hyperparameters["sagemaker_submit_directory"] = json.dumps(str(submit_directory))
     return run_local(

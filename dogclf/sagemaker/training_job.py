@@ -260,11 +260,42 @@ class TrainingJob:
     request: dict[str, Any] | None = None
 
     @classmethod
-    def attach(cls, name: str, aws: Aws) -> TrainingJob:
-        """The job called ``name`` (checked to exist)."""
-        job = cls(name, aws)
+    def attach(cls, name: str, aws: Any = None) -> TrainingJob:
+        """The job called ``name``, launched earlier (by this or any other program), checked to exist.
+
+        Args:
+            name: The training job's name.
+            aws: An :class:`~dogclf.sagemaker.aws.Aws`, a ``boto3.Session``, or ``None`` (from the environment).
+
+        Raises:
+            AwsError: No such job in the region (or it could not be read).
+        """
+        from dogclf.sagemaker.aws import as_aws
+
+        job = cls(name, as_aws(aws))
         job.describe()
         return job
+
+    @property
+    def status(self) -> str:
+        """``TrainingJobStatus`` now: InProgress, Completed, Failed, Stopping or Stopped."""
+        return str(self.describe()["TrainingJobStatus"])
+
+    def logs(self) -> list[str]:
+        """The job's CloudWatch log lines so far (every instance's stream; empty before the job starts writing)."""
+        from dogclf.sagemaker.logs import LogFollower
+
+        return LogFollower(self.aws, LOG_GROUP, f"{self.name}/").poll()
+
+    def stop(self) -> bool:
+        """Asks SageMaker to stop the job; ``False`` when it had already ended (nothing to stop)."""
+        from dogclf.sagemaker.aws import aws_errors
+
+        if self.status in (*TERMINAL_STATUSES, "Stopping"):
+            return False
+        with aws_errors(f"Stopping training job {self.name}"):
+            self.aws.client("sagemaker").stop_training_job(TrainingJobName=self.name)
+        return True
 
     def describe(self) -> dict[str, Any]:
         """DescribeTrainingJob's answer."""
@@ -461,13 +492,31 @@ def _create_training_job(aws: Aws, request: Mapping[str, Any], *, debugger: bool
             raise
 
 
-def _diagnostics(region: str, home: str, debugger: bool, tensorboard: str | None) -> dict[str, Any]:
-    """The Debugger/Profiler and TensorBoard fields of a request (empty when neither is asked for)."""
+def _diagnostics(
+    request: Mapping[str, Any],
+    home: str,
+    debugger: bool,
+    tensorboard: str | None,
+    *,
+    region: str,
+    framework_version: str,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The Debugger/Profiler and TensorBoard fields of a request (empty when neither is asked for).
+
+    Raises:
+        DebuggerUnsupportedError: ``debugger`` for an image without smdebug (:mod:`dogclf.sagemaker.debugger`).
+    """
     fields: dict[str, Any] = {}
     if debugger:
-        from dogclf.diagnostics.sagemaker_requests import debugger_request
+        from dogclf.sagemaker.debugger import debugger_fields
 
-        fields.update(debugger_request(region, f"{home}/debugger"))
+        distributed = "sagemaker_torch_distributed_enabled" in request["HyperParameters"]
+        fields.update(
+            debugger_fields(
+                region, f"{home}/debugger", framework_version=framework_version, distributed=distributed, log=log
+            )
+        )
     if tensorboard is not None:
         from dogclf.diagnostics.sagemaker_requests import tensorboard_output_config
 
@@ -487,7 +536,7 @@ def launch_training_job(
     spec: TrainingJobSpec,
     data: str | os.PathLike[str],
     *,
-    aws: Aws,
+    aws: Aws | Any = None,
     role: str,
     bucket: str | None = None,
     prefix: str = DEFAULT_PREFIX,
@@ -504,14 +553,16 @@ def launch_training_job(
         spec: What to run.
         data: A local data folder (mirrored to ``s3://BUCKET/PREFIX/data/<name>-<content digest>/``) or an
             ``s3://`` prefix.
-        aws: The AWS context.
+        aws: The AWS context: an :class:`~dogclf.sagemaker.aws.Aws`, a ``boto3.Session`` or ``None`` (the
+            environment).
         role: The execution role ARN.
         bucket: The bucket (default: the SDK's ``sagemaker-<region>-<account>``, created when missing).
         prefix: Key prefix of everything this job writes.
         name: The job name (default: unique, see :func:`job_name`).
         features: Backbone features (a feature cache) to mount as the ``features`` channel: an ``s3://`` prefix, or
             a local folder uploaded (after the request is checked) to ``s3://BUCKET/PREFIX/features/<name>/``.
-        debugger: Attach SageMaker Debugger's hook, built-in rules and Profiler (:mod:`dogclf.diagnostics`).
+        debugger: Attach SageMaker Debugger's hook, built-in rules and Profiler (:mod:`dogclf.diagnostics`); refused
+            for images without smdebug, and without hook for distributed jobs (:mod:`dogclf.sagemaker.debugger`).
         tensorboard: ``"auto"`` or an ``s3://`` prefix: the job logs TensorBoard scalars and SageMaker uploads them
             there (``auto``: ``s3://BUCKET/PREFIX/jobs/<job>/tensorboard``).
         dry_run: Build and return the request without uploading or creating anything.
@@ -523,15 +574,21 @@ def launch_training_job(
     Raises:
         DatasetError: A local data folder that does not exist or has no validation split (and no valid-fraction).
         UnknownInstanceTypeError: An instance type SageMaker does not offer.
+        DebuggerUnsupportedError: ``debugger`` for a training image without smdebug.
         AwsError: An upload or the CreateTrainingJob call failed.
     """
+    from dogclf.sagemaker.aws import as_aws
+
+    aws = as_aws(aws)
     data = str(data)
     job = name or job_name(spec.base_name, spec.backbone)
     request, manifest, chosen_bucket = plan_launch(
         spec, data, aws=aws, role=role, bucket=bucket, prefix=prefix, name=job, features=features, dry_run=dry_run
     )
+    home = f"s3://{chosen_bucket}/{prefix.strip('/')}/jobs/{job}"
+    version = spec.framework_version or _default_version()
     request.update(
-        _diagnostics(aws.region, f"s3://{chosen_bucket}/{prefix.strip('/')}/jobs/{job}", debugger, tensorboard)
+        _diagnostics(request, home, debugger, tensorboard, region=aws.region, framework_version=version, log=log)
     )
     validate_request("CreateTrainingJob", request)
     if dry_run:

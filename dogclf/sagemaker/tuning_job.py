@@ -17,7 +17,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,7 @@ from dogclf.errors import DogclfError
 
 if TYPE_CHECKING:
     from dogclf.sagemaker.aws import Aws
-    from dogclf.sagemaker.training_job import TrainingJobSpec
+    from dogclf.sagemaker.training_job import TrainingJob, TrainingJobSpec
     from dogclf.tuning.report import TrialRecord
     from dogclf.tuning.space import SearchSpace
 
@@ -41,6 +41,7 @@ __all__ = [
     "launch_tuning_job",
     "build_tuning_request",
     "parameter_ranges",
+    "space_from_ranges",
     "strategy_fields",
     "trial_diagnostics",
     "tuned_values",
@@ -465,21 +466,48 @@ def hyperparameter_value(value: Any, *, categorical: bool) -> str:
 
 @dataclass
 class TuningJob:
-    """A launched tuning job.
+    """A tuning job: launched here (:func:`launch_tuning_job`) or attached by name (:meth:`attach`).
 
     Attributes:
         name: Its name.
         aws: The AWS context.
-        space: The search space it explores.
-        request: The CreateHyperParameterTuningJob request.
-        training_request: The template of its trials (a CreateTrainingJob request).
+        space: The search space it explores (``None`` for an attached job until read from its ranges).
+        request: The CreateHyperParameterTuningJob request (an attached job's is read back from SageMaker).
+        training_request: The template of its trials (a CreateTrainingJob request; its ``HyperParameters`` are the
+            static ones).
     """
 
     name: str
     aws: Aws
-    space: SearchSpace
-    request: dict[str, Any]
-    training_request: dict[str, Any]
+    space: SearchSpace | None = None
+    request: dict[str, Any] = field(default_factory=dict)
+    training_request: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def attach(cls, name: str, aws: Any = None) -> TuningJob:
+        """The tuning job called ``name``, launched earlier, checked to exist; its space read from its ranges.
+
+        Args:
+            name: The tuning job's name.
+            aws: An :class:`~dogclf.sagemaker.aws.Aws`, a ``boto3.Session``, or ``None`` (from the environment).
+
+        Raises:
+            AwsError: No such tuning job in the region (or it could not be read).
+        """
+        from dogclf.sagemaker.aws import as_aws
+
+        job = cls(name, as_aws(aws))
+        description = job.describe()
+        definition = description.get("TrainingJobDefinition") or {}
+        config = description.get("HyperParameterTuningJobConfig") or {}
+        job.request = {
+            "HyperParameterTuningJobName": name,
+            "HyperParameterTuningJobConfig": config,
+            "TrainingJobDefinition": definition,
+        }
+        job.training_request = {"HyperParameters": dict(definition.get("StaticHyperParameters") or {})}
+        job.space = space_from_ranges(config.get("ParameterRanges") or {})
+        return job
 
     @property
     def console_url(self) -> str:
@@ -491,6 +519,11 @@ class TuningJob:
         """``{"Type": "Maximize"|"Minimize", "MetricName": ...}`` of the request."""
         return dict(self.request["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"])
 
+    @property
+    def status(self) -> str:
+        """``HyperParameterTuningJobStatus`` now: InProgress, Completed, Failed, Stopping or Stopped."""
+        return str(self.describe()["HyperParameterTuningJobStatus"])
+
     def describe(self) -> dict[str, Any]:
         """DescribeHyperParameterTuningJob's answer."""
         from dogclf.sagemaker.aws import aws_errors
@@ -499,19 +532,42 @@ class TuningJob:
             client = self.aws.client("sagemaker")
             return dict(client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=self.name))
 
-    def wait(self, *, poll: float = 60.0, log: Callable[[str], None] = print) -> dict[str, Any]:
-        """Polls until the tuning job ends, printing its trial counts when they change; returns the description."""
+    def wait(
+        self, *, poll: float = 60.0, timeout: float | None = None, log: Callable[[str], None] = print
+    ) -> dict[str, Any]:
+        """Polls until the tuning job ends, printing its trial counts when they change; returns the description.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first (the job keeps running).
+        """
         shown = None
+        started = time.monotonic()
         while True:
             description = self.describe()
             counts = description.get("TrainingJobStatusCounters", {})
             line = ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v)
+            status = description["HyperParameterTuningJobStatus"]
             if line != shown:
-                log(f"[{self.name}] {description['HyperParameterTuningJobStatus']}: {line or 'no trials yet'}")
+                log(f"[{self.name}] {status}: {line or 'no trials yet'}")
                 shown = line
-            if description["HyperParameterTuningJobStatus"] in TERMINAL:
+            if status in TERMINAL:
                 return description
+            if timeout is not None and time.monotonic() - started > timeout:
+                raise TimeoutError(f"Tuning job {self.name} is still {status} after {timeout:.0f} s")
             time.sleep(poll)
+
+    def best_training_job(self) -> TrainingJob:
+        """The best trial so far, as a :class:`~dogclf.sagemaker.training_job.TrainingJob` (its logs, its model).
+
+        Raises:
+            TuningError: No trial has completed yet.
+        """
+        from dogclf.sagemaker.training_job import TrainingJob
+
+        best = self.describe().get("BestTrainingJob") or {}
+        if not best.get("TrainingJobName"):
+            raise TuningError(f"Tuning job {self.name} has no best training job yet (no trial has completed)")
+        return TrainingJob.attach(best["TrainingJobName"], self.aws)
 
     def best_hyperparameters(self) -> dict[str, str]:
         """The best trial's ``dogclf train`` hyperparameters: the static ones with its tuned values."""
@@ -520,13 +576,56 @@ class TuningJob:
             raise TuningError(f"Tuning job {self.name} has no best training job (no trial completed)")
         return job_hyperparameters({**self.training_request["HyperParameters"], **best.get("TunedHyperParameters", {})})
 
+    def stop(self) -> bool:
+        """Asks SageMaker to stop the tuning job and its running trials; ``False`` when it had already ended."""
+        from dogclf.sagemaker.aws import aws_errors
+
+        if self.status in (*TERMINAL, "Stopping"):
+            return False
+        with aws_errors(f"Stopping tuning job {self.name}"):
+            self.aws.client("sagemaker").stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=self.name)
+        return True
+
+
+def space_from_ranges(ranges: Mapping[str, Sequence[Mapping[str, Any]]]) -> SearchSpace | None:
+    """The :class:`~dogclf.tuning.space.SearchSpace` a tuning job's ``ParameterRanges`` were made from.
+
+    The inverse of :func:`parameter_ranges`: hyperparameter names back to the space's (``batch-size`` ->
+    ``batch_size``), numbers and booleans of categorical ranges back to numbers and booleans. ``None`` for no ranges.
+    """
+    from dogclf.tuning.space import Categorical, FloatRange, IntRange, SearchSpace, SearchSpaceError
+
+    def value(text: str) -> Any:
+        lowered = text.lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    params: dict[str, Any] = {}
+    for entry in ranges.get("ContinuousParameterRanges", []):
+        log_scale = entry.get("ScalingType") in ("Logarithmic", "ReverseLogarithmic")
+        params[entry["Name"]] = FloatRange(float(entry["MinValue"]), float(entry["MaxValue"]), log=log_scale)
+    for entry in ranges.get("IntegerParameterRanges", []):
+        params[entry["Name"]] = IntRange(int(entry["MinValue"]), int(entry["MaxValue"]))
+    for entry in ranges.get("CategoricalParameterRanges", []):
+        params[entry["Name"]] = Categorical(tuple(value(v) for v in entry["Values"]))
+    try:
+        return SearchSpace({name.replace("-", "_"): param for name, param in params.items()}) if params else None
+    except SearchSpaceError:
+        return None  # ranges over names dogclf does not tune (a tuning job launched by other means)
+
 
 def launch_tuning_job(
     spec: TrainingJobSpec,
     space: SearchSpace,
     data: str,
     *,
-    aws: Aws,
+    aws: Aws | Any = None,
     role: str,
     bucket: str | None = None,
     prefix: str = "dogclf",
@@ -561,8 +660,9 @@ def launch_tuning_job(
     import dataclasses
 
     from dogclf.sagemaker import training_job as jobs
-    from dogclf.sagemaker.aws import aws_errors
+    from dogclf.sagemaker.aws import as_aws, aws_errors
 
+    aws = as_aws(aws)  # an Aws, a boto3.Session, or None (the environment)
     added = trial_diagnostics(spec.hyperparameters, tensorboard=tensorboard, debugger=debugger)
     spec = dataclasses.replace(spec, hyperparameters={**spec.hyperparameters, **added})
     tuning = name or tuning_job_name(spec.base_name)

@@ -4,6 +4,9 @@ Each request's images are decoded, resized and cropped in a small thread pool (P
 runs there), then wait in a bounded queue. The batching worker takes up to ``max_batch_size`` images at a time,
 waiting at most ``max_wait_ms`` after the oldest one arrived for more to join, and hands the batch to a forward
 thread (torch releases the GIL), so the event loop keeps accepting and answering requests while the model works.
+Each image's header is read first on the event loop (no pixels); photos that would hold over 32 MiB while decoding
+go to a pool of their own, as many at once as ``decode_memory_mb`` allows (:mod:`dogclf.serving.decode_memory`), so
+small images never wait behind them.
 With ``forward_workers`` above 1, that many batches run at once, each on its own share of the cores.
 
 The thread budget is set on purpose (:class:`~dogclf.inference.threads.ThreadBudget`): decoding threads, forward
@@ -31,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dogclf.inference.threads import ThreadBudget, available_cores
-from dogclf.serving.codec import Limits, RequestError, prepared_image
+from dogclf.serving.codec import Limits, RequestError, image_header, prepared_image
+from dogclf.serving.decode_memory import LARGE_DECODE_BYTES, DecodeMemory, decode_bytes
 
 __all__ = ["BatchConfig", "BatchStats", "Batcher", "default_decode_workers"]
 
@@ -58,6 +62,9 @@ class BatchConfig:
             among the forward workers).
         retry_after_s: The ``Retry-After`` seconds sent with a 503.
         request_timeout_s: A request not answered by then gets 504 (0: no limit).
+        decode_memory_mb: MiB that large photos (over 32 MiB to decode) may hold while decoding at once; they are
+            decoded in a lane of their own, so small images never wait behind them (see
+            :mod:`dogclf.serving.decode_memory`).
     """
 
     max_batch_size: int = 32
@@ -68,6 +75,7 @@ class BatchConfig:
     forward_threads: int | None = None
     retry_after_s: int = 1
     request_timeout_s: float = 30.0
+    decode_memory_mb: float = 1024.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -76,6 +84,7 @@ class BatchConfig:
             ("queue_size", self.queue_size, self.queue_size >= 1, "an integer >= 1"),
             ("retry_after_s", self.retry_after_s, self.retry_after_s >= 0, "an integer >= 0"),
             ("request_timeout_s", self.request_timeout_s, self.request_timeout_s >= 0, "a number >= 0"),
+            ("decode_memory_mb", self.decode_memory_mb, self.decode_memory_mb > 0, "a number > 0"),
         ]
         if self.decode_workers is not None:
             checks.append(("decode_workers", self.decode_workers, self.decode_workers >= 1, "an integer >= 1"))
@@ -124,6 +133,9 @@ class BatchStats:
         decode_seconds: Thread time spent decoding and resizing images.
         forward_seconds: Thread time spent in forward passes (post-processing included).
         forward_threads: torch threads the last forward pass ran with (0 before the first).
+        large_decodes: Images decoded in the large-photo lane.
+        decode_memory_waits: Large decodes that waited for the decoding memory budget.
+        decode_memory_peak_mb: The most decoding memory (estimated) large photos held at once.
     """
 
     requests: int = 0
@@ -136,6 +148,9 @@ class BatchStats:
     decode_seconds: float = 0.0
     forward_seconds: float = 0.0
     forward_threads: int = 0
+    large_decodes: int = 0
+    decode_memory_waits: int = 0
+    decode_memory_peak_mb: float = 0.0
 
     def to_dict(self) -> dict[str, int | float]:
         """The counters as a plain dict."""
@@ -160,6 +175,10 @@ class Batcher:
         classifier: A loaded :class:`~dogclf.classifier.Classifier` (its ``engine`` and ``answer``).
         config: Batching knobs (default :class:`BatchConfig`).
         limits: Request limits; the pixel limit is checked before decoding (default ``Limits()``).
+
+    Attributes:
+        stats: The :class:`BatchStats` counters.
+        decode_memory: The :class:`~dogclf.serving.decode_memory.DecodeMemory` budget of large photos.
     """
 
     def __init__(self, classifier: Any, *, config: BatchConfig | None = None, limits: Limits | None = None) -> None:
@@ -175,6 +194,8 @@ class Batcher:
         self._closing = False
         self._died: BaseException | None = None
         self._decode_pool: ThreadPoolExecutor | None = None
+        self._large_pool: ThreadPoolExecutor | None = None
+        self.decode_memory = DecodeMemory(int(self.config.decode_memory_mb * 1024 * 1024))
         self._forward_pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()  # the time counters are added to from several threads
 
@@ -197,6 +218,9 @@ class Batcher:
         self._decode_pool = ThreadPoolExecutor(
             max_workers=max(1, budget.decode_workers), thread_name_prefix="dogclf-decode"
         )
+        self._large_pool = ThreadPoolExecutor(
+            max_workers=max(1, budget.decode_workers), thread_name_prefix="dogclf-decode-large"
+        )
         self._forward_pool = ThreadPoolExecutor(
             max_workers=budget.forward_workers,
             thread_name_prefix="dogclf-forward",
@@ -212,7 +236,7 @@ class Batcher:
         self._wake()
         if self._worker is not None:
             await asyncio.wait([self._worker])
-        for pool in (self._decode_pool, self._forward_pool):
+        for pool in (self._decode_pool, self._large_pool, self._forward_pool):
             if pool is not None:
                 pool.shutdown(wait=True)
 
@@ -254,10 +278,7 @@ class Batcher:
         n = len(images)
         try:
             prepared = await asyncio.gather(
-                *(
-                    loop.run_in_executor(self._decode_pool, self._prepare, data, label)
-                    for data, label in zip(images, labels, strict=True)
-                )
+                *(self._decode(data, label) for data, label in zip(images, labels, strict=True))
             )
         except BaseException:
             self._waiting -= n
@@ -305,6 +326,24 @@ class Batcher:
         return RequestError(
             503, f"The server's batching worker has stopped ({reason}); restart the server.", {"Retry-After": "5"}
         )
+
+    async def _decode(self, data: bytes, label: str) -> Any:
+        """Decodes one image in a thread: small ones at once, large ones in their lane once the memory budget fits."""
+        width, height, image_format = image_header(data, max_pixels=self.limits.max_pixels, label=label)
+        cost = decode_bytes(width, height, image_format, self.classifier.preprocessing.resize_size)
+        loop = asyncio.get_running_loop()
+        if cost <= LARGE_DECODE_BYTES:
+            return await loop.run_in_executor(self._decode_pool, self._prepare, data, label)
+        if self._large_pool is None:
+            raise RuntimeError("Batcher.start() was not called.")
+        held = await self.decode_memory.acquire(cost)
+        self.stats.large_decodes += 1
+        self.stats.decode_memory_waits = self.decode_memory.waited
+        self.stats.decode_memory_peak_mb = round(self.decode_memory.peak / 2**20, 1)
+        running = self._large_pool.submit(self._prepare, data, label)
+        # Released when the thread is done, not when the request is: a timed-out request's decode still holds memory.
+        running.add_done_callback(lambda _: loop.call_soon_threadsafe(self.decode_memory.release, held))
+        return await asyncio.wrap_future(running)
 
     def _prepare(self, data: bytes, label: str) -> Any:
         """Decodes (header checked first), resizes and crops one image; runs in the decoding pool."""

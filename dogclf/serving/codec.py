@@ -6,6 +6,8 @@ Accepted request content types:
 * ``application/json``: ``{"images": ["<base64>", ...], "top_k": 5}`` (a batch; ``data:`` URLs are accepted too),
   or the convention of TF Serving, KServe v1 and Vertex AI, ``{"instances": [{"b64": "<base64>"}, ...]}`` (``top_k``
   at the top level or in ``"parameters"``).
+* ``application/x-npy``: pixels, one ``(H, W, 3)`` image or an ``(N, H, W, 3)`` batch (:mod:`dogclf.serving.npy`,
+  what the SageMaker SDK's default ``PyTorchPredictor`` sends).
 
 The answer is ``application/json``. For one image::
 
@@ -31,7 +33,9 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from dogclf._json import dumps
 from dogclf.errors import DogclfError, UnreadableImageError
+from dogclf.serving.npy import NPY_CONTENT_TYPE, decode_npy
 
 __all__ = [
     "ACCEPTED_CONTENT_TYPES",
@@ -45,6 +49,7 @@ __all__ = [
     "decode_request",
     "encode_error",
     "encode_results",
+    "image_header",
     "prepared_image",
     "media_type",
     "open_image",
@@ -52,7 +57,7 @@ __all__ = [
 
 JSON_CONTENT_TYPE = "application/json"
 IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "application/octet-stream")
-ACCEPTED_CONTENT_TYPES = (*IMAGE_CONTENT_TYPES, JSON_CONTENT_TYPE)
+ACCEPTED_CONTENT_TYPES = (*IMAGE_CONTENT_TYPES, JSON_CONTENT_TYPE, NPY_CONTENT_TYPE)
 
 
 class RequestError(DogclfError, ValueError):
@@ -135,24 +140,25 @@ def check_content_type(content_type: str | None) -> str:
     return kind
 
 
-def check_accept(accept: str | None) -> str:
-    """Picks the response type for an ``Accept`` header: always JSON, or 406 if JSON is not acceptable.
+def check_accept(accept: str | None, offers: Sequence[str] = (JSON_CONTENT_TYPE,)) -> str:
+    """Picks the response type for an ``Accept`` header among ``offers`` (the first for none or a wildcard).
 
     Raises:
         RequestError: 406, when the client accepts nothing this server produces.
     """
     if not accept or not accept.strip():
-        return JSON_CONTENT_TYPE
+        return offers[0]
     for part in accept.split(","):
         kind = media_type(part)
         params = [p.strip().replace(" ", "") for p in part.split(";")[1:]]
         if "q=0" in params or "q=0.0" in params:
             continue
-        if kind in (JSON_CONTENT_TYPE, "application/*", "*/*", "*"):
-            return JSON_CONTENT_TYPE
-    raise RequestError(
-        406, f"Cannot produce {accept!r}: answers are {JSON_CONTENT_TYPE} only; send Accept: {JSON_CONTENT_TYPE}."
-    )
+        if kind in offers:
+            return kind
+        if kind in ("application/*", "*/*", "*"):
+            return offers[0]
+    only = f"{offers[0]} only" if len(offers) == 1 else " or ".join(offers)
+    raise RequestError(406, f"Cannot produce {accept!r}: answers are {only}; send Accept: {offers[0]}.")
 
 
 def _b64(item: Any, name: str) -> bytes:
@@ -221,12 +227,17 @@ def decode_request(body: bytes | str | None, content_type: str | None, *, limits
         raise RequestError(400, "Empty request body: send the bytes of a JPEG or PNG image, or a JSON batch.")
     if len(raw) > limits.max_body_bytes:
         raise RequestError(413, f"Request body is {len(raw):,} bytes; the limit is {limits.max_body_bytes:,} bytes.")
+    if kind == NPY_CONTENT_TYPE:
+        images, batch = decode_npy(raw, max_images=limits.max_images, max_pixels=limits.max_pixels)
+        return DecodedRequest(images=images, batch=batch)
     if kind != JSON_CONTENT_TYPE:
         return DecodedRequest(images=[raw], batch=False)
     try:
         payload = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"Malformed JSON: {exc}.") from exc
+    except RecursionError:  # '[[[[...' nested deeper than Python's parser recurses
+        raise RequestError(400, 'Malformed JSON: nested too deeply; send a flat {"images": [...]} object.') from None
     key, items, top_k = _batch_items(payload)
     if not items:
         raise RequestError(400, f'"{key}" is empty: send at least one base64 image.')
@@ -259,24 +270,39 @@ def open_image(
     """
     from dogclf.data.images import load_rgb
 
-    try:
-        with Image.open(io.BytesIO(data)) as header:  # reads the header only
-            width, height = header.size
-    except Image.DecompressionBombError as exc:
-        raise RequestError(413, f"{label}: too many pixels to decode ({exc}).") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        if "truncated" in str(exc).lower():
-            raise RequestError(400, f"{label}: truncated image (the file ends inside its header).") from exc
-        raise RequestError(400, f"{label}: the bytes are not an image (JPEG or PNG expected).") from exc
-    if width * height > max_pixels:
-        raise RequestError(
-            413, f"{label}: {width}x{height} is {width * height:,} pixels; the limit is {max_pixels:,}. Not decoded."
-        )
+    image_header(data, max_pixels=max_pixels, label=label)
     try:
         return load_rgb(data, min_size=min_size)
     except UnreadableImageError as exc:
         reason = str(exc).split(": ", 1)[-1]
         raise RequestError(400, f"{label}: cannot decode the image: {reason} (the bytes may be cut short).") from exc
+
+
+def image_header(
+    data: bytes, *, max_pixels: int = Limits.max_pixels, label: str = "image"
+) -> tuple[int, int, str | None]:
+    """``(width, height, Pillow format)`` of an image file, from its header alone (no pixel is decoded).
+
+    Raises:
+        RequestError: 400 for bytes that are not an image of a supported format, 413 for too many pixels.
+    """
+    from dogclf.data.images import IMAGE_FORMATS, SUPPORTED_FORMATS_TEXT
+
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as header:  # reads the header only
+            width, height = header.size
+            image_format = header.format
+    except Image.DecompressionBombError as exc:
+        raise RequestError(413, f"{label}: too many pixels to decode ({exc}).") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        if "truncated" in str(exc).lower():
+            raise RequestError(400, f"{label}: truncated image (the file ends inside its header).") from exc
+        raise RequestError(400, f"{label}: the bytes are not an image ({SUPPORTED_FORMATS_TEXT} expected).") from exc
+    if width * height > max_pixels:
+        raise RequestError(
+            413, f"{label}: {width}x{height} is {width * height:,} pixels; the limit is {max_pixels:,}. Not decoded."
+        )
+    return width, height, image_format
 
 
 def prepared_image(classifier: Any, data: bytes, *, label: str = "image", max_pixels: int = Limits.max_pixels) -> Any:
@@ -298,7 +324,7 @@ def encode_results(results: Sequence[Any], *, batch: bool, key: str | None = "re
     The key is ``"results"`` for an ``images`` request and ``"predictions"`` for an ``instances`` one.
     """
     answers = [r.to_dict() for r in results]
-    return json.dumps({key or "results": answers} if batch else answers[0])
+    return dumps({key or "results": answers} if batch else answers[0])  # a NaN score would be invalid JSON
 
 
 def encode_error(error: RequestError) -> str:

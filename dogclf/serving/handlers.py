@@ -40,6 +40,7 @@ from dogclf.serving.codec import (
     encode_results,
     prepared_image,
 )
+from dogclf.serving.npy import NPY_CONTENT_TYPE, encode_probabilities
 
 __all__ = [
     "DEFAULT_TOP_K",
@@ -67,11 +68,13 @@ class Answer:
         results: One :class:`~dogclf.classifier.ImageResult` per image, in request order.
         batch: Whether the request was a JSON batch.
         key: The batch answer's key: ``"results"`` (an ``images`` request) or ``"predictions"`` (``instances``).
+        probabilities: ``(N, C)`` calibrated class probabilities, for an ``application/x-npy`` answer.
     """
 
     results: list[Any]
     batch: bool
     key: str | None = "results"
+    probabilities: Any = None
 
 
 def default_top_k(environ: Mapping[str, str] = os.environ) -> int:
@@ -181,12 +184,14 @@ def predict_fn(data: DecodedRequest, model: Any) -> Answer:
             prepared_image(model, item, label=label, max_pixels=_LIMITS.max_pixels)
             for item, label in zip(data.images, data.labels, strict=True)
         ]
-    results = model.answer(model.forward(images), top_k=top_k)
-    return Answer(results=results, batch=data.batch, key=data.answer_key)
+    output = model.forward(images)
+    results = model.answer(output, top_k=top_k)
+    probabilities = model.post.probabilities(output.logits).numpy()
+    return Answer(results=results, batch=data.batch, key=data.answer_key, probabilities=probabilities)
 
 
-def output_fn(prediction: Answer, accept: str) -> tuple[str, str]:
-    """Writes the JSON answer.
+def output_fn(prediction: Answer, accept: str) -> tuple[str | bytes, str]:
+    """Writes the answer: JSON, or the probabilities as ``.npy`` for ``Accept: application/x-npy``.
 
     Args:
         prediction: What ``predict_fn`` returned.
@@ -194,11 +199,14 @@ def output_fn(prediction: Answer, accept: str) -> tuple[str, str]:
 
     Returns:
         ``(body, "application/json")``: the ImageResult object for one image, ``{"results": [...]}`` for an
-        ``images`` batch, ``{"predictions": [...]}`` for an ``instances`` batch.
+        ``images`` batch, ``{"predictions": [...]}`` for an ``instances`` batch; or ``(npy bytes,
+        "application/x-npy")``: the ``(C,)`` probabilities of one image or the ``(N, C)`` of a batch.
 
     Raises:
-        RequestError: 406 when JSON is not acceptable.
+        RequestError: 406 when neither JSON nor NPY is acceptable.
     """
     with _answer_errors():
-        check_accept(accept)
+        kind = check_accept(accept, offers=(JSON_CONTENT_TYPE, NPY_CONTENT_TYPE))
+    if kind == NPY_CONTENT_TYPE:
+        return encode_probabilities(prediction.probabilities, batch=prediction.batch), NPY_CONTENT_TYPE
     return encode_results(prediction.results, batch=prediction.batch, key=prediction.key), JSON_CONTENT_TYPE

@@ -23,9 +23,11 @@ import importlib.resources
 import json
 import logging
 import os
+import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -41,8 +43,9 @@ from dogclf.serving.codec import (
     encode_error,
     encode_results,
 )
+from dogclf.serving.connections import ConnectionLimits, protocol_class
 
-__all__ = ["DEFAULT_PORT", "ServeError", "bind_socket", "create_app", "make_server", "serve"]
+__all__ = ["DEFAULT_PORT", "ConnectionLimits", "ServeError", "bind_socket", "create_app", "make_server", "serve"]
 
 DEFAULT_PORT = 8080
 _LOG = logging.getLogger("dogclf.serve")
@@ -229,16 +232,20 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(app: Any, *, log_level: str = "info", access_log: bool = True) -> Any:
+def make_server(
+    app: Any, *, log_level: str = "info", access_log: bool = True, connections: ConnectionLimits | None = None
+) -> Any:
     """A ``uvicorn.Server`` for ``app`` (h11, no websockets); run it with ``.run(sockets=[bind_socket(...)])``.
 
-    It finishes requests in flight on SIGINT/SIGTERM (up to 30 s), then stops the batcher after its queue is empty.
+    It finishes requests in flight on SIGINT/SIGTERM (up to 30 s; a body still arriving gets 2 s, then 503), then
+    stops the batcher after its queue is empty. Slow clients are cut off and connections bounded by ``connections``
+    (default :class:`~dogclf.serving.connections.ConnectionLimits`).
     """
     import uvicorn
 
     config = uvicorn.Config(
         app,
-        http="h11",
+        http=protocol_class(connections or ConnectionLimits()),
         ws="none",
         # No dictConfig of the process's logging: uvicorn's default config closes every handler already installed
         # (a library user's, or absl's, which OpenVINO's converter imports); its loggers propagate to the root logger.
@@ -270,8 +277,12 @@ def serve(
     precision: str | None = None,
     engine: str = "auto",
     access_log: bool = True,
+    connections: ConnectionLimits | None = None,
 ) -> None:
     """Loads a model directory and serves it until SIGINT/SIGTERM (blocking).
+
+    After SIGTERM (how Docker, Kubernetes and SageMaker stop a container) the requests in flight are answered and the
+    function returns normally, so ``dogclf serve`` exits with status 0; SIGINT (Ctrl-C) ends in ``KeyboardInterrupt``.
 
     Args:
         model_dir: A directory written by ``dogclf train``.
@@ -286,6 +297,8 @@ def serve(
         engine: ``auto`` (OpenVINO on x86 CPUs where installed, else torch), ``torch``, ``openvino`` or
             ``onnxruntime`` (see :func:`~dogclf.classifier.load_model`).
         access_log: Log one line per request.
+        connections: Header and body deadlines, and the most open connections (default
+            :class:`~dogclf.serving.connections.ConnectionLimits`).
 
     Raises:
         ModelDirError: The model directory cannot be loaded.
@@ -315,4 +328,27 @@ def serve(
         app = create_app(
             classifier, batching=batching, limits=limits, top_k=top_k, model_dir=model_dir, on_started=announce
         )
-        make_server(app, access_log=access_log).run(sockets=[sock])
+        server = make_server(app, access_log=access_log, connections=connections)
+        with _drain_on_sigterm(server):
+            server.run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def _drain_on_sigterm(server: Any) -> Iterator[None]:
+    """While serving, SIGTERM asks ``server`` to drain and stop; it no longer kills the process afterwards.
+
+    uvicorn handles the signal while it runs, then raises it again against the handler it found: the default one
+    would kill the process (exit status -15) after a clean drain. This handler is the one it finds.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        server.should_exit = True
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -30,6 +30,7 @@ __all__ = [
     "ece_from_confidences",
     "expected_calibration_error",
     "fit_temperature",
+    "reliability_bins",
     "unknown_threshold",
 ]
 
@@ -125,12 +126,46 @@ def ece_from_confidences(confidences: torch.Tensor, correct: torch.Tensor, *, n_
         raise ValueError(f"{conf.numel()} confidences but {hit.numel()} correctness flags; give one of each per image")
     if conf.numel() == 0:
         raise ValueError("the expected calibration error needs at least one image")
+    counts, conf_sums, hit_sums = _binned(conf, hit, n_bins)
+    return float((conf_sums - hit_sums).abs().sum() / counts.sum())
+
+
+def _binned(conf: torch.Tensor, hit: torch.Tensor, n_bins: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per equal-width bin ``(i/n, (i+1)/n]``: image count, sum of top scores, number right (float64)."""
     edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64)
     bins = torch.bucketize(conf.clamp(0.0, 1.0), edges[1:-1], right=False)  # bin i holds (edges[i], edges[i+1]]
     counts = torch.bincount(bins, minlength=n_bins).double()
-    conf_sums = torch.bincount(bins, weights=conf, minlength=n_bins)
-    hit_sums = torch.bincount(bins, weights=hit, minlength=n_bins)
-    return float((conf_sums - hit_sums).abs().sum() / counts.sum())
+    return (
+        counts,
+        torch.bincount(bins, weights=conf, minlength=n_bins),
+        torch.bincount(bins, weights=hit, minlength=n_bins),
+    )
+
+
+def reliability_bins(confidences: torch.Tensor, correct: torch.Tensor, *, n_bins: int = 15) -> list[dict[str, float]]:
+    """The reliability table behind :func:`ece_from_confidences`: one dict per non-empty bin.
+
+    Each has ``low`` and ``high`` (the bin's edges), ``n`` (images), ``confidence`` (their mean top score) and
+    ``accuracy`` (the fraction right); a calibrated model has ``confidence == accuracy`` in every bin.
+
+    Raises:
+        ValueError: As :func:`ece_from_confidences`.
+    """
+    ece_from_confidences(confidences, correct, n_bins=n_bins)  # the same checks
+    conf = torch.as_tensor(confidences).double().reshape(-1)
+    hit = torch.as_tensor(correct).double().reshape(-1)
+    counts, conf_sums, hit_sums = _binned(conf, hit, n_bins)
+    return [
+        {
+            "low": i / n_bins,
+            "high": (i + 1) / n_bins,
+            "n": int(counts[i]),
+            "confidence": float(conf_sums[i] / counts[i]),
+            "accuracy": float(hit_sums[i] / counts[i]),
+        }
+        for i in range(n_bins)
+        if counts[i] > 0
+    ]
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:

@@ -67,6 +67,9 @@ class CvResult:
         top1: Held-out top-1 at each.
         best_c: The ``C`` with the lowest held-out log-loss.
         seconds: Wall time of the cross-validation.
+        oof_logits: ``(N, K)`` out-of-fold logits at :attr:`best_c`: each training row scored by the fold fit that
+            did not see it (float32, CPU). Calibration can be fitted on them (``--calibrate-on oof``); not stored
+            in ``config.json``.
     """
 
     folds: int
@@ -75,6 +78,7 @@ class CvResult:
     top1: list[float] = field(default_factory=list)
     best_c: float = float("nan")
     seconds: float = 0.0
+    oof_logits: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def best_index(self) -> int:
@@ -106,6 +110,7 @@ class LbfgsFit:
         """A JSON-ready dict (``solver``, ``c``, ``chosen_by``, ..., ``cv`` with its table)."""
         data = {"solver": "lbfgs", **asdict(self)}
         if self.cv is not None:
+            del data["cv"]["oof_logits"]
             data["cv"]["best_log_loss"] = self.cv.log_loss[self.cv.best_index]
             data["cv"]["best_top1"] = self.cv.top1[self.cv.best_index]
         return data
@@ -290,6 +295,7 @@ def cross_validate_c(
     for c in sorted(grid):
         tick = time.perf_counter()
         nll, hits = 0.0, 0
+        oof = torch.empty(len(y), num_classes, dtype=torch.float32)
         for fold in range(folds):
             train, held = ids != fold, ids == fold
             weights = balanced_class_weights(y[train], num_classes) if class_weight == "balanced" else None
@@ -306,6 +312,7 @@ def cross_validate_c(
             )
             warm[fold] = (weight, bias)
             logits = x[held] @ weight.T + bias
+            oof[held.cpu()] = logits.detach().float().cpu()
             nll += float(torch.nn.functional.cross_entropy(logits, y[held], reduction="sum"))
             hits += int((logits.argmax(1) == y[held]).sum())
         result.grid.append(float(c))
@@ -316,6 +323,8 @@ def cross_validate_c(
             f"({time.perf_counter() - tick:.1f} s)"
         )
         best = min(range(len(result.grid)), key=result.log_loss.__getitem__)
+        if best == len(result.grid) - 1:
+            result.oof_logits = oof
         worse = 0 if best == len(result.grid) - 1 else worse + 1
         if worse >= _PATIENCE:
             break
@@ -343,8 +352,12 @@ def fit_lbfgs_head(
     *,
     callbacks: Sequence[Callback] = (),
     log: Callable[[str], None] = lambda _: None,
+    extra: FeatureSet | None = None,
 ) -> tuple[list[dict[str, float]], LbfgsFit]:
     """Fits ``model.head`` (a single linear layer) on training features by L-BFGS; returns ``(history, fit)``.
+
+    ``extra`` rows (degraded views of the training photos) join the final fit only: the penalty is cross-validated
+    on ``train`` alone, so no photo is held out while a view of it is fitted on.
 
     The history has one entry, ``epoch`` 1, with the metrics a loop epoch has (``train_loss`` is the training
     objective's loss without the penalty, ``valid_loss`` plain cross-entropy); callbacks get ``on_train_start``,
@@ -382,6 +395,8 @@ def fit_lbfgs_head(
             log=log,
         )
         c = cv.best_c
+    if extra is not None and len(extra):
+        x, y = torch.cat([x, extra.features.to(device)]), torch.cat([y, extra.labels.to(device)])
     weights = balanced_class_weights(y, num_classes) if config.class_weight == "balanced" else None
     weight, bias, iterations, converged = fit_logistic(
         x, y, num_classes=num_classes, c=c, class_weights=weights, label_smoothing=config.label_smoothing
@@ -456,6 +471,7 @@ class LbfgsHeadFitter:
             ``device``).
         callbacks: Training callbacks.
         log: Where the cross-validation lines and the summary go.
+        extra: Rows for the final fit only (see :func:`fit_lbfgs_head`).
     """
 
     kept_epoch = 1
@@ -470,8 +486,10 @@ class LbfgsHeadFitter:
         *,
         callbacks: Sequence[Callback] = (),
         log: Callable[[str], None] = lambda _: None,
+        extra: FeatureSet | None = None,
     ) -> None:
         self.model = model
+        self.extra = extra
         self.train = train
         self.valid = valid
         self.config = config
@@ -483,6 +501,6 @@ class LbfgsHeadFitter:
     def fit(self) -> list[dict[str, float]]:
         """Fits the head; returns the one-entry history."""
         history, self.fit_info = fit_lbfgs_head(
-            self.model, self.train, self.valid, self.config, callbacks=self.callbacks, log=self.log
+            self.model, self.train, self.valid, self.config, callbacks=self.callbacks, log=self.log, extra=self.extra
         )
         return history

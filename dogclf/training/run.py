@@ -192,6 +192,7 @@ def train(
     output_dir: str | os.PathLike[str] | None = None,
     diagnostics: Diagnostics | None = None,
     novelty: bool = True,
+    degraded_views: int = 0,
 ) -> TrainResult:
     """Trains a classifier on a data folder and saves it as a model directory.
 
@@ -231,6 +232,11 @@ def train(
             confusion matrix here (:mod:`dogclf.training.reports`); a SageMaker job uses ``SM_OUTPUT_DATA_DIR``.
         diagnostics: Training rules (on by default), profiling, TensorBoard and smdebug
             (:class:`dogclf.diagnostics.Diagnostics`).
+        degraded_views: Also fit the head on this many degraded views of each training photo (cropped, cut to
+            64-160 px, re-compressed at JPEG quality 15-60: :mod:`dogclf.data.degrade`), written once beside the
+            feature cache and extracted like the photos, so the head and its temperature hold better on photos unlike
+            the curated training ones. Needs the feature path (a frozen backbone, no ``augment``) and one process.
+            The novelty score and calibration still use the photos themselves.
 
     Returns:
         The result, with the model directory path.
@@ -252,6 +258,7 @@ def train(
         log=log if main else _quiet,
         show_bars=(sys.stderr.isatty() if progress is None else progress) and main,
         group=group,
+        degraded_views=degraded_views,
     )
     log = options.log
     out = Path(out_dir)
@@ -261,6 +268,7 @@ def train(
         check_fraction(valid_fraction)
     mode = options.feature_mode()
     solver = head_solver(options.config, options.head, mode=mode)  # before the data scan: a bad choice fails fast
+    _check_degraded_views(degraded_views, mode=mode, distributed=group is not None)
     spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
     if not (resume and checkpoint.is_file()):  # a resumed run takes its weights from the checkpoint
         check_weights_available(spec, weights, environ=options.environ)
@@ -280,7 +288,7 @@ def train(
     valid_features = features["valid"] if features is not None else None
     precision = run.precision or _inference_precision(options.precision, trainer.device)
     calibration = _calibrate(run.model, splits, spec, options.config, trainer.device, log, valid_features, precision)
-    scorer = _fit_novelty(run, splits, features, options) if novelty else None
+    scorer = _fit_novelty(run, splits, features, options, calibration.temperature) if novelty else None
     held_out = "test" if splits.test else "valid"
     report = None
     if splits.test or (output_dir is not None and splits.valid):
@@ -331,6 +339,7 @@ class _Options:
     log: Callable[[str], None]
     show_bars: bool
     group: ProcessGroup | None = None
+    degraded_views: int = 0
 
     def feature_mode(self) -> str:
         """``"cached"``, ``"in-memory"`` or ``"images"``: see :func:`_feature_mode`."""
@@ -492,16 +501,28 @@ def _make_trainer(
     from dogclf.training.head import make_head_trainer
 
     features = _extract_features(run, splits, options)
+    views = _degraded_view_features(run, splits, options)
     if run.solver == "lbfgs":
         from dogclf.training.lbfgs import LbfgsHeadFitter
 
         fitter = LbfgsHeadFitter(
-            run.model, features["train"], features["valid"], options.config, callbacks=hooks, log=options.log
+            run.model,
+            features["train"],
+            features["valid"],
+            options.config,
+            callbacks=hooks,
+            log=options.log,
+            extra=views,
         )
         return fitter, features
+    train = features["train"]
+    if views is not None:
+        from dogclf.features.pipeline import FeatureSet
+
+        train = FeatureSet(torch.cat([train.features, views.features]), torch.cat([train.labels, views.labels]))
     trainer = make_head_trainer(
         run.model,
-        features["train"],
+        train,
         features["valid"],
         options.config,
         callbacks=hooks,
@@ -512,10 +533,52 @@ def _make_trainer(
     return trainer, features
 
 
+def _check_degraded_views(views: int, *, mode: str, distributed: bool) -> None:
+    """Raises ``ValueError`` for a ``degraded_views`` the run cannot use."""
+    if not isinstance(views, int) or isinstance(views, bool) or views < 0:
+        raise ValueError(f"--degraded-views must be an integer >= 0, got {views!r}")
+    if views and mode == "images":
+        raise ValueError(
+            "--degraded-views adds views to the features extracted once; with --no-freeze or --augment the images go "
+            "through the backbone every epoch. Drop --degraded-views, or train a frozen backbone without --augment."
+        )
+    if views and distributed:
+        raise ValueError("--degraded-views runs in one process; run it without torchrun.")
+
+
+def _degraded_view_features(run: _Run, splits: DataSplits, options: _Options) -> FeatureSet | None:
+    """The features of ``options.degraded_views`` degraded views of each training photo (``None``: none asked for).
+
+    The L-BFGS head cross-validates its penalty on the photos alone and adds these to its final fit; the loop trains
+    on both.
+    """
+    import tempfile
+
+    from dogclf.data.degrade import write_degraded_views
+
+    if not options.degraded_views:
+        return None
+    seed, views = options.config.seed, options.degraded_views
+    cache = _cache_folder(run, options)
+    root = Path(cache if cache is not None else tempfile.mkdtemp(prefix="dogclf-views-")) / "degraded-views"
+    samples = write_degraded_views(splits.train, root / run.spec.name, views=views, seed=seed)
+    options.log(f"degraded views: {views} per training photo ({len(samples)} images, seed {seed}) in {root}")
+    return _extract_features(run, dataclasses.replace(splits, train=samples, valid=[], test=[]), options)["train"]
+
+
+def _cache_folder(run: _Run, options: _Options) -> Path | None:
+    """The feature-cache folder of a run that caches its features, else ``None``."""
+    from dogclf.features.cache import default_cache_dir
+
+    if run.mode != "cached":
+        return None
+    cache_dir = options.cache_dir
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(options.environ)
+
+
 @phase("extraction")
 def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[str, FeatureSet]:
     """The backbone's features of every image: from the feature cache, the rest extracted once."""
-    from dogclf.features.cache import default_cache_dir
     from dogclf.features.extract import ExtractOptions
     from dogclf.features.pipeline import effective_precision, prepare_features
     from dogclf.training.distributed import gather_features, shard_splits
@@ -531,10 +594,7 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
         engine=options.engine,
     )
     run.precision = effective_precision(extract)
-    folder = None
-    if run.mode == "cached":
-        cache_dir = options.cache_dir
-        folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(options.environ)
+    folder = _cache_folder(run, options)
     unreadable: list[tuple[Path, str]] = []
     group = options.group
     features = prepare_features(
@@ -617,13 +677,15 @@ def _recipe(config: TrainConfig) -> str:
 
 
 def _fit_novelty(
-    run: _Run, splits: DataSplits, features: dict[str, FeatureSet] | None, options: _Options
+    run: _Run, splits: DataSplits, features: dict[str, FeatureSet] | None, options: _Options, temperature: float
 ) -> NoveltyScorer | None:
-    """Step 5b: the novelty score's bank of training features, its threshold on the validation ones.
+    """Step 5b: the novelty score (:data:`dogclf.novelty.DEFAULT_METHOD`), its threshold on the validation photos.
 
-    On the image path the trained backbone runs once more over the train and valid images (eval transform).
+    Its energy part divides the head's logits by the calibrated ``temperature``. On the image path the trained
+    backbone runs once more over the train and valid images (eval transform).
     """
-    from dogclf.novelty import fit_novelty
+    from dogclf.novelty import DEFAULT_METHOD, fit_novelty
+    from dogclf.training.head import head_logits
 
     if not splits.valid:
         options.log("novelty: skipped (no validation images to set its threshold on); the softmax threshold decides")
@@ -631,7 +693,14 @@ def _fit_novelty(
     if features is None:
         features = _image_features(run, splits, options)
     train, valid = features["train"], features["valid"]
-    scorer = fit_novelty(train.features, valid.features)
+    scorer = fit_novelty(
+        train.features,
+        valid.features,
+        train_labels=train.labels,
+        valid_logits=head_logits(run.model.get_submodule("head"), valid.features),
+        temperature=temperature,
+        method=DEFAULT_METHOD,
+    )
     options.log(scorer.summary())
     return scorer
 
@@ -786,6 +855,7 @@ def _save(
             "valid_files": splits.files_digest("valid"),
             "skipped_files": len(splits.skipped),
             "features": run.mode,
+            "degraded_views": options.degraded_views,
             "precision": run.precision,
             "head_solver_used": run.solver,
             "kept_epoch": run.kept_epoch,

@@ -369,7 +369,7 @@ def load_space(path: str | os.PathLike[str]) -> SearchSpace:
         data = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SearchSpaceError(f"Search space file {str(file)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # '[[[[...' too deep
         raise SearchSpaceError(f"Search space file {str(file)!r} is not readable JSON: {exc}") from None
     return SearchSpace.from_dict(data, source=str(file))
 

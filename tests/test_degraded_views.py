@@ -1,0 +1,88 @@
+"""`dogclf train --degraded-views N`: seeded degraded views of the training photos in the head's training set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+import dogclf
+from dogclf.data.degrade import degraded_view, write_degraded_views
+from dogclf.data.folder import Sample
+
+
+def _photo(path: Path, size: tuple[int, int] = (300, 220)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.effect_noise(size, 60).convert("RGB").save(path, quality=95)
+    return path
+
+
+def test_a_degraded_view_is_a_smaller_crop_and_the_same_bytes_for_the_same_seed(tmp_path: Path) -> None:
+    photo = _photo(tmp_path / "a" / "dog.jpg")
+
+    first = write_degraded_views([Sample(photo, 3)], tmp_path / "v1", views=2, seed=0)
+    again = write_degraded_views([Sample(photo, 3)], tmp_path / "v2", views=2, seed=0)
+    other = write_degraded_views([Sample(photo, 3)], tmp_path / "v3", views=1, seed=1)
+
+    assert [s.label for s in first] == [3, 3]
+    assert [s.path.read_bytes() for s in first] == [s.path.read_bytes() for s in again]
+    assert first[0].path.read_bytes() != first[1].path.read_bytes()  # two views differ
+    assert other[0].path.read_bytes() != first[0].path.read_bytes()  # another seed differs
+    for sample in first:
+        with Image.open(sample.path) as view:
+            assert view.format == "JPEG"
+            assert min(view.size) <= 160
+            assert view.size[0] <= 300
+            assert view.size[1] <= 220
+    image, quality = degraded_view(photo, seed=0)
+    assert 15 <= quality <= 60
+    assert image.mode == "RGB"
+
+
+def test_train_fits_the_head_on_the_photos_and_their_views_and_records_it(
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec
+) -> None:
+    data = dogclf.make_synthetic_dataset(tmp_path / "data", num_classes=3, per_split=(12, 17, 6), size=40, seed=3)
+    cache = tmp_path / "cache"
+    lines: list[str] = []
+    config = dogclf.TrainConfig(num_workers=0, device="cpu", cv_folds=3)
+
+    def train(out: str) -> dict[str, Any]:
+        dogclf.train(
+            data,
+            "tinynet",
+            tmp_path / out,
+            config=config,
+            weights=None,
+            progress=False,
+            log=lines.append,
+            cache_dir=cache,
+            degraded_views=1,
+        )
+        return json.loads((tmp_path / out / "config.json").read_text())
+
+    saved = train("model")
+
+    text = "\n".join(lines)
+    assert "degraded views: 1 per training photo (36 images, seed 0)" in text
+    assert "cross-validation on 36 training images" in text  # the penalty is cross-validated on the photos alone
+    assert saved["training"]["degraded_views"] == 1
+    assert saved["training"]["n_train"] == 36  # the photos; the views are not training files
+    assert len(list((cache / "degraded-views" / "tinynet").glob("*.jpg"))) == 36
+    assert dogclf.load_model(tmp_path / "model").novelty.bank.shape == (36, 16)  # type: ignore[union-attr]
+    lines.clear()
+    train("again")
+    assert "features: 36 cached, 0 extracted" in "\n".join(lines)  # the views' bytes and features are reused
+
+
+def test_degraded_views_need_the_feature_path_and_a_count(tmp_path: Path, tiny_spec: dogclf.BackboneSpec) -> None:
+    data = dogclf.make_synthetic_dataset(tmp_path / "data", num_classes=2, per_split=(4, 2, 0), size=40, seed=1)
+    augment = dogclf.TrainConfig(num_workers=0, device="cpu", augment=True)
+
+    with pytest.raises(ValueError, match="--degraded-views adds views to the features extracted once"):
+        dogclf.train(data, "tinynet", tmp_path / "m", config=augment, weights=None, degraded_views=1)
+    with pytest.raises(ValueError, match="--degraded-views must be an integer >= 0, got -1"):
+        dogclf.train(data, "tinynet", tmp_path / "m", weights=None, degraded_views=-1)
