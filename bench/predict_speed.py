@@ -136,7 +136,8 @@ def engine_row(name: str, model_dir: Path, paths: list[Path], labels: list[int],
     probs = torch.cat(
         [classifier.scores(b.output).probabilities for b in classifier.engine.stream(paths, budget=budget)]
     )
-    note = f"{classifier.engine.name} {classifier.precision_choice.describe()}; {budget.describe()}"
+    note = f"{classifier.engine.name} {classifier.precision_choice.describe()}; "
+    note += classifier.engine.fit_budget(budget).describe()
     return Row(name, seconds, len(paths), probs, report.top1, note)
 
 
