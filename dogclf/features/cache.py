@@ -72,14 +72,9 @@ def default_cache_dir(environ: Mapping[str, str]) -> Path:
 
     ``$DOGCLF_FEATURE_CACHE`` if set, else ``$XDG_CACHE_HOME/dogclf/features``, else ``~/.cache/dogclf/features``.
     """
-    explicit = environ.get("DOGCLF_FEATURE_CACHE", "").strip()
-    if explicit:
-        return Path(explicit).expanduser()
-    base = environ.get("XDG_CACHE_HOME", "").strip()
-    if base:
-        return Path(base).expanduser() / "dogclf" / "features"
-    home = environ.get("HOME", "").strip()
-    return (Path(home) if home else Path.home()) / ".cache" / "dogclf" / "features"
+    from dogclf._cachedir import user_cache_dir
+
+    return user_cache_dir(environ, "DOGCLF_FEATURE_CACHE", "features")
 
 
 def backbone_digest(module: nn.Module) -> str:

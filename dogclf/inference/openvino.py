@@ -45,14 +45,9 @@ _FORMAT = "1"  # bump when the saved model's inputs or outputs change
 
 def default_ir_cache(environ: Mapping[str, str] = os.environ) -> Path:
     """Where converted backbones are kept (see the module docstring)."""
-    explicit = environ.get("DOGCLF_OPENVINO_CACHE", "").strip()
-    if explicit:
-        return Path(explicit).expanduser()
-    base = environ.get("XDG_CACHE_HOME", "").strip()
-    if base:
-        return Path(base).expanduser() / "dogclf" / "openvino"
-    home = environ.get("HOME", "").strip()
-    return (Path(home) if home else Path.home()) / ".cache" / "dogclf" / "openvino"
+    from dogclf._cachedir import user_cache_dir
+
+    return user_cache_dir(environ, "DOGCLF_OPENVINO_CACHE", "openvino")
 
 
 def resolve_engine(
