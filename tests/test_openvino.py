@@ -140,6 +140,7 @@ def test_train_extracts_with_openvino_by_default_and_torch_reuses_its_cache(
     tiny_plugin: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     common = ["--data", str(tiny_tree), "--backbone", "tinynet", "--weights", "none", "--cache-dir", str(tmp_path)]
+    common += ["--precision", "fp32"]  # fp32 features are shared across engines (bf16 ones are kept per engine)
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("DOGCLF_ENGINE")  # the default a user gets
         patch.setattr("dogclf.inference.openvino.openvino_usable", lambda: True)
