@@ -29,7 +29,6 @@ from dogclf.inference.threads import ThreadBudget
 __all__ = ["RUNTIMES", "OnnxRuntimeEngine", "fresh_export", "runtime_engine"]
 
 RUNTIMES = ("onnxruntime", "openvino")
-_EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
 
 
 class _OnnxEngine(Engine):
@@ -147,6 +146,6 @@ def runtime_engine(
         from dogclf.inference.openvino import OpenVinoEngine
 
         return OpenVinoEngine(net, preprocessing, precision=precision, forward_batch=forward_batch)
-    require(name, extra=_EXTRAS[name], purpose=f"--engine {name}")  # fail before a long export
+    require(name, extra="onnx", purpose=f"--engine {name}")  # fail before a long export
     path = _onnx_file(net, preprocessing, None if model_dir is None else Path(model_dir), config or {})
     return OnnxRuntimeEngine(path, preprocessing, forward_batch=forward_batch)
