@@ -3,6 +3,7 @@ UpdateEndpoint), target-tracking autoscaling and batch transform (moto server on
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import torch
 from botocore.stub import Stubber
 from conftest import jpeg, run_cli
+from PIL import Image
 
 from dogclf.artifact import save_model
 from dogclf.classifier import load_model
@@ -189,9 +191,16 @@ def model_dir(tmp_path: Path, tiny_spec: Any) -> Path:
     return save_model(net.eval(), tmp_path / "model", spec=tiny_spec, classes=classes, head=HeadConfig().to_dict())
 
 
+def webp(seed: int) -> bytes:
+    """The bytes of :func:`jpeg`'s picture as WebP."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(jpeg(seed))).save(buffer, format="WEBP")
+    return buffer.getvalue()
+
+
 def _photos(aws: Aws, folder: str) -> dict[str, bytes]:
-    """Three photos and a text file under ``s3://dogclf-test/<folder>/`` (moto's state outlives one server)."""
-    photos = {"a.jpg": jpeg(1), "park/b.jpeg": jpeg(2, size=(64, 96)), "park/c.png": jpeg(3)}
+    """Four photos and a text file under ``s3://dogclf-test/<folder>/`` (moto's state outlives one server)."""
+    photos = {"a.jpg": jpeg(1), "park/b.jpeg": jpeg(2, size=(64, 96)), "park/c.png": jpeg(3), "park/d.webp": webp(4)}
     s3 = aws.client("s3")
     for key, body in photos.items():
         s3.put_object(Bucket="dogclf-test", Key=f"{folder}/{key}", Body=body)
@@ -208,7 +217,7 @@ def test_transform_local_scores_every_photo_through_the_handlers(
         [*args, "--input", "s3://dogclf-test/photos/", "--output", "s3://dogclf-test/answers"], moto_environ, capsys
     )
     assert code == 0, err
-    assert "Wrote 3 answers to s3://dogclf-test/answers/" in out
+    assert "Wrote 4 answers to s3://dogclf-test/answers/" in out
     s3 = aws.client("s3")
     listed = s3.list_objects_v2(Bucket="dogclf-test", Prefix="answers/")["Contents"]
     assert sorted(item["Key"] for item in listed) == sorted(f"answers/{key}.out" for key in photos)
@@ -224,9 +233,9 @@ def test_transform_local_scores_every_photo_through_the_handlers(
         [*args, "--input", "s3://dogclf-test/photos/", "--output", "s3://dogclf-test/again"], moto_environ, capsys
     )
     assert code == 2
-    assert "1 of 4 photos failed" in err
+    assert "1 of 5 photos failed" in err
     assert "broken.jpg: 400" in err
-    assert len(s3.list_objects_v2(Bucket="dogclf-test", Prefix="again/")["Contents"]) == 3
+    assert len(s3.list_objects_v2(Bucket="dogclf-test", Prefix="again/")["Contents"]) == 4
 
 
 def test_transform_launches_a_job_over_a_manifest_of_the_photos(

@@ -193,6 +193,17 @@ def test_jpeg_png_and_json_batch_answers_equal_the_classifier(classifier: Classi
             assert_same_answer(got, one)
 
 
+@pytest.mark.parametrize("image_format", ["WEBP", "BMP", "GIF", "TIFF"])
+def test_every_supported_format_is_accepted_under_its_own_media_type(classifier: Classifier, image_format: str) -> None:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(jpeg(4))).save(buffer, format=image_format)
+    body = buffer.getvalue()
+    with running(classifier) as (port, _):
+        status, _, answer = post_image(port, body, f"image/{image_format.lower()}")
+    assert status == 200, answer
+    assert_same_answer(answer, expected(classifier, [body])[0])
+
+
 def test_concurrent_requests_share_forward_passes_and_bad_ones_do_not_disturb_them(classifier: Classifier) -> None:
     good = [jpeg(10 + i) for i in range(12)]
     want = expected(classifier, good)

@@ -15,6 +15,7 @@ from dogclf.errors import UnreadableImageError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "IMAGE_FORMATS",
+    "IMAGE_MEDIA_TYPES",
     "SUPPORTED_FORMATS_TEXT",
     "find_unreadable",
     "is_image_file",
@@ -26,6 +27,17 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 # gives the MPO files of phones that store several pictures). Nothing else is even identified: EPS would run
 # Ghostscript on the bytes, and every other plugin is code that untrusted uploads need not reach.
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# The media type of each file name ending: what clients send as Content-Type, and what servers accept.
+IMAGE_MEDIA_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".bmp": "image/bmp",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+}
 SUPPORTED_FORMATS_TEXT = "JPEG, PNG, WebP, BMP, GIF or TIFF"
 _BACKGROUND = (255, 255, 255)
 

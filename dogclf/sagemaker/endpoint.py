@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dogclf.data.images import IMAGE_MEDIA_TYPES
 from dogclf.errors import DogclfError
 
 if TYPE_CHECKING:
@@ -37,7 +38,6 @@ __all__ = [
     "resource_name",
 ]
 
-_CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 _SERVERLESS_MEMORY = (1024, 2048, 3072, 4096, 5120, 6144)
 
 
@@ -250,7 +250,7 @@ def invoke(
         except OSError as exc:
             results.append(record | {"error": f"cannot read {path}: {exc.strerror or exc}"})
             continue
-        content_type = _CONTENT_TYPES.get(path.suffix.lower(), "application/x-image")
+        content_type = IMAGE_MEDIA_TYPES.get(path.suffix.lower(), "application/x-image")
         with aws_errors(f"Invoking endpoint {endpoint} with {path}"):
             answer = runtime.invoke_endpoint(
                 EndpointName=endpoint, ContentType=content_type, Accept="application/json", Body=body

@@ -1,8 +1,9 @@
 """Batch transform: every photo under an S3 prefix scored by the endpoint's own handlers, with no endpoint running.
 
 :func:`launch_transform_job` creates a Model (the same request :func:`~dogclf.sagemaker.endpoint.deploy` sends) and a
-transform job over a manifest of the prefix's photos (``.jpg``, ``.jpeg``, ``.png``; anything else is left out, since
-one unreadable object fails a whole transform job). SageMaker starts the PyTorch inference container, sends each
+transform job over a manifest of the prefix's photos (JPEG, PNG, WebP, BMP, GIF and TIFF by their file endings,
+:data:`~dogclf.data.images.IMAGE_EXTENSIONS`; anything else is left out, since one unreadable object fails a whole
+transform job). SageMaker starts the PyTorch inference container, sends each
 photo to ``/invocations`` as one ``application/x-image`` request (``SingleRecord``, no splitting) and writes the
 JSON answer to ``<output>/<path under the input prefix>.out``: exactly what ``dogclf sagemaker invoke`` gets for it.
 :func:`run_transform_locally` does the same here, through the same handlers (``model_fn``, ``input_fn``,
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dogclf.data.images import IMAGE_EXTENSIONS
 from dogclf.errors import DogclfError
 
 if TYPE_CHECKING:
@@ -38,7 +40,7 @@ __all__ = [
     "run_transform_locally",
 ]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS
 CONTENT_TYPE = "application/x-image"
 _MAX_PAYLOAD_MB = 6  # SageMaker's own cap on one invocation's payload
 

@@ -2,7 +2,8 @@
 
 Accepted request content types:
 
-* ``image/jpeg``, ``image/png``, ``application/x-image``, ``application/octet-stream``: the body is one image file.
+* ``image/jpeg``, ``image/png``, ``image/webp``, ``image/bmp``, ``image/gif``, ``image/tiff``, ``application/x-image``,
+  ``application/octet-stream``: the body is one image file (its bytes decide the format, whatever the type says).
 * ``application/json``: ``{"images": ["<base64>", ...], "top_k": 5}`` (a batch; ``data:`` URLs are accepted too),
   or the convention of TF Serving, KServe v1 and Vertex AI, ``{"instances": [{"b64": "<base64>"}, ...]}`` (``top_k``
   at the top level or in ``"parameters"``).
@@ -34,6 +35,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from dogclf._json import dumps
+from dogclf.data.images import IMAGE_MEDIA_TYPES
 from dogclf.errors import DogclfError, UnreadableImageError
 from dogclf.serving.npy import NPY_CONTENT_TYPE, decode_npy
 
@@ -56,7 +58,7 @@ __all__ = [
 ]
 
 JSON_CONTENT_TYPE = "application/json"
-IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "application/octet-stream")
+IMAGE_CONTENT_TYPES = (*dict.fromkeys(IMAGE_MEDIA_TYPES.values()), "application/x-image", "application/octet-stream")
 ACCEPTED_CONTENT_TYPES = (*IMAGE_CONTENT_TYPES, JSON_CONTENT_TYPE, NPY_CONTENT_TYPE)
 
 
