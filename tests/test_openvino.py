@@ -65,6 +65,24 @@ def test_engine_errors_say_what_would_work() -> None:
     assert resolve_engine(ExtractOptions(engine="openvino", device="cpu", precision="fp32", compile=True)) == "torch"
 
 
+def test_a_batch_spread_over_the_streams_keeps_every_image_in_its_place(
+    tiny_spec: dogclf.BackboneSpec, tmp_path: Path
+) -> None:
+    backbone = _backbone(tiny_spec)
+    compiled = OpenVinoBackbone(backbone, 32, cache_dir=tmp_path)
+    compiled.configure(streams=1, threads=2)  # two streams on any CPU with two cores or more
+    images = torch.randn(7, 3, 32, 32)
+    with torch.no_grad():
+        expected = backbone(images)
+    one_by_one = torch.cat([compiled(image[None]) for image in images])
+    assert torch.allclose(one_by_one, expected, atol=1e-4)
+    for size in (2, 5, 7):
+        got = compiled(images[:size])
+        assert got.shape == (size, expected.shape[1])
+        assert got.dtype == torch.float32
+        assert torch.allclose(got, one_by_one[:size], atol=1e-5)
+
+
 def test_the_backbone_is_converted_once_and_then_read_from_the_cache(
     tiny_spec: dogclf.BackboneSpec, tmp_path: Path
 ) -> None:

@@ -98,8 +98,8 @@ def _cache_key(digest: str, input_size: int, ov_version: str) -> str:
 class OpenVinoBackbone:
     """A frozen backbone compiled by OpenVINO: normalised ``(N, 3, S, S)`` float32 images -> ``(N, F)`` features.
 
-    The module is converted on first use (or read from the cache) and compiled for the CPU; each calling thread gets
-    its own infer request, so forward workers run side by side (one OpenVINO stream each).
+    The module is converted on first use (or read from the cache) and compiled for the CPU with OpenVINO's throughput
+    hint; each calling thread gets its own infer request per stream, and a batch is spread over the streams.
 
     Args:
         backbone: The frozen backbone (not changed; it is traced in eval mode).
@@ -135,7 +135,10 @@ class OpenVinoBackbone:
         self.loaded_from_cache: bool | None = None
 
     def configure(self, *, streams: int, threads: int) -> None:
-        """Runs ``streams`` requests side by side on ``threads`` threads in all (recompiled on the next call)."""
+        """Runs on ``threads`` threads in all, for ``streams`` calling threads (recompiled on the next call).
+
+        OpenVINO splits the threads into its streams itself (one single-threaded stream per core on a small CPU).
+        """
         with self._lock:
             if (streams, threads) != (self._streams, self._threads):
                 self._streams, self._threads = streams, threads
@@ -143,33 +146,51 @@ class OpenVinoBackbone:
 
     def prepare(self) -> None:
         """Converts (or loads) and compiles now, so the first batch does not pay for it."""
-        self._request()
+        self._requests()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """Features of a normalised float batch, as float32 (on the CPU)."""
-        array = np.ascontiguousarray(images.detach().to("cpu", torch.float32).contiguous().numpy())
-        # share_inputs: the request reads ``array`` in place. Copying into the request's own input tensor (reshaped
-        # to each batch's size) deadlocked now and then with two forward workers on a loaded machine (1 run in 16).
-        result = self._request().infer({0: array}, share_inputs=True)
-        return torch.from_numpy(np.array(result[0], dtype=np.float32, copy=True))
+        """Features of a normalised float batch, as float32 (on the CPU).
 
-    def _request(self) -> Any:
+        A batch of several images is split across the compiled model's streams (one request each, run side by
+        side): on a small CPU, one single-threaded stream per core runs a batch 1.1x (bf16) to 1.3x (fp32, AVX2)
+        faster than one stream with every thread, whose threads wait on each other after every layer.
+        """
+        array = np.ascontiguousarray(images.detach().to("cpu", torch.float32).contiguous().numpy())
+        requests = self._requests()
+        parts = np.array_split(array, min(len(requests), len(array))) if len(array) else [array]
+        if len(parts) == 1:
+            # share_inputs: the request reads ``array`` in place. Copying into the request's own input tensor
+            # (reshaped to each batch's size) deadlocked now and then with two Python threads each running a request.
+            result = requests[0].infer({0: array}, share_inputs=True)
+            return torch.from_numpy(np.array(result[0], dtype=np.float32, copy=True))
+        for request, part in zip(requests, parts, strict=False):
+            request.start_async({0: part}, share_inputs=True)
+        for request in requests[: len(parts)]:
+            request.wait()
+        outputs = [request.get_output_tensor(0).data for request in requests[: len(parts)]]
+        return torch.from_numpy(np.concatenate(outputs).astype(np.float32, copy=False))
+
+    def _requests(self) -> list[Any]:
+        """This thread's infer requests, one per stream of the compiled model."""
         with self._lock:
             if self._compiled is None:
                 self._compiled = self._compile()
             compiled = self._compiled
-        request = getattr(self._local, "request", None)
-        if request is None or getattr(self._local, "compiled", None) is not compiled:
-            request = compiled.create_infer_request()
-            self._local.request, self._local.compiled = request, compiled
-        return request
+        requests = getattr(self._local, "requests", None)
+        if requests is None or getattr(self._local, "compiled", None) is not compiled:
+            count = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            requests = [compiled.create_infer_request() for _ in range(count)]
+            self._local.requests, self._local.compiled = requests, compiled
+        return requests
 
     def _compile(self) -> Any:
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
-        if self._streams is None:
-            config["PERFORMANCE_HINT"] = "LATENCY"
-        else:
-            config["NUM_STREAMS"] = str(self._streams)
+        # THROUGHPUT: OpenVINO picks the streams for this CPU (one single-threaded stream per core on 2 cores) and
+        # __call__ spreads each batch over them; the thread count is the caller's budget where it set one.
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+            "PERFORMANCE_HINT": "THROUGHPUT",
+        }
+        if self._threads is not None:
             config["INFERENCE_NUM_THREADS"] = str(self._threads)
         return _core().compile_model(self._converted(), "CPU", config)
 
@@ -230,7 +251,7 @@ class OpenVinoEngine(TorchEngine):
     """The inference engine with the backbone run by OpenVINO (:class:`OpenVinoBackbone`) and the head by torch.
 
     Preparation, batching, streaming and post-processing are the torch engine's; only the backbone's forward pass
-    differs. Forward workers each get an OpenVINO stream of their share of the threads.
+    differs: one forward worker whose batches OpenVINO spreads over its streams.
 
     Args:
         net: A module with ``backbone`` and ``head`` submodules (on the CPU).
@@ -270,7 +291,7 @@ class OpenVinoEngine(TorchEngine):
         return dataclasses.replace(budget, forward_workers=1, forward_threads=threads)
 
     def use_threads(self, budget: ThreadBudget) -> None:
-        """One OpenVINO stream per forward worker, each with that worker's threads."""
+        """OpenVINO runs on the forward threads of the budget, in the streams it picks for them."""
         self.compiled.configure(streams=budget.forward_workers, threads=budget.forward_workers * budget.forward_threads)
 
     def _features(self, chunk: torch.Tensor) -> torch.Tensor:
