@@ -34,12 +34,12 @@ __all__ = [
     "ModelConfig",
     "NoveltyRecord",
     "TrainingRecord",
+    "config_section",
 ]
 
 FORMAT_VERSION = 1
 """The newest ``config.json`` format this dogclf reads and the one it writes."""
 REQUIRED_KEYS = ("format_version", "backbone", "class_names", "preprocessing", "head", "num_features")
-_PRECISIONS = ("fp32", "bf16", "fp16")
 _R = TypeVar("_R", bound="_Record")
 
 
@@ -62,8 +62,8 @@ class _Record:
         return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("extra", "keys"))
 
     @classmethod
-    def _parse(cls: type[_R], data: Mapping[str, Any]) -> _R:
-        """Builds the record from a JSON object that was checked already (no checks here)."""
+    def parse(cls: type[_R], data: Mapping[str, Any]) -> _R:
+        """Builds the record from a JSON object without checking it: for objects dogclf built (``from_dict`` checks)."""
         names = cls._names()
         values = {k: cls._CONVERT.get(k, _same)(v) for k, v in data.items() if k in names}
         extra = {k: v for k, v in data.items() if k not in names}
@@ -204,23 +204,13 @@ class FileRecord(_Record):
 
 
 def _files(value: Any) -> dict[str, FileRecord] | None:
-    return None if value is None else {name: FileRecord._parse(entry) for name, entry in value.items()}
+    return None if value is None else {name: FileRecord.parse(entry) for name, entry in value.items()}
 
 
 def _head(value: Mapping[str, Any]) -> HeadConfig:
     from dogclf.model import HeadConfig
 
     return HeadConfig(**value)
-
-
-def _preprocessing(value: Mapping[str, Any]) -> Preprocessing:
-    return Preprocessing(
-        input_size=value["input_size"],
-        resize_size=value["resize_size"],
-        mean=tuple(value["mean"]),  # type: ignore[arg-type]
-        std=tuple(value["std"]),  # type: ignore[arg-type]
-        interpolation=value.get("interpolation", "bilinear"),
-    )
 
 
 def _optional(parse: Any) -> Any:
@@ -269,12 +259,12 @@ class ModelConfig(_Record):
     _CONVERT: ClassVar[Mapping[str, Any]] = {
         "class_names": tuple,
         "class_folders": _optional(tuple),
-        "preprocessing": _preprocessing,
+        "preprocessing": Preprocessing.from_dict,  # numbers as floats, for the transforms
         "head": _head,
-        "metrics": _optional(MetricsRecord._parse),
-        "training": _optional(TrainingRecord._parse),
-        "calibration": _optional(CalibrationRecord._parse),
-        "novelty": _optional(NoveltyRecord._parse),
+        "metrics": _optional(MetricsRecord.parse),
+        "training": _optional(TrainingRecord.parse),
+        "calibration": _optional(CalibrationRecord.parse),
+        "novelty": _optional(NoveltyRecord.parse),
         "files": _files,
     }
 
@@ -306,7 +296,7 @@ class ModelConfig(_Record):
         if weights is not None:
             check_weight_shapes(data, Path(weights), config_path=path)
         check_class_lists(data, path)
-        return cls._parse(data)
+        return cls.parse(data)
 
     @property
     def classes(self) -> list[ClassInfo]:
@@ -317,14 +307,21 @@ class ModelConfig(_Record):
         return [ClassInfo(str(f), str(n)) for f, n in zip(folders, self.class_names, strict=True)]
 
     @property
-    def recorded_precision(self) -> str | None:
-        """The precision the model was calibrated in (its features' for older models), or ``None``."""
-        for section in (self.calibration, self.training):
-            if section is not None and section.precision in _PRECISIONS:
-                return section.precision
-        return None
-
-    @property
     def final_metrics(self) -> Mapping[str, Any]:
         """The kept epoch's metrics as training recorded them (``{}`` when none)."""
         return (self.metrics.final if self.metrics is not None else None) or {}
+
+
+def config_section(config: ModelConfig | Mapping[str, Any], name: str) -> Any:
+    """One key of a :class:`ModelConfig`, or of a ``config.json`` object given as a dict (read as the record would).
+
+    Lets the functions that take a model's config accept a part of one, as ``{"calibration": {...}}``.
+
+    Args:
+        config: The config, or a (possibly partial) dict of one.
+        name: A :class:`ModelConfig` field, e.g. ``"calibration"``.
+    """
+    if isinstance(config, ModelConfig):
+        return getattr(config, name)
+    value = config.get(name)
+    return None if value is None else ModelConfig._CONVERT.get(name, _same)(value)
