@@ -301,15 +301,9 @@ class ModelConfig(_Record):
     @property
     def classes(self) -> list[ClassInfo]:
         """The classes (folder id and display name) in output order; the names are the folders of older models."""
-        from dogclf.data.folder import ClassInfo
+        from dogclf.artifact import model_classes
 
-        folders = self.class_folders or self.class_names
-        return [ClassInfo(str(f), str(n)) for f, n in zip(folders, self.class_names, strict=True)]
-
-    @property
-    def final_metrics(self) -> Mapping[str, Any]:
-        """The kept epoch's metrics as training recorded them (``{}`` when none)."""
-        return (self.metrics.final if self.metrics is not None else None) or {}
+        return model_classes(self)
 
 
 def config_section(config: ModelConfig | Mapping[str, Any], name: str) -> Any:
