@@ -4,8 +4,9 @@
 required keys) and raises :class:`~dogclf.errors.ModelDirError` naming the file and the key; ``to_dict()`` gives the
 JSON object back. The records keep what they do not know: keys this dogclf does not read are kept in ``extra``, and
 each record remembers the order (and the presence) of the keys it was read with, so a saved ``config.json`` read and
-written again is the same object, key for key and in the same order. Key order and absent-versus-null are not part of
-equality: ``from_dict(c.to_dict()) == c`` for every record.
+written again is the same object, key for key and in the same order (``head`` is written with all its fields, the
+``preprocessing`` numbers as floats). Key order and absent-versus-null are not part of equality:
+``from_dict(c.to_dict()) == c`` for every record.
 """
 
 from __future__ import annotations
