@@ -318,3 +318,15 @@ def test_to_dict_gives_back_the_object_read_and_from_dict_of_it_the_same_config(
     assert list(written) == list(data)
     assert ModelConfig.from_dict(written) == config
     assert json.loads(json.dumps(written)) == data
+
+
+def test_head_and_preprocessing_are_written_in_full_and_the_config_cannot_be_changed_in_place() -> None:
+    data = _with("head", {}) | {"preprocessing": _valid()["preprocessing"] | {"mean": [0, 0, 0]}}
+
+    config = ModelConfig.from_dict(data)
+
+    assert config.to_dict()["head"] == {"hidden": 0, "dropout": 0.0}
+    assert config.to_dict()["preprocessing"]["mean"] == [0.0, 0.0, 0.0]
+    assert config.to_dict()["preprocessing"]["interpolation"] == "bilinear"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.backbone = "resnet18"  # type: ignore[misc]
