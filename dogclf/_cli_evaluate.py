@@ -16,6 +16,7 @@ def _limited(items: list[str], limit: int = 10) -> str:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Runs ``dogclf evaluate``; returns 0."""
+    from dogclf.artifact import load_config
     from dogclf.classifier import load_model
     from dogclf.eval_data import select_eval_set
     from dogclf.evaluation import evaluate, plot_confusion_matrix, plot_reliability
@@ -23,7 +24,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     classifier = load_model(args.model, device=args.device, precision=args.precision, engine=args.engine)
-    config = classifier.config
+    config = classifier.model_config or load_config(args.model)
     chosen = select_eval_set(
         args.data,
         config,
@@ -33,10 +34,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     report = evaluate(classifier, chosen.samples, batch_size=args.batch_size, progress=None)
     plot = args.plot or args.model / f"confusion_{chosen.split}.png"
-    title = f"{config['backbone']} on {chosen.split}: top-1 {report.top1:.1%}"
+    title = f"{config.backbone} on {chosen.split}: top-1 {report.top1:.1%}"
     plot_confusion_matrix(report, plot, title=title)
     reliability = args.reliability_plot or args.model / f"reliability_{chosen.split}.png"
-    plot_reliability(report, reliability, title=_reliability_title(config["backbone"], chosen.split, report))
+    plot_reliability(report, reliability, title=_reliability_title(config.backbone, chosen.split, report))
     open_set = None
     if args.unknown_dir is not None:
         from dogclf.openset import evaluate_unknown

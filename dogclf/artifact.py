@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dogclf.artifact_checks import check_class_lists, check_config, check_weight_shapes
-from dogclf.artifact_manifest import MANIFEST_KEY, check_manifest_shape, manifest
-from dogclf.backbones.spec import BackboneSpec, Preprocessing
+from dogclf.artifact_manifest import MANIFEST_KEY, manifest
+from dogclf.backbones.spec import BackboneSpec
 from dogclf.errors import ModelDirError, UnknownBackboneError
+from dogclf.model_config import FORMAT_VERSION, ModelConfig, config_section
 
 if TYPE_CHECKING:
     from dogclf.data.folder import ClassInfo
@@ -25,6 +25,7 @@ __all__ = [
     "FORMAT_VERSION",
     "NOVELTY_NAME",
     "WEIGHTS_NAME",
+    "load_config",
     "model_classes",
     "read_config",
     "save_model",
@@ -33,7 +34,6 @@ __all__ = [
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 NOVELTY_NAME = "novelty.safetensors"  # the novelty score's tensors (dogclf.novelty), when the model has one
-FORMAT_VERSION = 1
 
 
 def save_model(
@@ -104,7 +104,7 @@ def save_model(
     config[MANIFEST_KEY] = manifest(files)  # checked on load: a crash between the renames below cannot go unseen
     os.replace(tmp_weights, out / WEIGHTS_NAME)
     tmp_config = out / f".{CONFIG_NAME}.tmp"
-    tmp_config.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    tmp_config.write_text(json.dumps(ModelConfig.parse(config).to_dict(), indent=2) + "\n", encoding="utf-8")
     _sync(tmp_config)
     os.replace(tmp_config, out / CONFIG_NAME)
     return out
@@ -117,11 +117,20 @@ def _sync(path: Path) -> None:
 
 
 def read_config(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Reads and checks ``config.json`` of a model directory, as a dict (:func:`load_config`'s ``to_dict()``).
+
+    Raises:
+        ModelDirError: If files are missing or the config is malformed, naming the bad key.
+    """
+    return load_config(model_dir).to_dict()
+
+
+def load_config(model_dir: str | os.PathLike[str]) -> ModelConfig:
     """Reads and checks ``config.json`` of a model directory.
 
     Every field that loading, predicting and evaluating use is checked (types, ranges), and the head's shapes in
     ``model.safetensors`` (its header only) against ``head``, ``num_features`` and ``class_names``
-    (:mod:`dogclf.artifact_checks`).
+    (:meth:`ModelConfig.from_dict`, :mod:`dogclf.artifact_checks`).
 
     Raises:
         ModelDirError: If files are missing or the config is malformed, naming the bad key.
@@ -145,30 +154,25 @@ def read_config(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
             f"{str(path)!r} is not a dogclf config: its JSON is nested too deeply to read. Retrain the model "
             "(`dogclf train`) to write a valid config.json."
         ) from None
-    required = ("format_version", "backbone", "class_names", "preprocessing", "head", "num_features")
-    absent = [k for k in required if not isinstance(config, dict) or k not in config]
-    if absent:
-        raise ModelDirError(f"{str(path)!r} lacks keys: {', '.join(absent)}.")
-    check_config(config, path, format_version=FORMAT_VERSION)
-    check_manifest_shape(config, path)
-    check_weight_shapes(config, root / WEIGHTS_NAME, config_path=path)
-    check_class_lists(config, path)
-    return config
+    return ModelConfig.from_dict(config, source=path, weights=root / WEIGHTS_NAME)
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def model_classes(config: Mapping[str, Any]) -> list[ClassInfo]:
+def model_classes(config: ModelConfig | Mapping[str, Any]) -> list[ClassInfo]:
     """The model's classes as ``ClassInfo`` (folder id and display name) in output order.
 
     Models saved without ``class_folders`` use the display names as folder ids.
+
+    Args:
+        config: The model's config, or a dict with its ``class_names`` (and ``class_folders``).
     """
     from dogclf.data.folder import ClassInfo
 
-    names = list(config["class_names"])
-    folders = list(config.get("class_folders") or names)
+    names = config_section(config, "class_names")
+    folders = config_section(config, "class_folders") or names
     return [ClassInfo(str(f), str(n)) for f, n in zip(folders, names, strict=True)]
 
 
@@ -183,25 +187,25 @@ def load_state(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise ModelDirError(f"Cannot read weights {str(path)!r}: {type(exc).__name__}: {exc}") from exc
 
 
-def resolve_spec(config: Mapping[str, Any], model_dir: str | os.PathLike[str]) -> BackboneSpec:
+def resolve_spec(config: ModelConfig, model_dir: str | os.PathLike[str]) -> BackboneSpec:
     """Finds the backbone a saved model needs, checking it still fits."""
     from dogclf.backbones.registry import get_backbone
 
-    name = config["backbone"]
+    name = config.backbone
     try:
         spec = get_backbone(name)
     except UnknownBackboneError as exc:
-        origin = config.get("backbone_distribution") or "a plugin"
+        origin = config.backbone_distribution or "a plugin"
         raise ModelDirError(
             f"The model in {str(model_dir)!r} uses backbone {name!r} (from {origin}), which is not installed "
             f"here. Install the package that provides it. ({exc})"
         ) from exc
-    if spec.num_features != config["num_features"]:
+    if spec.num_features != config.num_features:
         raise ModelDirError(
             f"Backbone {name!r} now has {spec.num_features} features, but the model in {str(model_dir)!r} was "
-            f"trained with {config['num_features']}; install the backbone version it was trained with."
+            f"trained with {config.num_features}; install the backbone version it was trained with."
         )
-    saved = Preprocessing.from_dict(config["preprocessing"])
+    saved = config.preprocessing
     if saved != spec.preprocessing:
         import dataclasses
 

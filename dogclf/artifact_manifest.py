@@ -14,9 +14,12 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dogclf.errors import ModelDirError
+
+if TYPE_CHECKING:
+    from dogclf.model_config import ModelConfig
 
 __all__ = ["MANIFEST_KEY", "check_manifest", "check_manifest_shape", "file_digest", "manifest"]
 
@@ -63,7 +66,7 @@ def check_manifest_shape(config: Mapping[str, Any], path: Path) -> None:
             raise _fail(path, key + ".sha256", f"must be 64 lower-case hex digits, got {digest!r}")
 
 
-def check_manifest(config: Mapping[str, Any], root: Path) -> None:
+def check_manifest(config: ModelConfig, root: Path) -> None:
     """Checks every file ``config.json`` lists under ``"files"`` against its recorded size and SHA-256.
 
     A listed file that is absent is left to the code that reads it: the weights are required, a novelty file only
@@ -72,17 +75,17 @@ def check_manifest(config: Mapping[str, Any], root: Path) -> None:
     Raises:
         ModelDirError: A listed file differs: the directory mixes files of two saves.
     """
-    for name, entry in (config.get(MANIFEST_KEY) or {}).items():
+    for name, entry in (config.files or {}).items():
         file = root / name
         if not file.is_file():
             continue
         size = file.stat().st_size
-        found = "" if size != entry["bytes"] else file_digest(file)
-        if size != entry["bytes"] or found != entry["sha256"]:
-            what = f"{size:,} bytes, not {entry['bytes']:,}" if not found else f"SHA-256 {found[:12]}..."
+        found = "" if size != entry.bytes else file_digest(file)
+        if size != entry.bytes or found != entry.sha256:
+            what = f"{size:,} bytes, not {entry.bytes:,}" if not found else f"SHA-256 {found[:12]}..."
             raise ModelDirError(
                 f"{str(file)!r} is not the file {str(root / 'config.json')!r} was saved with ({what}; recorded "
-                f"SHA-256 {entry['sha256'][:12]}...): the directory mixes two saves, as a `dogclf train` stopped "
+                f"SHA-256 {entry.sha256[:12]}...): the directory mixes two saves, as a `dogclf train` stopped "
                 "while writing its model leaves it. Retrain the model, or restore both files from the same save."
             )
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from dogclf.artifact import load_state, read_config, resolve_spec
+from dogclf.artifact import load_config, load_state, resolve_spec
 from dogclf.artifact_checks import check_state
 from dogclf.artifact_manifest import check_manifest
 from dogclf.backbones.spec import BackboneSpec
@@ -26,7 +26,8 @@ from dogclf.inference.postprocess import PostProcessor, Scores
 from dogclf.inference.precision import PrecisionChoice, choose_precision
 from dogclf.inference.results import ImageResult, Prediction
 from dogclf.inference.threads import ThreadBudget
-from dogclf.model import DogClassifierNet, HeadConfig, build_head
+from dogclf.model import DogClassifierNet, build_head
+from dogclf.model_config import ModelConfig
 from dogclf.novelty import NoveltyScorer, load_novelty
 from dogclf.training.config import resolve_device
 
@@ -48,7 +49,7 @@ class Classifier:
         net: The network.
         spec: Its backbone spec (preprocessing included).
         class_names: Display names in index order.
-        config: The model directory's config (calibration and its precision).
+        config: The model directory's config (calibration and its precision), or a dict of part of one.
         device: Where the network runs.
         precision: ``None`` (default): the precision the model was calibrated in (``config.json``); or ``"fp32"``,
             ``"bf16"``, ``"fp16"`` (CUDA), ``"auto"`` (bf16 on CPUs with native bfloat16 and on CUDA, else fp32).
@@ -63,18 +64,19 @@ class Classifier:
         *,
         spec: BackboneSpec,
         class_names: Sequence[str],
-        config: dict[str, Any] | None = None,
+        config: ModelConfig | Mapping[str, Any] | None = None,
         device: torch.device | str = "cpu",
         precision: str | None = None,
         engine: Engine | None = None,
         forward_batch: int | None = None,
         novelty: NoveltyScorer | None = None,
     ) -> None:
-        self.config = config or {}
+        self.model_config: ModelConfig | None = config if isinstance(config, ModelConfig) else None
+        self._config: ModelConfig | Mapping[str, Any] = config or {}
         self.spec = spec
         self.class_names = list(class_names)
         device = torch.device(device)
-        self.precision_choice: PrecisionChoice = choose_precision(precision, self.config, device)
+        self.precision_choice: PrecisionChoice = choose_precision(precision, self._config, device)
         self.engine: Engine = engine or TorchEngine(
             net,
             spec.preprocessing,
@@ -85,7 +87,14 @@ class Classifier:
         if engine is not None:
             self.precision_choice = PrecisionChoice(engine.precision, f"{engine.name} engine")
         self.net = net
-        self.post = PostProcessor.from_config(self.config, self.class_names, novelty=novelty)
+        self.post = PostProcessor.from_config(self._config, self.class_names, novelty=novelty)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The model directory's ``config.json`` as a dict (:attr:`model_config` holds it typed)."""
+        if self.model_config is not None:
+            return self.model_config.to_dict()
+        return dict(self._config)  # type: ignore[arg-type]
 
     @property
     def device(self) -> torch.device:
@@ -107,7 +116,7 @@ class Classifier:
         """The classes (``ClassInfo``: folder id and display name) in output order, e.g. for ``load_labelled``."""
         from dogclf.artifact import model_classes
 
-        return model_classes({"class_names": self.class_names, **self.config})
+        return model_classes(self.model_config or {**self._config, "class_names": self.class_names})
 
     @property
     def preprocessing(self) -> Any:
@@ -254,7 +263,7 @@ class Classifier:
         }
 
 
-def build_net(config: dict[str, Any], spec: BackboneSpec, root: Path) -> DogClassifierNet:
+def build_net(config: ModelConfig, spec: BackboneSpec, root: Path) -> DogClassifierNet:
     """The network of a model directory, with its weights loaded (no network, no pickle).
 
     Raises:
@@ -263,7 +272,7 @@ def build_net(config: dict[str, Any], spec: BackboneSpec, root: Path) -> DogClas
     """
     net = DogClassifierNet(
         spec.build(pretrained=False, progress=False),
-        build_head(spec.num_features, len(config["class_names"]), HeadConfig(**config["head"])),
+        build_head(spec.num_features, len(config.class_names), config.head),
         frozen=True,
     )
     state = load_state(root)
@@ -302,7 +311,7 @@ def load_model(
     from dogclf.inference.openvino import resolve_engine
 
     root = Path(model_dir)
-    config = read_config(root)
+    config = load_config(root)
     spec = resolve_spec(config, root)
     net = build_net(config, spec, root)
     device_ = resolve_device(device)
@@ -314,7 +323,7 @@ def load_model(
     classifier = Classifier(
         net,
         spec=spec,
-        class_names=config["class_names"],
+        class_names=config.class_names,
         config=config,
         device=device_,
         precision=precision,
@@ -335,7 +344,7 @@ def _runtime_engine(
     choice: PrecisionChoice,
     forward_batch: int | None,
     root: Path,
-    config: dict[str, Any],
+    config: ModelConfig,
 ) -> Engine | None:
     """The OpenVINO or ONNX Runtime engine, compiled; ``None`` when ``auto`` picked one that cannot run this model."""
     from dogclf.inference.runtimes import runtime_engine

@@ -12,15 +12,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from dogclf.artifact import model_classes
 from dogclf.data.folder import ClassInfo, Sample, load_splits
 from dogclf.data.labelled import load_labelled
 from dogclf.errors import DatasetError
+from dogclf.model_config import ModelConfig, TrainingRecord
 
 __all__ = ["EVAL_SPLITS", "EvalSet", "select_eval_set"]
 
@@ -64,7 +62,7 @@ def _has_split_folders(root: Path) -> bool:
 
 def select_eval_set(
     data: str | os.PathLike[str],
-    config: Mapping[str, Any],
+    config: ModelConfig,
     *,
     split: str | None = None,
     strict: bool = False,
@@ -74,7 +72,7 @@ def select_eval_set(
 
     Args:
         data: A class-folder tree, or a data folder with split folders.
-        config: The model's ``config.json`` (its classes, and how it split its training data).
+        config: The model's config (its classes, and how it split its training data).
         split: ``"all"``, ``"train"``, ``"valid"``, ``"test"``; ``None``: ``"test"`` for a folder with split folders,
             else ``"all"``.
         strict: Fail on unreadable images instead of leaving them out.
@@ -94,7 +92,7 @@ def select_eval_set(
     split = split or ("test" if layered else "all")
     if split not in EVAL_SPLITS:
         raise DatasetError(f"Unknown split {split!r}; choose one of {', '.join(EVAL_SPLITS)}.")
-    classes = model_classes(config)
+    classes = config.classes
     if split == "all":
         if layered:
             raise DatasetError(
@@ -103,8 +101,8 @@ def select_eval_set(
             )
         return _whole(root, classes, split, f"every class folder of {root}", strict=strict, unknown=unknown)
     folder = _split_folder(root, split)
-    training = config.get("training") or {}
-    if split in ("train", "valid") and training.get("valid_fraction") and _split_folder(root, "valid") is None:
+    training = config.training or TrainingRecord()
+    if split in ("train", "valid") and training.valid_fraction and _split_folder(root, "valid") is None:
         return _held_out(root, config, split, strict=strict)
     if folder is not None:
         return _whole(folder, classes, split, f"{folder.name}/ of {root}", strict=strict, unknown=unknown)
@@ -132,11 +130,11 @@ def _whole(
     )
 
 
-def _held_out(root: Path, config: Mapping[str, Any], split: str, *, strict: bool) -> EvalSet:
+def _held_out(root: Path, config: ModelConfig, split: str, *, strict: bool) -> EvalSet:
     """The part of the training folder the model held out for validation (or kept for training)."""
-    training = config.get("training") or {}
-    fraction, seed = float(training["valid_fraction"]), int(training.get("seed", 0))
-    classes = model_classes(config)
+    training = config.training or TrainingRecord()
+    fraction, seed = float(training.valid_fraction or 0.0), int(training.seed or 0)
+    classes = config.classes
     splits = load_splits(
         root,
         valid_fraction=fraction,
@@ -146,21 +144,21 @@ def _held_out(root: Path, config: Mapping[str, Any], split: str, *, strict: bool
         require_valid=False,
     )
     same_classes = [c.folder for c in splits.classes] == [c.folder for c in classes]
-    recorded = training.get(f"{split}_files")
+    recorded = training.train_files if split == "train" else training.valid_files
     if recorded is not None:
         same_files = same_classes and splits.files_digest(split) == recorded
     else:  # a model saved before file digests were recorded: the same folder and image counts
-        trained_on = training.get("data")
+        trained_on = training.data
         same_files = (
             same_classes
             and trained_on is not None
             and Path(trained_on).resolve() == root.resolve()
-            and len(splits.train) == training.get("n_train")
-            and len(splits.valid) == training.get("n_valid")
+            and len(splits.train) == training.n_train
+            and len(splits.valid) == training.n_valid
         )
     if not same_files:
         raise DatasetError(
-            f"--split {split}: this model held out {fraction:g} of {training.get('data')!r} (seed {seed}) for "
+            f"--split {split}: this model held out {fraction:g} of {training.data!r} (seed {seed}) for "
             f"validation, and {str(root)!r} does not hold the same images, so the same fraction would pick other "
             "ones. Evaluate all of it with --split all, or give it a valid/ or test/ folder."
         )

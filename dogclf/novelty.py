@@ -40,6 +40,7 @@ import torch
 
 from dogclf.artifact import NOVELTY_NAME
 from dogclf.errors import ModelDirError
+from dogclf.model_config import ModelConfig, config_section
 
 __all__ = [
     "DEFAULT_K",
@@ -291,27 +292,31 @@ def novelty_threshold(scores: torch.Tensor, keep: float) -> float:
     return float(ordered[position - 1])
 
 
-def load_novelty(model_dir: str | os.PathLike[str], config: Mapping[str, Any]) -> NoveltyScorer | None:
+def load_novelty(model_dir: str | os.PathLike[str], config: ModelConfig | Mapping[str, Any]) -> NoveltyScorer | None:
     """The model's novelty scorer, or ``None`` for a model trained without one.
+
+    Args:
+        model_dir: The model directory (its novelty file is read).
+        config: Its config, or a dict with its ``novelty`` (and ``num_features``).
 
     Raises:
         ModelDirError: ``config.json`` names a method this dogclf does not know, or a novelty file that is missing,
             unreadable or does not fit the backbone.
     """
-    settings = config.get("novelty")
-    if not settings:
+    settings = config_section(config, "novelty")
+    if settings is None or settings.method is None:  # no entry, or an empty one
         return None
     from safetensors.torch import load_file
 
     root = Path(model_dir)
-    method = settings.get("method")
+    method = settings.method
     if method not in METHODS:
         raise ModelDirError(
             f"{str(root / 'config.json')!r} has novelty method {method!r}; this dogclf knows "
             f'{", ".join(repr(m) for m in METHODS)}. Upgrade dogclf, or remove the "novelty" entry to use the '
             "softmax threshold alone."
         )
-    path = root / str(settings.get("file", NOVELTY_NAME))
+    path = root / (settings.file or NOVELTY_NAME)
     try:
         tensors = load_file(str(path))
     except Exception as exc:
@@ -320,10 +325,10 @@ def load_novelty(model_dir: str | os.PathLike[str], config: Mapping[str, Any]) -
             'with the model, or remove the "novelty" entry from config.json to use the softmax threshold alone.'
         ) from exc
     scorer = NoveltyScorer(method=method)
-    _check_tensors(scorer.components, tensors, path, config.get("num_features"))
-    threshold, k, keep = settings.get("threshold"), settings.get("k"), settings.get("keep")
-    shrinkage, temperature = settings.get("shrinkage"), settings.get("temperature")  # null means the default
-    scales = settings.get("scales") or {}
+    _check_tensors(scorer.components, tensors, path, config_section(config, "num_features"))
+    threshold, k, keep = settings.threshold, settings.k, settings.keep
+    shrinkage, temperature = settings.shrinkage, settings.temperature  # null means the default
+    scales = settings.scales or {}
     return NoveltyScorer(  # config.json's values were checked on load (dogclf.artifact_checks)
         bank=tensors.get("bank"),
         k=DEFAULT_K if k is None else int(k),

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from dogclf.errors import DogclfError
+from dogclf.model_config import ModelConfig
 
 __all__ = [
     "FORMATS",
@@ -99,10 +100,11 @@ def weights_digest(model_dir: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _metadata(config: Mapping[str, Any], digest: str) -> dict[str, str]:
+def _metadata(config: ModelConfig | None, digest: str) -> dict[str, str]:
     keep = ("backbone", "class_names", "class_folders", "preprocessing", "calibration", "num_features", "head")
+    saved = config.to_dict() if config is not None else {}
     return {
-        "dogclf_config": json.dumps({k: config[k] for k in keep if k in config}),
+        "dogclf_config": json.dumps({k: saved[k] for k in keep if k in saved}),
         "dogclf_weights_sha256": digest,
     }
 
@@ -206,13 +208,13 @@ def export_model(
         ExportError: An unknown format, an existing file without ``overwrite``, or a failed export.
         ModelDirError: The model directory cannot be loaded.
     """
-    from dogclf.artifact import read_config, resolve_spec
+    from dogclf.artifact import load_config, resolve_spec
     from dogclf.classifier import build_net
 
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
     root = Path(model_dir)
-    config = read_config(root)
+    config = load_config(root)
     spec = resolve_spec(config, root)
     target = Path(output) if output is not None else root / "model.onnx"
     if target.exists() and not overwrite:

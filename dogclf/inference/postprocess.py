@@ -19,6 +19,7 @@ import torch
 
 from dogclf.artifact_checks import TEMPERATURE_RANGE
 from dogclf.inference.results import ImageResult, Prediction
+from dogclf.model_config import CalibrationRecord, ModelConfig, config_section
 
 if TYPE_CHECKING:
     from dogclf.inference.engine import EngineOutput
@@ -74,7 +75,7 @@ class PostProcessor:
     @classmethod
     def from_config(
         cls,
-        config: Mapping[str, Any],
+        config: ModelConfig | Mapping[str, Any],
         class_names: Sequence[str] | None = None,
         *,
         novelty: NoveltyScorer | None = None,
@@ -82,13 +83,18 @@ class PostProcessor:
         """Reads a model directory's ``config.json`` (temperature 1.0 and no threshold for uncalibrated models).
 
         The novelty score's feature bank lives in its own file; pass it loaded (:func:`dogclf.novelty.load_novelty`).
+
+        Args:
+            config: The model's config, or a dict of part of one (``{"calibration": {...}}``).
+            class_names: The class names (default: the config's).
+            novelty: The loaded novelty score, if the model has one.
         """
-        calibration = config.get("calibration") or {}
-        threshold = calibration.get("unknown_threshold")
-        names = class_names if class_names is not None else config.get("class_names", ())
+        calibration = config_section(config, "calibration") or CalibrationRecord()
+        threshold, temperature = calibration.unknown_threshold, calibration.temperature
+        names = class_names if class_names is not None else config_section(config, "class_names") or ()
         return cls(
             class_names=tuple(names),
-            temperature=float(calibration.get("temperature", 1.0)),
+            temperature=1.0 if temperature is None else float(temperature),
             unknown_threshold=None if threshold is None else float(threshold),
             novelty=novelty,
         )

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from dogclf.errors import DogclfError
+from dogclf.model_config import ModelConfig, config_section
 
 __all__ = ["PRECISIONS", "InvalidPrecisionError", "PrecisionChoice", "choose_precision", "recorded_precision"]
 
@@ -39,12 +40,16 @@ class PrecisionChoice:
         return f"{self.precision} ({self.reason})"
 
 
-def recorded_precision(config: Mapping[str, Any]) -> str | None:
-    """The precision a model directory was calibrated in, or ``None`` when its config does not say."""
-    for section in ("calibration", "training"):
-        value = (config.get(section) or {}).get("precision")
-        if value in ("fp32", "bf16", "fp16"):
-            return str(value)
+def recorded_precision(config: ModelConfig | Mapping[str, Any]) -> str | None:
+    """The precision a model directory was calibrated in, or ``None`` when its config does not say.
+
+    Args:
+        config: The model's config, or a dict of part of one (``{"calibration": {"precision": "bf16"}}``).
+    """
+    for name in ("calibration", "training"):
+        section = config_section(config, name)
+        if section is not None and section.precision in ("fp32", "bf16", "fp16"):
+            return str(section.precision)
     return None
 
 
@@ -69,13 +74,15 @@ def _check_runs(precision: str, device: torch.device) -> None:
         raise InvalidPrecisionError(f"precision bf16: the GPU {device} has no bfloat16 support; use fp16, fp32 or auto")
 
 
-def choose_precision(requested: str | None, config: Mapping[str, Any], device: torch.device) -> PrecisionChoice:
+def choose_precision(
+    requested: str | None, config: ModelConfig | Mapping[str, Any], device: torch.device
+) -> PrecisionChoice:
     """The precision to run a model in on ``device``.
 
     Args:
         requested: The user's ``--precision`` (``"auto"``, ``"fp32"``, ``"bf16"``, ``"fp16"``), or ``None`` for
             the precision the model was calibrated in.
-        config: The model directory's config.
+        config: The model directory's config (or a dict of part of one).
         device: Where it runs.
 
     Raises:

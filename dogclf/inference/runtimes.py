@@ -25,6 +25,7 @@ from dogclf._extras import require
 from dogclf.inference.engine import Engine, EngineOutput
 from dogclf.inference.preprocess import Normaliser, stack
 from dogclf.inference.threads import ThreadBudget
+from dogclf.model_config import ModelConfig
 
 __all__ = ["RUNTIMES", "OnnxRuntimeEngine", "fresh_export", "runtime_engine"]
 
@@ -110,7 +111,7 @@ def fresh_export(model_dir: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def _onnx_file(net: nn.Module, preprocessing: Any, model_dir: Path | None, config: dict[str, Any]) -> Path:
+def _onnx_file(net: nn.Module, preprocessing: Any, model_dir: Path | None, config: ModelConfig | None) -> Path:
     """:func:`fresh_export` when there is one; otherwise a new export in a temp file."""
     from dogclf.inference.export import _metadata, export_onnx, weights_digest
 
@@ -132,7 +133,7 @@ def runtime_engine(
     precision: str,
     forward_batch: int | None = None,
     model_dir: str | os.PathLike[str] | None = None,
-    config: dict[str, Any] | None = None,
+    config: ModelConfig | None = None,
 ) -> Engine:
     """An ONNX Runtime or OpenVINO engine for ``net`` (exported from it, or from ``model_dir/model.onnx``).
 
@@ -147,5 +148,5 @@ def runtime_engine(
 
         return OpenVinoEngine(net, preprocessing, precision=precision, forward_batch=forward_batch)
     require(name, extra="onnx", purpose=f"--engine {name}")  # fail before a long export
-    path = _onnx_file(net, preprocessing, None if model_dir is None else Path(model_dir), config or {})
+    path = _onnx_file(net, preprocessing, None if model_dir is None else Path(model_dir), config)
     return OnnxRuntimeEngine(path, preprocessing, forward_batch=forward_batch)

@@ -129,9 +129,9 @@ def _stem(model: str | os.PathLike[str]) -> str:
     source = str(model)
     if source.startswith("s3://"):
         return "dogclf-model"
-    from dogclf.artifact import read_config
+    from dogclf.artifact import load_config
 
-    return f"dogclf-{read_config(source)['backbone'].replace('/', '-')}"
+    return f"dogclf-{load_config(source).backbone.replace('/', '-')}"
 
 
 def deploy(

@@ -132,12 +132,12 @@ def container_train_args(argv: Sequence[str], env: ContainerEnvironment, data: P
 
 def _make_deployable(model_dir: Path) -> None:
     """Adds the ``code/`` folder ``dogclf package`` writes, so the job's model.tar.gz deploys as it is."""
-    from dogclf.artifact import read_config
+    from dogclf.artifact import load_config
     from dogclf.backbones.registry import get_backbone
     from dogclf.serving.package import write_serving_code
 
-    config = read_config(model_dir)
-    requirements = write_serving_code(model_dir, config, get_backbone(config["backbone"]).distribution or "")
+    config = load_config(model_dir)
+    requirements = write_serving_code(model_dir, config, get_backbone(config.backbone).distribution or "")
     print(f"Wrote {model_dir / 'code'} (requirements: {', '.join(requirements)}): model.tar.gz deploys as it is")
 
 

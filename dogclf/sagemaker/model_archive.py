@@ -81,7 +81,7 @@ def unpack_model(
         ModelDirError: ``out_dir`` already holds a model (without ``overwrite``) or other files, or the archive is
             not a readable tar.gz holding a dogclf model. ``out_dir`` is then unchanged.
     """
-    from dogclf.artifact import read_config
+    from dogclf.artifact import load_config
 
     out = Path(out_dir)
     _refuse_occupied(out, overwrite)
@@ -89,7 +89,7 @@ def unpack_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         _extract(archive, staging, source or str(archive))
-        read_config(staging)
+        load_config(staging)
         _move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

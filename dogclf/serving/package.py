@@ -27,10 +27,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from dogclf.artifact import NOVELTY_NAME
+from dogclf.artifact import NOVELTY_NAME, load_config
 from dogclf.errors import DogclfError
+from dogclf.model_config import ModelConfig
 
 __all__ = [
     "CONTAINER_PROVIDED",
@@ -319,13 +319,13 @@ def package_model(
     if not out.parent.is_dir():
         raise PackageError(f"Output folder {str(out.parent)!r} does not exist; create it first.")
     classifier = load_model(root, device="cpu")
-    config = classifier.config
-    plugin = find_plugin(config["backbone"], classifier.spec.distribution or "", root)
+    config = classifier.model_config or load_config(root)
+    plugin = find_plugin(config.backbone, classifier.spec.distribution or "", root)
     notes: list[str] = []
-    recorded = config.get("backbone_distribution") or ""
+    recorded = config.backbone_distribution or ""
     if plugin is not None and recorded and recorded != f"{plugin.name} {plugin.version}":
         notes.append(f"the model was trained with {recorded}; packaging the installed {plugin.name} {plugin.version}")
-    requirements = serving_requirements(config["backbone"], plugin)
+    requirements = serving_requirements(config.backbone, plugin)
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
@@ -386,7 +386,7 @@ def _add_serving_code(sink: ArchiveWriter, requirements: list[str], plugin: _Plu
     add_vendored(sink, plugin)
 
 
-def write_serving_code(model_dir: str | os.PathLike[str], config: dict[str, Any], distribution: str) -> list[str]:
+def write_serving_code(model_dir: str | os.PathLike[str], config: ModelConfig, distribution: str) -> list[str]:
     """Writes the ``code/`` folder ``dogclf package`` puts in the archive into a model directory itself.
 
     A training job's ``model.tar.gz`` (the contents of ``SM_MODEL_DIR``) then deploys to the PyTorch inference
@@ -394,7 +394,7 @@ def write_serving_code(model_dir: str | os.PathLike[str], config: dict[str, Any]
 
     Args:
         model_dir: The model directory (``config.json`` and ``model.safetensors`` already written).
-        config: Its ``config.json``.
+        config: Its config (:func:`dogclf.artifact.load_config`).
         distribution: Where its backbone comes from (``BackboneSpec.distribution``).
 
     Returns:
@@ -404,8 +404,8 @@ def write_serving_code(model_dir: str | os.PathLike[str], config: dict[str, Any]
         PackageError: A backbone that cannot be vendored (registered in-process, not a plugin).
     """
     root = Path(model_dir)
-    plugin = find_plugin(config["backbone"], distribution, root)
-    requirements = serving_requirements(config["backbone"], plugin)
+    plugin = find_plugin(config.backbone, distribution, root)
+    requirements = serving_requirements(config.backbone, plugin)
     shutil.rmtree(root / "code", ignore_errors=True)
     _add_serving_code(FolderWriter(root), requirements, plugin)
     return requirements

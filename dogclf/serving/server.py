@@ -32,6 +32,7 @@ from dataclasses import asdict
 from typing import Any
 
 from dogclf.errors import DogclfError
+from dogclf.model_config import config_section
 from dogclf.serving.batcher import BatchConfig, Batcher
 from dogclf.serving.codec import (
     JSON_CONTENT_TYPE,
@@ -80,7 +81,7 @@ async def _read_body(request: Any, limit: int) -> bytes:
 
 
 def _model_info(classifier: Any, model_dir: str | None) -> dict[str, Any]:
-    config = classifier.config
+    metrics = config_section(classifier.model_config or classifier.config, "metrics")
     return {
         "model_dir": model_dir,
         "backbone": classifier.spec.name,
@@ -90,7 +91,7 @@ def _model_info(classifier: Any, model_dir: str | None) -> dict[str, Any]:
         "input_size": classifier.preprocessing.input_size,
         "device": str(classifier.device),
         "engine": classifier.info(),
-        "metrics": (config.get("metrics") or {}).get("final") or {},  # the last epoch's, as training recorded them
+        "metrics": (metrics and metrics.final) or {},  # the last epoch's, as training recorded them
     }
 
 
