@@ -16,6 +16,7 @@ from typing import Any
 
 from dogclf import __version__
 from dogclf._cli_args import add_data_args
+from dogclf._logging import cli_logging
 from dogclf.diagnostics.cli_args import add_diagnostics_args, diagnostics_from_args
 from dogclf.errors import DogclfError
 
@@ -597,7 +598,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.environ = os.environ if environ is None else environ
     try:
-        code = _COMMANDS[args.command](args)
+        with cli_logging():  # dogclf's log messages, as plain lines on stdout, for this command only
+            code = _COMMANDS[args.command](args)
         sys.stdout.flush()  # here, so a reader that went away (`| head`) is handled below, not at exit
         return code
     except BrokenPipeError:
