@@ -119,9 +119,10 @@ class _CallbackHandler(logging.Handler):
     def __init__(self, log: Callable[[str], None]) -> None:
         super().__init__()
         self.log = log
+        self.setFormatter(_PlainFormatter())  # "warning: ..." as the callbacks got it
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.log(record.getMessage())
+        self.log(self.format(record))
 
 
 @contextlib.contextmanager

@@ -200,12 +200,13 @@ class _ListHandler(logging.Handler):
         self.lines = lines
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+        warning = "warning: " if record.levelno >= logging.WARNING else ""  # as the CLI prints it
+        self.lines.append(warning + record.getMessage())
 
 
 @contextlib.contextmanager
 def captured_log() -> Iterator[list[str]]:
-    """The messages dogclf logs at INFO and above inside the block, in order (what ``log=`` callbacks got)."""
+    """The messages dogclf logs at INFO and above inside the block, in order, as the CLI prints them."""
     lines: list[str] = []
     handler = _ListHandler(lines)
     logger = logging.getLogger("dogclf")

@@ -380,14 +380,14 @@ def test_cli_evaluate_says_when_a_model_has_no_unknown_threshold(
 
 
 def test_training_without_validation_images_skips_calibration(
-    trained: dict[str, Any], tiny_spec: dogclf.BackboneSpec
+    trained: dict[str, Any], tiny_spec: dogclf.BackboneSpec, dogclf_log: list[str]
 ) -> None:
     splits = dataclasses.replace(load_splits(trained["data"]), valid=[])
     model = dogclf.load_model(trained["model"]).net
-    lines: list[str] = []
+    lines = dogclf_log
     config = dogclf.TrainConfig(batch_size=8, num_workers=0, device="cpu")
 
-    calibration = _calibrate(model, splits, tiny_spec, config, torch.device("cpu"), lines.append)
+    calibration = _calibrate(model, splits, tiny_spec, config, torch.device("cpu"))
 
     assert calibration == Calibration()
     assert lines == ["calibration: skipped (no validation images); temperature 1.0, no unknown threshold"]
