@@ -232,6 +232,7 @@ def test_training_through_the_backbone_calibrates_on_the_valid_images(
     trained: dict[str, Any], tmp_path: Path, tiny_spec: dogclf.BackboneSpec, dogclf_log: list[str]
 ) -> None:
     config = dogclf.TrainConfig(epochs=1, batch_size=8, num_workers=0, device="cpu")
+    dogclf_log.clear()  # from here on
     lines = dogclf_log
     result = dogclf.train(
         trained["data"],
@@ -384,6 +385,7 @@ def test_training_without_validation_images_skips_calibration(
 ) -> None:
     splits = dataclasses.replace(load_splits(trained["data"]), valid=[])
     model = dogclf.load_model(trained["model"]).net
+    dogclf_log.clear()  # from here on
     lines = dogclf_log
     config = dogclf.TrainConfig(batch_size=8, num_workers=0, device="cpu")
 

@@ -47,6 +47,7 @@ def test_train_fits_the_head_on_the_photos_and_their_views_and_records_it(
 ) -> None:
     data = dogclf.make_synthetic_dataset(tmp_path / "data", num_classes=3, per_split=(12, 17, 6), size=40, seed=3)
     cache = tmp_path / "cache"
+    dogclf_log.clear()  # from here on
     lines = dogclf_log
     config = dogclf.TrainConfig(num_workers=0, device="cpu", cv_folds=3)
 

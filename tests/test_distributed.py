@@ -72,6 +72,7 @@ def test_two_processes_share_the_extraction_and_train_the_same_head(
     splits = load_splits(flat_tree, valid_fraction=0.25, seed=0)
     model = dogclf.build_model("tinynet", 3, weights=None)
     model.load_state_dict(load_file(str(tmp_path / "one" / "model.safetensors")))
+    dogclf_log.clear()  # from here on
     found = dogclf_log
     options = ExtractOptions(precision="fp32", num_workers=0, device="cpu")
     common = {"weights_label": "none", "options": options, "progress": False}

@@ -287,6 +287,7 @@ def test_an_unwritable_cache_folder_warns_once_and_training_goes_on(
 ) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be")
+    dogclf_log.clear()  # from here on
     messages = dogclf_log
     result = dogclf.train(
         tiny_tree,
@@ -503,6 +504,7 @@ def test_no_cache_and_augment_choose_their_paths(
 ) -> None:
     cache = tmp_path / "cache"
     common: dict[str, Any] = {"weights": None, "progress": False, "cache_dir": cache, "precision": "fp32"}
+    dogclf_log.clear()  # from here on
     messages = dogclf_log
     in_memory = dogclf.train(tiny_tree, "tinynet", tmp_path / "m1", config=_config(1), cache=False, **common)
     assert _counts(messages) == (0, 42)
@@ -555,6 +557,7 @@ def test_resume_after_ctrl_c_continues_from_checkpoint_and_cache(
     full = dogclf.train(tiny_tree, "tinynet", tmp_path / "full", **common)
     with pytest.raises(KeyboardInterrupt):
         dogclf.train(tiny_tree, "tinynet", tmp_path / "cut", callbacks=[StopAfterFirstEpoch()], **common)
+    dogclf_log.clear()  # from here on
     messages = dogclf_log
     resumed = dogclf.train(tiny_tree, "tinynet", tmp_path / "cut", resume=True, **common)
     assert _counts(messages) == (42, 0)
@@ -755,6 +758,8 @@ def test_training_on_features_decodes_each_new_image_once_and_cached_ones_never(
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     decoded = _count_decodes(monkeypatch)
     common: dict[str, Any] = {"weights": None, "progress": False, "cache_dir": tmp_path / "cache", "precision": "fp32"}
+
+    dogclf_log.clear()  # from here on
 
     messages = dogclf_log
     first = dogclf.train(tiny_tree, "tinynet", tmp_path / "m1", config=_config(1), **common)

@@ -151,6 +151,7 @@ def test_default_train_fits_a_linear_head_by_lbfgs_and_records_the_chosen_penalt
     tmp_path: Path, tiny_spec: dogclf.BackboneSpec, dogclf_log: list[str]
 ) -> None:
     data = dogclf.make_synthetic_dataset(tmp_path / "data", num_classes=3, per_split=(10, 4, 3), size=40, seed=1)
+    dogclf_log.clear()  # from here on
     messages = dogclf_log
 
     result = _train(data, tmp_path / "model", config=_config(cv_folds=3))
@@ -177,6 +178,7 @@ def test_default_train_fits_a_linear_head_by_lbfgs_and_records_the_chosen_penalt
 def test_lbfgs_with_a_given_penalty_skips_cross_validation_and_resume_refits(
     tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, dogclf_log: list[str]
 ) -> None:
+    dogclf_log.clear()  # from here on
     messages = dogclf_log
     first = _train(tiny_tree, tmp_path / "model", config=_config(head_solver="lbfgs", penalty_c=0.1))
 

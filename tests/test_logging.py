@@ -100,7 +100,7 @@ def test_a_log_callback_still_gets_every_message_with_a_deprecation_warning(
     assert [type(h) for h in logging.getLogger("dogclf").handlers] == [logging.NullHandler]
 
 
-def test_main_leaves_logging_as_it_found_it_and_keeps_warnings_off_stdout(
+def test_main_leaves_logging_as_it_found_it_keeps_warnings_off_stdout_and_quiets_with_q(
     tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from dogclf._logging import cli_logging
@@ -112,8 +112,9 @@ def test_main_leaves_logging_as_it_found_it_and_keeps_warnings_off_stdout(
         logging.getLogger("dogclf.training.run").info("Saved model to /y")
         logging.getLogger("dogclf.serve").info("stopped: 1 requests")  # `dogclf serve` logs through the root logger
     out, err = capsys.readouterr()
-    code, _, _ = run_cli(["train", "--data", str(tiny_tree), "--out", str(tmp_path / "m"), *TINY], capsys)
+    quiet = run_cli(["-q", "train", "--data", str(tiny_tree), "--out", str(tmp_path / "m"), *TINY], capsys)
 
     assert (out, err) == ("Saved model to /y\n", "warning: feature cache /x cannot be written (read-only)\n")
-    assert code == 0
+    assert quiet == (0, "", "")  # -q: warnings only
+    assert (tmp_path / "m" / "model.safetensors").is_file()
     assert (list(logger.handlers), logger.level) == before

@@ -126,6 +126,7 @@ def test_an_lbfgs_head_is_not_judged_overfit_for_its_converged_training_loss(
 
     torch.manual_seed(0)
     model = build_model(tiny_spec, 3, weights=None)
+    dogclf_log.clear()  # from here on
     lines = dogclf_log
     rule_set = RuleSet(make_rules("all"))
     config = TrainConfig(device="cpu", head_solver="lbfgs")
@@ -144,6 +145,7 @@ def test_healthy_run_through_the_backbone_fires_no_rule(tiny_spec: Any, tmp_path
     splits = load_splits(root)
     torch.manual_seed(0)
     model = build_model(tiny_spec, 3, weights=None, freeze=False)
+    dogclf_log.clear()  # from here on
     lines = dogclf_log
     rule_set = RuleSet(make_rules("all"))
     config = TrainConfig(epochs=4, batch_size=8, lr=1e-2, num_workers=0, device="cpu")
@@ -217,6 +219,7 @@ def test_class_imbalance_names_the_classes_in_train(
     for image in sorted(first.iterdir()):  # the first class gets 8 + 8 * 12 = 104 images, the others keep 8: 13x
         for extra in range(12):
             (first / f"copy{extra}_{image.name}").write_bytes(image.read_bytes())
+    dogclf_log.clear()  # from here on
     lines = dogclf_log
     dogclf.train(
         tiny_tree,
@@ -289,6 +292,7 @@ class _Sleep(Callback):
 
 def test_a_stalled_loop_fires_stalled_training_rule_and_stops_it(tiny_spec: Any, dogclf_log: list[str]) -> None:
     rule = StalledTrainingRule(threshold=0.2, stop_training_on_fire=True)
+    dogclf_log.clear()  # from here on
     lines = dogclf_log
     rule_set = RuleSet([rule])
     torch.manual_seed(0)

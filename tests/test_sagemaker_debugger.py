@@ -68,6 +68,8 @@ def test_a_distributed_job_gets_no_hook_and_no_tensor_rules(
     assert distributed["ProfilerConfig"] == single["ProfilerConfig"]
     assert "AWS: Debugger is not available for distributed training with checkpoints" in out
 
+    dogclf_log.clear()  # from here on
+
     lines = dogclf_log
     fields = debugger_fields("us-east-1", "s3://b/p", framework_version="2.8.0", distributed=False)
     assert fields["DebugHookConfig"]["S3OutputPath"] == "s3://b/p/debug-output"

@@ -193,6 +193,7 @@ def test_a_features_channel_from_a_local_run_spares_the_job_its_extraction(
     dogclf.train(tiny_tree, "tinynet", tmp_path / "local-model", config=config, weights=None, cache_dir=cache)
     # ... and the job, where the same photos sit under /opt/ml/input/data/training, reads them from the channel.
     source = build_source_dir(tmp_path / "source", backbone="tinynet")
+    dogclf_log.clear()  # from here on
     log = dogclf_log
     run_local(
         tmp_path / "job",

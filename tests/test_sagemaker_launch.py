@@ -304,6 +304,7 @@ def test_the_job_sees_exactly_the_local_folder_whatever_was_uploaded_before(
     assert _channel_files(aws, third.request or {}) == _local_files(three)
 
     # Relaunching on unchanged photos reuses the prefix and uploads nothing.
+    dogclf_log.clear()  # from here on
     lines = dogclf_log
     again = launch_training_job(spec, three, aws=aws, role=ROLE, bucket="dogclf-test", name="again")
     assert again.request["InputDataConfig"] == third.request["InputDataConfig"]  # type: ignore[index]

@@ -144,6 +144,7 @@ def test_without_smdebug_a_run_is_unaffected(
         import_smdebug()
     config = tmp_path / "debughookconfig.json"
     config.write_text(json.dumps(debug_hook_config("s3://bucket/debug", local_path=str(tmp_path / "tensors"))))
+    dogclf_log.clear()  # from here on
     lines = dogclf_log
     dogclf.train(
         tiny_tree,

@@ -99,6 +99,7 @@ def test_overwrite_removes_the_previous_run_before_training(
     _train(tiny_tree, out, epochs=1)
     assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "checkpoint.pt"}
     (out / "confusion_test.png").write_bytes(b"written by evaluate")
+    dogclf_log.clear()  # from here on
     lines = dogclf_log
 
     with pytest.raises(KeyboardInterrupt):
@@ -147,6 +148,7 @@ def test_the_model_records_which_files_it_was_trained_on(tiny_spec: Any, tiny_tr
 def test_calibration_on_a_tiny_valid_split_is_skipped_and_not_stored(
     tiny_spec: Any, tiny_tree: Path, tmp_path: Path, dogclf_log: list[str]
 ) -> None:
+    dogclf_log.clear()  # from here on
     lines = dogclf_log
 
     _train(tiny_tree, tmp_path / "model")  # 9 valid images
@@ -206,6 +208,7 @@ def test_a_percentage_as_valid_fraction_is_refused_before_anything_runs(
 def test_train_refuses_a_bad_valid_fraction_before_reading_the_data(
     tiny_spec: Any, tiny_tree: Path, tmp_path: Path, dogclf_log: list[str]
 ) -> None:
+    dogclf_log.clear()  # from here on
     lines = dogclf_log
 
     with pytest.raises(
@@ -228,6 +231,7 @@ def _offline_resnet18(tmp_path: Path) -> dogclf.BackboneSpec:
 
 def test_unreachable_weights_fail_before_the_data_scan(tiny_tree: Path, tmp_path: Path, dogclf_log: list[str]) -> None:
     spec = _offline_resnet18(tmp_path)
+    dogclf_log.clear()  # from here on
     lines = dogclf_log
     started = time.monotonic()
 

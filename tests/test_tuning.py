@@ -40,7 +40,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def _tune(data: Path, out: Path, cache: Path, *, trials: int, **kwargs: Any) -> dogclf.tuning.TuneResult:
     kwargs.setdefault("space", TINY_SPACE)
-    kwargs.setdefault("log", lambda message: None)
     return tune(data, "tinynet", out, trials=trials, weights=None, cache_dir=cache, device="cpu", **kwargs)
 
 
@@ -174,6 +173,7 @@ def test_space_module_does_not_import_optuna() -> None:
 def test_tiny_tune_writes_best_params_trials_and_history(
     tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path, dogclf_log: list[str]
 ) -> None:
+    dogclf_log.clear()  # from here on
     lines = dogclf_log
     result = _tune(tiny_tree, tmp_path / "tune", tmp_path / "cache", trials=5)
 
@@ -222,6 +222,8 @@ def test_rerun_continues_the_study(
     _tune(tiny_tree, out, tmp_path / "cache", trials=3)
     first = [(t.number, t.state.name, t.value, t.params) for t in _stored_trials(out)]
     assert len(first) == 3
+
+    dogclf_log.clear()  # from here on
 
     lines = dogclf_log
     result = _tune(tiny_tree, out, tmp_path / "cache", trials=5)
@@ -340,6 +342,7 @@ def test_shared_storage_url_lets_two_runs_fill_one_study(
 def test_train_best_repeats_the_best_trial(
     tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path, dogclf_log: list[str]
 ) -> None:
+    dogclf_log.clear()  # from here on
     lines = dogclf_log
     result = _tune(tiny_tree, tmp_path / "tune", tmp_path / "cache", trials=4, train_best=True)
     assert result.model_dir == tmp_path / "tune" / "model"
@@ -449,6 +452,7 @@ def test_cli_errors_exit_2(
 def test_the_first_trial_is_the_train_defaults_so_a_study_is_never_worse(
     tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path, dogclf_log: list[str]
 ) -> None:
+    dogclf_log.clear()  # from here on
     lines = dogclf_log
     result = _tune(tiny_tree, tmp_path / "tune", tmp_path / "cache", trials=3)
 
