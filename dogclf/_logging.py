@@ -3,7 +3,8 @@
 Every module logs to ``logging.getLogger(__name__)`` (``dogclf.training.run``, ``dogclf.features.pipeline`` ...):
 progress at INFO, trouble it works around at WARNING. A library user controls them the usual way, e.g.
 ``logging.getLogger("dogclf").setLevel(logging.WARNING)``. The CLI installs :func:`cli_logging` for one command,
-which prints each message as its own line on stdout, as the ``log`` callbacks these loggers replaced did.
+which prints each message as its own plain line, as the ``log`` callbacks these loggers replaced did: progress on
+stdout, warnings on stderr.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class _CliHandler(logging.Handler):
     configures (``INFO: ...`` on stderr, as uvicorn's).
     """
 
-    def filter(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+    def filter(self, record: logging.LogRecord) -> bool | logging.LogRecord:
         return not (record.name == SERVE or record.name.startswith(SERVE + ".")) and super().filter(record)
 
     def emit(self, record: logging.LogRecord) -> None:

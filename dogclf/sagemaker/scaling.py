@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -208,14 +208,12 @@ def update_endpoint(
     return EndpointUpdate(endpoint, name, previous, requests, deleted)
 
 
-def _finish_update(
-    aws: Aws, endpoint: str, name: str, old_config: Mapping[str, Any], *, poll: int, log: Callable[[str], None]
-) -> tuple[str, ...]:
+def _finish_update(aws: Aws, endpoint: str, name: str, old_config: Mapping[str, Any], *, poll: int) -> tuple[str, ...]:
     """Waits for the switch; deletes the old config and models once the endpoint serves the new one."""
     from dogclf.sagemaker.aws import aws_errors
     from dogclf.sagemaker.endpoint import _wait_in_service
 
-    _wait_in_service(aws, endpoint, log, delay=poll)
+    _wait_in_service(aws, endpoint, delay=poll)
     client = aws.client("sagemaker")
     with aws_errors(f"Reading endpoint {endpoint}"):
         now = client.describe_endpoint(EndpointName=endpoint)

@@ -17,7 +17,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -537,9 +537,7 @@ class TuningJob:
             return dict(client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=self.name))
 
     @deprecated_log
-    def wait(
-        self, *, poll: float = 60.0, timeout: float | None = None, log: Callable[[str], None] = print
-    ) -> dict[str, Any]:
+    def wait(self, *, poll: float = 60.0, timeout: float | None = None) -> dict[str, Any]:
         """Polls until the tuning job ends, printing its trial counts when they change; returns the description.
 
         Raises:
