@@ -46,7 +46,7 @@ def aws(moto_environ: dict[str, str]) -> Aws:
 
 @pytest.mark.slow
 def test_launch_uploads_data_and_code_once_and_sends_the_whole_request(
-    aws: Aws, tiny_plugin: dogclf.BackboneSpec, tiny_tree: Path, capsys: pytest.CaptureFixture[str]
+    aws: Aws, tiny_plugin: dogclf.BackboneSpec, tiny_tree: Path, dogclf_log: list[str]
 ) -> None:
     sent = _capture(aws, "CreateTrainingJob")
     spec = TrainingJobSpec(
@@ -105,9 +105,9 @@ def test_launch_uploads_data_and_code_once_and_sends_the_whole_request(
     assert described["HyperParameters"] == hyperparameters
 
     # Launching again on the same photos uploads none of them (same size and checksum).
-    capsys.readouterr()
+    dogclf_log.clear()
     launch_training_job(spec, tiny_tree, aws=aws, role=ROLE, bucket="dogclf-test", name="job-b")
-    assert f"0 uploaded (0.0 MB), {len(uploaded)} already there" in capsys.readouterr().out
+    assert f"0 uploaded (0.0 MB), {len(uploaded)} already there" in "\n".join(dogclf_log)
 
 
 @pytest.mark.parametrize(
@@ -185,9 +185,7 @@ def test_dry_run_prints_the_request_as_json_and_needs_no_credentials(tiny_tree: 
     assert request["AlgorithmSpecification"]["TrainingImage"].startswith("763104351884.dkr.ecr.eu-west-1.")
 
 
-def test_wait_follows_status_and_log_lines_and_a_failure_shows_its_reason(
-    aws: Aws, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_wait_follows_status_and_log_lines_and_a_failure_shows_its_reason(aws: Aws, dogclf_log: list[str]) -> None:
     logs = aws.client("logs")
     logs.create_log_group(logGroupName="/aws/sagemaker/TrainingJobs")
     logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName="job-x/algo-1-1700000000")
@@ -218,7 +216,7 @@ def test_wait_follows_status_and_log_lines_and_a_failure_shows_its_reason(
     message = str(info.value)
     assert "Training job job-x failed: AlgorithmError: ExecuteUserScriptError: exit code 2" in message
     assert "  Traceback: boom" in message
-    printed = capsys.readouterr().out.splitlines()
+    printed = dogclf_log
     assert "[job-x] Starting: Preparing" in printed
     assert lines == [line for line in printed if line in lines]
 
