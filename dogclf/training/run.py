@@ -237,7 +237,7 @@ def train(
             The novelty score and calibration still use the photos themselves.
 
     Messages go to the ``dogclf.training``, ``dogclf.features`` and ``dogclf.diagnostics`` loggers (under torchrun,
-    from rank 0 only); ``log=`` (a callback) is deprecated: see :func:`dogclf._logging.deprecated_log`.
+    from rank 0 only; see docs/logging.md); ``log=`` (a callback) still works, with a DeprecationWarning.
 
     Returns:
         The result, with the model directory path.
