@@ -16,6 +16,7 @@ def imagewoof_features(cache_dir: Path | None, device: str = "auto") -> tuple[An
     The first call extracts every photo (minutes on a CPU) into ``cache_dir``; later calls read them back in about a
     second. ``cache_dir=None`` extracts in memory.
     """
+    from dogclf._logging import cli_logging
     from dogclf.backbones.registry import get_backbone
     from dogclf.backbones.weights import build_backbone
     from dogclf.data.folder import load_splits
@@ -26,16 +27,16 @@ def imagewoof_features(cache_dir: Path | None, device: str = "auto") -> tuple[An
         raise SystemExit(f"No photos at {IMAGEWOOF}: this benchmark needs ../shared/data/imagewoof.")
     spec = get_backbone(BACKBONE)
     splits = load_splits(IMAGEWOOF, require_valid=False, check_images=False)
-    features = prepare_features(
-        splits,
-        spec,
-        build_backbone(spec, "imagenet"),
-        weights_label="imagenet",
-        cache_dir=cache_dir,
-        options=ExtractOptions(device=device),
-        log=print,
-        progress=False,
-    )["train"]
+    with cli_logging():  # the features summary line, printed as `dogclf train` prints it
+        features = prepare_features(
+            splits,
+            spec,
+            build_backbone(spec, "imagenet"),
+            weights_label="imagenet",
+            cache_dir=cache_dir,
+            options=ExtractOptions(device=device),
+            progress=False,
+        )["train"]
     return features.features, features.labels, [c.folder for c in splits.classes]
 
 

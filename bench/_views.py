@@ -57,6 +57,7 @@ def write_views(paths: Sequence[Path], out: Path, kind: str, seed: int = 0) -> l
 
 def view_features(paths: Sequence[Path], labels: Sequence[int], cache_dir: Path | None) -> Any:
     """``(N, 1280)`` float32 features of image files (the ``efficientnet_lite0`` ImageNet backbone), via the cache."""
+    from dogclf._logging import cli_logging
     from dogclf.backbones.registry import get_backbone
     from dogclf.backbones.weights import build_backbone
     from dogclf.data.folder import DataSplits, Sample
@@ -66,13 +67,13 @@ def view_features(paths: Sequence[Path], labels: Sequence[int], cache_dir: Path 
     spec = get_backbone(BACKBONE)
     samples = [Sample(Path(p), int(y)) for p, y in zip(paths, labels, strict=True)]
     splits = DataSplits(root=Path(paths[0]).parent.parent, classes=[], train=samples, valid=[], test=[])
-    return prepare_features(
-        splits,
-        spec,
-        build_backbone(spec, "imagenet"),
-        weights_label="imagenet",
-        cache_dir=cache_dir,
-        options=ExtractOptions(device="cpu"),
-        log=print,
-        progress=False,
-    )["train"].features
+    with cli_logging():  # the features summary line, printed as `dogclf train` prints it
+        return prepare_features(
+            splits,
+            spec,
+            build_backbone(spec, "imagenet"),
+            weights_label="imagenet",
+            cache_dir=cache_dir,
+            options=ExtractOptions(device="cpu"),
+            progress=False,
+        )["train"].features

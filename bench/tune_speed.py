@@ -140,6 +140,7 @@ def logistic_baseline(data: Path, valid_fraction: float, seed: int, cache: Path,
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
+    from dogclf._logging import cli_logging
     from dogclf.backbones.registry import get_backbone
     from dogclf.backbones.weights import build_backbone
     from dogclf.data.folder import load_splits
@@ -148,15 +149,15 @@ def logistic_baseline(data: Path, valid_fraction: float, seed: int, cache: Path,
 
     spec = get_backbone(BACKBONE)
     splits = load_splits(data, valid_fraction=valid_fraction, seed=seed)
-    features = prepare_features(
-        splits,
-        spec,
-        build_backbone(spec, "imagenet"),
-        weights_label="imagenet",
-        cache_dir=cache,
-        options=ExtractOptions(device=device),
-        log=print,
-    )
+    with cli_logging():  # the features summary line, printed as `dogclf train` prints it
+        features = prepare_features(
+            splits,
+            spec,
+            build_backbone(spec, "imagenet"),
+            weights_label="imagenet",
+            cache_dir=cache,
+            options=ExtractOptions(device=device),
+        )
     x_train, y_train = features["train"].features.numpy(), features["train"].labels.numpy()
     x_valid, y_valid = features["valid"].features.numpy(), features["valid"].labels.numpy()
     scores: dict[str, float] = {}
