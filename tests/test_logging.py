@@ -17,12 +17,13 @@ TINY = ["--backbone", "tinynet", "--weights", "none", "--workers", "0"]
 
 
 def _mask(text: str, root: Path) -> list[str]:
-    """The lines of ``text`` with the temporary folder, decimals and timings masked (they differ between runs)."""
+    """The lines of ``text`` with what differs between runs and machines masked: folders, decimals, timings."""
     text = text.replace(str(root), "<tmp>")
     text = re.sub(r"-[0-9a-f]{20}\b", "-<hash>", text)
     text = re.sub(r"\d+\.\d+(e-?\d+)?", "<f>", text)
     text = re.sub(r"\b\d+ s\b", "<n> s", text)
     text = re.sub(r"\(\d+ img/s\)", "(<n> img/s)", text)
+    text = re.sub(r"final fit \d+ iterations", "final fit <n> iterations", text)  # thread count and CPU dependent
     return text.splitlines()
 
 
