@@ -10,32 +10,39 @@ from _common import IMAGEWOOF
 BACKBONE = "efficientnet_lite0"
 
 
+def lite0_features(splits: Any, cache_dir: Path | None, device: str = "auto", progress: bool | None = None) -> Any:
+    """``prepare_features`` of ``splits`` with the ``efficientnet_lite0`` ImageNet backbone, its summary printed."""
+    from dogclf._logging import cli_logging
+    from dogclf.backbones.registry import get_backbone
+    from dogclf.backbones.weights import build_backbone
+    from dogclf.features.extract import ExtractOptions
+    from dogclf.features.pipeline import prepare_features
+
+    spec = get_backbone(BACKBONE)
+    with cli_logging():  # the features summary line, printed as `dogclf train` prints it
+        return prepare_features(
+            splits,
+            spec,
+            build_backbone(spec, "imagenet"),
+            weights_label="imagenet",
+            cache_dir=cache_dir,
+            options=ExtractOptions(device=device),
+            progress=progress,
+        )
+
+
 def imagewoof_features(cache_dir: Path | None, device: str = "auto") -> tuple[Any, Any, list[str]]:
     """``(features (N, 1280) float32, labels (N,), class folders)`` of all of imagewoof/train, via the cache.
 
     The first call extracts every photo (minutes on a CPU) into ``cache_dir``; later calls read them back in about a
     second. ``cache_dir=None`` extracts in memory.
     """
-    from dogclf.backbones.registry import get_backbone
-    from dogclf.backbones.weights import build_backbone
     from dogclf.data.folder import load_splits
-    from dogclf.features.extract import ExtractOptions
-    from dogclf.features.pipeline import prepare_features
 
     if not IMAGEWOOF.is_dir():
         raise SystemExit(f"No photos at {IMAGEWOOF}: this benchmark needs ../shared/data/imagewoof.")
-    spec = get_backbone(BACKBONE)
     splits = load_splits(IMAGEWOOF, require_valid=False, check_images=False)
-    features = prepare_features(
-        splits,
-        spec,
-        build_backbone(spec, "imagenet"),
-        weights_label="imagenet",
-        cache_dir=cache_dir,
-        options=ExtractOptions(device=device),
-        log=print,
-        progress=False,
-    )["train"]
+    features = lite0_features(splits, cache_dir, device, progress=False)["train"]
     return features.features, features.labels, [c.folder for c in splits.classes]
 
 

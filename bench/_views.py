@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _features import BACKBONE
-
 KINDS = ("shift", "augment")
 
 
@@ -57,22 +55,10 @@ def write_views(paths: Sequence[Path], out: Path, kind: str, seed: int = 0) -> l
 
 def view_features(paths: Sequence[Path], labels: Sequence[int], cache_dir: Path | None) -> Any:
     """``(N, 1280)`` float32 features of image files (the ``efficientnet_lite0`` ImageNet backbone), via the cache."""
-    from dogclf.backbones.registry import get_backbone
-    from dogclf.backbones.weights import build_backbone
-    from dogclf.data.folder import DataSplits, Sample
-    from dogclf.features.extract import ExtractOptions
-    from dogclf.features.pipeline import prepare_features
+    from _features import lite0_features
 
-    spec = get_backbone(BACKBONE)
+    from dogclf.data.folder import DataSplits, Sample
+
     samples = [Sample(Path(p), int(y)) for p, y in zip(paths, labels, strict=True)]
     splits = DataSplits(root=Path(paths[0]).parent.parent, classes=[], train=samples, valid=[], test=[])
-    return prepare_features(
-        splits,
-        spec,
-        build_backbone(spec, "imagenet"),
-        weights_label="imagenet",
-        cache_dir=cache_dir,
-        options=ExtractOptions(device="cpu"),
-        log=print,
-        progress=False,
-    )["train"].features
+    return lite0_features(splits, cache_dir, "cpu", progress=False)["train"].features

@@ -138,25 +138,13 @@ def speed(args: argparse.Namespace, work: Path, env: dict[str, str]) -> None:
 def logistic_baseline(data: Path, valid_fraction: float, seed: int, cache: Path, device: str) -> dict[str, float]:
     """LogisticRegression on the tune's cached features: train -> valid top-1, default C and the best C of a grid."""
     import numpy as np
+    from _features import lite0_features
     from sklearn.linear_model import LogisticRegression
 
-    from dogclf.backbones.registry import get_backbone
-    from dogclf.backbones.weights import build_backbone
     from dogclf.data.folder import load_splits
-    from dogclf.features.extract import ExtractOptions
-    from dogclf.features.pipeline import prepare_features
 
-    spec = get_backbone(BACKBONE)
     splits = load_splits(data, valid_fraction=valid_fraction, seed=seed)
-    features = prepare_features(
-        splits,
-        spec,
-        build_backbone(spec, "imagenet"),
-        weights_label="imagenet",
-        cache_dir=cache,
-        options=ExtractOptions(device=device),
-        log=print,
-    )
+    features = lite0_features(splits, cache, device)
     x_train, y_train = features["train"].features.numpy(), features["train"].labels.numpy()
     x_valid, y_valid = features["valid"].features.numpy(), features["valid"].labels.numpy()
     scores: dict[str, float] = {}

@@ -1,11 +1,13 @@
 """dogclf: turn a folder of dog photos into a served dog-breed classifier.
 
 The public names below are imported lazily, so ``import dogclf`` is cheap and
-does no work until a name is used.
+does no work until a name is used. Messages go to the ``dogclf`` logger of Python's
+``logging`` (silent unless the application configures logging; the CLI prints them).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from dogclf._lazy import lazy_exports
@@ -79,6 +81,9 @@ __all__ = [
 
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+
+# dogclf logs to the "dogclf" logger hierarchy; what is shown is the application's choice (docs/logging.md).
+logging.getLogger("dogclf").addHandler(logging.NullHandler())
 
 
 if TYPE_CHECKING:

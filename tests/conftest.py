@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import struct
 import sys
@@ -186,11 +188,43 @@ def train_tiny_model(
     registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/conftest.py")  # type: ignore[operator]
     try:
         config = dogclf.TrainConfig(epochs=epochs, batch_size=8, num_workers=0, device="cpu")
-        dogclf.train(data, "tinynet", root / "model", config=config, weights=None, progress=False,
-                     log=lambda _: None, **train_kwargs)  # fmt: skip
+        dogclf.train(data, "tinynet", root / "model", config=config, weights=None, progress=False, **train_kwargs)
     finally:
         registry.unregister("tinynet")
     return data, root / "model"
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        warning = "warning: " if record.levelno >= logging.WARNING else ""  # as the CLI prints it
+        self.lines.append(warning + record.getMessage())
+
+
+@contextlib.contextmanager
+def captured_log() -> Iterator[list[str]]:
+    """The messages dogclf logs at INFO and above inside the block, in order, as the CLI prints them."""
+    lines: list[str] = []
+    handler = _ListHandler(lines)
+    logger = logging.getLogger("dogclf")
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+@pytest.fixture
+def dogclf_log() -> Iterator[list[str]]:
+    """:func:`captured_log` for the whole test."""
+    with captured_log() as lines:
+        yield lines
 
 
 def run_cli(

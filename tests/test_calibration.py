@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import _tiny_namespace
+from conftest import _tiny_namespace, captured_log
 
 import dogclf
 from dogclf.backbones.registry import default_registry
@@ -184,24 +184,23 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data = dogclf.make_synthetic_dataset(root / "data", num_classes=3, per_split=(8, 17, 3), size=40, seed=1)
     registry = default_registry()
     registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/test_calibration.py")  # type: ignore[operator]
-    lines: list[str] = []
     # The epoch loop, and no novelty score: these tests are about the temperature and the softmax threshold, which
     # decides "unknown" for a model without a novelty score (tests/test_novelty.py covers models with one).
     config = dogclf.TrainConfig(epochs=2, batch_size=8, num_workers=0, device="cpu", head_solver="loop")
     try:
         # Frozen: the head trains on extracted features and calibration uses their valid logits. fp32 extraction, so
         # those logits are the ones the loaded model computes (bfloat16 features would shift the fit slightly).
-        dogclf.train(
-            data,
-            "tinynet",
-            root / "model",
-            config=config,
-            weights=None,
-            precision="fp32",
-            progress=False,
-            log=lines.append,
-            novelty=False,
-        )
+        with captured_log() as lines:
+            dogclf.train(
+                data,
+                "tinynet",
+                root / "model",
+                config=config,
+                weights=None,
+                precision="fp32",
+                progress=False,
+                novelty=False,
+            )
     finally:
         registry.unregister("tinynet")
     return {"data": data, "model": root / "model", "log": lines}
@@ -230,10 +229,11 @@ def test_training_fits_and_stores_the_calibration(trained: dict[str, Any], tiny_
 
 
 def test_training_through_the_backbone_calibrates_on_the_valid_images(
-    trained: dict[str, Any], tmp_path: Path, tiny_spec: dogclf.BackboneSpec
+    trained: dict[str, Any], tmp_path: Path, tiny_spec: dogclf.BackboneSpec, dogclf_log: list[str]
 ) -> None:
     config = dogclf.TrainConfig(epochs=1, batch_size=8, num_workers=0, device="cpu")
-    lines: list[str] = []
+    dogclf_log.clear()  # from here on
+    lines = dogclf_log
     result = dogclf.train(
         trained["data"],
         "tinynet",
@@ -242,7 +242,6 @@ def test_training_through_the_backbone_calibrates_on_the_valid_images(
         weights=None,
         freeze=False,
         progress=False,
-        log=lines.append,
     )
     stored = Calibration.from_dict(json.loads((result.model_dir / "config.json").read_text())["calibration"])
     net = dogclf.load_model(result.model_dir).net
@@ -382,14 +381,15 @@ def test_cli_evaluate_says_when_a_model_has_no_unknown_threshold(
 
 
 def test_training_without_validation_images_skips_calibration(
-    trained: dict[str, Any], tiny_spec: dogclf.BackboneSpec
+    trained: dict[str, Any], tiny_spec: dogclf.BackboneSpec, dogclf_log: list[str]
 ) -> None:
     splits = dataclasses.replace(load_splits(trained["data"]), valid=[])
     model = dogclf.load_model(trained["model"]).net
-    lines: list[str] = []
+    dogclf_log.clear()  # from here on
+    lines = dogclf_log
     config = dogclf.TrainConfig(batch_size=8, num_workers=0, device="cpu")
 
-    calibration = _calibrate(model, splits, tiny_spec, config, torch.device("cpu"), lines.append)
+    calibration = _calibrate(model, splits, tiny_spec, config, torch.device("cpu"))
 
     assert calibration == Calibration()
     assert lines == ["calibration: skipped (no validation images); temperature 1.0, no unknown threshold"]

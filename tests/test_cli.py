@@ -338,9 +338,7 @@ def test_evaluate_rebuilds_the_held_out_split_of_a_valid_fraction_run(
     data = tree / "train"
     out = tmp_path / "model"
     config = dogclf.TrainConfig(epochs=2, batch_size=8, num_workers=0, seed=5)
-    result = dogclf.train(
-        data, "tinynet", out, config=config, weights=None, valid_fraction=0.25, progress=False, log=lambda _: None
-    )
+    result = dogclf.train(data, "tinynet", out, config=config, weights=None, valid_fraction=0.25, progress=False)
     capsys.readouterr()
 
     code = main(["evaluate", "--model", str(out), "--data", str(data), "--split", "valid", "--json"])

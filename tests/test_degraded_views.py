@@ -43,11 +43,12 @@ def test_a_degraded_view_is_a_smaller_crop_and_the_same_bytes_for_the_same_seed(
 
 
 def test_train_fits_the_head_on_the_photos_and_their_views_and_records_it(
-    tmp_path: Path, tiny_spec: dogclf.BackboneSpec
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, dogclf_log: list[str]
 ) -> None:
     data = dogclf.make_synthetic_dataset(tmp_path / "data", num_classes=3, per_split=(12, 17, 6), size=40, seed=3)
     cache = tmp_path / "cache"
-    lines: list[str] = []
+    dogclf_log.clear()  # from here on
+    lines = dogclf_log
     config = dogclf.TrainConfig(num_workers=0, device="cpu", cv_folds=3)
 
     def train(out: str) -> dict[str, Any]:
@@ -58,7 +59,6 @@ def test_train_fits_the_head_on_the_photos_and_their_views_and_records_it(
             config=config,
             weights=None,
             progress=False,
-            log=lines.append,
             cache_dir=cache,
             degraded_views=1,
         )

@@ -51,7 +51,7 @@ def _epochs(stdout: str) -> list[str]:
 
 @pytest.mark.slow
 def test_two_processes_share_the_extraction_and_train_the_same_head(
-    flat_tree: Path, tmp_path: Path, plugin_env: dict[str, str], tiny_plugin: dogclf.BackboneSpec
+    flat_tree: Path, tmp_path: Path, plugin_env: dict[str, str], tiny_plugin: dogclf.BackboneSpec, dogclf_log: list[str]
 ) -> None:
     one = _train(
         [*TRAIN, "--data", str(flat_tree), "--out", str(tmp_path / "one"), "--cache-dir", str(tmp_path / "c1")],
@@ -72,15 +72,12 @@ def test_two_processes_share_the_extraction_and_train_the_same_head(
     splits = load_splits(flat_tree, valid_fraction=0.25, seed=0)
     model = dogclf.build_model("tinynet", 3, weights=None)
     model.load_state_dict(load_file(str(tmp_path / "one" / "model.safetensors")))
-    found: list[str] = []
+    dogclf_log.clear()  # from here on
+    found = dogclf_log
     options = ExtractOptions(precision="fp32", num_workers=0, device="cpu")
     common = {"weights_label": "none", "options": options, "progress": False}
-    reference = prepare_features(
-        splits, tiny_plugin, model.backbone, cache_dir=tmp_path / "c1", log=found.append, **common
-    )
-    shared = prepare_features(
-        splits, tiny_plugin, model.backbone, cache_dir=tmp_path / "c2", log=found.append, **common
-    )
+    reference = prepare_features(splits, tiny_plugin, model.backbone, cache_dir=tmp_path / "c1", **common)
+    shared = prepare_features(splits, tiny_plugin, model.backbone, cache_dir=tmp_path / "c2", **common)
     assert all(line.startswith("features: 36 cached, 0 extracted") for line in found), found
     for name in ("train", "valid"):
         torch.testing.assert_close(shared[name].features, reference[name].features, rtol=0, atol=1e-6)

@@ -226,7 +226,7 @@ def fraction_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         config = dogclf.TrainConfig(epochs=1, batch_size=8, num_workers=0, device="cpu", seed=5)
         result = dogclf.train(
             tree / "train", "tinynet", root / "model", config=config, weights=None, valid_fraction=0.25,
-            progress=False, log=lambda _: None,
+            progress=False,
         )  # fmt: skip
     finally:
         registry.unregister("tinynet")
@@ -298,7 +298,7 @@ def test_split_valid_after_a_run_that_skipped_an_unreadable_image(
     config = dogclf.TrainConfig(epochs=1, batch_size=8, num_workers=0, device="cpu")
     result = dogclf.train(
         tree, "tinynet", tmp_path / "model", config=config, weights=None, valid_fraction=0.25, cache=False,
-        progress=False, log=lambda _: None,
+        progress=False,
     )  # fmt: skip
     assert [p.name for p, _ in result.splits.skipped] == ["broken.jpg"]
     capsys.readouterr()  # the epoch line

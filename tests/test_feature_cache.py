@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import captured_log
 from PIL import Image
 
 import dogclf
@@ -68,18 +69,17 @@ def _prepare(
     *,
     options: ExtractOptions = FP32,
 ) -> tuple[dict[str, FeatureSet], list[str]]:
-    messages: list[str] = []
     splits = load_splits(data)
-    sets = prepare_features(
-        splits,
-        spec,
-        backbone,
-        weights_label="none",
-        cache_dir=cache_dir,
-        options=options,
-        log=messages.append,
-        progress=False,
-    )
+    with captured_log() as messages:
+        sets = prepare_features(
+            splits,
+            spec,
+            backbone,
+            weights_label="none",
+            cache_dir=cache_dir,
+            options=options,
+            progress=False,
+        )
     return sets, messages
 
 
@@ -283,11 +283,12 @@ def test_a_corrupt_shard_is_reported_removed_and_recomputed(
 
 
 def test_an_unwritable_cache_folder_warns_once_and_training_goes_on(
-    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, dogclf_log: list[str]
 ) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be")
-    messages: list[str] = []
+    dogclf_log.clear()  # from here on
+    messages = dogclf_log
     result = dogclf.train(
         tiny_tree,
         "tinynet",
@@ -295,7 +296,6 @@ def test_an_unwritable_cache_folder_warns_once_and_training_goes_on(
         config=dogclf.TrainConfig(epochs=1, batch_size=8, num_workers=0, device="cpu"),
         weights=None,
         progress=False,
-        log=messages.append,
         cache_dir=blocker / "cache",
         precision="fp32",
     )
@@ -335,20 +335,20 @@ def test_cache_writes_a_shard_per_chunk_and_unique_names(tmp_path: Path) -> None
         path.write_bytes(bytes([i]) * (i + 1))
         images.append(path)
     keys = [image_key(p) for p in images]
-    writer = FeatureCache(tmp_path / "cache", backbone_key="k", label="tiny", chunk_size=2, log=print)
+    writer = FeatureCache(tmp_path / "cache", backbone_key="k", label="tiny", chunk_size=2)
     writer.add(keys[:1], torch.zeros(1, 4))
     assert not _shards(tmp_path / "cache"), "below a chunk nothing is written yet"
     writer.add(keys[1:3], torch.ones(2, 4))
     assert len(_shards(tmp_path / "cache")) == 2  # 3 rows in chunks of 2
-    other = FeatureCache(tmp_path / "cache", backbone_key="k", label="tiny", chunk_size=2, log=print)
+    other = FeatureCache(tmp_path / "cache", backbone_key="k", label="tiny", chunk_size=2)
     other.add(keys[3:], torch.full((2, 4), 2.0))  # a second writer on the same folder: new names, no clash
-    positions, features = FeatureCache(tmp_path / "cache", backbone_key="k", label="tiny", log=print).get_many(
+    positions, features = FeatureCache(tmp_path / "cache", backbone_key="k", label="tiny").get_many(
         [*keys, image_key(images[0])]
     )
     assert positions == [0, 1, 2, 3, 4, 5]
     assert features is not None
     assert features[:, 0].tolist() == [0.0, 1.0, 1.0, 2.0, 2.0, 0.0]
-    assert len(cache_module.FeatureCache(tmp_path / "cache", backbone_key="other", log=print)) == 0
+    assert len(cache_module.FeatureCache(tmp_path / "cache", backbone_key="other")) == 0
 
 
 class _Clock:
@@ -365,7 +365,7 @@ class _Clock:
 
 
 def _rows_on_disk(folder: Path) -> int:
-    cache = FeatureCache(folder, backbone_key="k", label="tiny", log=print)
+    cache = FeatureCache(folder, backbone_key="k", label="tiny")
     return len(cache)
 
 
@@ -386,7 +386,7 @@ def test_a_slow_extraction_is_written_every_few_seconds_so_a_kill_loses_little(
 ) -> None:
     clock = _Clock()
     monkeypatch.setattr(cache_module, "time", clock)
-    cache = FeatureCache(tmp_path / "cache", backbone_key="k", label="tiny", log=print)  # the defaults
+    cache = FeatureCache(tmp_path / "cache", backbone_key="k", label="tiny")  # the defaults
 
     unwritten = _slow_run(tmp_path, cache, clock, 40)
 
@@ -399,7 +399,7 @@ def test_slow_shard_writes_stretch_the_wait_so_writing_takes_at_most_two_percent
 ) -> None:
     clock = _Clock()
     monkeypatch.setattr(cache_module, "time", clock)
-    cache = FeatureCache(tmp_path / "cache", backbone_key="k", label="tiny", log=print)
+    cache = FeatureCache(tmp_path / "cache", backbone_key="k", label="tiny")
     real_write = cache._atomic_write_bytes
     writes: list[float] = []
 
@@ -459,7 +459,6 @@ def test_cached_training_matches_the_image_path_and_saves_a_loadable_model(
     tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path
 ) -> None:
     config = _config(epochs=3, seed=3)
-    messages: list[str] = []
     result = dogclf.train(
         tiny_tree,
         "tinynet",
@@ -467,7 +466,6 @@ def test_cached_training_matches_the_image_path_and_saves_a_loadable_model(
         config=config,
         weights=None,
         progress=False,
-        log=messages.append,
         cache_dir=tmp_path / "cache",
         precision="fp32",
     )
@@ -485,40 +483,36 @@ def test_cached_training_matches_the_image_path_and_saves_a_loadable_model(
     assert report.loss == pytest.approx(result.test["loss"], rel=1e-4)
 
     # Again, from the cache: the same history, and no extraction.
-    again: list[str] = []
-    rerun = dogclf.train(
-        tiny_tree,
-        "tinynet",
-        tmp_path / "cached",
-        config=config,
-        weights=None,
-        progress=False,
-        log=again.append,
-        cache_dir=tmp_path / "cache",
-        precision="fp32",
-        overwrite=True,
-    )
+    with captured_log() as again:
+        rerun = dogclf.train(
+            tiny_tree,
+            "tinynet",
+            tmp_path / "cached",
+            config=config,
+            weights=None,
+            progress=False,
+            cache_dir=tmp_path / "cache",
+            precision="fp32",
+            overwrite=True,
+        )
     assert _counts(again) == (42, 0)
     _assert_same_history(rerun.history, result.history)
 
 
 def test_no_cache_and_augment_choose_their_paths(
-    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, dogclf_log: list[str]
 ) -> None:
     cache = tmp_path / "cache"
     common: dict[str, Any] = {"weights": None, "progress": False, "cache_dir": cache, "precision": "fp32"}
-    messages: list[str] = []
-    in_memory = dogclf.train(
-        tiny_tree, "tinynet", tmp_path / "m1", config=_config(1), log=messages.append, cache=False, **common
-    )
+    dogclf_log.clear()  # from here on
+    messages = dogclf_log
+    in_memory = dogclf.train(tiny_tree, "tinynet", tmp_path / "m1", config=_config(1), cache=False, **common)
     assert _counts(messages) == (0, 42)
     assert not cache.exists(), "--no-cache writes nothing to the cache folder"
     assert json.loads((in_memory.model_dir / "config.json").read_text())["training"]["features"] == "in-memory"
 
     messages.clear()
-    augmented = dogclf.train(
-        tiny_tree, "tinynet", tmp_path / "m2", config=_config(1, augment=True), log=messages.append, **common
-    )
+    augmented = dogclf.train(tiny_tree, "tinynet", tmp_path / "m2", config=_config(1, augment=True), **common)
     assert not [m for m in messages if SUMMARY.search(m)], "--augment trains through the backbone, no extraction"
     assert not cache.exists()
     assert json.loads((augmented.model_dir / "config.json").read_text())["training"]["features"] == "images"
@@ -546,7 +540,7 @@ def test_fit_head_reports_each_epoch_and_can_be_stopped(tiny_spec: dogclf.Backbo
 
 
 def test_resume_after_ctrl_c_continues_from_checkpoint_and_cache(
-    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, dogclf_log: list[str]
 ) -> None:
     class StopAfterFirstEpoch(dogclf.Callback):
         def on_epoch_end(self, state: Any, metrics: Any) -> None:
@@ -560,13 +554,12 @@ def test_resume_after_ctrl_c_continues_from_checkpoint_and_cache(
         "precision": "fp32",
         "config": _config(3),
     }
-    full = dogclf.train(tiny_tree, "tinynet", tmp_path / "full", log=lambda _: None, **common)
+    full = dogclf.train(tiny_tree, "tinynet", tmp_path / "full", **common)
     with pytest.raises(KeyboardInterrupt):
-        dogclf.train(
-            tiny_tree, "tinynet", tmp_path / "cut", log=lambda _: None, callbacks=[StopAfterFirstEpoch()], **common
-        )
-    messages: list[str] = []
-    resumed = dogclf.train(tiny_tree, "tinynet", tmp_path / "cut", log=messages.append, resume=True, **common)
+        dogclf.train(tiny_tree, "tinynet", tmp_path / "cut", callbacks=[StopAfterFirstEpoch()], **common)
+    dogclf_log.clear()  # from here on
+    messages = dogclf_log
+    resumed = dogclf.train(tiny_tree, "tinynet", tmp_path / "cut", resume=True, **common)
     assert _counts(messages) == (42, 0)
     _assert_same_history(resumed.history, full.history)
 
@@ -755,15 +748,21 @@ def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[object]:
 
 
 def test_training_on_features_decodes_each_new_image_once_and_cached_ones_never(
-    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    tiny_spec: dogclf.BackboneSpec,
+    tiny_tree: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    dogclf_log: list[str],
 ) -> None:
     broken = tiny_tree / "train" / "002.Synthetic_blue_stripes" / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     decoded = _count_decodes(monkeypatch)
     common: dict[str, Any] = {"weights": None, "progress": False, "cache_dir": tmp_path / "cache", "precision": "fp32"}
 
-    messages: list[str] = []
-    first = dogclf.train(tiny_tree, "tinynet", tmp_path / "m1", config=_config(1), log=messages.append, **common)
+    dogclf_log.clear()  # from here on
+
+    messages = dogclf_log
+    first = dogclf.train(tiny_tree, "tinynet", tmp_path / "m1", config=_config(1), **common)
     assert len(decoded) == 43, "one decode per image: extraction is the check"
     assert [p for p, _ in first.splits.skipped] == [broken]
     assert any(f"skipped {broken}: " in m for m in messages), messages
@@ -772,7 +771,7 @@ def test_training_on_features_decodes_each_new_image_once_and_cached_ones_never(
 
     decoded.clear()
     messages.clear()
-    second = dogclf.train(tiny_tree, "tinynet", tmp_path / "m2", config=_config(1), log=messages.append, **common)
+    second = dogclf.train(tiny_tree, "tinynet", tmp_path / "m2", config=_config(1), **common)
     assert len(decoded) == 1, "only the unreadable file, which is never cached, is decoded again"
     assert _counts(messages) == (42, 1)
     assert [p for p, _ in second.splits.skipped] == [broken]
@@ -780,5 +779,5 @@ def test_training_on_features_decodes_each_new_image_once_and_cached_ones_never(
 
     decoded.clear()
     with pytest.raises(UnreadableImageError, match="strict mode"):
-        dogclf.train(tiny_tree, "tinynet", tmp_path / "m3", config=_config(1), log=print, strict=True, **common)
+        dogclf.train(tiny_tree, "tinynet", tmp_path / "m3", config=_config(1), strict=True, **common)
     assert len(decoded) == 43, "--strict checks every image before anything else"

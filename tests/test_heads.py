@@ -148,15 +148,15 @@ def test_lbfgs_head_reports_one_epoch_line_through_the_callbacks_with_its_metric
 
 
 def test_default_train_fits_a_linear_head_by_lbfgs_and_records_the_chosen_penalty(
-    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, dogclf_log: list[str]
 ) -> None:
     data = dogclf.make_synthetic_dataset(tmp_path / "data", num_classes=3, per_split=(10, 4, 3), size=40, seed=1)
-    messages: list[str] = []
+    dogclf_log.clear()  # from here on
+    messages = dogclf_log
 
-    result = _train(data, tmp_path / "model", config=_config(cv_folds=3), log=messages.append)
+    result = _train(data, tmp_path / "model", config=_config(cv_folds=3))
 
-    out = capsys.readouterr().out
-    assert [int(m.group(1)) for m in EPOCH_LINE.finditer(out)] == [1]  # the SageMaker metric line, once
+    assert [int(m.group(1)) for m in EPOCH_LINE.finditer("\n".join(messages))] == [1]  # the SageMaker metric line
     assert not (tmp_path / "model" / "checkpoint.pt").exists()  # nothing to resume: the fit takes seconds
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     fit = config["training"]["head_fit"]
@@ -176,17 +176,17 @@ def test_default_train_fits_a_linear_head_by_lbfgs_and_records_the_chosen_penalt
 
 
 def test_lbfgs_with_a_given_penalty_skips_cross_validation_and_resume_refits(
-    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, dogclf_log: list[str]
 ) -> None:
-    messages: list[str] = []
-    first = _train(tiny_tree, tmp_path / "model", config=_config(head_solver="lbfgs", penalty_c=0.1), log=print)
+    dogclf_log.clear()  # from here on
+    messages = dogclf_log
+    first = _train(tiny_tree, tmp_path / "model", config=_config(head_solver="lbfgs", penalty_c=0.1))
 
     again = _train(
         tiny_tree,
         tmp_path / "model",
         config=_config(head_solver="lbfgs", penalty_c=0.1),
         resume=True,
-        log=messages.append,
     )
 
     config = json.loads((tmp_path / "model" / "config.json").read_text())
@@ -207,13 +207,13 @@ def test_lbfgs_where_it_cannot_fit_fails_before_reading_the_data(
     tmp_path: Path, tiny_spec: dogclf.BackboneSpec, config: dogclf.TrainConfig, head: HeadConfig, message: str
 ) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        _train(tmp_path / "no-such-folder", tmp_path / "model", config=config, head=head, log=lambda _: None)
+        _train(tmp_path / "no-such-folder", tmp_path / "model", config=config, head=head)
 
 
 def test_auto_solver_trains_a_hidden_head_with_the_loop(
     tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path
 ) -> None:
-    result = _train(tiny_tree, tmp_path / "m", config=_config(epochs=2), head=HeadConfig(hidden=4), log=print)
+    result = _train(tiny_tree, tmp_path / "m", config=_config(epochs=2), head=HeadConfig(hidden=4))
 
     assert [int(h["epoch"]) for h in result.history] == [1, 2]
     assert json.loads((tmp_path / "m" / "config.json").read_text())["training"]["head_solver_used"] == "loop"
@@ -281,7 +281,7 @@ def test_keep_best_survives_a_resume(tmp_path: Path) -> None:
 def test_train_records_the_kept_epochs_metrics_as_final(
     tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path
 ) -> None:
-    result = _train(tiny_tree, tmp_path / "m", config=_config(head_solver="loop", epochs=4, lr=0.5), log=print)
+    result = _train(tiny_tree, tmp_path / "m", config=_config(head_solver="loop", epochs=4, lr=0.5))
 
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     best = min(result.history, key=lambda h: h["valid_loss"])

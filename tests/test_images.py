@@ -444,10 +444,11 @@ def test_class_with_only_unreadable_images_is_an_error(tmp_path: Path) -> None:
 
 
 def test_training_runs_over_a_messy_folder_and_reports_skipped_files(
-    tmp_path: Path, tiny_spec: dogclf.BackboneSpec
+    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, dogclf_log: list[str]
 ) -> None:
     data, bad = _messy_tree(tmp_path / "data")
-    messages: list[str] = []
+    dogclf_log.clear()  # from here on
+    messages = dogclf_log
 
     result = dogclf.train(
         data,
@@ -456,7 +457,6 @@ def test_training_runs_over_a_messy_folder_and_reports_skipped_files(
         config=dogclf.TrainConfig(epochs=1, batch_size=8, num_workers=0),
         weights=None,
         progress=False,
-        log=messages.append,
     )
 
     assert [p for p, _ in result.splits.skipped] == bad

@@ -157,7 +157,7 @@ def novelty_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/test_novelty.py")  # type: ignore[operator]
     try:
         config = dogclf.TrainConfig(num_workers=0, device="cpu", cv_folds=3)
-        dogclf.train(data, "tinynet", root / "model", config=config, weights=None, progress=False, log=lambda _: None)
+        dogclf.train(data, "tinynet", root / "model", config=config, weights=None, progress=False)
     finally:
         registry.unregister("tinynet")
     return {"data": data, "model": root / "model", "unknown": unknown}
@@ -292,7 +292,6 @@ def test_train_without_novelty_writes_none_and_removes_a_stale_file(
             config=config,
             weights=None,
             progress=False,
-            log=lambda _: None,
             overwrite=True,
             novelty=novelty,
         )

@@ -220,7 +220,6 @@ def test_extraction_prints_progress_lines_when_stderr_is_not_a_terminal(
 
     dogclf.train(
         tiny_tree, "tinynet", tmp_path / "m", config=config, weights=None, cache=False, extract_batch_size=8,
-        log=lambda _: None,
     )  # fmt: skip
 
     err = capsys.readouterr().err

@@ -120,7 +120,6 @@ def profiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             weights=None,
             config=TrainConfig(epochs=3, batch_size=8, num_workers=0, device="cpu", head_solver="loop"),
             progress=False,
-            log=lambda line: None,
             diagnostics=Diagnostics(profile=True, profile_steps=3, sample_interval=0.1),
         )
         wall = time.perf_counter() - started
@@ -195,7 +194,6 @@ def test_in_a_sagemaker_job_the_profile_lands_in_the_output_data_dir(
         weights=None,
         config=TrainConfig(epochs=1, num_workers=0, device="cpu", head_solver="loop"),
         progress=False,
-        log=lambda line: None,
         environ={"SM_OUTPUT_DATA_DIR": str(output)},
         diagnostics=Diagnostics(profile=True, sample_interval=0.1),
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import captured_log
 
 import dogclf
 from dogclf.data.folder import load_splits
@@ -82,10 +83,10 @@ def run_head(
         with torch.no_grad():
             for parameter in model.head.parameters():
                 parameter.mul_(scale)
-    lines: list[str] = []
-    rule_set = RuleSet(make_rules(rules, params), action=action, out_dirs=out_dirs, log=lines.append)
+    rule_set = RuleSet(make_rules(rules, params), action=action, out_dirs=out_dirs)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, device="cpu")
-    history = fit_head(model, train, valid, config, callbacks=[rule_set, *callbacks])
+    with captured_log() as lines:
+        history = fit_head(model, train, valid, config, callbacks=[rule_set, *callbacks])
     return rule_set.findings, lines, history, rule_set
 
 
@@ -118,13 +119,16 @@ def test_healthy_feature_run_fires_no_rule(tiny_spec: Any, tmp_path: Path) -> No
     assert {r["name"]: r["status"] for r in record["rules"]} == dict.fromkeys(BUILTIN_RULES, "NoIssuesFound")
 
 
-def test_an_lbfgs_head_is_not_judged_overfit_for_its_converged_training_loss(tiny_spec: Any) -> None:
+def test_an_lbfgs_head_is_not_judged_overfit_for_its_converged_training_loss(
+    tiny_spec: Any, dogclf_log: list[str]
+) -> None:
     from dogclf.training.lbfgs import fit_lbfgs_head
 
     torch.manual_seed(0)
     model = build_model(tiny_spec, 3, weights=None)
-    lines: list[str] = []
-    rule_set = RuleSet(make_rules("all"), log=lines.append)
+    dogclf_log.clear()  # from here on
+    lines = dogclf_log
+    rule_set = RuleSet(make_rules("all"))
     config = TrainConfig(device="cpu", head_solver="lbfgs")
     train, valid = clusters([40] * 3, noise=1.5), clusters([10] * 3, noise=1.5, seed=1)
 
@@ -136,13 +140,14 @@ def test_an_lbfgs_head_is_not_judged_overfit_for_its_converged_training_loss(tin
     assert not any(line.startswith("rule=Overfit") for line in lines)
 
 
-def test_healthy_run_through_the_backbone_fires_no_rule(tiny_spec: Any, tmp_path: Path) -> None:
+def test_healthy_run_through_the_backbone_fires_no_rule(tiny_spec: Any, tmp_path: Path, dogclf_log: list[str]) -> None:
     root = dogclf.make_synthetic_dataset(tmp_path / "data", num_classes=3, per_split=(40, 12, 0), size=32, seed=1)
     splits = load_splits(root)
     torch.manual_seed(0)
     model = build_model(tiny_spec, 3, weights=None, freeze=False)
-    lines: list[str] = []
-    rule_set = RuleSet(make_rules("all"), log=lines.append)
+    dogclf_log.clear()  # from here on
+    lines = dogclf_log
+    rule_set = RuleSet(make_rules("all"))
     config = TrainConfig(epochs=4, batch_size=8, lr=1e-2, num_workers=0, device="cpu")
     trainer = Trainer(
         model,
@@ -207,18 +212,20 @@ def test_twenty_times_more_images_of_one_class_fires_class_imbalance(tiny_spec: 
     assert "'class 0' has 20.0x the training images of 'class 1' (200 vs 10; threshold_imbalance 10)" in finding.detail
 
 
-def test_class_imbalance_names_the_classes_in_train(tiny_tree: Path, tiny_spec: Any, tmp_path: Path) -> None:
+def test_class_imbalance_names_the_classes_in_train(
+    tiny_tree: Path, tiny_spec: Any, tmp_path: Path, dogclf_log: list[str]
+) -> None:
     first = sorted((tiny_tree / "train").iterdir())[0]
     for image in sorted(first.iterdir()):  # the first class gets 8 + 8 * 12 = 104 images, the others keep 8: 13x
         for extra in range(12):
             (first / f"copy{extra}_{image.name}").write_bytes(image.read_bytes())
-    lines: list[str] = []
+    dogclf_log.clear()  # from here on
+    lines = dogclf_log
     dogclf.train(
         tiny_tree,
         "tinynet",
         tmp_path / "model",
         weights=None,
-        log=lines.append,
         config=TrainConfig(epochs=1, num_workers=0, device="cpu", head_solver="loop"),
         progress=False,
     )
@@ -234,7 +241,7 @@ def test_a_zero_initialised_head_fires_vanishing_gradient_through_the_backbone(t
     with torch.no_grad():
         for parameter in model.head.parameters():
             parameter.zero_()
-    rule_set = RuleSet(make_rules("VanishingGradient,WeightUpdateRatio"), log=lambda line: None)
+    rule_set = RuleSet(make_rules("VanishingGradient,WeightUpdateRatio"))
     config = TrainConfig(epochs=1, batch_size=8, num_workers=0, device="cpu")
     Trainer(
         model, train_samples=splits.train, preprocessing=tiny_spec.preprocessing, config=config, callbacks=[rule_set]
@@ -250,7 +257,7 @@ def test_non_finite_values_fire_exploding_tensor_before_the_loop_stops(tiny_spec
     train.features[5, 3] = float("nan")
     from dogclf.errors import TrainingDivergedError
 
-    rules = RuleSet(make_rules("ExplodingTensor", None), action="warn", log=lambda _: None)
+    rules = RuleSet(make_rules("ExplodingTensor", None), action="warn")
     torch.manual_seed(0)
     model = build_model(tiny_spec, 3, weights=None)
     config = TrainConfig(epochs=1, batch_size=16, lr=1e-2, device="cpu")
@@ -283,10 +290,11 @@ class _Sleep(Callback):
             time.sleep(self.seconds)
 
 
-def test_a_stalled_loop_fires_stalled_training_rule_and_stops_it(tiny_spec: Any) -> None:
+def test_a_stalled_loop_fires_stalled_training_rule_and_stops_it(tiny_spec: Any, dogclf_log: list[str]) -> None:
     rule = StalledTrainingRule(threshold=0.2, stop_training_on_fire=True)
-    lines: list[str] = []
-    rule_set = RuleSet([rule], log=lines.append)
+    dogclf_log.clear()  # from here on
+    lines = dogclf_log
+    rule_set = RuleSet([rule])
     torch.manual_seed(0)
     model = build_model(tiny_spec, 3, weights=None)
     config = TrainConfig(epochs=3, batch_size=16, device="cpu")
@@ -309,7 +317,7 @@ def test_a_stalled_loop_fires_stalled_training_rule_and_stops_it(tiny_spec: Any)
 
 
 def test_a_stalled_loop_in_the_main_thread_is_interrupted(tiny_spec: Any) -> None:
-    rule_set = RuleSet([StalledTrainingRule(threshold=0.2)], action="stop", log=lambda line: None)
+    rule_set = RuleSet([StalledTrainingRule(threshold=0.2)], action="stop")
     torch.manual_seed(0)
     model = build_model(tiny_spec, 3, weights=None)
     config = TrainConfig(epochs=3, batch_size=16, device="cpu")
@@ -359,7 +367,7 @@ def test_a_resumed_run_keeps_the_findings_of_its_finished_epochs(tiny_spec: Any,
     for epochs, resume in ((2, False), (3, True)):
         torch.manual_seed(0)
         model = build_model(tiny_spec, 3, weights=None)
-        rule_set = RuleSet(make_rules("WeightUpdateRatio"), out_dirs=(tmp_path,), log=lambda line: None)
+        rule_set = RuleSet(make_rules("WeightUpdateRatio"), out_dirs=(tmp_path,))
         config = TrainConfig(epochs=epochs, batch_size=16, lr=10.0, device="cpu")
         fit_head(model, noisy, None, config, callbacks=[rule_set], checkpoint_path=tmp_path / "c.pt", resume=resume)
     record = json.loads((tmp_path / RULES_FILE).read_text())

@@ -50,7 +50,7 @@ def test_which_images_have_smdebug() -> None:
 
 
 def test_a_distributed_job_gets_no_hook_and_no_tensor_rules(
-    tiny_tree: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tiny_tree: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, dogclf_log: list[str]
 ) -> None:
     monkeypatch.setattr("dogclf.sagemaker.debugger.SMDEBUG_IMAGES_UP_TO", (2, 8))  # played: an image with smdebug
     code, out, err = _dry_run(tiny_tree, capsys, "--debugger")
@@ -68,7 +68,9 @@ def test_a_distributed_job_gets_no_hook_and_no_tensor_rules(
     assert distributed["ProfilerConfig"] == single["ProfilerConfig"]
     assert "AWS: Debugger is not available for distributed training with checkpoints" in out
 
-    lines: list[str] = []
-    fields = debugger_fields("us-east-1", "s3://b/p", framework_version="2.8.0", distributed=False, log=lines.append)
+    dogclf_log.clear()  # from here on
+
+    lines = dogclf_log
+    fields = debugger_fields("us-east-1", "s3://b/p", framework_version="2.8.0", distributed=False)
     assert fields["DebugHookConfig"]["S3OutputPath"] == "s3://b/p/debug-output"
     assert lines == []

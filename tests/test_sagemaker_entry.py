@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import captured_log
 
 import dogclf
 from dogclf.cli import train_parser
@@ -111,17 +112,16 @@ def test_a_job_through_the_training_toolkit_leaves_a_deployable_model_and_a_rest
     }
     channels = {"train": tiny_tree / "train", "validation": tiny_tree / "valid", "test": tiny_tree / "test"}
     out = tmp_path / "job"
-    log: list[str] = []
 
-    result = run_local(
-        out,
-        hyperparameters=hyperparameters,
-        channels=channels,
-        job_name="dogclf-entry-test",
-        metric_definitions=metric_definitions(),
-        environ=_toolkit_environ(),
-        log=log.append,
-    )
+    with captured_log() as log:
+        result = run_local(
+            out,
+            hyperparameters=hyperparameters,
+            channels=channels,
+            job_name="dogclf-entry-test",
+            metric_definitions=metric_definitions(),
+            environ=_toolkit_environ(),
+        )
 
     model = _members(result.model_tar)
     expected = {"config.json", "model.safetensors", "code/inference.py", "code/requirements.txt"}
@@ -154,16 +154,15 @@ def test_a_job_through_the_training_toolkit_leaves_a_deployable_model_and_a_rest
     assert json.loads((out / "metrics.json").read_text()) == result.metrics
 
     # The platform restarts an interrupted job with its checkpoints in place: it resumes by itself.
-    resumed: list[str] = []
-    run_local(
-        out,
-        hyperparameters={**hyperparameters, "epochs": "3"},
-        channels=channels,
-        job_name="dogclf-entry-test",
-        metric_definitions=metric_definitions(),
-        environ=_toolkit_environ(),
-        log=resumed.append,
-    )
+    with captured_log() as resumed:
+        run_local(
+            out,
+            hyperparameters={**hyperparameters, "epochs": "3"},
+            channels=channels,
+            job_name="dogclf-entry-test",
+            metric_definitions=metric_definitions(),
+            environ=_toolkit_environ(),
+        )
     assert any("of an earlier attempt of this job" in line for line in resumed)
     assert any("after epoch 2 of 3" in line for line in resumed)
     assert [line.split()[0] for line in resumed if EPOCH_LINE.match(line)] == ["epoch=3"]
@@ -186,7 +185,7 @@ def test_a_job_without_training_data_says_which_channels_it_has(tmp_path: Path, 
 
 @pytest.mark.slow
 def test_a_features_channel_from_a_local_run_spares_the_job_its_extraction(
-    tiny_plugin: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path
+    tiny_plugin: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path, dogclf_log: list[str]
 ) -> None:
     # A local `dogclf train` caches the features of these photos (under their local paths) ...
     cache = tmp_path / "local-cache"
@@ -194,7 +193,8 @@ def test_a_features_channel_from_a_local_run_spares_the_job_its_extraction(
     dogclf.train(tiny_tree, "tinynet", tmp_path / "local-model", config=config, weights=None, cache_dir=cache)
     # ... and the job, where the same photos sit under /opt/ml/input/data/training, reads them from the channel.
     source = build_source_dir(tmp_path / "source", backbone="tinynet")
-    log: list[str] = []
+    dogclf_log.clear()  # from here on
+    log = dogclf_log
     run_local(
         tmp_path / "job",
         hyperparameters={
@@ -209,7 +209,6 @@ def test_a_features_channel_from_a_local_run_spares_the_job_its_extraction(
         channels={"training": tiny_tree, "features": cache},
         job_name="dogclf-features-test",
         environ=_toolkit_environ(),
-        log=log.append,
     )
     [line] = [line for line in log if line.startswith("features: ")]
     assert line.startswith("features: 42 cached, 0 extracted")

@@ -49,7 +49,7 @@ def _put_logs(aws: Aws, job: str, lines: list[str]) -> None:
 
 def _launch(aws: Aws, name: str) -> TrainingJob:
     spec = TrainingJobSpec(backbone="resnet18", hyperparameters={"epochs": "2"}, spot=True, instance_count=2)
-    return launch_training_job(spec, DATA, aws=aws, role=ROLE, bucket="dogclf-test", name=name, log=lambda _: None)
+    return launch_training_job(spec, DATA, aws=aws, role=ROLE, bucket="dogclf-test", name=name)
 
 
 def test_the_launch_hint_names_the_followup_commands_and_they_find_the_job_by_name(
@@ -141,9 +141,7 @@ def test_tuning_jobs_attach_show_their_best_trial_and_stop(
     aws: Aws, moto_environ: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     spec = TrainingJobSpec(backbone="resnet18", hyperparameters={"epochs": "2"})
-    launch_tuning_job(
-        spec, SEED_RESNET18_SPACE, DATA, aws=aws, role=ROLE, bucket="dogclf-test", name="tune-a", log=lambda _: None
-    )
+    launch_tuning_job(spec, SEED_RESNET18_SPACE, DATA, aws=aws, role=ROLE, bucket="dogclf-test", name="tune-a")
     _launch(aws, "FakeTrainingJobName")  # moto's canned best trial, made to exist
     _put_logs(aws, "FakeTrainingJobName", ["epoch=2 valid_top1=0.9100"])
 

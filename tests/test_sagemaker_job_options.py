@@ -151,7 +151,7 @@ def test_a_minimised_objective_picks_the_lowest_trial(tmp_path: Path) -> None:
     records = [TrialRecord(0, "COMPLETE", 0.9, params), TrialRecord(1, "COMPLETE", 0.4, {**params, "lr": 0.002})]
     best, _, _ = write_tuning_results(
         tmp_path, records, space=SEED_RESNET18_SPACE, metric="valid_loss", job_name="t", backbone="resnet18",
-        maximize=False, log=lambda _: None,
+        maximize=False,
     )  # fmt: skip
     payload = json.loads(best.read_text())
     assert (payload["value"], payload["direction"], payload["params"]["lr"]) == (0.4, "minimize", 0.002)

@@ -46,7 +46,7 @@ def aws(moto_environ: dict[str, str]) -> Aws:
 
 @pytest.mark.slow
 def test_launch_uploads_data_and_code_once_and_sends_the_whole_request(
-    aws: Aws, tiny_plugin: dogclf.BackboneSpec, tiny_tree: Path, capsys: pytest.CaptureFixture[str]
+    aws: Aws, tiny_plugin: dogclf.BackboneSpec, tiny_tree: Path, dogclf_log: list[str]
 ) -> None:
     sent = _capture(aws, "CreateTrainingJob")
     spec = TrainingJobSpec(
@@ -105,9 +105,9 @@ def test_launch_uploads_data_and_code_once_and_sends_the_whole_request(
     assert described["HyperParameters"] == hyperparameters
 
     # Launching again on the same photos uploads none of them (same size and checksum).
-    capsys.readouterr()
+    dogclf_log.clear()
     launch_training_job(spec, tiny_tree, aws=aws, role=ROLE, bucket="dogclf-test", name="job-b")
-    assert f"0 uploaded (0.0 MB), {len(uploaded)} already there" in capsys.readouterr().out
+    assert f"0 uploaded (0.0 MB), {len(uploaded)} already there" in "\n".join(dogclf_log)
 
 
 @pytest.mark.parametrize(
@@ -185,9 +185,7 @@ def test_dry_run_prints_the_request_as_json_and_needs_no_credentials(tiny_tree: 
     assert request["AlgorithmSpecification"]["TrainingImage"].startswith("763104351884.dkr.ecr.eu-west-1.")
 
 
-def test_wait_follows_status_and_log_lines_and_a_failure_shows_its_reason(
-    aws: Aws, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_wait_follows_status_and_log_lines_and_a_failure_shows_its_reason(aws: Aws, dogclf_log: list[str]) -> None:
     logs = aws.client("logs")
     logs.create_log_group(logGroupName="/aws/sagemaker/TrainingJobs")
     logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName="job-x/algo-1-1700000000")
@@ -218,7 +216,7 @@ def test_wait_follows_status_and_log_lines_and_a_failure_shows_its_reason(
     message = str(info.value)
     assert "Training job job-x failed: AlgorithmError: ExecuteUserScriptError: exit code 2" in message
     assert "  Traceback: boom" in message
-    printed = capsys.readouterr().out.splitlines()
+    printed = dogclf_log
     assert "[job-x] Starting: Preparing" in printed
     assert lines == [line for line in printed if line in lines]
 
@@ -250,9 +248,7 @@ def test_debugger_and_tensorboard_are_attached_to_the_request_and_a_closed_accou
             "create_training_job", "ValidationException", "SageMaker Debugger is not available for this account"
         )
         with pytest.raises(AwsError) as info:
-            launch_training_job(
-                spec, tiny_tree, aws=aws, role=ROLE, bucket="dogclf-test", debugger=True, log=lambda _: None
-            )
+            launch_training_job(spec, tiny_tree, aws=aws, role=ROLE, bucket="dogclf-test", debugger=True)
     assert "This AWS account cannot use SageMaker Debugger" in str(info.value)
     assert "Run the job without --debugger" in str(info.value)
 
@@ -283,15 +279,15 @@ def _local_files(folder: Path) -> dict[str, int]:
     return {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
 
 
-def test_the_job_sees_exactly_the_local_folder_whatever_was_uploaded_before(aws: Aws, tmp_path: Path) -> None:
+def test_the_job_sees_exactly_the_local_folder_whatever_was_uploaded_before(
+    aws: Aws, tmp_path: Path, dogclf_log: list[str]
+) -> None:
     six = dogclf.make_synthetic_dataset(tmp_path / "a" / "data", num_classes=6, per_split=(2, 1, 0), size=32, seed=1)
     three = dogclf.make_synthetic_dataset(tmp_path / "b" / "data", num_classes=3, per_split=(2, 1, 0), size=32, seed=2)
     spec = TrainingJobSpec(backbone="resnet18")
 
-    first = launch_training_job(spec, six, aws=aws, role=ROLE, bucket="dogclf-test", name="six", log=lambda _: None)
-    second = launch_training_job(
-        spec, three, aws=aws, role=ROLE, bucket="dogclf-test", name="three", log=lambda _: None
-    )
+    first = launch_training_job(spec, six, aws=aws, role=ROLE, bucket="dogclf-test", name="six")
+    second = launch_training_job(spec, three, aws=aws, role=ROLE, bucket="dogclf-test", name="three")
 
     assert _channel_files(aws, first.request or {}) == _local_files(six)
     assert _channel_files(aws, second.request or {}) == _local_files(three)  # 3 classes, not the union's 6
@@ -302,12 +298,13 @@ def test_the_job_sees_exactly_the_local_folder_whatever_was_uploaded_before(aws:
         shutil.rmtree(next((three / split).iterdir()))
     photo = next((three / "train").rglob("*.jpg"))
     photo.write_bytes(photo.read_bytes() + b"\0")
-    third = launch_training_job(spec, three, aws=aws, role=ROLE, bucket="dogclf-test", name="four", log=lambda _: None)
+    third = launch_training_job(spec, three, aws=aws, role=ROLE, bucket="dogclf-test", name="four")
     assert _channel_files(aws, third.request or {}) == _local_files(three)
 
     # Relaunching on unchanged photos reuses the prefix and uploads nothing.
-    lines: list[str] = []
-    again = launch_training_job(spec, three, aws=aws, role=ROLE, bucket="dogclf-test", name="again", log=lines.append)
+    dogclf_log.clear()  # from here on
+    lines = dogclf_log
+    again = launch_training_job(spec, three, aws=aws, role=ROLE, bucket="dogclf-test", name="again")
     assert again.request["InputDataConfig"] == third.request["InputDataConfig"]  # type: ignore[index]
     assert any(line.endswith(f"0 uploaded (0.0 MB), {len(_local_files(three))} already there") for line in lines)
 
@@ -322,7 +319,7 @@ def test_a_mirrored_prefix_loses_the_objects_the_folder_does_not_have(aws: Aws, 
     for key in ("p/a/stale.jpg", "p/old-class/2.jpg", "p-sibling/keep.jpg"):
         s3.put_object(Bucket="dogclf-test", Key=key, Body=b"x")
 
-    report = sync_folder(aws, folder, S3Uri("dogclf-test", "p"), mirror=True, log=lambda _: None)
+    report = sync_folder(aws, folder, S3Uri("dogclf-test", "p"), mirror=True)
 
     assert (report.uploaded, report.deleted) == (1, 2)
     assert sorted(_keys(aws, "dogclf-test", "p")) == ["p-sibling/keep.jpg", "p/a/1.jpg"]

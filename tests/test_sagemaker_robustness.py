@@ -35,7 +35,7 @@ def test_delete_that_could_not_look_says_why_instead_of_no_endpoint(
     with Stubber(aws.client("sagemaker")) as stub:
         stub.add_client_error("describe_endpoint", code, message, expected_params={"EndpointName": "live-ep"})
         with pytest.raises(AwsError) as info:
-            delete_endpoint(aws, "live-ep", log=lambda _: None)
+            delete_endpoint(aws, "live-ep")
     text = str(info.value)
     assert text.startswith(f"Reading endpoint live-ep: DescribeEndpoint failed ({code})")
     assert shown in text
@@ -44,7 +44,7 @@ def test_delete_that_could_not_look_says_why_instead_of_no_endpoint(
 
 def test_only_aws_saying_could_not_find_means_there_is_no_endpoint(aws: Aws) -> None:
     with pytest.raises(EndpointError, match="There is no endpoint, endpoint config or model named 'gone'"):
-        delete_endpoint(aws, "gone", log=lambda _: None)  # moto answers as SageMaker does: "Could not find ..."
+        delete_endpoint(aws, "gone")  # moto answers as SageMaker does: "Could not find ..."
 
 
 def _closed_port() -> int:

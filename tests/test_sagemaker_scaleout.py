@@ -105,7 +105,7 @@ def test_update_switches_an_endpoint_to_a_new_model_blue_green_and_cleans_up(aws
         _update_stub(stub, now_serving="live-2")
         stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "live-config-1"})
         stub.add_response("delete_model", {}, {"ModelName": "live-model-1"})
-        done = update_endpoint(ARCHIVE, aws=aws, endpoint="live", role=ROLE, name="live-2", top_k=3, log=print)
+        done = update_endpoint(ARCHIVE, aws=aws, endpoint="live", role=ROLE, name="live-2", top_k=3)
         stub.assert_no_pending_responses()
 
     assert sent["UpdateEndpoint"] == {
@@ -134,7 +134,7 @@ def test_a_rolled_back_update_says_so_and_keeps_the_old_model(aws: Aws) -> None:
     with Stubber(aws.client("sagemaker")) as stub:
         _update_stub(stub, now_serving="live-config-1")
         with pytest.raises(EndpointError) as info:
-            update_endpoint(ARCHIVE, aws=aws, endpoint="live", role=ROLE, name="live-2", log=lambda _: None)
+            update_endpoint(ARCHIVE, aws=aws, endpoint="live", role=ROLE, name="live-2")
         stub.assert_no_pending_responses()  # nothing was deleted
     assert "was rolled back; it still serves live-config-1: the new instances failed their health check" in str(
         info.value
@@ -144,7 +144,7 @@ def test_a_rolled_back_update_says_so_and_keeps_the_old_model(aws: Aws) -> None:
 def test_autoscale_registers_target_tracking_and_off_removes_it(
     aws: Aws, moto_environ: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    deploy(ARCHIVE, aws=aws, role=ROLE, endpoint_name="busy", log=lambda _: None)
+    deploy(ARCHIVE, aws=aws, role=ROLE, endpoint_name="busy")
     code, out, err = _cli(
         ["sagemaker", "autoscale", "busy", "--min", "2", "--max", "6", "--target", "120"], moto_environ, capsys
     )
@@ -174,7 +174,7 @@ def test_autoscale_registers_target_tracking_and_off_removes_it(
     assert code == 0, err
     assert scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
 
-    deploy(ARCHIVE, aws=aws, role=ROLE, endpoint_name="nimble", serverless_memory=2048, log=lambda _: None)
+    deploy(ARCHIVE, aws=aws, role=ROLE, endpoint_name="nimble", serverless_memory=2048)
     code, _, err = _cli(["sagemaker", "autoscale", "nimble", "--max", "3"], moto_environ, capsys)
     assert code == 2
     assert "is serverless: it scales by itself" in err

@@ -158,7 +158,7 @@ def _plugin_model(tmp_path: Path) -> Path:
     """A trained model directory on the tiny plugin backbone (needs the ``tiny_plugin`` fixture)."""
     data = dogclf.make_synthetic_dataset(tmp_path / "data", num_classes=3, per_split=(6, 2, 2), size=40, seed=3)
     config = dogclf.TrainConfig(epochs=1, batch_size=8, num_workers=0, device="cpu")
-    dogclf.train(data, "tinynet", tmp_path / "model", config=config, weights=None, cache=False, log=lambda _: None)
+    dogclf.train(data, "tinynet", tmp_path / "model", config=config, weights=None, cache=False)
     return tmp_path / "model"
 
 
@@ -185,7 +185,7 @@ def test_deploy_creates_model_config_and_endpoint_and_delete_removes_all_three(
     client = aws.client("sagemaker")
     assert client.describe_endpoint(EndpointName="dog-ep")["EndpointStatus"] == "InService"
 
-    deleted = delete_endpoint(aws, "dog-ep", log=lambda _: None)
+    deleted = delete_endpoint(aws, "dog-ep")
 
     assert deleted == ["endpoint dog-ep", "endpoint config dog-ep", "model dog-ep"]
     for call, key in (("describe_endpoint", "EndpointName"), ("describe_endpoint_config", "EndpointConfigName")):
@@ -197,7 +197,7 @@ def test_deploy_creates_model_config_and_endpoint_and_delete_removes_all_three(
 
 def test_serverless_deploy_and_bad_sizes(aws: Aws) -> None:
     configs = _capture(aws, "CreateEndpointConfig")
-    deploy("s3://dogclf-test/job/output/model.tar.gz", aws=aws, role=ROLE, serverless_memory=4096, log=lambda _: None)
+    deploy("s3://dogclf-test/job/output/model.tar.gz", aws=aws, role=ROLE, serverless_memory=4096)
     [config] = configs
     assert config["ProductionVariants"][0]["ServerlessConfig"] == {"MemorySizeInMB": 4096, "MaxConcurrency": 5}
     from dogclf.sagemaker.endpoint import EndpointError
@@ -245,7 +245,7 @@ def test_the_whole_path_with_sagemaker_played_here(
     spec = TrainingJobSpec(
         backbone="tinynet", hyperparameters={"epochs": "2", "batch-size": "8", "weights": "none", "workers": "0"}
     )
-    launch_training_job(spec, tiny_tree, aws=aws, role=ROLE, bucket="dogclf-test", name="e2e-job", log=lambda _: None)
+    launch_training_job(spec, tiny_tree, aws=aws, role=ROLE, bucket="dogclf-test", name="e2e-job")
     recorded = aws.client("sagemaker").describe_training_job(TrainingJobName="e2e-job")
 
     # 2. Play the platform: copy the channels from S3, run the recorded job through the real toolkit (which fetches
@@ -257,13 +257,13 @@ def test_the_whole_path_with_sagemaker_played_here(
         for c in recorded["InputDataConfig"]
     }
     environ = {k: v for k, v in moto_environ.items() if k not in ("PYTHONPATH", "DOGCLF_FEATURE_CACHE")}
-    result = run_request(recorded, tmp_path / "job", channels=channels, environ=environ, log=lambda _: None)
+    result = run_request(recorded, tmp_path / "job", channels=channels, environ=environ)
     artifact = S3Uri.parse(recorded["ModelArtifacts"]["S3ModelArtifacts"])
     assert str(artifact) == "s3://dogclf-test/dogclf/jobs/e2e-job/output/model.tar.gz"
     upload_file(aws, result.model_tar, artifact)
 
     # 3. Deploy that artifact as it is, and answer a JPEG through the packaged handlers, with nothing but its code/.
-    endpoint = deploy(str(artifact), aws=aws, role=ROLE, endpoint_name="e2e-ep", log=lambda _: None)
+    endpoint = deploy(str(artifact), aws=aws, role=ROLE, endpoint_name="e2e-ep")
     assert endpoint.requests[0]["PrimaryContainer"]["ModelDataUrl"] == str(artifact)
     served = tmp_path / "served"
     download_prefix(aws, S3Uri(artifact.bucket, artifact.key.rsplit("/", 1)[0]), tmp_path / "artifact")
@@ -292,7 +292,7 @@ def test_the_whole_path_with_sagemaker_played_here(
     assert [p["label"] for p in answer["predictions"]] == [p["label"] for p in reference["predictions"]]
 
     # 4. Delete: nothing is left billing.
-    assert delete_endpoint(aws, "e2e-ep", log=lambda _: None) == [
+    assert delete_endpoint(aws, "e2e-ep") == [
         "endpoint e2e-ep",
         "endpoint config e2e-ep",
         "model e2e-ep",

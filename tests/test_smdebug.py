@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(
 
 SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import json, logging, sys
     from pathlib import Path
 
     import dogclf
@@ -65,8 +65,17 @@ SCRIPT = textwrap.dedent(
         environ = {"SMDEBUG_CONFIG_FILE_PATH": str(out / "debughookconfig.json")}
         diagnostics = Diagnostics()
     lines = []
+
+
+    class Lines(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+
+    logging.getLogger("dogclf").addHandler(Lines())
+    logging.getLogger("dogclf").setLevel(logging.INFO)
     config = TrainConfig(epochs=2, batch_size=8, num_workers=0, device="cpu", head_solver="loop")
-    dogclf.train(data, "tinynet", out / "model", weights=None, callbacks=[record], progress=False, log=lines.append,
+    dogclf.train(data, "tinynet", out / "model", weights=None, callbacks=[record], progress=False,
                  config=config, environ=environ, diagnostics=diagnostics)
 
     from smdebug import modes
@@ -125,7 +134,7 @@ def test_a_sagemaker_jobs_hook_configuration_creates_the_hook(
 
 
 def test_without_smdebug_a_run_is_unaffected(
-    monkeypatch: pytest.MonkeyPatch, tiny_tree: Path, tiny_spec: Any, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tiny_tree: Path, tiny_spec: Any, tmp_path: Path, dogclf_log: list[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "smdebug", None)  # as if it were not installed
     monkeypatch.delenv("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", raising=False)
@@ -135,7 +144,8 @@ def test_without_smdebug_a_run_is_unaffected(
         import_smdebug()
     config = tmp_path / "debughookconfig.json"
     config.write_text(json.dumps(debug_hook_config("s3://bucket/debug", local_path=str(tmp_path / "tensors"))))
-    lines: list[str] = []
+    dogclf_log.clear()  # from here on
+    lines = dogclf_log
     dogclf.train(
         tiny_tree,
         "tinynet",
@@ -143,7 +153,6 @@ def test_without_smdebug_a_run_is_unaffected(
         weights=None,
         config=TrainConfig(epochs=1, num_workers=0, device="cpu", head_solver="loop"),
         progress=False,
-        log=lines.append,
         environ={"SMDEBUG_CONFIG_FILE_PATH": str(config)},
     )
     assert any("has a Debugger hook configuration" in line and "no hook can be made" in line for line in lines)

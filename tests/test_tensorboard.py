@@ -23,7 +23,7 @@ event_accumulator = pytest.importorskip(
 def test_epoch_metrics_learning_rate_and_rule_findings_are_scalars(tiny_spec: Any, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_model(tiny_spec, 3, weights=None)
-    rules = RuleSet(make_rules("WeightUpdateRatio,Overfit"), log=lambda line: None)
+    rules = RuleSet(make_rules("WeightUpdateRatio,Overfit"))
     logger = TensorBoardLogger(tmp_path / "tb", rules=rules)
     rules.listeners.append(logger.add_finding)
     config = TrainConfig(epochs=3, batch_size=16, lr=10.0, device="cpu")

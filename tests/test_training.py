@@ -41,7 +41,7 @@ def _config(epochs: int = 2, **changes: Any) -> dogclf.TrainConfig:
 
 def _train(data: Path, out: Path, epochs: int = 2, **kwargs: Any) -> dogclf.TrainResult:
     config = kwargs.pop("config", None) or _config(epochs)
-    return dogclf.train(data, "tinynet", out, config=config, weights=None, progress=False, log=lambda _: None, **kwargs)
+    return dogclf.train(data, "tinynet", out, config=config, weights=None, progress=False, **kwargs)
 
 
 def _without_seconds(history: list[dict[str, float]]) -> list[dict[str, float]]:
@@ -108,16 +108,19 @@ def test_epoch_line_has_fixed_keys_order_and_precision(metrics: dict[str, float]
     assert format_epoch_line(metrics) == expected
 
 
-def test_training_prints_one_parseable_line_per_epoch(
-    tmp_path: Path, tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, capsys: pytest.CaptureFixture[str]
+def test_training_logs_one_parseable_line_per_epoch_and_prints_nothing(
+    tmp_path: Path,
+    tiny_spec: dogclf.BackboneSpec,
+    tiny_tree: Path,
+    capsys: pytest.CaptureFixture[str],
+    dogclf_log: list[str],
 ) -> None:
     result = _train(tiny_tree, tmp_path / "model", epochs=3)
 
-    out = capsys.readouterr().out
-    matches = [EPOCH_LINE.match(line) for line in out.splitlines()]
+    assert capsys.readouterr().out == ""  # a library call prints nothing: the application's logging decides
+    matches = [EPOCH_LINE.match(line) for line in dogclf_log]
     lines = [m for m in matches if m]
     assert [int(m.group(1)) for m in lines] == [1, 2, 3]
-    assert len(out.splitlines()) == 3  # log= took the other messages; stdout has only the epoch lines
     for match, epoch in zip(lines, result.history, strict=True):
         assert float(match.group(2)) == pytest.approx(epoch["train_loss"], abs=1e-4)
         assert float(match.group(3)) == pytest.approx(epoch["valid_loss"], abs=1e-4)
@@ -400,21 +403,19 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
     tmp_path: Path,
     tiny_spec: dogclf.BackboneSpec,
     tiny_tree: Path,
-    capsys: pytest.CaptureFixture[str],
     changes: dict[str, Any],
     head: dogclf.HeadConfig,
+    dogclf_log: list[str],
 ) -> None:
     # lr high enough that the head moves visibly each epoch, so a lost or repeated epoch would show.
     config = _config(4, lr=0.05, **changes)
     straight = _train(tiny_tree, tmp_path / "straight", config=config, head=head)
-    capsys.readouterr()
 
     with pytest.raises(KeyboardInterrupt):
         _train(tiny_tree, tmp_path / "resumed", config=config, head=head, callbacks=[InterruptAfter(2)])
     assert (tmp_path / "resumed" / "checkpoint.pt").is_file()
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
-    messages: list[str] = []
-    capsys.readouterr()
+    dogclf_log.clear()
     resumed = dogclf.train(
         tiny_tree,
         "tinynet",
@@ -424,12 +425,11 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
         head=head,
         progress=False,
         resume=True,
-        log=messages.append,
     )
 
-    printed = [int(m.group(1)) for m in map(EPOCH_LINE.match, capsys.readouterr().out.splitlines()) if m]
-    assert printed == [3, 4]
-    assert any("after epoch 2 of 4" in m for m in messages)
+    logged = [int(m.group(1)) for m in map(EPOCH_LINE.match, dogclf_log) if m]
+    assert logged == [3, 4]
+    assert any("after epoch 2 of 4" in m for m in dogclf_log)
     assert _without_seconds(resumed.history) == _without_seconds(straight.history)
     a = load_file(str(tmp_path / "straight" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "model.safetensors"))

@@ -23,13 +23,11 @@ from dogclf.training.callbacks import Callback, TrainState
 REFUSING_HOST = "http://127.0.0.1:9"
 
 
-def _train(data: Path, out: Path, *, epochs: int = 2, log: Any = None, **kwargs: Any) -> dogclf.TrainResult:
+def _train(data: Path, out: Path, *, epochs: int = 2, **kwargs: Any) -> dogclf.TrainResult:
     config = kwargs.pop("config", None) or dogclf.TrainConfig(
         epochs=epochs, batch_size=8, num_workers=0, device="cpu", head_solver="loop"
     )
-    return dogclf.train(
-        data, "tinynet", out, config=config, weights=None, progress=False, log=log or (lambda _: None), **kwargs
-    )
+    return dogclf.train(data, "tinynet", out, config=config, weights=None, progress=False, **kwargs)
 
 
 class _At(Callback):
@@ -94,15 +92,18 @@ def test_cli_reports_a_diverged_run_in_one_line(
 # --- --overwrite and the resume fingerprint --------------------------------------------------------------------------
 
 
-def test_overwrite_removes_the_previous_run_before_training(tiny_spec: Any, tiny_tree: Path, tmp_path: Path) -> None:
+def test_overwrite_removes_the_previous_run_before_training(
+    tiny_spec: Any, tiny_tree: Path, tmp_path: Path, dogclf_log: list[str]
+) -> None:
     out = tmp_path / "model"
     _train(tiny_tree, out, epochs=1)
     assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "checkpoint.pt"}
     (out / "confusion_test.png").write_bytes(b"written by evaluate")
-    lines: list[str] = []
+    dogclf_log.clear()  # from here on
+    lines = dogclf_log
 
     with pytest.raises(KeyboardInterrupt):
-        _train(tiny_tree, out, epochs=3, overwrite=True, log=lines.append, callbacks=[_At(1, _interrupt)])
+        _train(tiny_tree, out, epochs=3, overwrite=True, callbacks=[_At(1, _interrupt)])
 
     # Interrupted before its first epoch: nothing of the old run is left to be mistaken for this one, or resumed.
     assert not (out / "checkpoint.pt").exists()
@@ -145,11 +146,12 @@ def test_the_model_records_which_files_it_was_trained_on(tiny_spec: Any, tiny_tr
 
 
 def test_calibration_on_a_tiny_valid_split_is_skipped_and_not_stored(
-    tiny_spec: Any, tiny_tree: Path, tmp_path: Path
+    tiny_spec: Any, tiny_tree: Path, tmp_path: Path, dogclf_log: list[str]
 ) -> None:
-    lines: list[str] = []
+    dogclf_log.clear()  # from here on
+    lines = dogclf_log
 
-    _train(tiny_tree, tmp_path / "model", log=lines.append)  # 9 valid images
+    _train(tiny_tree, tmp_path / "model")  # 9 valid images
     classifier = dogclf.load_model(tmp_path / "model")
 
     assert "calibration" not in classifier.config
@@ -204,14 +206,15 @@ def test_a_percentage_as_valid_fraction_is_refused_before_anything_runs(
 
 
 def test_train_refuses_a_bad_valid_fraction_before_reading_the_data(
-    tiny_spec: Any, tiny_tree: Path, tmp_path: Path
+    tiny_spec: Any, tiny_tree: Path, tmp_path: Path, dogclf_log: list[str]
 ) -> None:
-    lines: list[str] = []
+    dogclf_log.clear()  # from here on
+    lines = dogclf_log
 
     with pytest.raises(
         DatasetError, match=r"valid fraction must be between 0 and 1 \(exclusive\), e\.g\. 0\.2, got 20"
     ):
-        _train(tiny_tree / "train", tmp_path / "m", valid_fraction=20, log=lines.append)
+        _train(tiny_tree / "train", tmp_path / "m", valid_fraction=20)
 
     assert lines == []  # not even "Reading ..."
 
@@ -226,13 +229,14 @@ def _offline_resnet18(tmp_path: Path) -> dogclf.BackboneSpec:
     )
 
 
-def test_unreachable_weights_fail_before_the_data_scan(tiny_tree: Path, tmp_path: Path) -> None:
+def test_unreachable_weights_fail_before_the_data_scan(tiny_tree: Path, tmp_path: Path, dogclf_log: list[str]) -> None:
     spec = _offline_resnet18(tmp_path)
-    lines: list[str] = []
+    dogclf_log.clear()  # from here on
+    lines = dogclf_log
     started = time.monotonic()
 
     with pytest.raises(WeightsUnavailableError) as info:
-        dogclf.train(tiny_tree, spec, tmp_path / "m", progress=False, log=lines.append)
+        dogclf.train(tiny_tree, spec, tmp_path / "m", progress=False)
 
     assert time.monotonic() - started < 10
     assert lines == []  # the data was never read

@@ -40,7 +40,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def _tune(data: Path, out: Path, cache: Path, *, trials: int, **kwargs: Any) -> dogclf.tuning.TuneResult:
     kwargs.setdefault("space", TINY_SPACE)
-    kwargs.setdefault("log", lambda message: None)
     return tune(data, "tinynet", out, trials=trials, weights=None, cache_dir=cache, device="cpu", **kwargs)
 
 
@@ -172,10 +171,11 @@ def test_space_module_does_not_import_optuna() -> None:
 
 
 def test_tiny_tune_writes_best_params_trials_and_history(
-    tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path
+    tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path, dogclf_log: list[str]
 ) -> None:
-    lines: list[str] = []
-    result = _tune(tiny_tree, tmp_path / "tune", tmp_path / "cache", trials=5, log=lines.append)
+    dogclf_log.clear()  # from here on
+    lines = dogclf_log
+    result = _tune(tiny_tree, tmp_path / "tune", tmp_path / "cache", trials=5)
 
     assert result.ran == 5
     assert sum(result.counts.values()) == 5
@@ -215,14 +215,18 @@ def test_tiny_tune_writes_best_params_trials_and_history(
     assert all("best: trial" in line for line in trial_lines if " COMPLETE " in line)
 
 
-def test_rerun_continues_the_study(tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path) -> None:
+def test_rerun_continues_the_study(
+    tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path, dogclf_log: list[str]
+) -> None:
     out = tmp_path / "tune"
     _tune(tiny_tree, out, tmp_path / "cache", trials=3)
     first = [(t.number, t.state.name, t.value, t.params) for t in _stored_trials(out)]
     assert len(first) == 3
 
-    lines: list[str] = []
-    result = _tune(tiny_tree, out, tmp_path / "cache", trials=5, log=lines.append)
+    dogclf_log.clear()  # from here on
+
+    lines = dogclf_log
+    result = _tune(tiny_tree, out, tmp_path / "cache", trials=5)
     assert result.ran == 2
     assert any("3 finished trial(s) stored, running 2 more" in line for line in lines)
     assert any("3 cached, 0 extracted" in line for line in lines)  # the feature cache served the rerun
@@ -233,7 +237,7 @@ def test_rerun_continues_the_study(tiny_spec: dogclf.BackboneSpec, tiny_tree: Pa
 
     # The target is reached: a third run adds nothing and extracts nothing.
     lines.clear()
-    assert _tune(tiny_tree, out, tmp_path / "cache", trials=5, log=lines.append).ran == 0
+    assert _tune(tiny_tree, out, tmp_path / "cache", trials=5).ran == 0
     assert not any(line.startswith("features:") for line in lines)
 
 
@@ -335,9 +339,12 @@ def test_shared_storage_url_lets_two_runs_fill_one_study(
     assert json.loads((tmp_path / "two" / "best_params.json").read_text(encoding="utf-8"))["storage"] == url
 
 
-def test_train_best_repeats_the_best_trial(tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path) -> None:
-    lines: list[str] = []
-    result = _tune(tiny_tree, tmp_path / "tune", tmp_path / "cache", trials=4, train_best=True, log=lines.append)
+def test_train_best_repeats_the_best_trial(
+    tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path, dogclf_log: list[str]
+) -> None:
+    dogclf_log.clear()  # from here on
+    lines = dogclf_log
+    result = _tune(tiny_tree, tmp_path / "tune", tmp_path / "cache", trials=4, train_best=True)
     assert result.model_dir == tmp_path / "tune" / "model"
     # The final training reads the tuning's features from the cache; only the test split (never tuned on) is new.
     final_run = lines[next(i for i, line in enumerate(lines) if line.startswith("Training the final model")) :]
@@ -443,10 +450,11 @@ def test_cli_errors_exit_2(
 
 
 def test_the_first_trial_is_the_train_defaults_so_a_study_is_never_worse(
-    tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path
+    tiny_spec: dogclf.BackboneSpec, tiny_tree: Path, tmp_path: Path, dogclf_log: list[str]
 ) -> None:
-    lines: list[str] = []
-    result = _tune(tiny_tree, tmp_path / "tune", tmp_path / "cache", trials=3, log=lines.append)
+    dogclf_log.clear()  # from here on
+    lines = dogclf_log
+    result = _tune(tiny_tree, tmp_path / "tune", tmp_path / "cache", trials=3)
 
     first = _stored_trials(tmp_path / "tune")[0]
     # TINY_SPACE has no head_solver: the loop's defaults, each moved into the space (batch 32 -> 8, epochs 5 -> 3,

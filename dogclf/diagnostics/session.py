@@ -15,8 +15,9 @@ In a SageMaker job the environment also switches things on: a Debugger hook conf
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from dogclf.diagnostics.rules import Rule, RuleSet, make_rules
 from dogclf.training.callbacks import Callback
 
 __all__ = ["Diagnostics", "DiagnosticsSession", "open_session", "output_data_dir"]
+
+logger = logging.getLogger(__name__)
 
 
 def output_data_dir(environ: Mapping[str, str]) -> Path | None:
@@ -75,21 +78,19 @@ class DiagnosticsSession:
         out_dir: Path,
         *,
         environ: Mapping[str, str],
-        log: Callable[[str], None],
     ) -> None:
         self.diagnostics = diagnostics
         self.out_dir = out_dir
-        self.log = log
         self.timer = PhaseTimer(on_error=self.abort)
         job_dir = output_data_dir(environ)
         self.rule_dirs = [out_dir, *([job_dir] if job_dir else [])]
         self.report_dir = (job_dir or out_dir) / "profile"
-        self.smdebug = _smdebug_hook(diagnostics, environ, log)
+        self.smdebug = _smdebug_hook(diagnostics, environ)
         self.tensorboard = _tensorboard(diagnostics, environ)
         rules = make_rules(diagnostics.rules, diagnostics.rule_params)
         listeners = [self.tensorboard.add_finding] if self.tensorboard is not None else []
         self.rules = (
-            RuleSet(rules, action=diagnostics.rules_action, out_dirs=self.rule_dirs, log=log, listeners=listeners)
+            RuleSet(rules, action=diagnostics.rules_action, out_dirs=self.rule_dirs, listeners=listeners)
             if rules
             else None
         )
@@ -143,7 +144,7 @@ class DiagnosticsSession:
         report = None
         if self.profiler is not None:
             report = self.profiler.finish(self.timer, info=self._run_info(), rule_findings=self._findings())
-            self.log(f"Profile report: {report} (trace and profile.json beside it)")
+            logger.info(f"Profile report: {report} (trace and profile.json beside it)")
         self.timer.stop()
         return report
 
@@ -160,9 +161,9 @@ class DiagnosticsSession:
         if self.profiler is not None:
             try:
                 report = self.profiler.finish(self.timer, info=self._run_info(), rule_findings=self._findings())
-                self.log(f"Profile report of the interrupted run: {report}")
+                logger.info(f"Profile report of the interrupted run: {report}")
             except Exception as error:  # the run's own exception is the one to see
-                self.log(f"(no profile report: {type(error).__name__}: {error})")
+                logger.info(f"(no profile report: {type(error).__name__}: {error})")
         self.timer.stop()
 
     def _release(self, outcome: str) -> None:
@@ -203,7 +204,6 @@ def open_session(
     out_dir: str | os.PathLike[str],
     *,
     environ: Mapping[str, str],
-    log: Callable[[str], None] = print,
 ) -> DiagnosticsSession:
     """Opens and starts the diagnostics of a ``train()`` call (default :class:`Diagnostics`: the cheap rules).
 
@@ -212,17 +212,19 @@ def open_session(
     """
     if environ.get("RANK", "0") not in ("", "0"):
         diagnostics, environ = Diagnostics(rules="none"), {}
-    return DiagnosticsSession(diagnostics or Diagnostics(), Path(out_dir), environ=environ, log=log).start()
+    return DiagnosticsSession(diagnostics or Diagnostics(), Path(out_dir), environ=environ).start()
 
 
-def _smdebug_hook(diagnostics: Diagnostics, environ: Mapping[str, str], log: Callable[[str], None]) -> Any:
+def _smdebug_hook(diagnostics: Diagnostics, environ: Mapping[str, str]) -> Any:
     from dogclf.diagnostics.smdebug_hook import job_hook_config
 
     if diagnostics.smdebug_out is not None:
         from dogclf.diagnostics.smdebug_hook import SmdebugHook
 
         hook = SmdebugHook(out_dir=diagnostics.smdebug_out, save_interval=diagnostics.smdebug_save_interval)
-        log(f"smdebug: saving losses, weights, biases and gradients every {hook.save_interval} steps to {hook.where}")
+        logger.info(
+            f"smdebug: saving losses, weights, biases and gradients every {hook.save_interval} steps to {hook.where}"
+        )
         return hook
     config = job_hook_config(environ)
     if config is None:
@@ -233,9 +235,9 @@ def _smdebug_hook(diagnostics: Diagnostics, environ: Mapping[str, str], log: Cal
     try:
         hook = SmdebugHook(json_config=config)
     except MissingExtraError as exc:  # the job still trains; its Debugger rules will see no tensors
-        log(f"smdebug: this job has a Debugger hook configuration ({config}) but no hook can be made: {exc}")
+        logger.info(f"smdebug: this job has a Debugger hook configuration ({config}) but no hook can be made: {exc}")
         return None
-    log(f"smdebug: this job has a Debugger hook configuration; saving tensors as {config} says")
+    logger.info(f"smdebug: this job has a Debugger hook configuration; saving tensors as {config} says")
     return hook
 
 

@@ -23,12 +23,12 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -52,6 +52,8 @@ __all__ = [
     "make_backbone_key",
     "stat_index",
 ]
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 """Bumped whenever dogclf changes how features are computed or stored; old namespaces then fall out of use.
@@ -142,10 +144,6 @@ def _parsed(key: str) -> Any:
         return key
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 class _Entry(NamedTuple):
     shard: Path
     row: int
@@ -155,8 +153,8 @@ class FeatureCache:
     """Per-image feature vectors under one backbone namespace of a cache folder.
 
     Use :meth:`get_many` to look images up, :meth:`add` to store newly extracted features, and :meth:`flush` (or
-    ``with``) to write the rest. Faults never raise: they are reported through ``log`` and the cache degrades to
-    recomputing.
+    ``with``) to write the rest. Faults never raise: they are logged as warnings (logger ``dogclf.features.cache``)
+    and the cache degrades to recomputing.
 
     Queued features are written as a shard once ``chunk_size`` images wait, or once the oldest has waited
     ``flush_seconds``, so a run that is killed (SIGKILL, a lost spot instance) loses at most that many seconds of
@@ -169,7 +167,6 @@ class FeatureCache:
         backbone_key: :func:`make_backbone_key` of the backbone in use.
         label: A readable prefix for the namespace folder (the backbone name).
         describe: Extra facts for people, written to ``namespace.json`` beside the key (e.g. the weights label).
-        log: Where warnings go (default: stderr).
         chunk_size: Images per shard.
         flush_seconds: Also write a shard when the oldest unwritten feature is this old.
         max_write_share: The most of the run's time that time-triggered writes may take (0.02: 2 %).
@@ -182,7 +179,6 @@ class FeatureCache:
         backbone_key: str,
         label: str = "",
         describe: Mapping[str, str] | None = None,
-        log: Callable[[str], None] = _stderr,
         chunk_size: int = 512,
         flush_seconds: float = 5.0,
         max_write_share: float = 0.02,
@@ -193,7 +189,6 @@ class FeatureCache:
         prefix = _SAFE_NAME.sub("_", label).strip("_.")[:60]
         self.path = self.root / (f"{prefix}-{key_hash}" if prefix else key_hash)
         self.describe = dict(describe or {})
-        self.log = log
         self.chunk_size = max(1, int(chunk_size))
         self.flush_seconds = float(flush_seconds)
         self.max_write_share = float(max_write_share)
@@ -236,7 +231,7 @@ class FeatureCache:
                 continue  # not a namespace, or not readable: not ours to judge
         if old:
             size = sum(_folder_bytes(folder) for folder in old)
-            self.log(
+            logger.info(
                 f"note: feature cache {self.root} holds {len(old)} folder(s) of an older cache format that this "
                 f"dogclf no longer reads ({size / 1e6:.1f} MB: {', '.join(f.name for f in old[:3])}"
                 f"{', ...' if len(old) > 3 else ''}); features are extracted again into the new format. Delete them "
@@ -259,8 +254,8 @@ class FeatureCache:
         if not self.writable:
             return
         self.writable = False
-        self.log(
-            f"warning: feature cache {self.path} cannot be written ({_reason(exc)}; {exc.strerror or exc}). "
+        logger.warning(
+            f"feature cache {self.path} cannot be written ({_reason(exc)}; {exc.strerror or exc}). "
             "Training goes on without storing features, so the next run extracts them again. Free space, fix the "
             "permissions, pass --cache-dir DIR for another folder, or --no-cache to silence this."
         )
@@ -270,16 +265,16 @@ class FeatureCache:
             self._index = {k: e for k, e in self._index.items() if e.shard != shard}
 
     def _corrupt(self, shard: Path, reason: str) -> None:
-        self.log(
-            f"warning: feature cache shard {shard} is damaged ({reason}); removing it and extracting its images again."
+        logger.warning(
+            f"feature cache shard {shard} is damaged ({reason}); removing it and extracting its images again."
         )
         with contextlib.suppress(OSError):  # read-only cache or already gone: it is skipped from now on either way
             shard.unlink()
         self._forget(shard)
 
     def _unreadable(self, shard: Path, exc: OSError) -> None:
-        self.log(
-            f"warning: feature cache shard {shard} cannot be read ({_reason(exc)}); skipping it (not removed) and "
+        logger.warning(
+            f"feature cache shard {shard} cannot be read ({_reason(exc)}); skipping it (not removed) and "
             "extracting its images again. Fix its permissions, or remove it if it is not needed."
         )
         self._forget(shard)
@@ -295,7 +290,7 @@ class FeatureCache:
         except FileNotFoundError:
             shards = []
         except OSError as exc:
-            self.log(f"warning: feature cache {self.path} cannot be listed ({_reason(exc)}); extracting every image.")
+            logger.warning(f"feature cache {self.path} cannot be listed ({_reason(exc)}); extracting every image.")
             shards = []
         for shard in shards:
             try:
@@ -355,7 +350,7 @@ class FeatureCache:
         try:
             _, matrix = read_features(shard, format_version=FORMAT_VERSION)
         except FileNotFoundError:
-            self.log(f"warning: feature cache shard {shard} vanished while in use; extracting its images again.")
+            logger.warning(f"feature cache shard {shard} vanished while in use; extracting its images again.")
             self._forget(shard)
             return None
         except OSError as exc:

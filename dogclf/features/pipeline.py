@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dogclf._logging import deprecated_log
 from dogclf.errors import UnreadableImageError
 from dogclf.features.cache import FeatureCache, backbone_digest, make_backbone_key, stat_index
 from dogclf.features.keys import content_keys
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
     from dogclf.features.extract import ExtractOptions, FeatureBatch
 
 __all__ = ["FeatureSet", "effective_engine", "effective_precision", "prepare_features"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,6 +43,7 @@ class FeatureSet:
         return len(self.labels)
 
 
+@deprecated_log
 def prepare_features(
     splits: DataSplits,
     spec: BackboneSpec,
@@ -47,10 +52,10 @@ def prepare_features(
     weights_label: str,
     cache_dir: Path | None,
     options: ExtractOptions,
-    log: Callable[[str], None],
     progress: bool | None = None,
     unreadable: list[tuple[Path, str]] | None = None,
     while_decoding: Callable[[], object] | None = None,
+    log_level: int = logging.INFO,
 ) -> dict[str, FeatureSet]:
     """Features of every image of ``splits``: from the cache where present, extracted (and cached) otherwise.
 
@@ -69,7 +74,6 @@ def prepare_features(
             ``namespace.json`` only: the key uses the digest of the loaded tensors.
         cache_dir: The cache folder; ``None`` extracts in memory without a cache.
         options: Extraction settings (batch size, workers, precision, device).
-        log: Where the summary line and cache warnings go.
         progress: A progress bar over extraction; ``None`` shows it when stderr is a terminal.
         unreadable: A list that receives ``(path, reason)`` of every image that cannot be decoded; those are left
             out of the returned feature sets (the caller drops them from ``splits``, e.g. with
@@ -77,6 +81,8 @@ def prepare_features(
             decoded when they were extracted, so they are not decoded again.
         while_decoding: Work for the main process that overlaps the decoding of the first batches (see
             :func:`~dogclf.features.extract.iter_feature_batches`); it runs once if anything is extracted.
+        log_level: The level of the ``features: N cached, M extracted ...`` line (logger
+            ``dogclf.features.pipeline``). Cache warnings go to the ``dogclf.features.cache`` logger.
 
     Returns:
         ``{"train": ..., "valid": ..., "test": ...}``; a split without images has empty tensors.
@@ -92,7 +98,7 @@ def prepare_features(
     engine = effective_engine(options)
     cache = None
     if cache_dir is not None:
-        cache = _open_cache(cache_dir, spec, backbone, (precision, engine), weights_label, log)
+        cache = _open_cache(cache_dir, spec, backbone, (precision, engine), weights_label)
     features = torch.empty(len(paths), spec.num_features, dtype=torch.float32)
     found = _read_cached(cache, paths, features) if cache is not None else set()
     missing = [i for i in range(len(paths)) if i not in found]
@@ -108,7 +114,10 @@ def prepare_features(
     rate = f" ({len(missing) / seconds:.0f} img/s)" if missing and seconds > 0 else ""
     where = f" (cache {cache.path})" if cache is not None else " (no cache)"
     how = f"{precision} {engine}" if missing else precision
-    log(f"features: {len(found)} cached, {len(missing)} extracted in {seconds:.0f} s{rate}, {how}{where}")
+    logger.log(
+        log_level,
+        f"features: {len(found)} cached, {len(missing)} extracted in {seconds:.0f} s{rate}, {how}{where}",
+    )
     if unreadable is not None:
         unreadable += [(paths[i], reason) for i, reason in bad]
     dropped = {i for i, _ in bad}
@@ -121,7 +130,6 @@ def _open_cache(
     backbone: torch.nn.Module,
     numerics: tuple[str, str],
     weights_label: str,
-    log: Callable[[str], None],
 ) -> FeatureCache:
     """The cache namespace of this backbone's exact weights, preprocessing and numerics (precision, engine)."""
     precision, engine = numerics
@@ -132,7 +140,7 @@ def _open_cache(
         precision=precision,
         engine=engine,
     )
-    return FeatureCache(cache_dir, backbone_key=key, label=spec.name, describe={"weights": weights_label}, log=log)
+    return FeatureCache(cache_dir, backbone_key=key, label=spec.name, describe={"weights": weights_label})
 
 
 def _read_cached(cache: FeatureCache, paths: Sequence[Path], features: torch.Tensor) -> set[int]:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 __all__ = ["add_sagemaker_parser", "hyperparameters_from_args", "run_sagemaker"]
+
+logger = logging.getLogger(__name__)
 
 # dogclf train's options that the container sets itself (SM_MODEL_DIR, SM_OUTPUT_DATA_DIR, checkpoints, cache).
 _CONTAINER_OPTIONS = frozenset(
@@ -187,10 +190,6 @@ def hyperparameters_from_args(args: argparse.Namespace) -> dict[str, str]:
     return to_hyperparameters(options)
 
 
-def _log(message: str) -> None:
-    print(message, flush=True)
-
-
 def _spec(args: argparse.Namespace, hyperparameters: Mapping[str, str]) -> Any:
     from dogclf.sagemaker.job_settings import job_settings_from_args
     from dogclf.sagemaker.training_job import TrainingJobSpec
@@ -233,13 +232,12 @@ def _cmd_train(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         debugger=args.debugger,
         tensorboard=args.tensorboard,
         dry_run=args.dry_run,
-        log=_log,
     )
     if args.dry_run:
         print(format_request(job.request or {}))
         return 0
     if args.wait:
-        job.wait(log=_log)
+        job.wait()
         print(f"Fetch the model with: dogclf sagemaker download {job.name} --out models/{job.name}")
     else:
         print(
@@ -261,7 +259,6 @@ def _train_local(args: argparse.Namespace, spec: Any, environ: Mapping[str, str]
         features=args.features,
         job_name=args.job_name,
         environ=environ,
-        log=_log,
     )
     print(f"Local job finished in {result.seconds:.0f} s: {result.model_tar}, {result.output_tar}")
     print("Final metrics: " + " ".join(f"{k}={v:g}" for k, v in result.metrics.items()))
@@ -311,7 +308,6 @@ def _cmd_tune(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         strategy=args.strategy,
         early_stopping=args.early_stopping,
         dry_run=args.dry_run,
-        log=_log,
         **tuning_kwargs(args),
     )
     if args.dry_run:
@@ -323,7 +319,7 @@ def _cmd_tune(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             f"when it ends with: dogclf sagemaker wait {job.name} --out DIR (stop it: dogclf sagemaker stop {job.name})"
         )
         return 0
-    job.wait(log=_log)
+    job.wait()
     if args.out is not None:
         write_tuning_results(
             args.out,
@@ -333,7 +329,6 @@ def _cmd_tune(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             maximize=job.objective["Type"] == "Maximize",
             job_name=job.name,
             backbone=spec.backbone,
-            log=_log,
         )
     if args.train_best:
         _launch_best(args, spec, job.best_hyperparameters(), aws, role)
@@ -345,7 +340,9 @@ def _launch_best(args: argparse.Namespace, spec: Any, best: Mapping[str, str], a
 
     from dogclf.sagemaker.training_job import launch_training_job
 
-    _log("Training the final model with the best trial's values: " + " ".join(f"{k}={v}" for k, v in best.items()))
+    logger.info(
+        "Training the final model with the best trial's values: " + " ".join(f"{k}={v}" for k, v in best.items())
+    )
     final = launch_training_job(
         dataclasses.replace(spec, hyperparameters=dict(best)),
         str(args.data),
@@ -353,9 +350,8 @@ def _launch_best(args: argparse.Namespace, spec: Any, best: Mapping[str, str], a
         role=role,
         bucket=args.bucket,
         prefix=args.prefix,
-        log=_log,
     )
-    final.wait(log=_log)
+    final.wait()
     print(f"Fetch the model with: dogclf sagemaker download {final.name} --out models/{final.name}")
 
 
@@ -378,7 +374,6 @@ def _tune_local(args: argparse.Namespace, spec: Any, space: Any, environ: Mappin
         objective=args.objective_metric,
         objective_type=args.objective_type,
         environ=environ,
-        log=_log,
     )
     mean = sum(result.trial_seconds) / len(result.trial_seconds)
     print(f"{len(result.records)} trials, {mean:.1f} s per trial on average; results in {args.out}")
@@ -408,7 +403,6 @@ def _cmd_deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         prefix=args.prefix,
         wait=args.wait,
         top_k=args.top_k,
-        log=_log,
     )
     print(f"Query it with: dogclf sagemaker invoke {endpoint.name} photo.jpg")
     print(f"Remove it (it bills while it exists) with: dogclf sagemaker delete {endpoint.name}")
@@ -428,7 +422,7 @@ def _cmd_delete(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from dogclf.sagemaker.aws import Aws
     from dogclf.sagemaker.endpoint import delete_endpoint
 
-    delete_endpoint(Aws.from_environ(environ, region=args.region), args.endpoint, log=_log)
+    delete_endpoint(Aws.from_environ(environ, region=args.region), args.endpoint)
     return 0
 
 

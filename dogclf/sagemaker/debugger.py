@@ -13,12 +13,15 @@ the Profiler's system monitoring.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from typing import Any
 
+from dogclf._logging import deprecated_log
 from dogclf.errors import DogclfError
 
 __all__ = ["SMDEBUG_IMAGES_UP_TO", "DebuggerUnsupportedError", "debugger_fields", "image_has_smdebug"]
+
+logger = logging.getLogger(__name__)
 
 SMDEBUG_IMAGES_UP_TO = (2, 1)  # the last PyTorch training image version that installs smdebug
 _TENSOR_FIELDS = ("DebugHookConfig", "DebugRuleConfigurations")
@@ -42,13 +45,13 @@ def image_has_smdebug(framework_version: str) -> bool:
     return _version(framework_version) <= SMDEBUG_IMAGES_UP_TO
 
 
+@deprecated_log
 def debugger_fields(
     region: str,
     s3_output_path: str,
     *,
     framework_version: str,
     distributed: bool,
-    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The Debugger and Profiler fields of a job's request, or a refusal when its image cannot feed them.
 
@@ -70,7 +73,7 @@ def debugger_fields(
     if distributed:
         for key in _TENSOR_FIELDS:
             fields.pop(key, None)
-        log(
+        logger.info(
             "Debugger: no hook and no tensor rules for this distributed job (AWS: Debugger is not available for "
             "distributed training with checkpoints); the Profiler's system monitoring stays on."
         )

@@ -12,6 +12,7 @@ is left billing.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -21,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dogclf._logging import deprecated_log
 from dogclf.data.images import IMAGE_MEDIA_TYPES
 from dogclf.errors import DogclfError
 
@@ -37,6 +39,8 @@ __all__ = [
     "model_request",
     "resource_name",
 ]
+
+logger = logging.getLogger(__name__)
 
 _SERVERLESS_MEMORY = (1024, 2048, 3072, 4096, 5120, 6144)
 
@@ -69,9 +73,7 @@ def resource_name(stem: str, *, now: datetime | None = None) -> str:
     return f"{clean}-{stamp}-{secrets.token_hex(2)}"
 
 
-def _upload_model_dir(
-    model_dir: Path, aws: Aws, bucket: str, prefix: str, name: str, log: Callable[[str], None]
-) -> str:
+def _upload_model_dir(model_dir: Path, aws: Aws, bucket: str, prefix: str, name: str) -> str:
     from dogclf.sagemaker.s3 import S3Uri, upload_file
     from dogclf.serving.package import package_model
 
@@ -79,7 +81,7 @@ def _upload_model_dir(
         report = package_model(model_dir, Path(tmp) / "model.tar.gz")
         target = S3Uri(bucket, prefix.strip("/")).join("models", name, "model.tar.gz")
         upload_file(aws, report.archive, target)
-    log(f"Packaged {model_dir} ({report.size / 1e6:.1f} MB) and uploaded it to {target}")
+    logger.info(f"Packaged {model_dir} ({report.size / 1e6:.1f} MB) and uploaded it to {target}")
     return str(target)
 
 
@@ -114,14 +116,12 @@ def model_request(name: str, *, role: str, image: str, model_data: str, region: 
     }
 
 
-def model_data_uri(
-    model: str | os.PathLike[str], aws: Aws, *, name: str, bucket: str | None, prefix: str, log: Callable[[str], None]
-) -> str:
+def model_data_uri(model: str | os.PathLike[str], aws: Aws, *, name: str, bucket: str | None, prefix: str) -> str:
     """An ``s3://`` ``model.tar.gz`` as it is; a model directory packaged and uploaded under ``models/<name>/``."""
     source = str(model)
     if source.startswith("s3://"):
         return source
-    return _upload_model_dir(Path(source), aws, bucket or aws.default_bucket(), prefix, name, log)
+    return _upload_model_dir(Path(source), aws, bucket or aws.default_bucket(), prefix, name)
 
 
 def _stem(model: str | os.PathLike[str]) -> str:
@@ -134,6 +134,7 @@ def _stem(model: str | os.PathLike[str]) -> str:
     return f"dogclf-{load_config(source).backbone.replace('/', '-')}"
 
 
+@deprecated_log
 def deploy(
     model: str | os.PathLike[str],
     *,
@@ -148,7 +149,6 @@ def deploy(
     prefix: str = "dogclf",
     wait: bool = False,
     top_k: int = 5,
-    log: Callable[[str], None] = print,
 ) -> DeployedEndpoint:
     """Creates a model, an endpoint config and an endpoint serving ``model``.
 
@@ -166,7 +166,6 @@ def deploy(
         prefix: Key prefix of the upload.
         wait: Wait until the endpoint is InService.
         top_k: Breeds per answer (``DOGCLF_TOP_K`` in the container).
-        log: Where progress lines go.
 
     Raises:
         EndpointError: A bad serverless size, or the endpoint failed to start.
@@ -189,7 +188,7 @@ def deploy(
         )
     name = endpoint_name or resource_name(_stem(model))
     image = inference_image(aws.region, "ml.m5.large" if serverless_memory else instance_type)
-    model_data = model_data_uri(model, aws, name=name, bucket=bucket, prefix=prefix, log=log)
+    model_data = model_data_uri(model, aws, name=name, bucket=bucket, prefix=prefix)
     requests = (
         model_request(name, role=role, image=image, model_data=model_data, region=aws.region, top_k=top_k),
         {
@@ -204,18 +203,18 @@ def deploy(
         client.create_endpoint_config(**requests[1])
         client.create_endpoint(**requests[2])
     where = f"serverless, {serverless_memory} MB" if serverless_memory else f"{instance_count} x {instance_type}"
-    log(f"Creating endpoint {name} ({where}) serving {model_data}")
-    log(f"  {aws.console_url(f'/endpoints/{name}')}")
+    logger.info(f"Creating endpoint {name} ({where}) serving {model_data}")
+    logger.info(f"  {aws.console_url(f'/endpoints/{name}')}")
     if wait:
-        _wait_in_service(aws, name, log)
+        _wait_in_service(aws, name)
     return DeployedEndpoint(name, model_data, image, requests)
 
 
-def _wait_in_service(aws: Aws, name: str, log: Callable[[str], None], *, delay: int = 30) -> None:
+def _wait_in_service(aws: Aws, name: str, *, delay: int = 30) -> None:
     import botocore.exceptions
 
     client = aws.client("sagemaker")
-    log(f"Waiting for {name} to be InService (usually 5-10 minutes) ...")
+    logger.info(f"Waiting for {name} to be InService (usually 5-10 minutes) ...")
     try:
         client.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig={"Delay": delay})
     except botocore.exceptions.WaiterError:
@@ -225,7 +224,7 @@ def _wait_in_service(aws: Aws, name: str, log: Callable[[str], None], *, delay: 
             f" Its CloudWatch logs are in /aws/sagemaker/Endpoints/{name}; remove it with "
             f"`dogclf sagemaker delete {name}`."
         ) from None
-    log(f"Endpoint {name} is InService")
+    logger.info(f"Endpoint {name} is InService")
 
 
 def invoke(
@@ -287,7 +286,8 @@ def _describe(call: Callable[..., Any], what: str, **params: str) -> dict[str, A
             raise
 
 
-def delete_endpoint(aws: Aws, name: str, log: Callable[[str], None] = print) -> list[str]:
+@deprecated_log
+def delete_endpoint(aws: Aws, name: str) -> list[str]:
     """Deletes the endpoint ``name``, its endpoint config and its models; returns what was deleted.
 
     A config or model of that name left behind by a failed deployment is deleted too. Only AWS's own "could not
@@ -325,5 +325,5 @@ def delete_endpoint(aws: Aws, name: str, log: Callable[[str], None] = print) -> 
         deleted.append(f"model {model}")
     if not deleted:
         raise EndpointError(f"There is no endpoint, endpoint config or model named {name!r} in {aws.region}.")
-    log("Deleted " + ", ".join(deleted))
+    logger.info("Deleted " + ", ".join(deleted))
     return deleted

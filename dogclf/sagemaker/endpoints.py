@@ -16,9 +16,11 @@ The CLI's ``deploy``, ``invoke``, ``update``, ``autoscale`` and ``delete`` are t
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from dogclf._logging import deprecated_log
 
 if TYPE_CHECKING:
     from dogclf.sagemaker.aws import Aws
@@ -59,6 +61,7 @@ class Endpoint:
         return endpoint
 
     @classmethod
+    @deprecated_log
     def deploy(
         cls, model: str | os.PathLike[str], *, role: str | None = None, aws: Any = None, **options: Any
     ) -> Endpoint:
@@ -103,13 +106,13 @@ class Endpoint:
 
         return update_endpoint(model, aws=self.aws, endpoint=self.name, role=_role(role), **options)
 
+    @deprecated_log
     def autoscale(
         self,
         *,
         max_instances: int,
         min_instances: int = 1,
         invocations_per_instance: float = 70.0,
-        log: Callable[[str], None] = print,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Target-tracking autoscaling (:func:`dogclf.sagemaker.scaling.autoscale_endpoint`)."""
         from dogclf.sagemaker.scaling import autoscale_endpoint
@@ -120,17 +123,18 @@ class Endpoint:
             min_instances=min_instances,
             max_instances=max_instances,
             invocations_per_instance=invocations_per_instance,
-            log=log,
         )
 
-    def stop_autoscaling(self, *, log: Callable[[str], None] = print) -> bool:
+    @deprecated_log
+    def stop_autoscaling(self) -> bool:
         """Removes the autoscaling; ``False`` when there was none."""
         from dogclf.sagemaker.scaling import remove_autoscaling
 
-        return remove_autoscaling(self.aws, self.name, log=log)
+        return remove_autoscaling(self.aws, self.name)
 
-    def delete(self, *, log: Callable[[str], None] = print) -> list[str]:
+    @deprecated_log
+    def delete(self) -> list[str]:
         """Deletes the endpoint, its config and its model (:func:`dogclf.sagemaker.endpoint.delete_endpoint`)."""
         from dogclf.sagemaker.endpoint import delete_endpoint
 
-        return delete_endpoint(self.aws, self.name, log=log)
+        return delete_endpoint(self.aws, self.name)

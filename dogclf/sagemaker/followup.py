@@ -9,6 +9,7 @@ The name is looked up as a training job first, then as a tuning job.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -30,15 +31,13 @@ __all__ = [
     "tuning_status_lines",
 ]
 
+logger = logging.getLogger(__name__)
+
 _EXIT_STILL_RUNNING = 1
 
 
 class JobNotFoundError(DogclfError, LookupError):
     """No training job and no tuning job of that name in the region."""
-
-
-def _log(message: str) -> None:
-    print(message, flush=True)
 
 
 def add_followup_parsers(commands: Any) -> None:
@@ -216,13 +215,13 @@ def _cmd_logs(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if not _is_training(job):
         tuning = job
         job = tuning.best_training_job()  # type: ignore[union-attr]
-        _log(f"Logs of {job.name}, the best trial of tuning job {tuning.name} (another trial: logs TRIAL_NAME)")
+        logger.info(f"Logs of {job.name}, the best trial of tuning job {tuning.name} (another trial: logs TRIAL_NAME)")
     if args.follow:
-        job.wait(poll=args.poll, log=_log)  # type: ignore[union-attr]
+        job.wait(poll=args.poll)  # type: ignore[union-attr]
         return 0
     lines = job.logs()  # type: ignore[union-attr]
     for line in lines:
-        _log(line)
+        logger.info(line)
     if not lines:
         print(f"No log lines yet for {job.name} ({job.status}).", file=sys.stderr)  # type: ignore[union-attr]
     return 0
@@ -235,10 +234,10 @@ def _cmd_wait(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     job = find_job(aws, args.job)
     try:
         if _is_training(job):
-            job.wait(poll=args.poll, timeout=args.timeout, logs=not args.no_logs, log=_log)  # type: ignore[call-arg]
+            job.wait(poll=args.poll, timeout=args.timeout, logs=not args.no_logs)  # type: ignore[call-arg]
             print(f"Fetch the model with: dogclf sagemaker download {job.name} --out models/{job.name}")
             return 0
-        description = job.wait(poll=args.poll, timeout=args.timeout, log=_log)
+        description = job.wait(poll=args.poll, timeout=args.timeout)
     except TimeoutError as exc:
         print(f"{exc}; it keeps running: `dogclf sagemaker wait {job.name}` again, or stop it.", file=sys.stderr)
         return _EXIT_STILL_RUNNING
@@ -261,9 +260,7 @@ def _write_results(aws: Aws, job: TuningJob, description: Mapping[str, Any], out
     objective = description["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]["MetricName"]
     backbone = job.training_request["HyperParameters"].get("backbone", "")
     records = describe_trials(aws, job.name, job.space)
-    write_tuning_results(
-        out, records, space=job.space, metric=objective, job_name=job.name, backbone=backbone, log=_log
-    )
+    write_tuning_results(out, records, space=job.space, metric=objective, job_name=job.name, backbone=backbone)
 
 
 def _cmd_stop(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

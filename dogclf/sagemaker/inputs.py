@@ -11,8 +11,9 @@ Nothing is uploaded until the request has been checked (:func:`upload_inputs` ru
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from dogclf.sagemaker.training_job import TrainingJobSpec
 
 __all__ = ["DIGEST_LENGTH", "data_uri", "features_uri", "upload_inputs"]
+
+logger = logging.getLogger(__name__)
 
 DIGEST_LENGTH = 16
 """Hex digits of the content digest in a data prefix (64 bits: collisions are not a practical concern)."""
@@ -73,7 +76,6 @@ def upload_inputs(
     data: str,
     aws: Aws,
     request: Mapping[str, Any],
-    log: Callable[[str], None],
     *,
     manifest: FolderManifest | None = None,
     features: str | None = None,
@@ -85,7 +87,6 @@ def upload_inputs(
         data: The local data folder (mirrored to the ``training`` channel) or an ``s3://`` prefix (left alone).
         aws: The AWS context.
         request: The CreateTrainingJob request (or a tuning job's trial template).
-        log: Where progress lines go.
         manifest: The data folder's manifest, when already made.
         features: A local feature cache to upload to the ``features`` channel (an ``s3://`` one is left alone).
 
@@ -97,12 +98,12 @@ def upload_inputs(
 
     training = _channel_uri(request, "training")
     if not data.startswith("s3://") and training is not None:
-        sync_folder(aws, data, S3Uri.parse(training), manifest=manifest, mirror=True, log=log)
+        sync_folder(aws, data, S3Uri.parse(training), manifest=manifest, mirror=True)
     cache = _channel_uri(request, "features")
     if features is not None and not features.startswith("s3://") and cache is not None:
-        sync_folder(aws, Path(features).expanduser(), S3Uri.parse(cache), log=log)
+        sync_folder(aws, Path(features).expanduser(), S3Uri.parse(cache))
     target = S3Uri.parse(json.loads(request["HyperParameters"]["sagemaker_submit_directory"]))
     with tempfile.TemporaryDirectory(prefix="dogclf-source-") as tmp:
         source = build_source_dir(tmp, backbone=spec.backbone, names_file=spec.names_file)
         upload_file(aws, source.archive, target)
-    log(f"Uploaded the source directory ({source.files} files, {source.size / 1e6:.1f} MB) to {target}")
+    logger.info(f"Uploaded the source directory ({source.files} files, {source.size / 1e6:.1f} MB) to {target}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import re
 import subprocess
@@ -22,11 +23,12 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dogclf._logging import deprecated_log
 from dogclf.errors import DogclfError
 
 if TYPE_CHECKING:
@@ -41,6 +43,8 @@ __all__ = [
     "run_request",
     "run_spec_locally",
 ]
+
+logger = logging.getLogger(__name__)
 
 # The PyTorch training container sets this, so the toolkit hands control to the PyTorch toolkit (which launches
 # torchrun for distributed jobs); used when sagemaker-pytorch-training is installed.
@@ -183,7 +187,7 @@ def emulated_hyperparameters(hyperparameters: Mapping[str, str], instance_count:
     return values
 
 
-def _run_toolkit(env: Mapping[str, str], log: Callable[[str], None]) -> tuple[int, list[str]]:
+def _run_toolkit(env: Mapping[str, str], log_level: int) -> tuple[int, list[str]]:
     from dogclf._extras import require
 
     require("sagemaker_training", extra="sagemaker-local", purpose="Running a SageMaker training job here")
@@ -195,7 +199,7 @@ def _run_toolkit(env: Mapping[str, str], log: Callable[[str], None]) -> tuple[in
         for line in process.stdout or ():
             line = line.rstrip("\n")
             lines.append(line)
-            log(line)
+            logger.log(log_level, line)
         code = process.wait()
     return code, lines
 
@@ -210,6 +214,7 @@ def _failure(base: Path, code: int, lines: Sequence[str]) -> LocalJobError:
     )
 
 
+@deprecated_log
 def run_local(
     out_dir: str | os.PathLike[str],
     *,
@@ -219,7 +224,7 @@ def run_local(
     metric_definitions: Sequence[Mapping[str, str]] = (),
     instance_type: str = "local",
     environ: Mapping[str, str] | None = None,
-    log: Callable[[str], None] = print,
+    log_level: int = logging.INFO,
 ) -> LocalResult:
     """Runs a training job through the SageMaker training toolkit on a temporary ``/opt/ml`` tree.
 
@@ -233,7 +238,8 @@ def run_local(
         metric_definitions: ``{"Name": ..., "Regex": ...}`` to read the final metrics from the log.
         instance_type: Recorded in ``resourceconfig.json``.
         environ: The environment the toolkit inherits (default ``os.environ``; ``SM_*`` variables are dropped).
-        log: Where each log line goes as it is printed.
+        log_level: The level each of the job's log lines is logged at as it is printed (logger
+            ``dogclf.sagemaker.local``).
 
     Returns:
         What the job left.
@@ -255,7 +261,7 @@ def run_local(
             instance_type=instance_type,
         )
         env = _toolkit_environ(base, job_name, os.environ if environ is None else environ)
-        code, lines = _run_toolkit(env, log)
+        code, lines = _run_toolkit(env, log_level)
         (out / "log.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
         if code != 0:
             raise _failure(base, code, lines)
@@ -273,6 +279,7 @@ def run_local(
     )
 
 
+@deprecated_log
 def run_request(
     request: Mapping[str, Any],
     out_dir: str | os.PathLike[str],
@@ -280,13 +287,14 @@ def run_request(
     channels: Mapping[str, str | os.PathLike[str]],
     submit_directory: str | None = None,
     environ: Mapping[str, str] | None = None,
-    log: Callable[[str], None] = print,
+    log_level: int = logging.INFO,
 ) -> LocalResult:
     """Runs a CreateTrainingJob request (sent, or described back by SageMaker) here, as its container would.
 
     Its hyperparameters, metric definitions, instance type and name are the request's; ``channels`` gives each of
     its channels as a local folder (SageMaker copies S3 to ``/opt/ml/input/data/<channel>``: the caller provides
     that copy), and ``submit_directory`` may replace its ``sagemaker_submit_directory`` (a local ``.tar.gz``).
+    The job's log lines are logged at ``log_level``.
 
     Raises:
         LocalJobError: The job failed, or a channel of the request has no local folder.
@@ -298,7 +306,7 @@ def run_request(
     count = int(request.get("ResourceConfig", {}).get("InstanceCount", 1))
     hyperparameters = emulated_hyperparameters(request.get("HyperParameters", {}), count)
     if count > 1 and "sagemaker_mpi_num_of_processes_per_host" in hyperparameters:
-        log(f"Emulating {count} instances as {count} processes on this machine (torchrun, gloo)")
+        logger.info(f"Emulating {count} instances as {count} processes on this machine (torchrun, gloo)")
     if submit_directory is not None:
         hyperparameters["sagemaker_submit_directory"] = json.dumps(str(submit_directory))
     return run_local(
@@ -309,13 +317,14 @@ def run_request(
         metric_definitions=request.get("AlgorithmSpecification", {}).get("MetricDefinitions", []),
         instance_type=request.get("ResourceConfig", {}).get("InstanceType", "local"),
         environ=environ,
-        log=log,
+        log_level=log_level,
     )
 
 
 LOCAL_ROLE = "arn:aws:iam::000000000000:role/dogclf-local"
 
 
+@deprecated_log
 def run_spec_locally(
     spec: TrainingJobSpec,
     *,
@@ -324,7 +333,6 @@ def run_spec_locally(
     features: str | os.PathLike[str] | None = None,
     job_name: str | None = None,
     environ: Mapping[str, str] | None = None,
-    log: Callable[[str], None] = print,
 ) -> LocalResult:
     """``dogclf sagemaker train --local``: the request a launch would send, run here on local folders.
 
@@ -356,5 +364,5 @@ def run_spec_locally(
         features="s3://dogclf-local/features/" if features is not None else None,
     )
     (out / "request.json").write_text(jobs.format_request(request) + "\n", encoding="utf-8")
-    log(f"Running training job {name} here through the SageMaker training toolkit ({out / 'request.json'})")
-    return run_request(request, out, channels=channels, submit_directory=str(source.archive), environ=environ, log=log)
+    logger.info(f"Running training job {name} here through the SageMaker training toolkit ({out / 'request.json'})")
+    return run_request(request, out, channels=channels, submit_directory=str(source.archive), environ=environ)

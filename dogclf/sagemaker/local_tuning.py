@@ -15,13 +15,16 @@ instead of extracting them: the tuning costs one extraction instead of one per t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from dogclf._logging import deprecated_log
 
 if TYPE_CHECKING:
     from dogclf.sagemaker.training_job import TrainingJobSpec
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
     from dogclf.tuning.space import SearchSpace
 
 __all__ = ["LocalTuningResult", "run_tuning_locally"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,6 +68,7 @@ def _sample(trial: Any, space: SearchSpace) -> tuple[dict[str, Any], dict[str, s
     return values, delivered
 
 
+@deprecated_log
 def run_tuning_locally(
     spec: TrainingJobSpec,
     space: SearchSpace,
@@ -75,7 +81,6 @@ def run_tuning_locally(
     objective_type: str | None = None,
     seed: int = 0,
     environ: Mapping[str, str] | None = None,
-    log: Callable[[str], None] = print,
 ) -> LocalTuningResult:
     """Runs ``max_jobs`` trials of the tuning job here and writes its results (see the module docstring).
 
@@ -130,7 +135,7 @@ def run_tuning_locally(
     channels: dict[str, Path] = {"training": data_dir}
     if features is not None:
         channels["features"] = Path(features).expanduser()
-    log(f"Tuning job {name} here: {max_jobs} trials through the SageMaker training toolkit")
+    logger.info(f"Tuning job {name} here: {max_jobs} trials through the SageMaker training toolkit")
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     direction = "maximize" if maximize else "minimize"
@@ -153,7 +158,7 @@ def run_tuning_locally(
                 channels=channels,
                 submit_directory=str(source.archive),
                 environ=environ,
-                log=lambda line: None,
+                log_level=logging.DEBUG,  # the trial's line below says how it went
             )
             value = result.metrics.get(objective)
             error = None if value is not None else f"{objective} was never printed"
@@ -165,9 +170,11 @@ def run_tuning_locally(
         study.tell(trial, value, state=done)
         records.append(TrialRecord(number, state, value, values, seconds=seconds[-1], error=error))
         outcome = f"{objective}={value:.4f}" if value is not None else f"FAILED ({error})"
-        log(f"trial {number + 1}/{max_jobs} {trial_name}: {outcome} in {seconds[-1]:.1f} s | {json.dumps(values)}")
+        logger.info(
+            f"trial {number + 1}/{max_jobs} {trial_name}: {outcome} in {seconds[-1]:.1f} s | {json.dumps(values)}"
+        )
     best_path, _, _ = write_tuning_results(
-        out, records, space=space, metric=objective, job_name=name, backbone=spec.backbone, maximize=maximize, log=log
+        out, records, space=space, metric=objective, job_name=name, backbone=spec.backbone, maximize=maximize
     )
     best = best_record([r for r in records if r.value is not None], maximize=maximize)
     best_hyperparameters = job_hyperparameters({**template["HyperParameters"], **delivered_by_trial[best.number]})

@@ -11,14 +11,16 @@ folder.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dogclf._logging import deprecated_log
 from dogclf.errors import DogclfError
 
 if TYPE_CHECKING:
@@ -35,6 +37,8 @@ __all__ = [
     "sync_folder",
     "upload_file",
 ]
+
+logger = logging.getLogger(__name__)
 
 _SHA_KEY = "sha256"
 _WORKERS = 8
@@ -189,6 +193,7 @@ def _delete_keys(aws: Aws, bucket: str, keys: list[str]) -> None:
             )
 
 
+@deprecated_log
 def sync_folder(
     aws: Aws,
     folder: str | os.PathLike[str],
@@ -196,7 +201,6 @@ def sync_folder(
     *,
     manifest: FolderManifest | None = None,
     mirror: bool = False,
-    log: Callable[[str], None] = print,
     every: float = 5.0,
 ) -> SyncReport:
     """Uploads ``folder`` under ``uri``, skipping files already there with the same size and SHA-256.
@@ -208,7 +212,6 @@ def sync_folder(
         manifest: The folder's :func:`folder_manifest`, when already made (saves hashing it again).
         mirror: Also delete objects under the prefix that the folder does not have, so that it holds exactly the
             folder (what a training channel then copies).
-        log: Where progress lines go (one every ``every`` seconds, and a summary).
         every: Seconds between progress lines.
 
     Returns:
@@ -239,7 +242,7 @@ def sync_folder(
     uploaded = skipped = sent = 0
     last = time.monotonic()
     total = len(listing.files)
-    log(f"Syncing {total} files from {root} to {uri.join('')}/ ...")
+    logger.info(f"Syncing {total} files from {root} to {uri.join('')}/ ...")
     with ThreadPoolExecutor(_WORKERS) as pool:
         for done, result in enumerate(pool.map(one, listing.files), 1):
             if result < 0:
@@ -249,12 +252,12 @@ def sync_folder(
                 sent += result
             if time.monotonic() - last >= every:
                 last = time.monotonic()
-                log(f"  {done}/{total} files: {uploaded} uploaded, {skipped} already there")
+                logger.info(f"  {done}/{total} files: {uploaded} uploaded, {skipped} already there")
     stale = sorted(set(existing) - {base + relative for relative, _, _ in listing.files}) if mirror else []
     _delete_keys(aws, uri.bucket, stale)
     removed = f", {len(stale)} stale deleted" if stale else ""
     summary = f"{uploaded} uploaded ({sent / 1e6:.1f} MB), {skipped} already there{removed}"
-    log(f"Synced {root} to {uri.join('')}/: {summary}")
+    logger.info(f"Synced {root} to {uri.join('')}/: {summary}")
     return SyncReport(uri=uri, uploaded=uploaded, skipped=skipped, bytes_uploaded=sent, deleted=len(stale))
 
 

@@ -14,10 +14,6 @@ from typing import Any
 __all__ = ["SCALEOUT_COMMANDS", "add_scaleout_parsers"]
 
 
-def _log(message: str) -> None:
-    print(message, flush=True)
-
-
 def _common(p: argparse.ArgumentParser, *, role: bool) -> None:
     if role:
         p.add_argument("--role", default=None, help="SageMaker execution role ARN (default $SAGEMAKER_ROLE)")
@@ -93,7 +89,6 @@ def _cmd_update(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         prefix=args.prefix,
         top_k=args.top_k,
         wait=not args.no_wait,
-        log=_log,
     )
     return 0
 
@@ -103,7 +98,7 @@ def _cmd_autoscale(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     aws = _aws(args, environ)
     if args.off:
-        remove_autoscaling(aws, args.endpoint, log=_log)
+        remove_autoscaling(aws, args.endpoint)
         return 0
     if args.max_instances is None:
         raise ValueError("autoscale needs --max N (the most instances), or --off")
@@ -113,7 +108,6 @@ def _cmd_autoscale(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         min_instances=args.min_instances,
         max_instances=args.max_instances,
         invocations_per_instance=args.target,
-        log=_log,
     )
     return 0
 
@@ -124,7 +118,7 @@ def _cmd_transform(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     remote = any(str(x).startswith("s3://") for x in (args.model, args.input, args.output))
     aws = _aws(args, environ) if remote or not args.local else None
     if args.local:
-        result = run_transform_locally(args.model, args.input, args.output, aws=aws, top_k=args.top_k, log=_log)
+        result = run_transform_locally(args.model, args.input, args.output, aws=aws, top_k=args.top_k)
         where = args.output.rstrip("/")
         print(f"Wrote {len(result.outputs)} answers to {where}/ in {result.seconds:.1f} s (model loading included)")
         return 0
@@ -142,10 +136,9 @@ def _cmd_transform(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         bucket=args.bucket,
         prefix=args.prefix,
         top_k=args.top_k,
-        log=_log,
     )
     if args.wait:
-        job.wait(log=_log)
+        job.wait()
     else:
         print(f"Check it with: aws sagemaker describe-transform-job --transform-job-name {job.name}")
     return 0

@@ -11,11 +11,13 @@ policy AWS's endpoint autoscaling guide starts with.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dogclf._logging import deprecated_log
 from dogclf.sagemaker.endpoint import EndpointError
 
 if TYPE_CHECKING:
@@ -30,6 +32,8 @@ __all__ = [
     "scaling_resource_id",
     "update_endpoint",
 ]
+
+logger = logging.getLogger(__name__)
 
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 INVOCATIONS_METRIC = "SageMakerVariantInvocationsPerInstance"
@@ -120,6 +124,7 @@ def _new_variant(
     return variant
 
 
+@deprecated_log
 def update_endpoint(
     model: str | os.PathLike[str],
     *,
@@ -134,7 +139,6 @@ def update_endpoint(
     name: str | None = None,
     wait: bool = True,
     poll: int = 30,
-    log: Callable[[str], None] = print,
 ) -> EndpointUpdate:
     """Points an existing endpoint at a new model without downtime (blue/green, all at once).
 
@@ -151,7 +155,6 @@ def update_endpoint(
         name: The new model's and endpoint config's name (default: unique, ``<endpoint>-<UTC time>-<random>``).
         wait: Wait until the new fleet serves, then delete the old config and model.
         poll: Seconds between checks while waiting.
-        log: Where progress lines go.
 
     Raises:
         EndpointError: The endpoint is not InService, has several variants, is autoscaled and the instance type
@@ -178,7 +181,7 @@ def update_endpoint(
     name = name or resource_name(endpoint)
     variant = _new_variant(old_variant, described, name, instance_type, instance_count)
     image = inference_image(aws.region, "ml.m5.large" if serverless else variant["InstanceType"])
-    model_data = model_data_uri(model, aws, name=name, bucket=bucket, prefix=prefix, log=log)
+    model_data = model_data_uri(model, aws, name=name, bucket=bucket, prefix=prefix)
     update: dict[str, Any] = {"EndpointName": endpoint, "EndpointConfigName": name}
     if not serverless:
         update["DeploymentConfig"] = _BLUE_GREEN
@@ -195,22 +198,22 @@ def update_endpoint(
         client.create_endpoint_config(**requests[1])
         client.update_endpoint(**requests[2])
     previous = old_config["EndpointConfigName"]
-    log(f"Updating endpoint {endpoint} to {model_data} (config {name}; it keeps answering from {previous} meanwhile)")
+    logger.info(
+        f"Updating endpoint {endpoint} to {model_data} (config {name}; it keeps answering from {previous} meanwhile)"
+    )
     if not wait:
-        log(f"When it is InService again, the old config {previous} and its model can be deleted.")
+        logger.info(f"When it is InService again, the old config {previous} and its model can be deleted.")
         return EndpointUpdate(endpoint, name, previous, requests)
-    deleted = _finish_update(aws, endpoint, name, old_config, poll=poll, log=log)
+    deleted = _finish_update(aws, endpoint, name, old_config, poll=poll)
     return EndpointUpdate(endpoint, name, previous, requests, deleted)
 
 
-def _finish_update(
-    aws: Aws, endpoint: str, name: str, old_config: Mapping[str, Any], *, poll: int, log: Callable[[str], None]
-) -> tuple[str, ...]:
+def _finish_update(aws: Aws, endpoint: str, name: str, old_config: Mapping[str, Any], *, poll: int) -> tuple[str, ...]:
     """Waits for the switch; deletes the old config and models once the endpoint serves the new one."""
     from dogclf.sagemaker.aws import aws_errors
     from dogclf.sagemaker.endpoint import _wait_in_service
 
-    _wait_in_service(aws, endpoint, log, delay=poll)
+    _wait_in_service(aws, endpoint, delay=poll)
     client = aws.client("sagemaker")
     with aws_errors(f"Reading endpoint {endpoint}"):
         now = client.describe_endpoint(EndpointName=endpoint)
@@ -227,10 +230,11 @@ def _finish_update(
         for model in sorted({v["ModelName"] for v in old_config["ProductionVariants"]} - {name}):
             client.delete_model(ModelName=model)
             deleted.append(f"model {model}")
-    log(f"Endpoint {endpoint} serves {name}; deleted " + ", ".join(deleted))
+    logger.info(f"Endpoint {endpoint} serves {name}; deleted " + ", ".join(deleted))
     return tuple(deleted)
 
 
+@deprecated_log
 def autoscale_endpoint(
     aws: Aws | Any,
     endpoint: str,
@@ -240,7 +244,6 @@ def autoscale_endpoint(
     invocations_per_instance: float = 70.0,
     scale_in_cooldown: int = 300,
     scale_out_cooldown: int = 60,
-    log: Callable[[str], None] = print,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Target-tracking autoscaling of an endpoint's instances on invocations per instance per minute.
 
@@ -285,14 +288,15 @@ def autoscale_endpoint(
     with aws_errors(f"Autoscaling endpoint {endpoint}"):
         scaling.register_scalable_target(**target)
         scaling.put_scaling_policy(**policy)
-    log(
+    logger.info(
         f"Endpoint {endpoint} scales between {min_instances} and {max_instances} instances, aiming at "
         f"{invocations_per_instance:g} invocations per instance per minute (policy {policy['PolicyName']})"
     )
     return target, policy
 
 
-def remove_autoscaling(aws: Aws | Any, endpoint: str, *, log: Callable[[str], None] = print) -> bool:
+@deprecated_log
+def remove_autoscaling(aws: Aws | Any, endpoint: str) -> bool:
     """Deletes the endpoint's scaling policies and deregisters it; ``False`` when it was not autoscaled."""
     from dogclf.sagemaker.aws import as_aws, aws_errors
 
@@ -301,7 +305,7 @@ def remove_autoscaling(aws: Aws | Any, endpoint: str, *, log: Callable[[str], No
     resource = scaling_resource_id(endpoint)
     with aws_errors(f"Removing the autoscaling of endpoint {endpoint}"):
         if _scalable_target(aws, endpoint, "AllTraffic") is None:
-            log(f"Endpoint {endpoint} is not autoscaled.")
+            logger.info(f"Endpoint {endpoint} is not autoscaled.")
             return False
         policies = scaling.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=resource)
         for policy in policies["ScalingPolicies"]:
@@ -314,5 +318,5 @@ def remove_autoscaling(aws: Aws | Any, endpoint: str, *, log: Callable[[str], No
         scaling.deregister_scalable_target(
             ServiceNamespace="sagemaker", ResourceId=resource, ScalableDimension=SCALABLE_DIMENSION
         )
-    log(f"Endpoint {endpoint} is no longer autoscaled; it keeps its current instances.")
+    logger.info(f"Endpoint {endpoint} is no longer autoscaled; it keeps its current instances.")
     return True

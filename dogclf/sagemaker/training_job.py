@@ -17,17 +17,19 @@ hyperparameters as flags. S3 layout under ``s3://BUCKET/PREFIX/``::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dogclf._logging import deprecated_log
 from dogclf.errors import DatasetError, DogclfError
 from dogclf.sagemaker.inputs import upload_inputs
 from dogclf.sagemaker.model_archive import unpack_model
@@ -57,6 +59,8 @@ __all__ = [
     "unpack_model",
     "upload_inputs",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "dogclf"
 TERMINAL_STATUSES = frozenset({"Completed", "Failed", "Stopped"})
@@ -318,13 +322,13 @@ class TrainingJob:
             f"group={LOG_GROUP};prefix={self.name}/;streamFilter=typeLogStreamPrefix"
         )
 
+    @deprecated_log
     def wait(
         self,
         *,
         logs: bool = True,
         poll: float = 20.0,
         timeout: float | None = None,
-        log: Callable[[str], None] = print,
     ) -> dict[str, Any]:
         """Follows the job's status (and its CloudWatch log lines) until it ends; returns the final description.
 
@@ -341,14 +345,16 @@ class TrainingJob:
             description = self.describe()
             transitions = description.get("SecondaryStatusTransitions") or []
             for transition in transitions[shown:]:
-                log(f"[{self.name}] {transition.get('Status')}: {transition.get('StatusMessage', '')}".rstrip(": "))
+                logger.info(
+                    f"[{self.name}] {transition.get('Status')}: {transition.get('StatusMessage', '')}".rstrip(": ")
+                )
             shown = len(transitions)
             for line in follower.poll() if logs else ():
-                log(line)
+                logger.info(line)
             status = description["TrainingJobStatus"]
             if status in TERMINAL_STATUSES:
                 for line in follower.poll() if logs else ():
-                    log(line)
+                    logger.info(line)
                 break
             if timeout is not None and time.monotonic() - started > timeout:
                 raise TimeoutError(f"Training job {self.name} is still {status} after {timeout:.0f} s")
@@ -357,10 +363,10 @@ class TrainingJob:
             reason = description.get("FailureReason") or description.get("SecondaryStatus") or status
             last = "\n".join(f"  {line}" for line in follower.lines[-20:]) or "  (no log lines)"
             raise TrainingJobFailed(f"Training job {self.name} {status.lower()}: {reason}\nLast log lines:\n{last}")
-        log(f"[{self.name}] Completed; model: {description['ModelArtifacts']['S3ModelArtifacts']}")
+        logger.info(f"[{self.name}] Completed; model: {description['ModelArtifacts']['S3ModelArtifacts']}")
         billed = billable_line(description)
         if billed:
-            log(f"[{self.name}] {billed}")
+            logger.info(f"[{self.name}] {billed}")
         return description
 
     def model_artifact(self) -> S3Uri:
@@ -500,7 +506,6 @@ def _diagnostics(
     *,
     region: str,
     framework_version: str,
-    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The Debugger/Profiler and TensorBoard fields of a request (empty when neither is asked for).
 
@@ -513,9 +518,7 @@ def _diagnostics(
 
         distributed = "sagemaker_torch_distributed_enabled" in request["HyperParameters"]
         fields.update(
-            debugger_fields(
-                region, f"{home}/debugger", framework_version=framework_version, distributed=distributed, log=log
-            )
+            debugger_fields(region, f"{home}/debugger", framework_version=framework_version, distributed=distributed)
         )
     if tensorboard is not None:
         from dogclf.diagnostics.sagemaker_requests import tensorboard_output_config
@@ -532,6 +535,7 @@ def _default_version() -> str:
     return TRAINING_FRAMEWORK_VERSION
 
 
+@deprecated_log
 def launch_training_job(
     spec: TrainingJobSpec,
     data: str | os.PathLike[str],
@@ -545,7 +549,6 @@ def launch_training_job(
     debugger: bool = False,
     tensorboard: str | None = None,
     dry_run: bool = False,
-    log: Callable[[str], None] = print,
 ) -> TrainingJob:
     """Uploads the data and the code, then creates the training job (or, with ``dry_run``, only builds the request).
 
@@ -566,7 +569,6 @@ def launch_training_job(
         tensorboard: ``"auto"`` or an ``s3://`` prefix: the job logs TensorBoard scalars and SageMaker uploads them
             there (``auto``: ``s3://BUCKET/PREFIX/jobs/<job>/tensorboard``).
         dry_run: Build and return the request without uploading or creating anything.
-        log: Where progress lines go.
 
     Returns:
         The job (``request`` holds what was, or would be, sent).
@@ -587,18 +589,16 @@ def launch_training_job(
     )
     home = f"s3://{chosen_bucket}/{prefix.strip('/')}/jobs/{job}"
     version = spec.framework_version or _default_version()
-    request.update(
-        _diagnostics(request, home, debugger, tensorboard, region=aws.region, framework_version=version, log=log)
-    )
+    request.update(_diagnostics(request, home, debugger, tensorboard, region=aws.region, framework_version=version))
     validate_request("CreateTrainingJob", request)
     if dry_run:
         return TrainingJob(job, aws, request)
-    upload_inputs(spec, data, aws, request, log, manifest=manifest, features=features)
+    upload_inputs(spec, data, aws, request, manifest=manifest, features=features)
     _create_training_job(aws, request, debugger=debugger)
     created = TrainingJob(job, aws, request)
-    log(f"Launched training job {job}")
-    log(f"  status and metrics: {created.console_url}")
-    log(f"  logs: {created.logs_url}")
+    logger.info(f"Launched training job {job}")
+    logger.info(f"  status and metrics: {created.console_url}")
+    logger.info(f"  logs: {created.logs_url}")
     return created
 
 

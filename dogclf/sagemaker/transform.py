@@ -15,14 +15,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dogclf._logging import deprecated_log
 from dogclf.data.images import IMAGE_EXTENSIONS
 from dogclf.errors import DogclfError
 
@@ -39,6 +41,8 @@ __all__ = [
     "list_images",
     "run_transform_locally",
 ]
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = IMAGE_EXTENSIONS
 CONTENT_TYPE = "application/x-image"
@@ -124,7 +128,8 @@ class TransformJob:
         with aws_errors(f"Reading transform job {self.name}"):
             return dict(self.aws.client("sagemaker").describe_transform_job(TransformJobName=self.name))
 
-    def wait(self, *, poll: int = 30, log: Callable[[str], None] = print) -> dict[str, Any]:
+    @deprecated_log
+    def wait(self, *, poll: int = 30) -> dict[str, Any]:
         """Waits until the job ends; returns its description.
 
         Raises:
@@ -132,7 +137,7 @@ class TransformJob:
         """
         import botocore.exceptions
 
-        log(f"Waiting for transform job {self.name} ...")
+        logger.info(f"Waiting for transform job {self.name} ...")
         with contextlib.suppress(botocore.exceptions.WaiterError):  # the description below says why
             self.aws.client("sagemaker").get_waiter("transform_job_completed_or_stopped").wait(
                 TransformJobName=self.name, WaiterConfig={"Delay": poll}
@@ -144,7 +149,7 @@ class TransformJob:
                 f"{description.get('FailureReason', 'no reason given')}. Its logs are in CloudWatch, "
                 f"/aws/sagemaker/TransformJobs, streams {self.name}/..."
             )
-        log(f"Transform job {self.name} completed: {len(self.images)} answers in {self.output}")
+        logger.info(f"Transform job {self.name} completed: {len(self.images)} answers in {self.output}")
         return description
 
     @property
@@ -153,6 +158,7 @@ class TransformJob:
         return str(self.requests[1]["TransformOutput"]["S3OutputPath"])
 
 
+@deprecated_log
 def launch_transform_job(
     model: str | os.PathLike[str],
     source: str,
@@ -166,7 +172,6 @@ def launch_transform_job(
     bucket: str | None = None,
     prefix: str = "dogclf",
     top_k: int = 5,
-    log: Callable[[str], None] = print,
 ) -> TransformJob:
     """Creates a Model of ``model`` and a transform job scoring every photo under ``source`` into ``output``.
 
@@ -182,7 +187,6 @@ def launch_transform_job(
         bucket: Where the manifest (and a model directory) go (default ``sagemaker-<region>-<account>``).
         prefix: Key prefix of those uploads.
         top_k: Breeds per answer.
-        log: Where progress lines go.
 
     Raises:
         TransformError: No photos under ``source``, or a source or output that is not ``s3://``.
@@ -202,7 +206,7 @@ def launch_transform_job(
     job = name or resource_name("dogclf-transform")
     chosen_bucket = bucket or aws.default_bucket()
     manifest = S3Uri(chosen_bucket, prefix.strip("/")).join("transform", job, "input.manifest")
-    model_data = model_data_uri(model, aws, name=job, bucket=chosen_bucket, prefix=prefix, log=log)
+    model_data = model_data_uri(model, aws, name=job, bucket=chosen_bucket, prefix=prefix)
     image = inference_image(aws.region, instance_type)
     requests = (
         model_request(job, role=role, image=image, model_data=model_data, region=aws.region, top_k=top_k),
@@ -223,8 +227,10 @@ def launch_transform_job(
         aws.client("s3").put_object(Bucket=manifest.bucket, Key=manifest.key, Body=body.encode("utf-8"))
         client.create_model(**requests[0])
         client.create_transform_job(**requests[1])
-    log(f"Launched transform job {job}: {len(images)} photos under {source} -> {output.rstrip('/')}/<photo>.out")
-    log(f"  {aws.console_url(f'/transform-jobs/{job}')}")
+    logger.info(
+        f"Launched transform job {job}: {len(images)} photos under {source} -> {output.rstrip('/')}/<photo>.out"
+    )
+    logger.info(f"  {aws.console_url(f'/transform-jobs/{job}')}")
     return TransformJob(job, aws, requests, images)
 
 
@@ -316,6 +322,7 @@ def _answers(model_dir: Path, photos: Iterator[tuple[str, bytes]], top_k: int) -
         yield relative, str(answer), ""
 
 
+@deprecated_log
 def run_transform_locally(
     model: str | os.PathLike[str],
     source: str,
@@ -323,7 +330,6 @@ def run_transform_locally(
     *,
     aws: Aws | None = None,
     top_k: int = 5,
-    log: Callable[[str], None] = print,
 ) -> TransformResult:
     """A transform job run here: every photo through the endpoint's handlers, answers written as ``.out`` objects.
 
@@ -333,7 +339,6 @@ def run_transform_locally(
         output: An ``s3://`` prefix or a local folder for the answers.
         aws: The AWS context (for ``s3://`` locations).
         top_k: Breeds per answer.
-        log: Where one line per photo goes.
 
     Raises:
         TransformError: A photo the handlers refused (the others' answers are written, as SageMaker writes the
@@ -350,13 +355,15 @@ def run_transform_locally(
         for relative, answer, error in _answers(model_dir, photos, top_k):
             if error:
                 failed.append(f"{relative}: {error}")
-                log(f"{relative}: FAILED {error}")
+                logger.info(f"{relative}: FAILED {error}")
                 continue
             outputs.append((relative, _write(output, relative, answer.encode("utf-8"), aws)))
             record = json.loads(answer)
             answers.append(record)
             top = record["predictions"][0]
-            log(f"{relative} -> {top['label']} {top['score']:.3f}{' (unknown)' if record.get('unknown') else ''}")
+            logger.info(
+                f"{relative} -> {top['label']} {top['score']:.3f}{' (unknown)' if record.get('unknown') else ''}"
+            )
     if failed:
         raise TransformError(
             f"{len(failed)} of {len(images)} photos failed (answers of the others are in {output}):\n  "

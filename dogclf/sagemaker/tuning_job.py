@@ -14,14 +14,16 @@ script reads it (``lr``, ``batch-size``, ``epochs``, ...). :func:`build_tuning_r
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dogclf._logging import deprecated_log
 from dogclf.errors import DogclfError
 
 if TYPE_CHECKING:
@@ -50,6 +52,8 @@ __all__ = [
     "warm_start_config",
     "write_tuning_results",
 ]
+
+logger = logging.getLogger(__name__)
 
 STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
 TERMINAL = frozenset({"Completed", "Failed", "Stopped"})
@@ -348,6 +352,7 @@ def tuned_values(space: SearchSpace, hyperparameters: Mapping[str, str]) -> dict
     return values
 
 
+@deprecated_log
 def write_tuning_results(
     out_dir: str | Path,
     records: Sequence[TrialRecord],
@@ -357,7 +362,6 @@ def write_tuning_results(
     job_name: str,
     backbone: str,
     maximize: bool = True,
-    log: Callable[[str], None] = print,
 ) -> tuple[Path, Path, Path]:
     """Writes ``best_params.json``, ``trials.csv`` and ``history.png`` (as ``dogclf tune`` does) for a tuning job.
 
@@ -408,8 +412,8 @@ def write_tuning_results(
         "space": space.to_dict(),
     }
     best_params = write_best_params(out / BEST_PARAMS_NAME, payload)
-    log(f"Best: trial {best.number} {metric}={best.value:.4f} | {json.dumps(best.params)}")
-    log(f"Wrote {best_params}, {trials_csv}, {history}")
+    logger.info(f"Best: trial {best.number} {metric}={best.value:.4f} | {json.dumps(best.params)}")
+    logger.info(f"Wrote {best_params}, {trials_csv}, {history}")
     return best_params, trials_csv, history
 
 
@@ -532,9 +536,8 @@ class TuningJob:
             client = self.aws.client("sagemaker")
             return dict(client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=self.name))
 
-    def wait(
-        self, *, poll: float = 60.0, timeout: float | None = None, log: Callable[[str], None] = print
-    ) -> dict[str, Any]:
+    @deprecated_log
+    def wait(self, *, poll: float = 60.0, timeout: float | None = None) -> dict[str, Any]:
         """Polls until the tuning job ends, printing its trial counts when they change; returns the description.
 
         Raises:
@@ -548,7 +551,7 @@ class TuningJob:
             line = ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v)
             status = description["HyperParameterTuningJobStatus"]
             if line != shown:
-                log(f"[{self.name}] {status}: {line or 'no trials yet'}")
+                logger.info(f"[{self.name}] {status}: {line or 'no trials yet'}")
                 shown = line
             if status in TERMINAL:
                 return description
@@ -620,6 +623,7 @@ def space_from_ranges(ranges: Mapping[str, Sequence[Mapping[str, Any]]]) -> Sear
         return None  # ranges over names dogclf does not tune (a tuning job launched by other means)
 
 
+@deprecated_log
 def launch_tuning_job(
     spec: TrainingJobSpec,
     space: SearchSpace,
@@ -643,7 +647,6 @@ def launch_tuning_job(
     tensorboard: bool = False,
     debugger: bool = False,
     dry_run: bool = False,
-    log: Callable[[str], None] = print,
 ) -> TuningJob:
     """Uploads the data and the code, then creates the tuning job (with ``dry_run``, only builds the request).
 
@@ -696,18 +699,22 @@ def launch_tuning_job(
     job = TuningJob(tuning, aws, space, request, template)
     if dry_run:
         return job
-    jobs.upload_inputs(spec, data, aws, template, log, manifest=manifest, features=features)
+    jobs.upload_inputs(spec, data, aws, template, manifest=manifest, features=features)
     with aws_errors(f"Creating tuning job {tuning}"):
         aws.client("sagemaker").create_hyper_parameter_tuning_job(**request)
     limits = request["HyperParameterTuningJobConfig"]["ResourceLimits"]
-    log(
+    logger.info(
         f"Launched tuning job {tuning}: {limits['MaxNumberOfTrainingJobs']} trials, {max_parallel_jobs} at a time, "
         f"{strategy} search, {job.objective['Type'].lower()} {job.objective['MetricName']}"
     )
-    log(f"  trials and best job: {job.console_url}")
+    logger.info(f"  trials and best job: {job.console_url}")
     if tensorboard:
         checkpoints = template["CheckpointConfig"]["S3Uri"]
-        log(f"  TensorBoard logs: {checkpoints}/<trial>/{TRIAL_TENSORBOARD_DIR}/ (tensorboard --logdir {checkpoints})")
+        logger.info(
+            f"  TensorBoard logs: {checkpoints}/<trial>/{TRIAL_TENSORBOARD_DIR}/ (tensorboard --logdir {checkpoints})"
+        )
     if debugger:
-        log("  each trial runs dogclf's rules (all) and profiler: see its log and output.tar.gz (rules.json, profile/)")
+        logger.info(
+            "  each trial runs dogclf's rules (all) and profiler: see its log and output.tar.gz (rules.json, profile/)"
+        )
     return job

@@ -6,11 +6,13 @@ without editing the loop.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
+from dogclf._logging import FIXED_FORMAT
 from dogclf.training.log_line import format_epoch_line
 
 if TYPE_CHECKING:
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
     from dogclf.training.config import TrainConfig
 
 __all__ = ["Callback", "CallbackList", "EpochLogLine", "ProgressBars", "TrainState", "format_epoch_line"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,15 +116,17 @@ class CallbackList(Callback):
 
 
 class EpochLogLine(Callback):
-    """Prints the fixed log line after every epoch."""
+    """Logs the fixed log line after every epoch (``dogclf.training.callbacks``, INFO), or prints it to ``stream``."""
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream
 
     def on_epoch_end(self, state: TrainState, metrics: Mapping[str, float]) -> None:
-        """Prints the line and flushes."""
-        stream = self.stream or sys.stdout
-        print(format_epoch_line(metrics), file=stream, flush=True)
+        """Logs the line, or prints it to ``stream`` and flushes."""
+        if self.stream is None:
+            logger.info(format_epoch_line(metrics), extra=FIXED_FORMAT)
+        else:
+            print(format_epoch_line(metrics), file=self.stream, flush=True)
 
 
 class ProgressBars(Callback):

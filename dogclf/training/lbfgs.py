@@ -19,9 +19,10 @@ penalties are the slowest to fit and, on features this separable, the least like
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,8 @@ __all__ = [
     "fit_logistic",
     "linear_layer",
 ]
+
+logger = logging.getLogger(__name__)
 
 C_GRID: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 """The penalties cross-validation chooses from (scikit-learn's ``C``, half-decade steps)."""
@@ -267,12 +270,12 @@ def cross_validate_c(
     seed: int = 0,
     class_weight: str = "none",
     label_smoothing: float = 0.0,
-    log: Callable[[str], None] = lambda _: None,
+    log_level: int = logging.INFO,
 ) -> CvResult:
     """Chooses ``C`` by stratified ``folds``-fold cross-validation: the lowest pooled held-out log-loss.
 
     The held-out log-loss is plain cross-entropy (no smoothing, no class weights), so values compare across
-    settings. One line per ``C`` goes to ``log``.
+    settings. One line per ``C`` is logged at ``log_level``.
 
     Raises:
         ValueError: A class with fewer rows than ``folds`` (say how many there are and what would work).
@@ -318,9 +321,10 @@ def cross_validate_c(
         result.grid.append(float(c))
         result.log_loss.append(nll / len(y))
         result.top1.append(hits / len(y))
-        log(
+        logger.log(
+            log_level,
             f"  C={c:g}: CV log-loss {result.log_loss[-1]:.4f}, CV top-1 {result.top1[-1]:.4f} "
-            f"({time.perf_counter() - tick:.1f} s)"
+            f"({time.perf_counter() - tick:.1f} s)",
         )
         best = min(range(len(result.grid)), key=result.log_loss.__getitem__)
         if best == len(result.grid) - 1:
@@ -351,8 +355,8 @@ def fit_lbfgs_head(
     config: TrainConfig,
     *,
     callbacks: Sequence[Callback] = (),
-    log: Callable[[str], None] = lambda _: None,
     extra: FeatureSet | None = None,
+    log_level: int = logging.INFO,
 ) -> tuple[list[dict[str, float]], LbfgsFit]:
     """Fits ``model.head`` (a single linear layer) on training features by L-BFGS; returns ``(history, fit)``.
 
@@ -362,7 +366,8 @@ def fit_lbfgs_head(
     The history has one entry, ``epoch`` 1, with the metrics a loop epoch has (``train_loss`` is the training
     objective's loss without the penalty, ``valid_loss`` plain cross-entropy); callbacks get ``on_train_start``,
     ``on_epoch_end`` with it, and ``on_train_end``, so the per-epoch log line is printed once. Nothing is
-    checkpointed: the fit takes seconds, and a rerun (or ``--resume``) fits again from the cached features.
+    checkpointed: the fit takes seconds, and a rerun (or ``--resume``) fits again from the cached features. The
+    cross-validation lines and the summary are logged at ``log_level`` (a tuning trial's at DEBUG).
 
     Raises:
         ValueError: The head is not a single linear layer, or there are no training features.
@@ -383,7 +388,10 @@ def fit_lbfgs_head(
     cv = None
     c = config.penalty_c
     if c is None:
-        log(f"Choosing the L2 penalty C by {config.cv_folds}-fold cross-validation on {len(y)} training images:")
+        logger.log(
+            log_level,
+            f"Choosing the L2 penalty C by {config.cv_folds}-fold cross-validation on {len(y)} training images:",
+        )
         cv = cross_validate_c(
             x,
             y,
@@ -392,7 +400,7 @@ def fit_lbfgs_head(
             seed=config.seed,
             class_weight=config.class_weight,
             label_smoothing=config.label_smoothing,
-            log=log,
+            log_level=log_level,
         )
         c = cv.best_c
     if extra is not None and len(extra):
@@ -412,7 +420,7 @@ def fit_lbfgs_head(
         seconds=time.perf_counter() - started,
         cv=cv,
     )
-    log(fit.summary())
+    logger.log(log_level, fit.summary())
     return _report(model, train, valid, config, fit, callbacks), fit
 
 
@@ -470,7 +478,6 @@ class LbfgsHeadFitter:
         config: Hyperparameters (``penalty_c``, ``cv_folds``, ``class_weight``, ``label_smoothing``, ``seed``,
             ``device``).
         callbacks: Training callbacks.
-        log: Where the cross-validation lines and the summary go.
         extra: Rows for the final fit only (see :func:`fit_lbfgs_head`).
     """
 
@@ -485,7 +492,6 @@ class LbfgsHeadFitter:
         config: TrainConfig,
         *,
         callbacks: Sequence[Callback] = (),
-        log: Callable[[str], None] = lambda _: None,
         extra: FeatureSet | None = None,
     ) -> None:
         self.model = model
@@ -494,13 +500,12 @@ class LbfgsHeadFitter:
         self.valid = valid
         self.config = config
         self.callbacks = list(callbacks)
-        self.log = log
         self.device = resolve_device(config.device)
         self.fit_info: LbfgsFit | None = None
 
     def fit(self) -> list[dict[str, float]]:
         """Fits the head; returns the one-entry history."""
         history, self.fit_info = fit_lbfgs_head(
-            self.model, self.train, self.valid, self.config, callbacks=self.callbacks, log=self.log, extra=self.extra
+            self.model, self.train, self.valid, self.config, callbacks=self.callbacks, extra=self.extra
         )
         return history

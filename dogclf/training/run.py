@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dogclf._logging import deprecated_log, main_process_only
 from dogclf.artifact import CONFIG_NAME, WEIGHTS_NAME, save_model
 from dogclf.backbones.registry import get_backbone
 from dogclf.backbones.spec import BackboneSpec
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = ["TrainResult", "head_solver", "kept_metrics", "train"]
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class TrainResult:
@@ -58,18 +62,14 @@ class TrainResult:
     final: dict[str, float] = field(default_factory=dict)
 
 
-def _print(message: str) -> None:
-    print(message, flush=True)
-
-
-def _describe_skipped(splits: DataSplits, log: Callable[[str], None]) -> None:
+def _describe_skipped(splits: DataSplits) -> None:
     if not splits.skipped:
         return
-    log(f"Skipping {len(splits.skipped)} unreadable image file(s):")
+    logger.info("Skipping %d unreadable image file(s):", len(splits.skipped))
     for path, reason in splits.skipped[:50]:
-        log(f"  skipped {path}: {reason}")
+        logger.info("  skipped %s: %s", path, reason)
     if len(splits.skipped) > 50:
-        log(f"  ... and {len(splits.skipped) - 50} more")
+        logger.info("  ... and %d more", len(splits.skipped) - 50)
 
 
 @phase("calibration")
@@ -79,7 +79,6 @@ def _calibrate(
     spec: BackboneSpec,
     config: TrainConfig,
     device: torch.device,
-    log: Callable[[str], None],
     valid_features: FeatureSet | None = None,
     precision: str = "fp32",
 ) -> Calibration:
@@ -106,7 +105,7 @@ def _calibrate(
             precision=precision,
         )
         calibration = calibrate(logits, labels)
-    log(calibration.summary())
+    logger.info(calibration.summary())
     return dataclasses.replace(calibration, precision=precision) if calibration.fitted else calibration
 
 
@@ -151,7 +150,7 @@ def _check_out_dir(out: Path, checkpoint: Path, *, resume: bool, overwrite: bool
         )
 
 
-def _remove_previous_run(out: Path, checkpoint: Path, log: Callable[[str], None]) -> None:
+def _remove_previous_run(out: Path, checkpoint: Path) -> None:
     """With ``overwrite``: the previous run's files go before training starts, so none is mistaken for this run's.
 
     Only the files a run writes are removed (its checkpoint, ``config.json``, ``model.safetensors``); anything else in
@@ -162,9 +161,10 @@ def _remove_previous_run(out: Path, checkpoint: Path, log: Callable[[str], None]
         path.unlink()
     if removed:
         names = ", ".join(path.name if path.parent == out else str(path) for path in removed)
-        log(f"--overwrite: removed the previous run's {names} from {out}")
+        logger.info("--overwrite: removed the previous run's %s from %s", names, out)
 
 
+@deprecated_log
 def train(
     data_dir: str | os.PathLike[str],
     backbone: str | BackboneSpec,
@@ -181,7 +181,6 @@ def train(
     overwrite: bool = False,
     callbacks: Sequence[Callback] = (),
     progress: bool | None = None,
-    log: Callable[[str], None] = _print,
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     precision: str = "auto",
@@ -213,7 +212,6 @@ def train(
         overwrite: Replace an existing model in ``out_dir``.
         callbacks: Extra training callbacks (e.g. debugger hooks).
         progress: Progress bars; ``None`` shows them when stderr is a terminal.
-        log: Where human-readable messages go.
         cache: With a frozen backbone and no augmentation, features are extracted once per image and the head
             trains on them; ``cache`` keeps them in the on-disk feature cache for later runs (``False``: in memory
             only). With ``freeze=False`` or ``config.augment`` images go through the backbone every epoch.
@@ -238,6 +236,9 @@ def train(
             the curated training ones. Needs the feature path (a frozen backbone, no ``augment``) and one process.
             The novelty score and calibration still use the photos themselves.
 
+    Messages go to the ``dogclf.training``, ``dogclf.features`` and ``dogclf.diagnostics`` loggers (under torchrun,
+    from rank 0 only; see docs/logging.md); ``log=`` (a callback) still works, with a DeprecationWarning.
+
     Returns:
         The result, with the model directory path.
     """
@@ -255,58 +256,55 @@ def train(
         engine=engine,
         extract_batch_size=extract_batch_size,
         environ=environ,
-        log=log if main else _quiet,
         show_bars=(sys.stderr.isatty() if progress is None else progress) and main,
         group=group,
         degraded_views=degraded_views,
     )
-    log = options.log
-    out = Path(out_dir)
-    checkpoint = Path(checkpoint_dir if checkpoint_dir is not None else out) / CHECKPOINT_NAME
-    _check_out_dir(out, checkpoint, resume=resume, overwrite=overwrite)
-    if valid_fraction is not None:
-        check_fraction(valid_fraction)
-    mode = options.feature_mode()
-    solver = head_solver(options.config, options.head, mode=mode)  # before the data scan: a bad choice fails fast
-    _check_degraded_views(degraded_views, mode=mode, distributed=group is not None)
-    spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
-    if not (resume and checkpoint.is_file()):  # a resumed run takes its weights from the checkpoint
-        check_weights_available(spec, weights, environ=options.environ)
-    from dogclf.diagnostics.session import open_session
+    with main_process_only(main):  # under torchrun, rank 0 logs the progress
+        out = Path(out_dir)
+        checkpoint = Path(checkpoint_dir if checkpoint_dir is not None else out) / CHECKPOINT_NAME
+        _check_out_dir(out, checkpoint, resume=resume, overwrite=overwrite)
+        if valid_fraction is not None:
+            check_fraction(valid_fraction)
+        mode = options.feature_mode()
+        solver = head_solver(options.config, options.head, mode=mode)  # before the data scan: a bad choice fails fast
+        _check_degraded_views(degraded_views, mode=mode, distributed=group is not None)
+        spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
+        if not (resume and checkpoint.is_file()):  # a resumed run takes its weights from the checkpoint
+            check_weights_available(spec, weights, environ=options.environ)
+        from dogclf.diagnostics.session import open_session
 
-    session = open_session(diagnostics, out, environ=options.environ, log=log)
-    splits = _read_data(data_dir, valid_fraction=valid_fraction, names=names, strict=strict, options=options)
-    run = _build_run(spec, splits, checkpoint, resume=resume, mode=mode, solver=solver, options=options)
-    if overwrite and not run.resuming and main:
-        _remove_previous_run(out, checkpoint, log)
-    trainer, features = _make_trainer(run, splits, [*callbacks, *session.callbacks(splits.class_names)], options)
-    history = _fit(trainer, run, options)
-    if group is not None and not group.is_main:
+        session = open_session(diagnostics, out, environ=options.environ)
+        splits = _read_data(data_dir, valid_fraction=valid_fraction, names=names, strict=strict, options=options)
+        run = _build_run(spec, splits, checkpoint, resume=resume, mode=mode, solver=solver, options=options)
+        if overwrite and not run.resuming and main:
+            _remove_previous_run(out, checkpoint)
+        trainer, features = _make_trainer(run, splits, [*callbacks, *session.callbacks(splits.class_names)], options)
+        history = _fit(trainer, run, options)
+        if group is not None and not group.is_main:
+            session.close()
+            group.barrier()  # rank 0 calibrates, evaluates and saves
+            return TrainResult(model_dir=out, history=history, splits=splits)
+        valid_features = features["valid"] if features is not None else None
+        precision = run.precision or _inference_precision(options.precision, trainer.device)
+        calibration = _calibrate(run.model, splits, spec, options.config, trainer.device, valid_features, precision)
+        scorer = _fit_novelty(run, splits, features, options, calibration.temperature) if novelty else None
+        held_out = "test" if splits.test else "valid"
+        report = None
+        if splits.test or (output_dir is not None and splits.valid):
+            report = _evaluate(run, splits, held_out, features, calibration, scorer, trainer.device, options, precision)
+        test_metrics = _test_metrics(report) if splits.test else None
+        _save(
+            run, splits, out, history, calibration, test_metrics, scorer, valid_fraction=valid_fraction, options=options
+        )
+        logger.info("Saved model to %s", out)
+        if output_dir is not None:
+            _write_reports(output_dir, history, report, held_out, spec)
         session.close()
-        group.barrier()  # rank 0 calibrates, evaluates and saves
-        return TrainResult(model_dir=out, history=history, splits=splits)
-    valid_features = features["valid"] if features is not None else None
-    precision = run.precision or _inference_precision(options.precision, trainer.device)
-    calibration = _calibrate(run.model, splits, spec, options.config, trainer.device, log, valid_features, precision)
-    scorer = _fit_novelty(run, splits, features, options, calibration.temperature) if novelty else None
-    held_out = "test" if splits.test else "valid"
-    report = None
-    if splits.test or (output_dir is not None and splits.valid):
-        report = _evaluate(run, splits, held_out, features, calibration, scorer, trainer.device, options, precision)
-    test_metrics = _test_metrics(report, log) if splits.test else None
-    _save(run, splits, out, history, calibration, test_metrics, scorer, valid_fraction=valid_fraction, options=options)
-    log(f"Saved model to {out}")
-    if output_dir is not None:
-        _write_reports(output_dir, history, report, held_out, spec, log)
-    session.close()
-    if group is not None:
-        group.barrier()
-    final = kept_metrics(history, run.kept_epoch)
-    return TrainResult(model_dir=out, history=history, splits=splits, test=test_metrics, final=final)
-
-
-def _quiet(message: str) -> None:
-    """The log of ranks other than 0 in a torchrun group."""
+        if group is not None:
+            group.barrier()
+        final = kept_metrics(history, run.kept_epoch)
+        return TrainResult(model_dir=out, history=history, splits=splits, test=test_metrics, final=final)
 
 
 def _join_processes(config: TrainConfig, environ: Mapping[str, str]) -> tuple[TrainConfig, ProcessGroup | None]:
@@ -336,7 +334,6 @@ class _Options:
     engine: str
     extract_batch_size: int
     environ: Mapping[str, str]
-    log: Callable[[str], None]
     show_bars: bool
     group: ProcessGroup | None = None
     degraded_views: int = 0
@@ -379,9 +376,8 @@ def _read_data(
     cache does not hold and reports the unreadable ones (:func:`_extract_features`), and cached images decoded when
     they were extracted.
     """
-    log = options.log
     check = strict or options.feature_mode() == "images"
-    log(
+    logger.info(
         f"Reading {data_dir} and decoding every image once to find unreadable files ..."
         if check
         else f"Reading {data_dir} (unreadable images are found and skipped while extracting features) ..."
@@ -390,8 +386,8 @@ def _read_data(
     splits = load_splits(
         data_dir, valid_fraction=valid_fraction, names=names, seed=seed, strict=strict, check_images=check
     )
-    _describe_skipped(splits, log)
-    log(
+    _describe_skipped(splits)
+    logger.info(
         f"Data {splits.root}: {len(splits.classes)} classes, {len(splits.train)} train, {len(splits.valid)} valid "
         f"({splits.valid_source}), {len(splits.test)} test images"
         + (f"; {len(splits.skipped)} unreadable file(s) skipped" if splits.skipped else "")
@@ -441,7 +437,7 @@ def _build_run(
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     if resume and solver == "lbfgs":
-        options.log("--resume: an L-BFGS head has no checkpoint (its fit takes seconds); fitting it again")
+        logger.info("--resume: an L-BFGS head has no checkpoint (its fit takes seconds); fitting it again")
         resume = False
     resuming = resume and checkpoint.is_file()
     if resume and not resuming:
@@ -511,7 +507,6 @@ def _make_trainer(
             features["valid"],
             options.config,
             callbacks=hooks,
-            log=options.log,
             extra=views,
         )
         return fitter, features
@@ -562,7 +557,7 @@ def _degraded_view_features(run: _Run, splits: DataSplits, options: _Options) ->
     cache = _cache_folder(run, options)
     root = Path(cache if cache is not None else tempfile.mkdtemp(prefix="dogclf-views-")) / "degraded-views"
     samples = write_degraded_views(splits.train, root / run.spec.name, views=views, seed=seed)
-    options.log(f"degraded views: {views} per training photo ({len(samples)} images, seed {seed}) in {root}")
+    logger.info(f"degraded views: {views} per training photo ({len(samples)} images, seed {seed}) in {root}")
     return _extract_features(run, dataclasses.replace(splits, train=samples, valid=[], test=[]), options)["train"]
 
 
@@ -604,7 +599,6 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
         weights_label=run.weights_label,
         cache_dir=folder,
         options=extract,
-        log=options.log,
         progress=options.show_bars,
         unreadable=unreadable,
         while_decoding=_prepare_optimizers,
@@ -613,8 +607,8 @@ def _extract_features(run: _Run, splits: DataSplits, options: _Options) -> dict[
         features, unreadable = gather_features(features, splits, unreadable, group)
     if unreadable:
         drop_unreadable(splits, unreadable, strict=False)
-        _describe_skipped(splits, options.log)
-        options.log(
+        _describe_skipped(splits)
+        logger.info(
             f"{len(unreadable)} unreadable file(s) skipped: {len(splits.train)} train, {len(splits.valid)} valid, "
             f"{len(splits.test)} test images left"
         )
@@ -633,29 +627,31 @@ def _prepare_optimizers() -> None:
 @phase("training")
 def _fit(trainer: Trainer | LbfgsHeadFitter, run: _Run, options: _Options) -> list[dict[str, float]]:
     """Step 4: the epochs (continued from the checkpoint when resuming), or the L-BFGS fit."""
-    config, log = options.config, options.log
+    config = options.config
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     frozen = "frozen backbone" if options.freeze else "whole network"
     what = f"{run.spec.name} ({frozen}, {trainable:,} trainable parameters)"
     if run.solver == "lbfgs":
-        log(f"Fitting the head of {what} by L-BFGS on {run.mode} features on {trainer.device}")
+        logger.info(f"Fitting the head of {what} by L-BFGS on {run.mode} features on {trainer.device}")
         history = trainer.fit()
         run.kept_epoch, run.head_fit = 1, trainer.fit_info.to_dict()  # type: ignore[union-attr]
         return history
     if run.resuming:
         done = trainer.resume()  # type: ignore[union-attr]
-        log(f"Resuming from {run.checkpoint} after epoch {done} of {config.epochs}")
-    log(
+        logger.info(f"Resuming from {run.checkpoint} after epoch {done} of {config.epochs}")
+    logger.info(
         f"Training {what} for {config.epochs} epochs on {trainer.device}: batch {config.batch_size}, "
         f"{_recipe(config)}" + ("" if run.mode == "images" else f", on {run.mode} features")
     )
     history = trainer.fit()
     run.kept_epoch, run.stopped_early = trainer.kept_epoch, trainer.stopped_early
     if trainer.stopped_early is not None:
-        log(f"Early stopping after epoch {trainer.stopped_early}: no lower valid_loss for {config.patience} epochs")
+        logger.info(
+            f"Early stopping after epoch {trainer.stopped_early}: no lower valid_loss for {config.patience} epochs"
+        )
     if trainer.kept_epoch != (int(history[-1]["epoch"]) if history else 0):
         kept = history[trainer.kept_epoch - 1]
-        log(f"Keeping epoch {trainer.kept_epoch} (--keep best: lowest valid_loss {kept['valid_loss']:.4f})")
+        logger.info(f"Keeping epoch {trainer.kept_epoch} (--keep best: lowest valid_loss {kept['valid_loss']:.4f})")
     return history
 
 
@@ -688,7 +684,7 @@ def _fit_novelty(
     from dogclf.training.head import head_logits
 
     if not splits.valid:
-        options.log("novelty: skipped (no validation images to set its threshold on); the softmax threshold decides")
+        logger.info("novelty: skipped (no validation images to set its threshold on); the softmax threshold decides")
         return None
     if features is None:
         features = _image_features(run, splits, options)
@@ -701,7 +697,7 @@ def _fit_novelty(
         temperature=temperature,
         method=DEFAULT_METHOD,
     )
-    options.log(scorer.summary())
+    logger.info(scorer.summary())
     return scorer
 
 
@@ -716,7 +712,7 @@ def _image_features(run: _Run, splits: DataSplits, options: _Options) -> dict[st
     extract = ExtractOptions(
         batch_size=options.extract_batch_size, num_workers=config.num_workers, precision="fp32", device=config.device
     )
-    options.log("novelty: extracting the trained backbone's features of the train and valid images ...")
+    logger.info("novelty: extracting the trained backbone's features of the train and valid images ...")
     return prepare_features(
         dataclasses.replace(splits, test=[]),
         run.spec,
@@ -724,7 +720,7 @@ def _image_features(run: _Run, splits: DataSplits, options: _Options) -> dict[st
         weights_label=run.weights_label,
         cache_dir=None,  # the backbone was trained: these features are this run's alone
         options=extract,
-        log=lambda _: None,  # not the training features' summary line: this pass is the novelty score's
+        log_level=logging.DEBUG,  # not the training features' summary line: this pass is the novelty score's
         progress=options.show_bars,
     )
 
@@ -791,11 +787,11 @@ def _evaluate(
     return evaluate(classifier, splits.split(split), batch_size=config.batch_size, num_workers=config.workers())
 
 
-def _test_metrics(report: EvalReport | None, log: Callable[[str], None]) -> dict[str, Any] | None:
+def _test_metrics(report: EvalReport | None) -> dict[str, Any] | None:
     if report is None:
         return None
     metrics = {"top1": report.top1, "top5": report.top5, "n": report.n, "loss": report.loss}
-    log(format_test_line(metrics))
+    logger.info(format_test_line(metrics))
     return metrics
 
 
@@ -806,13 +802,12 @@ def _write_reports(
     report: EvalReport | None,
     split: str,
     spec: BackboneSpec,
-    log: Callable[[str], None],
 ) -> None:
     """Step 8 (with ``output_dir``): history, evaluation report and plots beside the model."""
     from dogclf.training.reports import write_reports
 
     written = write_reports(folder, history=history, report=report, split=split, title=spec.name)
-    log(f"Wrote {', '.join(path.name for path in written)} to {folder}")
+    logger.info("Wrote %s to %s", ", ".join(path.name for path in written), folder)
 
 
 @phase("saving")

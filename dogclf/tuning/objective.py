@@ -7,9 +7,10 @@ What all trials share (the features, the loaded backbone, the RNG state a head s
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -211,7 +212,8 @@ class Objective:
         from dogclf.training.lbfgs import fit_lbfgs_head
 
         if self._lbfgs_final is None:
-            history, _ = fit_lbfgs_head(model, self.shared.train, self.shared.valid, config)
+            # The trial's line says how it went; the fit's own lines (train prints them) stay at DEBUG.
+            history, _ = fit_lbfgs_head(model, self.shared.train, self.shared.valid, config, log_level=logging.DEBUG)
             self._lbfgs_final = history[-1]
         return self._lbfgs_final
 
@@ -247,7 +249,6 @@ def prepare_trials(
     engine: str = "auto",
     device: str,
     num_workers: int | None,
-    log: Callable[[str], None],
     progress: bool | None,
 ) -> SharedData:
     """Builds the backbone and extracts (or loads from the cache) the train and valid features, once for all trials.
@@ -276,7 +277,6 @@ def prepare_trials(
         weights_label=weights_label(weights),
         cache_dir=cache_dir,
         options=options,
-        log=log,
         progress=progress,
     )
     return SharedData(

@@ -9,6 +9,7 @@ functions that need it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from dogclf._logging import deprecated_log
 from dogclf.errors import DogclfError
 from dogclf.tuning.objective import (
     Objective,
@@ -45,6 +47,8 @@ if TYPE_CHECKING:
     from dogclf.backbones.spec import BackboneSpec
 
 __all__ = ["DEFAULT_STUDY_DB", "METRICS", "TuneError", "TuneResult", "default_storage", "tune"]
+
+logger = logging.getLogger(__name__)
 
 METRICS: Mapping[str, str] = MappingProxyType({"valid_top1": "maximize", "valid_loss": "minimize"})
 """Objective metrics (the last epoch's value) and their direction."""
@@ -96,10 +100,6 @@ class TuneResult:
     history_png: Path
     model_dir: Path | None = None
     seconds: float = 0.0
-
-
-def _print(message: str) -> None:
-    print(message, flush=True)
 
 
 def default_storage(out_dir: str | os.PathLike[str]) -> str:
@@ -167,7 +167,7 @@ def _write_ahead_log(engine: Any) -> None:
     engine.dispose()  # connections opened while the storage created its tables reconnect through the listener
 
 
-def _fail_abandoned(study: optuna.Study, storage: optuna.storages.BaseStorage, log: Callable[[str], None]) -> None:
+def _fail_abandoned(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
     """Marks trials left RUNNING by a killed process as FAIL (only for the private default storage)."""
     from optuna.trial import TrialState
 
@@ -175,7 +175,7 @@ def _fail_abandoned(study: optuna.Study, storage: optuna.storages.BaseStorage, l
         # FrozenTrial has no public id; the storage keys user attributes by it.
         storage.set_trial_user_attr(trial._trial_id, "error", "abandoned: its process stopped before it finished")
         study.tell(trial.number, state=TrialState.FAIL)
-        log(f"trial {trial.number} was left running by an earlier process that stopped; marked FAIL")
+        logger.info(f"trial {trial.number} was left running by an earlier process that stopped; marked FAIL")
 
 
 def _check_setup(study: optuna.Study, setup: dict[str, Any], *, storage: str) -> None:
@@ -241,7 +241,7 @@ def _finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def _progress_callback(metric: str, log: Callable[[str], None]) -> Callable[[optuna.Study, Any], None]:
+def _progress_callback(metric: str) -> Callable[[optuna.Study, Any], None]:
     def callback(study: optuna.Study, trial: Any) -> None:
         seconds = trial.duration.total_seconds() if trial.duration is not None else float("nan")
         state = trial.state.name
@@ -259,7 +259,7 @@ def _progress_callback(metric: str, log: Callable[[str], None]) -> Callable[[opt
             line += f" | best: trial {best.number} {metric}={best.value:.4f}"
         except ValueError:
             pass  # nothing complete yet
-        log(line)
+        logger.info(line)
 
     return callback
 
@@ -277,6 +277,7 @@ def _sampler_seed(seed: int, existing: int, *, shared: bool) -> int:
     return value % (2**32)
 
 
+@deprecated_log
 def tune(
     data_dir: str | os.PathLike[str],
     backbone: str | BackboneSpec,
@@ -305,7 +306,6 @@ def tune(
     pruner_warmup_epochs: int = 2,
     progress: bool | None = None,
     environ: Mapping[str, str] | None = None,
-    log: Callable[[str], None] = _print,
 ) -> TuneResult:
     """Searches head hyperparameters with Optuna on features extracted once, and writes the results.
 
@@ -346,7 +346,9 @@ def tune(
         pruner_warmup_epochs: Epochs of every trial that are never pruned.
         progress: Progress bar during extraction; ``None`` shows it when stderr is a terminal.
         environ: The environment (for the default cache folder); ``os.environ`` when ``None``.
-        log: Where the per-trial lines and other messages go.
+
+    The per-trial lines and other messages go to the ``dogclf.tuning`` (and ``dogclf.training``, ``dogclf.features``)
+    loggers at INFO; ``log=`` (a callback) is deprecated.
 
     Returns:
         The result; the files are written before it returns.
@@ -375,14 +377,14 @@ def tune(
     direction = METRICS[metric]
 
     check_weights_available(spec, weights)  # before the data scan: an offline machine learns it at once
-    log(f"Reading {data_dir} and decoding every image once to find unreadable files ...")
+    logger.info(f"Reading {data_dir} and decoding every image once to find unreadable files ...")
     splits = load_splits(data_dir, valid_fraction=valid_fraction, names=names, seed=seed, strict=strict)
     if not splits.valid:
         raise TuneError(
             f"Tuning needs a validation split, and {str(splits.root)!r} has no valid/ folder: pass "
             "--valid-fraction 0.2 to hold out 20% of train."
         )
-    log(
+    logger.info(
         f"Data {splits.root}: {len(splits.classes)} classes, {len(splits.train)} train, {len(splits.valid)} valid "
         f"({splits.valid_source})" + (f"; {len(splits.skipped)} unreadable file(s) skipped" if splits.skipped else "")
     )
@@ -409,11 +411,10 @@ def tune(
             shared=shared,
             pruner_startup_trials=pruner_startup_trials,
             pruner_warmup_epochs=pruner_warmup_epochs,
-            log=log,
         )
         done = _finished(study)
         remaining = max(0, trials - done)
-        log(
+        logger.info(
             f"Study {name!r} in {shown_url}: {done} finished trial(s) stored, running {remaining} more "
             f"(target {trials}); objective: last-epoch {metric} ({direction})"
         )
@@ -432,12 +433,11 @@ def tune(
                 extract_batch_size=extract_batch_size,
                 device=device,
                 num_workers=num_workers,
-                log=log,
                 progress=progress,
             )
             objective = Objective(shared_data, space=space, metric=metric, seed=seed, device=device)
             try:
-                _optimize(study, objective, trials=trials, remaining=remaining, timeout=timeout, log=log)
+                _optimize(study, objective, trials=trials, remaining=remaining, timeout=timeout)
             except KeyboardInterrupt:
                 if _has_complete(study):
                     _write_outputs(study, out, space=space, metric=metric, storage=shown_url, spec_name=spec.name)
@@ -461,7 +461,7 @@ def tune(
         trials_csv=files[1],
         history_png=files[2],
     )
-    log(
+    logger.info(
         f"Best: trial {best.number} {metric}={best.value:.4f} | {_format_params(best.params)}\n"
         f"Wrote {files[0]}, {files[1]}, {files[2]}"
     )
@@ -484,7 +484,6 @@ def tune(
             strict=strict,
             progress=progress,
             environ=environ,
-            log=log,
         )
     result.seconds = time.perf_counter() - started
     return result
@@ -514,7 +513,6 @@ def _open_study(
     shared: bool,
     pruner_startup_trials: int,
     pruner_warmup_epochs: int,
-    log: Callable[[str], None],
 ) -> optuna.Study:
     """Creates the study or loads it to continue, after checking it was started with the same setup."""
     import optuna
@@ -539,7 +537,7 @@ def _open_study(
     _check_setup(study, setup, storage=shown)
     study.sampler = optuna.samplers.TPESampler(seed=_sampler_seed(seed, len(study.trials), shared=shared))
     if not shared:
-        _fail_abandoned(study, storage, log)
+        _fail_abandoned(study, storage)
     _enqueue_defaults(study, space)
     return study
 
@@ -561,7 +559,6 @@ def _optimize(
     trials: int,
     remaining: int,
     timeout: float | None,
-    log: Callable[[str], None],
 ) -> None:
     """Runs up to ``remaining`` trials; stops early once the study holds ``trials`` finished ones (shared studies)."""
     import optuna
@@ -573,7 +570,7 @@ def _optimize(
         timeout=timeout,
         catch=(Exception,),  # a failing trial is stored as FAIL with its error, and the study goes on
         callbacks=[
-            _progress_callback(objective.metric, log),
+            _progress_callback(objective.metric),
             optuna.study.MaxTrialsCallback(trials, states=(TrialState.COMPLETE, TrialState.PRUNED)),
         ],
         gc_after_trial=False,
@@ -627,9 +624,8 @@ def _train_best(result: TuneResult, *, data_dir: Any, spec: BackboneSpec, seed: 
     from dogclf.training import train
 
     values = hyperparameters(result.best_params)
-    log: Callable[[str], None] = options.pop("log")
     target = result.out_dir / MODEL_DIR_NAME
-    log(f"Training the final model with trial {result.best_trial}'s values into {target} ...")
+    logger.info(f"Training the final model with trial {result.best_trial}'s values into {target} ...")
     trained = train(
         data_dir,
         spec,
@@ -637,7 +633,6 @@ def _train_best(result: TuneResult, *, data_dir: Any, spec: BackboneSpec, seed: 
         config=train_config(values, seed=seed, device=options.pop("device"), num_workers=options.pop("num_workers")),
         head=head_config(values),
         overwrite=True,
-        log=log,
         **options,
     )
     final = trained.final

@@ -18,11 +18,13 @@ its finding (``last_epoch``) rather than printing the same line every epoch.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["AWS_RULES_URL", "RULES_FILE", "Finding", "Rule", "RuleSet"]
+
+logger = logging.getLogger(__name__)
 
 AWS_RULES_URL = "https://docs.aws.amazon.com/sagemaker/latest/dg/debugger-built-in-rules.html"
 RULES_FILE = "rules.json"
@@ -176,6 +180,16 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _deprecated_callback(log: Callable[[str], None]) -> Callable[[str], None]:
+    warnings.warn(
+        "RuleSet(log=...) is deprecated: the finding lines go to the 'dogclf' logger of Python's logging module; "
+        "drop the log argument.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return log
+
+
 class RuleSet(Callback):
     """Runs rules inside the training loop, prints and records their findings, and stops training when asked.
 
@@ -183,7 +197,8 @@ class RuleSet(Callback):
         rules: The rules to run.
         action: ``"warn"`` (report and go on) or ``"stop"`` (also stop training after the epoch of a finding).
         out_dirs: Folders to write ``rules.json`` to (the model directory; ``SM_OUTPUT_DATA_DIR`` in a job).
-        log: Where the finding lines go.
+        log: Deprecated: the finding lines go to the ``dogclf.diagnostics.rules.base`` logger (INFO); a callback
+            given here receives them instead, with a DeprecationWarning.
         listeners: Called with each new :class:`Finding` (e.g. the TensorBoard logger).
     """
 
@@ -193,7 +208,7 @@ class RuleSet(Callback):
         *,
         action: str = "warn",
         out_dirs: Iterable[str | os.PathLike[str]] = (),
-        log: Callable[[str], None] = print,
+        log: Callable[[str], None] | None = None,
         listeners: Sequence[Callable[[Finding], None]] = (),
     ) -> None:
         if action not in ACTIONS:
@@ -205,7 +220,7 @@ class RuleSet(Callback):
         self.rules = list(rules)
         self.action = action
         self.out_dirs = [Path(d) for d in out_dirs]
-        self.log = log
+        self.log = logger.info if log is None else _deprecated_callback(log)
         self.listeners = list(listeners)
         self.findings: list[Finding] = []
         self.stopped_by: Finding | None = None
