@@ -21,6 +21,7 @@ from dogclf.artifact import load_state, read_config, resolve_spec
 from dogclf.artifact_checks import check_state
 from dogclf.artifact_manifest import check_manifest
 from dogclf.backbones.spec import BackboneSpec
+from dogclf.hardware import resolve_device
 from dogclf.inference.engine import Engine, EngineOutput, TorchEngine
 from dogclf.inference.postprocess import PostProcessor, Scores
 from dogclf.inference.precision import PrecisionChoice, choose_precision
@@ -28,7 +29,6 @@ from dogclf.inference.results import ImageResult, Prediction
 from dogclf.inference.threads import ThreadBudget
 from dogclf.model import DogClassifierNet, HeadConfig, build_head
 from dogclf.novelty import NoveltyScorer, load_novelty
-from dogclf.training.config import resolve_device
 
 __all__ = ["Classifier", "ImageResult", "Prediction", "load_model"]
 

@@ -9,7 +9,8 @@ import torch
 
 import dogclf.training
 from dogclf.cli import EXIT_INTERRUPTED, main
-from dogclf.training.config import TrainConfig, resolve_device
+from dogclf.hardware import resolve_device
+from dogclf.training.config import TrainConfig
 
 
 @pytest.mark.parametrize(

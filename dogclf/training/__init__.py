@@ -26,7 +26,7 @@ _EXPORTS = {
     "TrainResult": "dogclf.training.run",
     "train": "dogclf.training.run",
     "TrainConfig": "dogclf.training.config",
-    "resolve_device": "dogclf.training.config",
+    "resolve_device": "dogclf.hardware",
     "Trainer": "dogclf.training.loop",
     "TrainBatches": "dogclf.training.loop",
     "make_optimizer": "dogclf.training.loop",
@@ -59,9 +59,10 @@ __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 
 if TYPE_CHECKING:
+    from dogclf.hardware import resolve_device
     from dogclf.training.calibration import Calibration, calibrate
     from dogclf.training.callbacks import Callback, TrainState, format_epoch_line
-    from dogclf.training.config import TrainConfig, resolve_device
+    from dogclf.training.config import TrainConfig
     from dogclf.training.head import fit_head
     from dogclf.training.loop import TrainBatches, Trainer, make_optimizer
     from dogclf.training.run import TrainResult, train

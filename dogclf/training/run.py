@@ -20,11 +20,12 @@ from dogclf.backbones.weights import check_weights_available, weights_label
 from dogclf.data.folder import DataSplits, check_fraction, drop_unreadable, load_splits
 from dogclf.diagnostics.phases import phase
 from dogclf.errors import ModelDirError
+from dogclf.hardware import resolve_device
 from dogclf.model import DogClassifierNet, HeadConfig, build_model
 from dogclf.training.calibration import Calibration, calibrate, collect_logits
 from dogclf.training.callbacks import Callback, EpochLogLine, ProgressBars
 from dogclf.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from dogclf.training.config import TrainConfig, resolve_device
+from dogclf.training.config import TrainConfig
 from dogclf.training.log_line import format_test_line
 from dogclf.training.loop import Trainer, check_fingerprint
 
