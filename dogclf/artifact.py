@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 __all__ = [
     "CONFIG_NAME",
     "FORMAT_VERSION",
-    "NOVELTY_NAME",
     "WEIGHTS_NAME",
     "model_classes",
     "read_config",
@@ -32,7 +31,6 @@ __all__ = [
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-NOVELTY_NAME = "novelty.safetensors"  # the novelty score's tensors (dogclf.novelty), when the model has one
 FORMAT_VERSION = 1
 
 
@@ -98,6 +96,8 @@ def save_model(
     os.chmod(tmp_weights, 0o644)
     _sync(tmp_weights)
     files = [(WEIGHTS_NAME, tmp_weights)]
+    from dogclf.inference.novelty import NOVELTY_NAME
+
     novelty_file = None if novelty is None else str(novelty.get("file", NOVELTY_NAME))  # written before this call
     if novelty_file is not None and (out / novelty_file).is_file():
         files.append((novelty_file, out / novelty_file))

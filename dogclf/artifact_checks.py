@@ -16,11 +16,8 @@ from typing import Any
 
 from dogclf.errors import ModelDirError
 
-__all__ = ["TEMPERATURE_RANGE", "check_class_lists", "check_config", "check_state", "check_weight_shapes"]
+__all__ = ["check_class_lists", "check_config", "check_state", "check_weight_shapes"]
 
-# The temperatures a model may hold. Fitting keeps to [0.05, 20] (dogclf.training.calibration); a hand-set 1e-40
-# would turn every score into 0/0. Outside this range no calibration means anything.
-TEMPERATURE_RANGE = (1e-3, 1e3)
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 _MAX_SIDE = 4096  # pixels; a larger input would exhaust memory at the first image rather than fail clearly
 
@@ -186,6 +183,8 @@ def _check_head(check: _Checker, head: Mapping[str, Any]) -> None:
 
 
 def _check_calibration(check: _Checker, calibration: Mapping[str, Any]) -> None:
+    from dogclf.inference.postprocess import TEMPERATURE_RANGE
+
     if not calibration:
         return
     p = "calibration."

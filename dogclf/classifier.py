@@ -23,12 +23,12 @@ from dogclf.artifact_manifest import check_manifest
 from dogclf.backbones.spec import BackboneSpec
 from dogclf.hardware import resolve_device
 from dogclf.inference.engine import Engine, EngineOutput, TorchEngine
+from dogclf.inference.novelty import NoveltyScorer, load_novelty
 from dogclf.inference.postprocess import PostProcessor, Scores
 from dogclf.inference.precision import PrecisionChoice, choose_precision
 from dogclf.inference.results import ImageResult, Prediction
 from dogclf.inference.threads import ThreadBudget
 from dogclf.model import DogClassifierNet, HeadConfig, build_head
-from dogclf.novelty import NoveltyScorer, load_novelty
 
 __all__ = ["Classifier", "ImageResult", "Prediction", "load_model"]
 
@@ -54,7 +54,8 @@ class Classifier:
             ``"bf16"``, ``"fp16"`` (CUDA), ``"auto"`` (bf16 on CPUs with native bfloat16 and on CUDA, else fp32).
         engine: Another engine for the same model (for example an ONNX Runtime one); default: the torch engine.
         forward_batch: Most images per forward pass (default: 8 on a CPU, 64 on CUDA).
-        novelty: The feature-space novelty score (:mod:`dogclf.novelty`); ``None``: the softmax threshold decides.
+        novelty: The feature-space novelty score (:mod:`dogclf.inference.novelty`); ``None``: the softmax threshold
+            decides.
     """
 
     def __init__(
@@ -99,7 +100,7 @@ class Classifier:
 
     @property
     def novelty(self) -> NoveltyScorer | None:
-        """The feature-space novelty score (:mod:`dogclf.novelty`), or ``None`` (the softmax threshold decides)."""
+        """The feature-space novelty score (:mod:`dogclf.inference.novelty`), or ``None`` (softmax threshold only)."""
         return self.post.novelty
 
     @property

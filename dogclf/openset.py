@@ -4,8 +4,8 @@
 that should be flagged: other breeds, other animals, anything) with both unknown scores a model can have:
 
 * ``softmax``: the top calibrated class probability, flagged under the model's ``unknown_threshold``;
-* ``novelty``: the model's novelty score (:mod:`dogclf.novelty`; ``knn+energy`` for models trained now, ``knn`` for
-  older ones), flagged above its threshold.
+* ``novelty``: the model's novelty score (:mod:`dogclf.inference.novelty`; ``knn+energy`` for models trained now,
+  ``knn`` for older ones), flagged above its threshold.
 
 For each it reports the AUROC of telling unknown from known (0.5: chance, 1.0: perfectly apart, threshold-free) and,
 at the model's threshold, the fraction of unknown photos flagged (higher is better) and of known photos flagged

@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 
 import dogclf
+from dogclf.backbones.weights import backbone_digest
 from dogclf.cli import main
 from dogclf.data.folder import load_splits
 from dogclf.errors import UnreadableImageError
 from dogclf.features import cache as cache_module
 from dogclf.features.cache import (
     FeatureCache,
-    backbone_digest,
     default_cache_dir,
     image_key,
     make_backbone_key,

@@ -256,7 +256,7 @@ def test_the_novelty_score_in_post_processing_sees_the_same_passes_features(
     net: torch.nn.Module, tiny_spec: Any
 ) -> None:
     """The unknown decision of a model with a novelty score is made on the features of the pass the logits came from."""
-    from dogclf.novelty import NoveltyScorer
+    from dogclf.inference.novelty import NoveltyScorer
 
     engine = TorchEngine(net, tiny_spec.preprocessing, precision="fp32")
     output = engine.forward([engine.prepare(jpeg(seed)) for seed in range(3)])

@@ -21,7 +21,7 @@ import dogclf
 from dogclf.backbones.registry import default_registry
 from dogclf.cli import main
 from dogclf.errors import ModelDirError
-from dogclf.novelty import DEFAULT_METHOD, NOVELTY_NAME, NoveltyScorer, fit_novelty, load_novelty
+from dogclf.inference.novelty import DEFAULT_METHOD, NOVELTY_NAME, NoveltyScorer, fit_novelty, load_novelty
 from dogclf.openset import auroc
 
 

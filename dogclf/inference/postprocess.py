@@ -5,7 +5,7 @@
 :meth:`PostProcessor.scores` (temperature-scaled softmax and the unknown decision) and, for answers, to
 :meth:`PostProcessor.results` (top-k). A new "unknown" signal (for example a feature-space novelty score) is added
 in :meth:`PostProcessor.unknown`, and every entry point follows: the feature-space novelty score
-(:mod:`dogclf.novelty`) is one, scored on the features of the same forward pass as the logits.
+(:mod:`dogclf.inference.novelty`) is one, scored on the features of the same forward pass as the logits.
 """
 
 from __future__ import annotations
@@ -17,14 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dogclf.artifact_checks import TEMPERATURE_RANGE
 from dogclf.inference.results import ImageResult, Prediction
 
 if TYPE_CHECKING:
     from dogclf.inference.engine import EngineOutput
-    from dogclf.novelty import NoveltyScorer
+    from dogclf.inference.novelty import NoveltyScorer
 
-__all__ = ["PostProcessor", "Scores"]
+__all__ = ["TEMPERATURE_RANGE", "PostProcessor", "Scores"]
+
+
+# The temperatures a model may hold. Fitting keeps to [0.05, 20] (dogclf.training.calibration); a hand-set 1e-40
+# would turn every score into 0/0. Outside this range no calibration means anything.
+TEMPERATURE_RANGE = (1e-3, 1e3)
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class Scores:
     Attributes:
         probabilities: ``(N, C)`` float32 class probabilities, ``softmax(logits / temperature)``.
         unknown: ``(N,)`` booleans: the image looks like none of the known breeds.
-        novelty: ``(N,)`` novelty scores (:mod:`dogclf.novelty`) of models that have one, else ``None``.
+        novelty: ``(N,)`` novelty scores (:mod:`dogclf.inference.novelty`) of models that have one, else ``None``.
     """
 
     probabilities: torch.Tensor
@@ -55,7 +59,7 @@ class PostProcessor:
         class_names: Display names in index order.
         temperature: Scores are ``softmax(logits / temperature)`` (1.0: raw softmax).
         unknown_threshold: A top score under it flags the image unknown (``None``: never, on the top score alone).
-        novelty: The feature-space novelty score (:mod:`dogclf.novelty`); where it has a threshold it decides
+        novelty: The feature-space novelty score (:mod:`dogclf.inference.novelty`); where it has a threshold it decides
             "unknown" instead of the top score.
     """
 
@@ -81,7 +85,7 @@ class PostProcessor:
     ) -> PostProcessor:
         """Reads a model directory's ``config.json`` (temperature 1.0 and no threshold for uncalibrated models).
 
-        The novelty score's feature bank lives in its own file; pass it loaded (:func:`dogclf.novelty.load_novelty`).
+        The novelty score's feature bank lives in its own file; pass it loaded (:func:`.novelty.load_novelty`).
         """
         calibration = config.get("calibration") or {}
         threshold = calibration.get("unknown_threshold")

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dogclf.artifact import NOVELTY_NAME
 from dogclf.errors import DogclfError
 
 __all__ = [
@@ -305,6 +304,7 @@ def package_model(
         PackageError: ``output`` exists (without ``overwrite``) or is a folder, or the backbone cannot be vendored.
     """
     from dogclf.classifier import load_model
+    from dogclf.inference.novelty import NOVELTY_NAME
 
     root = Path(model_dir)
     out = Path(output)

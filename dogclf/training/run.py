@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from dogclf.diagnostics.session import Diagnostics
     from dogclf.evaluation import EvalReport
     from dogclf.features.pipeline import FeatureSet
-    from dogclf.novelty import NoveltyScorer
+    from dogclf.inference.novelty import NoveltyScorer
     from dogclf.training.distributed import ProcessGroup
     from dogclf.training.lbfgs import LbfgsHeadFitter
 
@@ -225,7 +225,7 @@ def train(
             ``"torch"`` or ``"openvino"``.
         extract_batch_size: Images per batch during feature extraction.
         environ: The environment (for the default cache folder); ``os.environ`` when ``None``.
-        novelty: Fit the feature-space novelty score (:mod:`dogclf.novelty`) that decides "unknown" (needs a
+        novelty: Fit the feature-space novelty score (:mod:`dogclf.inference.novelty`) that decides "unknown" (needs a
             validation split for its threshold); ``False``: the softmax threshold alone, as before.
         checkpoint_dir: Where the per-epoch ``checkpoint.pt`` goes (and ``resume`` reads it); default ``out_dir``.
             A SageMaker job keeps it in ``/opt/ml/checkpoints``, which SageMaker syncs with S3.
@@ -680,12 +680,12 @@ def _recipe(config: TrainConfig) -> str:
 def _fit_novelty(
     run: _Run, splits: DataSplits, features: dict[str, FeatureSet] | None, options: _Options, temperature: float
 ) -> NoveltyScorer | None:
-    """Step 5b: the novelty score (:data:`dogclf.novelty.DEFAULT_METHOD`), its threshold on the validation photos.
+    """Step 5b: the novelty score (:data:`~dogclf.inference.novelty.DEFAULT_METHOD`), its threshold on valid photos.
 
     Its energy part divides the head's logits by the calibrated ``temperature``. On the image path the trained
     backbone runs once more over the train and valid images (eval transform).
     """
-    from dogclf.novelty import DEFAULT_METHOD, fit_novelty
+    from dogclf.inference.novelty import DEFAULT_METHOD, fit_novelty
     from dogclf.training.head import head_logits
 
     if not splits.valid:
@@ -732,7 +732,7 @@ def _image_features(run: _Run, splits: DataSplits, options: _Options) -> dict[st
 
 def _save_novelty(scorer: NoveltyScorer | None, out: Path) -> None:
     """Writes ``novelty.safetensors`` (or removes a stale one: the model's config then names none)."""
-    from dogclf.artifact import NOVELTY_NAME
+    from dogclf.inference.novelty import NOVELTY_NAME
 
     if scorer is not None:
         out.mkdir(parents=True, exist_ok=True)

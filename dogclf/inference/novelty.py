@@ -38,7 +38,6 @@ from typing import Any
 
 import torch
 
-from dogclf.artifact import NOVELTY_NAME
 from dogclf.errors import ModelDirError
 
 __all__ = [
@@ -59,6 +58,8 @@ DEFAULT_METHOD = "knn+energy"
 DEFAULT_K = 10
 DEFAULT_SHRINKAGE = 0.1
 """Weight of ``mean eigenvalue * identity`` in the shrunk shared covariance of the Mahalanobis distance."""
+NOVELTY_NAME = "novelty.safetensors"
+"""The file of a model directory that holds the novelty score's tensors, when the model has one."""
 _CHUNK = 4096  # images scored at once (bounds the similarity matrix)
 
 
