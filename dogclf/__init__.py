@@ -16,7 +16,7 @@ _EXPORTS = {
     "BackboneRegistry": "dogclf.backbones.registry",
     "BackboneSpec": "dogclf.backbones.spec",
     "Preprocessing": "dogclf.backbones.spec",
-    "check_backbone": "dogclf.backbones.contract",
+    "check_backbone": "dogclf.model.contract",
     "get_backbone": "dogclf.backbones.registry",
     "list_backbones": "dogclf.backbones.registry",
     "register_backbone": "dogclf.backbones.registry",
@@ -83,7 +83,6 @@ __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 if TYPE_CHECKING:
     from dogclf.artifact import save_model
-    from dogclf.backbones.contract import check_backbone
     from dogclf.backbones.registry import BackboneRegistry, get_backbone, list_backbones, register_backbone
     from dogclf.backbones.spec import BackboneSpec, Preprocessing
     from dogclf.backbones.weights import build_backbone
@@ -93,6 +92,7 @@ if TYPE_CHECKING:
     from dogclf.data.synthetic import make_synthetic_dataset
     from dogclf.evaluation import EvalReport, evaluate, plot_confusion_matrix, plot_reliability
     from dogclf.model import DogClassifierNet, HeadConfig, build_model
+    from dogclf.model.contract import check_backbone
     from dogclf.training.callbacks import Callback
     from dogclf.training.config import TrainConfig
     from dogclf.training.loop import Trainer

@@ -354,7 +354,7 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from dogclf.backbones.contract import check_backbone
+    from dogclf.model.contract import check_backbone
 
     report = check_backbone(args.name)
     print(

@@ -34,7 +34,7 @@ def check_backbone(backbone: str | BackboneSpec, *, batch_size: int = 2) -> dict
     import torch
 
     from dogclf.backbones.registry import get_backbone
-    from dogclf.model import DogClassifierNet, HeadConfig, build_head
+    from dogclf.model.net import DogClassifierNet, HeadConfig, build_head
 
     spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
     validate_spec(spec, where=spec.distribution or "check_backbone()")
