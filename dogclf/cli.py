@@ -533,7 +533,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from dogclf.inference.export import export_model
+    from dogclf.artifact.export import export_model
 
     report = export_model(args.model, args.output, format=args.format, opset=args.opset, overwrite=args.overwrite)
     print(report.summary())

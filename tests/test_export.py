@@ -19,11 +19,11 @@ from conftest import IMAGEWOOF, _tiny_namespace, jpeg
 
 from dogclf import cli
 from dogclf.artifact import save_model
+from dogclf.artifact.export import ExportError, export_model, onnx_metadata, weights_digest
 from dogclf.backbones.registry import default_registry
 from dogclf.classifier import Classifier, load_model
+from dogclf.classifier.runtimes import fresh_export
 from dogclf.data.folder import ClassInfo
-from dogclf.inference.export import ExportError, export_model, onnx_metadata, weights_digest
-from dogclf.inference.runtimes import fresh_export
 from dogclf.model import HeadConfig, build_model
 
 pytest.importorskip("onnxruntime", reason="the onnx extra (dogclf[onnx]) is not installed")

@@ -325,7 +325,7 @@ def load_novelty(model_dir: str | os.PathLike[str], config: Mapping[str, Any]) -
     threshold, k, keep = settings.get("threshold"), settings.get("k"), settings.get("keep")
     shrinkage, temperature = settings.get("shrinkage"), settings.get("temperature")  # null means the default
     scales = settings.get("scales") or {}
-    return NoveltyScorer(  # config.json's values were checked on load (dogclf.artifact_checks)
+    return NoveltyScorer(  # config.json's values were checked on load (dogclf.artifact.checks)
         bank=tensors.get("bank"),
         k=DEFAULT_K if k is None else int(k),
         threshold=None if threshold is None else float(threshold),

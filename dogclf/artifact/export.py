@@ -90,7 +90,7 @@ class ExportReport:
 
 def weights_digest(model_dir: str | os.PathLike[str]) -> str:
     """SHA-256 of a model directory's ``model.safetensors`` (recorded in exports to spot stale ones)."""
-    from dogclf.artifact import WEIGHTS_NAME
+    from dogclf.artifact.store import WEIGHTS_NAME
 
     digest = hashlib.sha256()
     with open(Path(model_dir) / WEIGHTS_NAME, "rb") as file:
@@ -206,8 +206,8 @@ def export_model(
         ExportError: An unknown format, an existing file without ``overwrite``, or a failed export.
         ModelDirError: The model directory cannot be loaded.
     """
-    from dogclf.artifact import read_config, resolve_spec
-    from dogclf.classifier import build_net
+    from dogclf.artifact.net import build_net
+    from dogclf.artifact.store import read_config, resolve_spec
 
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")

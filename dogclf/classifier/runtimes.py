@@ -69,7 +69,7 @@ class OnnxRuntimeEngine(_OnnxEngine):
     """An exported model run by ONNX Runtime's CPU execution provider (float32).
 
     Args:
-        path: The ONNX file (from :func:`~dogclf.inference.export.export_onnx`).
+        path: The ONNX file (from :func:`~dogclf.artifact.export.export_onnx`).
         preprocessing: The backbone's input contract.
         forward_batch: Most images per run (default 8).
     """
@@ -102,7 +102,7 @@ class OnnxRuntimeEngine(_OnnxEngine):
 
 def fresh_export(model_dir: str | os.PathLike[str]) -> Path | None:
     """``model_dir/model.onnx`` if ``dogclf export`` wrote it from the directory's current weights, else ``None``."""
-    from dogclf.inference.export import onnx_metadata, weights_digest
+    from dogclf.artifact.export import onnx_metadata, weights_digest
 
     path = Path(model_dir) / "model.onnx"
     if path.is_file() and onnx_metadata(path).get("dogclf_weights_sha256") == weights_digest(model_dir):
@@ -112,7 +112,7 @@ def fresh_export(model_dir: str | os.PathLike[str]) -> Path | None:
 
 def _onnx_file(net: nn.Module, preprocessing: Any, model_dir: Path | None, config: dict[str, Any]) -> Path:
     """:func:`fresh_export` when there is one; otherwise a new export in a temp file."""
-    from dogclf.inference.export import _metadata, export_onnx, weights_digest
+    from dogclf.artifact.export import _metadata, export_onnx, weights_digest
 
     existing = fresh_export(model_dir) if model_dir is not None else None
     if existing is not None:

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dogclf.artifact_checks import check_class_lists, check_config, check_weight_shapes
-from dogclf.artifact_manifest import MANIFEST_KEY, check_manifest_shape, manifest
+from dogclf.artifact.checks import check_class_lists, check_config, check_weight_shapes
+from dogclf.artifact.manifest import MANIFEST_KEY, check_manifest_shape, manifest
 from dogclf.backbones.spec import BackboneSpec, Preprocessing
 from dogclf.errors import ModelDirError, UnknownBackboneError
 
@@ -121,7 +121,7 @@ def read_config(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
     Every field that loading, predicting and evaluating use is checked (types, ranges), and the head's shapes in
     ``model.safetensors`` (its header only) against ``head``, ``num_features`` and ``class_names``
-    (:mod:`dogclf.artifact_checks`).
+    (:mod:`dogclf.artifact.checks`).
 
     Raises:
         ModelDirError: If files are missing or the config is malformed, naming the bad key.

@@ -17,9 +17,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from dogclf.artifact import load_state, read_config, resolve_spec
-from dogclf.artifact_checks import check_state
-from dogclf.artifact_manifest import check_manifest
+from dogclf.artifact.net import build_net
+from dogclf.artifact.store import read_config, resolve_spec
 from dogclf.backbones.spec import BackboneSpec
 from dogclf.hardware import resolve_device
 from dogclf.inference.engine import Engine, EngineOutput, TorchEngine
@@ -28,7 +27,7 @@ from dogclf.inference.postprocess import PostProcessor, Scores
 from dogclf.inference.precision import PrecisionChoice, choose_precision
 from dogclf.inference.results import ImageResult, Prediction
 from dogclf.inference.threads import ThreadBudget
-from dogclf.model import DogClassifierNet, HeadConfig, build_head
+from dogclf.model import DogClassifierNet
 
 __all__ = ["Classifier", "ImageResult", "Prediction", "load_model"]
 
@@ -255,25 +254,6 @@ class Classifier:
         }
 
 
-def build_net(config: dict[str, Any], spec: BackboneSpec, root: Path) -> DogClassifierNet:
-    """The network of a model directory, with its weights loaded (no network, no pickle).
-
-    Raises:
-        ModelDirError: Weights that do not fit the backbone and head, or files that are not those ``config.json``
-            was saved with.
-    """
-    net = DogClassifierNet(
-        spec.build(pretrained=False, progress=False),
-        build_head(spec.num_features, len(config["class_names"]), HeadConfig(**config["head"])),
-        frozen=True,
-    )
-    state = load_state(root)
-    check_state(net, state, root, backbone=spec.name)
-    check_manifest(config, root)  # last: a broken file is named by the checks above, a mixed-up save here
-    net.load_state_dict(state)
-    return net
-
-
 def load_model(
     model_dir: str | os.PathLike[str],
     *,
@@ -339,7 +319,7 @@ def _runtime_engine(
     config: dict[str, Any],
 ) -> Engine | None:
     """The OpenVINO or ONNX Runtime engine, compiled; ``None`` when ``auto`` picked one that cannot run this model."""
-    from dogclf.inference.runtimes import runtime_engine
+    from dogclf.classifier.runtimes import runtime_engine
 
     engine = runtime_engine(
         name,
