@@ -17,8 +17,8 @@ def _limited(items: list[str], limit: int = 10) -> str:
 def run_evaluate(args: argparse.Namespace) -> int:
     """Runs ``dogclf evaluate``; returns 0."""
     from dogclf.classifier import load_model
-    from dogclf.eval_data import select_eval_set
     from dogclf.evaluation import evaluate, plot_confusion_matrix, plot_reliability
+    from dogclf.evaluation.data import select_eval_set
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -39,7 +39,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     plot_reliability(report, reliability, title=_reliability_title(config["backbone"], chosen.split, report))
     open_set = None
     if args.unknown_dir is not None:
-        from dogclf.openset import evaluate_unknown
+        from dogclf.evaluation.openset import evaluate_unknown
 
         open_set = evaluate_unknown(classifier, chosen.samples, args.unknown_dir, batch_size=args.batch_size)
     if args.json:

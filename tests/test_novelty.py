@@ -21,8 +21,8 @@ import dogclf
 from dogclf.backbones.registry import default_registry
 from dogclf.cli import main
 from dogclf.errors import ModelDirError
+from dogclf.evaluation.openset import auroc
 from dogclf.inference.novelty import DEFAULT_METHOD, NOVELTY_NAME, NoveltyScorer, fit_novelty, load_novelty
-from dogclf.openset import auroc
 
 
 def _clusters(n: int, centres: torch.Tensor, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
