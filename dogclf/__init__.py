@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dogclf._lazy import lazy_exports
-
-__version__ = "0.1.0"
+from dogclf._version import __version__
 
 _EXPORTS = {
     "BackboneRegistry": "dogclf.backbones.registry",
@@ -32,8 +31,8 @@ _EXPORTS = {
     "Callback": "dogclf.training.callbacks",
     "TrainConfig": "dogclf.training.config",
     "Trainer": "dogclf.training.loop",
-    "train": "dogclf.training.run",
-    "TrainResult": "dogclf.training.run",
+    "train": "dogclf.pipeline.run",
+    "TrainResult": "dogclf.pipeline.run",
     "save_model": "dogclf.artifact",
     "Classifier": "dogclf.classifier",
     "Prediction": "dogclf.classifier",
@@ -93,7 +92,7 @@ if TYPE_CHECKING:
     from dogclf.evaluation import EvalReport, evaluate, plot_confusion_matrix, plot_reliability
     from dogclf.model import DogClassifierNet, HeadConfig, build_model
     from dogclf.model.contract import check_backbone
+    from dogclf.pipeline.run import TrainResult, train
     from dogclf.training.callbacks import Callback
     from dogclf.training.config import TrainConfig
     from dogclf.training.loop import Trainer
-    from dogclf.training.run import TrainResult, train

@@ -2,6 +2,6 @@
 
 import sys
 
-from dogclf.cli import main
+from dogclf.cli.main import main
 
 sys.exit(main())

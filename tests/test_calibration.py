@@ -18,6 +18,7 @@ import dogclf
 from dogclf.backbones.registry import default_registry
 from dogclf.cli import main
 from dogclf.data.folder import load_splits
+from dogclf.pipeline.run import _calibrate
 from dogclf.training.calibration import (
     MIN_TEMPERATURE,
     Calibration,
@@ -28,7 +29,6 @@ from dogclf.training.calibration import (
     reliability_bins,
     unknown_threshold,
 )
-from dogclf.training.run import _calibrate
 
 CLI_CALIBRATION_LINE = re.compile(
     r"^ECE (?P<before>[0-9.]+) -> (?P<after>[0-9.]+) \(temperature (?P<t>[0-9.]+)\); "

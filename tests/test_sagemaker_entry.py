@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import dogclf
-from dogclf.cli import train_parser
+from dogclf.pipeline.options import train_parser
 from dogclf.sagemaker import build_source_dir, metric_definitions, run_local
 from dogclf.sagemaker.entry import main as entry_main
 from dogclf.sagemaker.hyperparameters import HyperparameterError, normalize_argv, to_hyperparameters, unquote

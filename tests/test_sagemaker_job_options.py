@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dogclf.cli import main, train_parser
+from dogclf.cli import main
+from dogclf.pipeline.options import train_parser
 from dogclf.sagemaker.entry import container_train_args
 from dogclf.sagemaker.environment import ContainerEnvironment
 

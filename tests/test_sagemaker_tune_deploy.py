@@ -209,8 +209,8 @@ def test_serverless_deploy_and_bad_sizes(aws: Aws) -> None:
 def test_invoke_sends_the_jpeg_bytes_and_prints_what_predict_prints(
     aws: Aws, tiny_plugin: dogclf.BackboneSpec, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from dogclf.cli import _print_predictions
     from dogclf.serving import handlers
+    from dogclf.serving.answers import print_predictions
 
     model_dir = _plugin_model(tmp_path)
     capsys.readouterr()  # training's epoch line
@@ -230,7 +230,7 @@ def test_invoke_sends_the_jpeg_bytes_and_prints_what_predict_prints(
             {**expected, "Body": photo.read_bytes()},
         )
         results = invoke(aws, "dog-ep", [photo])
-    _print_predictions(results, as_json=False)
+    print_predictions(results, as_json=False)
     invoked = capsys.readouterr().out
 
     assert main(["predict", "--model", str(model_dir), str(photo)]) == 0

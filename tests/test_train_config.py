@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import dogclf.training
+import dogclf.pipeline
 from dogclf.cli import EXIT_INTERRUPTED, main
 from dogclf.hardware import resolve_device
 from dogclf.training.config import TrainConfig
@@ -59,7 +59,7 @@ def test_ctrl_c_after_a_checkpoint_prints_the_resume_command(
     out = tmp_path / "model"
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"written by a finished epoch")
-    monkeypatch.setattr(dogclf.training, "train", _interrupt)
+    monkeypatch.setattr(dogclf.pipeline, "train", _interrupt)
 
     code = main(["train", "--data", str(tmp_path / "data dir"), "--out", str(out), "--epochs", "3"])
 
@@ -84,7 +84,7 @@ def test_ctrl_c_before_the_first_checkpoint_does_not_suggest_resume(
     flags: list[str],
     said: str,
 ) -> None:
-    monkeypatch.setattr(dogclf.training, "train", _interrupt)
+    monkeypatch.setattr(dogclf.pipeline, "train", _interrupt)
 
     code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "model"), "--resume", *flags])
 

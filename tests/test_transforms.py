@@ -85,7 +85,7 @@ def test_extraction_and_prediction_modules_do_not_import_torchvision(tmp_path: P
         "from PIL import Image\n"
         "from dogclf.backbones.spec import Preprocessing\n"
         "from dogclf.data.transforms import eval_transform\n"
-        "import dogclf.features.extract, dogclf.features.pipeline, dogclf.training.run\n"
+        "import dogclf.features.extract, dogclf.features.pipeline, dogclf.pipeline.run\n"
         "eval_transform(Preprocessing(input_size=8, resize_size=9, mean=(0.5,) * 3, std=(0.5,) * 3))"
         "(Image.new('RGB', (12, 10)))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'timm')))\n"

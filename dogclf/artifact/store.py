@@ -66,7 +66,7 @@ def save_model(
     """
     from safetensors.torch import save_file
 
-    from dogclf import __version__
+    from dogclf._version import __version__
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

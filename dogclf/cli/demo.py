@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from dogclf.data.synthetic import make_synthetic_dataset
 
-__all__ = ["choose_demo_backbone", "run_demo"]
+__all__ = ["add_demo_parser", "choose_demo_backbone", "run_demo", "run_demo_command"]
 
 _OFFLINE_PRETRAINED = "efficientnet_lite0"
 
@@ -61,7 +63,7 @@ def run_demo(
     """
     from dogclf.classifier import load_model
     from dogclf.evaluation import evaluate, plot_confusion_matrix
-    from dogclf.training import train
+    from dogclf.pipeline import train
     from dogclf.training.config import TrainConfig
 
     started = time.perf_counter()
@@ -110,3 +112,23 @@ def run_demo(
     finally:
         if tmp is not None and not keep:
             tmp.cleanup()
+
+
+def add_demo_parser(sub: Any) -> None:
+    """Adds ``dogclf demo``."""
+    demo = sub.add_parser("demo", help="train, evaluate and predict on a synthetic data set (offline, ~1 minute)")
+    demo.add_argument(
+        "--backbone",
+        default=None,
+        help="default: efficientnet_lite0 with its bundled ImageNet weights if the plugin is installed, else resnet18",
+    )
+    demo.add_argument("--weights", default="none", help="with --backbone: none (default), imagenet, or a weights file")
+    demo.add_argument("--epochs", type=int, default=4)
+    demo.add_argument("--workdir", type=Path, default=None, help="keep data and model here instead of a temp folder")
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    """Runs ``dogclf demo``; returns 0."""
+    weights = None if args.weights.lower() == "none" else args.weights
+    run_demo(backbone=args.backbone, weights=weights, epochs=args.epochs, workdir=args.workdir)
+    return 0

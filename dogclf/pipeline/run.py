@@ -230,7 +230,7 @@ def train(
         checkpoint_dir: Where the per-epoch ``checkpoint.pt`` goes (and ``resume`` reads it); default ``out_dir``.
             A SageMaker job keeps it in ``/opt/ml/checkpoints``, which SageMaker syncs with S3.
         output_dir: Also write the history (JSON, CSV, plot) and the held-out split's evaluation report and
-            confusion matrix here (:mod:`dogclf.training.reports`); a SageMaker job uses ``SM_OUTPUT_DATA_DIR``.
+            confusion matrix here (:mod:`dogclf.pipeline.reports`); a SageMaker job uses ``SM_OUTPUT_DATA_DIR``.
         diagnostics: Training rules (on by default), profiling, TensorBoard and smdebug
             (:class:`dogclf.diagnostics.Diagnostics`).
         degraded_views: Also fit the head on this many degraded views of each training photo (cropped, cut to
@@ -810,7 +810,7 @@ def _write_reports(
     log: Callable[[str], None],
 ) -> None:
     """Step 8 (with ``output_dir``): history, evaluation report and plots beside the model."""
-    from dogclf.training.reports import write_reports
+    from dogclf.pipeline.reports import write_reports
 
     written = write_reports(folder, history=history, report=report, split=split, title=spec.name)
     log(f"Wrote {', '.join(path.name for path in written)} to {folder}")

@@ -18,11 +18,38 @@ from typing import IO, Any
 
 from dogclf._json import dumps
 from dogclf._progress import progress_reporter
+from dogclf.cli.options import add_engine_arg, add_precision_arg
 from dogclf.errors import DogclfError
+from dogclf.serving.answers import text_lines
 
-__all__ = ["OUTPUT_FORMATS", "expand_inputs", "print_predictions", "run_predict"]
+__all__ = ["OUTPUT_FORMATS", "add_predict_parser", "expand_inputs", "run_predict"]
 
 OUTPUT_FORMATS = (".jsonl", ".csv", ".json")
+
+
+def add_predict_parser(sub: Any) -> None:
+    """Adds ``dogclf predict``."""
+    pr = sub.add_parser("predict", help="predict the breed of images (with a model directory or a running server)")
+    source = pr.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="model directory")
+    source.add_argument("--url", help="a running `dogclf serve` (or SageMaker container), e.g. http://127.0.0.1:8080")
+    pr.add_argument(
+        "images", nargs="+", type=Path, metavar="IMAGE", help="image files, or folders (searched recursively)"
+    )
+    pr.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    pr.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    pr.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="also write the results to FILE.jsonl, FILE.csv or FILE.json (the format follows the extension)",
+    )
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    pr.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    pr.add_argument("--device", default="cpu", help="with --model: cpu (default), auto, cuda or cuda:N")
+    add_precision_arg(pr)
+    add_engine_arg(pr)
 
 
 class OutputError(DogclfError, ValueError):
@@ -53,27 +80,6 @@ def expand_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[tuple[Path, s
             items.append((path, f"{path}: folder has no image files (looked recursively for {extensions})"))
         items += [(image, None) for image in images]
     return items
-
-
-def _text_lines(item: dict[str, Any]) -> Iterator[str]:
-    yield item["image"]
-    if "error" in item:
-        yield f"  error: {item['error']}"
-        return
-    for p in item["predictions"]:
-        yield f"  {p['score']:6.1%}  {p['label']}"
-    if item.get("unknown"):
-        yield "  unknown: looks like none of the known breeds (top score under the model's threshold)"
-
-
-def print_predictions(results: Sequence[dict[str, Any]], *, as_json: bool) -> int:
-    """Prints answers as ``dogclf predict`` does (text, or a JSON list); returns 1 if any image failed, else 0."""
-    if as_json:
-        print(dumps(list(results), indent=2))
-    else:
-        for item in results:
-            print("\n".join(_text_lines(item)))
-    return 1 if any("error" in item for item in results) else 0
 
 
 class _FileOutput:
@@ -209,7 +215,7 @@ def run_predict(args: argparse.Namespace) -> int:
             if args.json:
                 results.append(item)
             elif output is None:
-                print("\n".join(_text_lines(item)))
+                print("\n".join(text_lines(item)))
             elif "error" in item:
                 print(f"error: {item['error']}", file=sys.stderr)
         done = True

@@ -3,11 +3,59 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from dogclf._json import dumps
+from dogclf.cli.options import add_engine_arg, add_precision_arg
 
-__all__ = ["run_evaluate"]
+__all__ = ["add_evaluate_parser", "run_evaluate"]
+
+
+def add_evaluate_parser(sub: Any) -> None:
+    """Adds ``dogclf evaluate``."""
+    ev = sub.add_parser("evaluate", help="evaluate a trained model on a labelled folder or one split of a data folder")
+    ev.add_argument("--model", required=True, type=Path, help="model directory")
+    ev.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="a folder of class folders (evaluated as a whole), or a data folder with train/ valid/ test/",
+    )
+    ev.add_argument(
+        "--split",
+        default=None,
+        choices=["all", "train", "valid", "test"],
+        help="default: test for a data folder with split folders, all for a folder of class folders; valid on the "
+        "folder the model was trained on with --valid-fraction is the part it held out",
+    )
+    ev.add_argument(
+        "--skip-unknown-folders",
+        action="store_true",
+        help="leave out class folders that match none of the model's classes (default: an error naming them)",
+    )
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument(
+        "--plot", type=Path, default=None, help="confusion-matrix PNG (default MODEL/confusion_<split>.png)"
+    )
+    ev.add_argument(
+        "--reliability-plot",
+        type=Path,
+        default=None,
+        help="reliability-diagram PNG of the calibrated scores (default MODEL/reliability_<split>.png)",
+    )
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    add_precision_arg(ev)
+    add_engine_arg(ev)
+    ev.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
+    ev.add_argument(
+        "--unknown-dir",
+        type=Path,
+        default=None,
+        help="also score the images under DIR, which should be flagged unknown: AUROC and flag rates of the "
+        "softmax and novelty scores",
+    )
 
 
 def _limited(items: list[str], limit: int = 10) -> str:
