@@ -230,7 +230,7 @@ def test_debugger_and_tensorboard_are_attached_to_the_request_and_a_closed_accou
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Played: an image with smdebug (no image dogclf can use has it; see tests/test_sagemaker_debugger.py).
+    # Played: an image with smdebug (no image dogclf can use has it; see tests/sagemaker/test_sagemaker_debugger.py).
     monkeypatch.setattr("dogclf.sagemaker.debugger.SMDEBUG_IMAGES_UP_TO", (2, 8))
     args = ["sagemaker", "train", "--data", str(tiny_tree), "--backbone", "resnet18", "--role", ROLE]
     args += ["--bucket", "dogclf-test", "--job-name", "dbg", "--debugger", "--tensorboard", "--dry-run"]

@@ -57,7 +57,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("trained")
     data = dogclf.make_synthetic_dataset(root / "data", num_classes=3, per_split=(8, 3, 3), size=40, seed=1)
     registry = default_registry()
-    registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/test_training.py")  # type: ignore[operator]
+    registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/training/test_training.py")  # type: ignore[operator]
     try:
         _train(data, root / "model")
     finally:

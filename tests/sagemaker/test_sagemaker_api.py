@@ -13,7 +13,7 @@ import dogclf.sagemaker
 
 pytest.importorskip("moto", reason="moto (dogclf[dev]) is not installed")
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sagemaker_api.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sagemaker_api.py"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecutionRole"
 
 

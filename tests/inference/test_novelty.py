@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import _tiny_namespace
+from serving.test_package import plugin_model  # noqa: F401 (a fixture: packaging needs a plugin backbone)
 from sklearn.metrics import roc_auc_score
-from test_package import plugin_model  # noqa: F401 (a fixture: packaging needs a plugin backbone)
 
 import dogclf
 from dogclf.backbones.registry import default_registry
@@ -154,7 +154,7 @@ def novelty_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     unknown = root / "unknown"
     shutil.copytree(sorted((whole / "test").iterdir())[3], unknown / "nested" / "other_breed")
     registry = default_registry()
-    registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/test_novelty.py")  # type: ignore[operator]
+    registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/inference/test_novelty.py")  # type: ignore[operator]
     try:
         config = dogclf.TrainConfig(num_workers=0, device="cpu", cv_folds=3)
         dogclf.train(data, "tinynet", root / "model", config=config, weights=None, progress=False, log=lambda _: None)

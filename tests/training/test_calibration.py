@@ -183,10 +183,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("calibrated")
     data = dogclf.make_synthetic_dataset(root / "data", num_classes=3, per_split=(8, 17, 3), size=40, seed=1)
     registry = default_registry()
-    registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/test_calibration.py")  # type: ignore[operator]
+    registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/training/test_calibration.py")  # type: ignore[operator]
     lines: list[str] = []
     # The epoch loop, and no novelty score: these tests are about the temperature and the softmax threshold, which
-    # decides "unknown" for a model without a novelty score (tests/test_novelty.py covers models with one).
+    # decides "unknown" for a model without a novelty score (tests/inference/test_novelty.py covers models with one).
     config = dogclf.TrainConfig(epochs=2, batch_size=8, num_workers=0, device="cpu", head_solver="loop")
     try:
         # Frozen: the head trains on extracted features and calibration uses their valid logits. fp32 extraction, so

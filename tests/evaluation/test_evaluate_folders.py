@@ -221,7 +221,7 @@ def fraction_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("fraction")
     tree = dogclf.make_synthetic_dataset(root / "synthetic", num_classes=3, per_split=(8, 0, 0), size=40)
     registry = default_registry()
-    registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/test_evaluate_folders.py")  # type: ignore[operator]
+    registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/evaluation/test_evaluate_folders.py")  # type: ignore[operator]
     try:
         config = dogclf.TrainConfig(epochs=1, batch_size=8, num_workers=0, device="cpu", seed=5)
         result = dogclf.train(

@@ -189,7 +189,7 @@ def test_namespace_changes_with_weights_precision_and_preprocessing(tiny_spec: d
             precision="fp32",
         ),
         make_backbone_key(backbone="tinynet2", digest=digest, preprocessing=pre, precision="fp32"),
-        # bf16 features differ between engines; fp32 ones agree and share the namespace (tests/test_openvino.py).
+        # bf16 features differ between engines; fp32 ones agree and share the namespace (inference/test_openvino.py).
         make_backbone_key(backbone="tinynet", digest=digest, preprocessing=pre, precision="bf16", engine="openvino"),
     ]
     assert len({base, *variants}) == 6

@@ -359,7 +359,7 @@ def test_any_mutated_config_loads_to_finite_answers_or_fails_with_a_clear_error(
 @pytest.fixture(scope="module")
 def served(model_dir: Path) -> Iterator[Any]:
     registry = default_registry()
-    registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/test_model_dir_checks.py")  # type: ignore[operator]
+    registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/artifact/test_model_dir_checks.py")  # type: ignore[operator]
     try:
         yield handlers.model_fn(str(model_dir))
     finally:

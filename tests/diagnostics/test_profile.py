@@ -108,7 +108,7 @@ def profiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from dogclf.backbones.registry import default_registry
 
     registry = default_registry()
-    registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/test_profile.py")  # type: ignore[operator]
+    registry.register(_tiny_namespace()["tiny"](), override=True, source="tests/diagnostics/test_profile.py")  # type: ignore[operator]
     try:
         root = tmp_path_factory.mktemp("profiled")
         data = dogclf.make_synthetic_dataset(root / "data", num_classes=3, per_split=(16, 4, 4), size=40, seed=1)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from botocore.stub import Stubber
 from conftest import jpeg
-from test_package import SERVE_SCRIPT
+from serving.test_package import SERVE_SCRIPT
 
 import dogclf
 from dogclf.cli import main

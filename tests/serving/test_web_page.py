@@ -1,7 +1,7 @@
 """The web page of ``dogclf serve``, driven in Debian's headless Chromium through Playwright.
 
 The browser is the system one (``/usr/bin/chromium``; Playwright downloads nothing) with networking features off,
-and the server is the real app under uvicorn on 127.0.0.1 (see ``tests/test_server.py``).
+and the server is the real app under uvicorn on 127.0.0.1 (see ``tests/serving/test_server.py``).
 """
 
 from __future__ import annotations

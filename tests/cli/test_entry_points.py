@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import IMAGEWOOF, jpeg
-from test_server import call, running
+from serving.test_server import call, running
 
 from dogclf import cli
 from dogclf.artifact import save_model

@@ -60,7 +60,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A tiny model directory exported once with `dogclf export` (its model.onnx), and what the command printed."""
     spec = _tiny_namespace()["tiny"]()  # type: ignore[operator]
     registry = default_registry()
-    registry.register(spec, override=True, source="tests/test_export.py")
+    registry.register(spec, override=True, source="tests/artifact/test_export.py")
     try:
         model_dir = _save(tmp_path_factory.mktemp("export") / "model", spec)
         printed = io.StringIO()
