@@ -1,6 +1,6 @@
 """Running a parsed command as the ``dogclf`` command line does: its exit codes and its one-line errors.
 
-``dogclf`` (:mod:`dogclf.cli.main`) and the SageMaker training entry point run their commands through
+``dogclf`` (:mod:`dogclf.cli.app`) and the SageMaker training entry point run their commands through
 :func:`run_command`, so an error is one line on stderr (no traceback unless ``DOGCLF_DEBUG`` is set), Ctrl-C
 exits with 130 and a closed pipe (``dogclf ... | head``) ends quietly. Standard library only.
 """

@@ -51,7 +51,7 @@ LAYER = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 
 
 def unit_of(module: str) -> str:
-    """The package (or root module) a dotted module name belongs to: ``dogclf.cli.main`` -> ``cli``."""
+    """The package (or root module) a dotted module name belongs to: ``dogclf.cli.app`` -> ``cli``."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
 
@@ -163,7 +163,7 @@ def test_no_two_packages_import_each_other() -> None:
 @pytest.mark.parametrize(
     ("module", "source"),
     [
-        ("dogclf.data.folder", "from dogclf.cli.main import main\n"),
+        ("dogclf.data.folder", "from dogclf.cli.app import main\n"),
         ("dogclf.features.extract", "def f():\n    from dogclf.training.config import TrainConfig\n"),
         ("dogclf.inference.engine", "import typing\nif typing.TYPE_CHECKING:\n    import dogclf.artifact\n"),
         ("dogclf.errors", "from dogclf import load_model\n"),

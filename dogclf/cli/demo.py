@@ -9,8 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dogclf.data.synthetic import make_synthetic_dataset
-
 __all__ = ["add_demo_parser", "choose_demo_backbone", "run_demo", "run_demo_command"]
 
 _OFFLINE_PRETRAINED = "efficientnet_lite0"
@@ -62,6 +60,7 @@ def run_demo(
         What it did: paths, timings, test top-1 and the prediction.
     """
     from dogclf.classifier import load_model
+    from dogclf.data.synthetic import make_synthetic_dataset
     from dogclf.evaluation import evaluate, plot_confusion_matrix
     from dogclf.pipeline import train
     from dogclf.training.config import TrainConfig

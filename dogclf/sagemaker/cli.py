@@ -1,4 +1,4 @@
-"""``dogclf sagemaker ...``: train, tune, deploy, invoke, delete, download (wired into :mod:`dogclf.cli.main`).
+"""``dogclf sagemaker ...``: train, tune, deploy, invoke, delete, download (wired into :mod:`dogclf.cli.app`).
 
 Building the parsers imports nothing heavy; boto3 and the SageMaker SDK are imported when a command runs.
 ``dogclf sagemaker train`` takes ``dogclf train``'s own options (they become the job's hyperparameters) plus the

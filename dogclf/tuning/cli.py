@@ -1,4 +1,4 @@
-"""The ``dogclf tune`` subcommand: its arguments and what it runs (wired into :mod:`dogclf.cli.main`).
+"""The ``dogclf tune`` subcommand: its arguments and what it runs (wired into :mod:`dogclf.cli.app`).
 
 Building the parser imports nothing heavy; Optuna and torch are imported when the command runs.
 """

@@ -161,7 +161,7 @@ def test_hyperparameters_outside_the_space_keep_the_train_defaults() -> None:
 
 def test_space_module_does_not_import_optuna() -> None:
     code = (
-        "import sys, json; import dogclf.tuning, dogclf.tuning.space, dogclf.cli.main; dogclf.cli.main._parser(); "
+        "import sys, json; import dogclf.tuning, dogclf.tuning.space, dogclf.cli.app; dogclf.cli.app._parser(); "
         "print(json.dumps([m for m in ('optuna', 'torch', 'matplotlib', 'sqlalchemy') if m in sys.modules]))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
