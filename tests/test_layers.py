@@ -99,6 +99,8 @@ def _target_unit(name: str) -> str:
 def upward_imports(source: str, module: str) -> list[str]:
     """What in ``source`` (the module ``module``) imports from a higher layer, one line per import."""
     here = unit_of(module)
+    if here not in LAYER:
+        return [f"{module}: {here} has no layer in LAYERS"]
     found = []
     for line, name in imported_modules(source, module):
         there = _target_unit(name)
