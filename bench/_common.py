@@ -15,8 +15,7 @@ def machine(device: Any = "cpu") -> str:
     ``torch.device``)."""
     import torch
 
-    from dogclf.hardware import describe_cpu
-    from dogclf.training.config import resolve_device
+    from dogclf.hardware import describe_cpu, resolve_device
 
     device = resolve_device(str(device))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

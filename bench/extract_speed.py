@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     from dogclf.backbones.weights import build_backbone
     from dogclf.data.images import find_unreadable
     from dogclf.features.extract import ExtractOptions, extract_features, resolve_precision
-    from dogclf.training.config import resolve_device
+    from dogclf.hardware import resolve_device
 
     device = resolve_device(args.device)
     spec = dogclf.get_backbone(BACKBONE)

@@ -4,7 +4,7 @@ On the cached ``efficientnet_lite0`` features of ``../shared/data/imagewoof/trai
 held-out breeds (by default all 45 pairs): the 8 known breeds' photos are split 60/20/20 (stratified, seeded) into
 train / valid / test; the head is fitted as ``dogclf train`` does by default (L-BFGS, C by 5-fold CV on train, or
 ``--penalty-c``), the temperature and softmax threshold are fitted on valid, and every novelty score of
-:mod:`dogclf.novelty` on train with its threshold on valid, each keeping 95% of valid as known:
+:mod:`dogclf.inference.novelty` on train with its threshold on valid, each keeping 95% of valid as known:
 
 * ``softmax``: the top calibrated probability (lower is more unknown);
 * ``knn``: the distance to the 10th nearest training photo (cosine), the default before issue 18;
@@ -53,10 +53,10 @@ def one_round(x: Any, y: Any, held_out: tuple[int, int], seed: int, penalty_c: f
     """Fits on the known breeds and scores known test photos against the held-out breeds' photos."""
     import torch
 
+    from dogclf.evaluation.openset import auroc
     from dogclf.features.pipeline import FeatureSet
+    from dogclf.inference.novelty import fit_novelty
     from dogclf.model import DogClassifierNet, HeadConfig, build_head
-    from dogclf.novelty import fit_novelty
-    from dogclf.openset import auroc
     from dogclf.training.calibration import calibrate
     from dogclf.training.config import TrainConfig
     from dogclf.training.lbfgs import fit_lbfgs_head, stratified_fold_ids

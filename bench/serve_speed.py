@@ -370,7 +370,7 @@ def litserve_server(
 
 def ensure_onnx(model: Path) -> None:
     """Exports ``model/model.onnx`` unless a fresh one is there (so the engines do not export at start-up)."""
-    from dogclf.inference.runtimes import fresh_export
+    from dogclf.classifier.runtimes import fresh_export
 
     if fresh_export(model) is None:
         print(f"exporting {model}/model.onnx for the onnxruntime and openvino engines ...", flush=True)

@@ -107,8 +107,8 @@ def seed_style(
     from dogclf.backbones.registry import get_backbone
     from dogclf.data.dataset import EpochShuffleSampler
     from dogclf.data.folder import load_splits
+    from dogclf.hardware import resolve_device
     from dogclf.model import build_model
-    from dogclf.training.config import resolve_device
 
     splits = load_splits(tree, check_images=False)  # dogclf's sample order, so the shuffles match; not timed
     train = [(s.path, s.label) for s in splits.train]

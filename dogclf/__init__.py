@@ -11,14 +11,13 @@ import logging
 from typing import TYPE_CHECKING
 
 from dogclf._lazy import lazy_exports
-
-__version__ = "0.1.0"
+from dogclf._version import __version__
 
 _EXPORTS = {
     "BackboneRegistry": "dogclf.backbones.registry",
     "BackboneSpec": "dogclf.backbones.spec",
     "Preprocessing": "dogclf.backbones.spec",
-    "check_backbone": "dogclf.backbones.contract",
+    "check_backbone": "dogclf.model.contract",
     "get_backbone": "dogclf.backbones.registry",
     "list_backbones": "dogclf.backbones.registry",
     "register_backbone": "dogclf.backbones.registry",
@@ -34,8 +33,8 @@ _EXPORTS = {
     "Callback": "dogclf.training.callbacks",
     "TrainConfig": "dogclf.training.config",
     "Trainer": "dogclf.training.loop",
-    "train": "dogclf.training.run",
-    "TrainResult": "dogclf.training.run",
+    "train": "dogclf.pipeline.run",
+    "TrainResult": "dogclf.pipeline.run",
     "save_model": "dogclf.artifact",
     "Classifier": "dogclf.classifier",
     "Prediction": "dogclf.classifier",
@@ -88,7 +87,6 @@ logging.getLogger("dogclf").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from dogclf.artifact import save_model
-    from dogclf.backbones.contract import check_backbone
     from dogclf.backbones.registry import BackboneRegistry, get_backbone, list_backbones, register_backbone
     from dogclf.backbones.spec import BackboneSpec, Preprocessing
     from dogclf.backbones.weights import build_backbone
@@ -98,7 +96,8 @@ if TYPE_CHECKING:
     from dogclf.data.synthetic import make_synthetic_dataset
     from dogclf.evaluation import EvalReport, evaluate, plot_confusion_matrix, plot_reliability
     from dogclf.model import DogClassifierNet, HeadConfig, build_model
+    from dogclf.model.contract import check_backbone
+    from dogclf.pipeline.run import TrainResult, train
     from dogclf.training.callbacks import Callback
     from dogclf.training.config import TrainConfig
     from dogclf.training.loop import Trainer
-    from dogclf.training.run import TrainResult, train

@@ -2,6 +2,6 @@
 
 import sys
 
-from dogclf.cli import main
+from dogclf.cli.app import main
 
 sys.exit(main())

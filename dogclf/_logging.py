@@ -1,6 +1,6 @@
 """dogclf's messages go to the ``dogclf`` logger hierarchy; the CLI prints them as plain lines.
 
-Every module logs to ``logging.getLogger(__name__)`` (``dogclf.training.run``, ``dogclf.features.pipeline`` ...):
+Every module logs to ``logging.getLogger(__name__)`` (``dogclf.pipeline.run``, ``dogclf.features.pipeline`` ...):
 progress at INFO, trouble it works around at WARNING. A library user controls them the usual way, e.g.
 ``logging.getLogger("dogclf").setLevel(logging.WARNING)``. The CLI installs :func:`cli_logging` for one command,
 which prints each message as its own plain line, as the ``log`` callbacks these loggers replaced did: progress on

@@ -1,4 +1,9 @@
-"""What this machine's CPU can do, read once and overridable: the one place dogclf asks the hardware.
+"""The device and what this machine's CPU can do, read once and overridable: the one place dogclf asks the hardware.
+
+A leaf module: it imports nothing of dogclf, so every layer may use it.
+
+* :func:`resolve_device`: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"`` as a ``torch.device``, with an error naming the
+  devices this machine has.
 
 Precision and runtime choices follow the hardware, not the machine a model was trained on:
 
@@ -19,6 +24,7 @@ import importlib.util
 import os
 import platform
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "BF16_SWITCH",
@@ -28,6 +34,7 @@ __all__ = [
     "cpu_model",
     "describe_cpu",
     "openvino_usable",
+    "resolve_device",
 ]
 
 BF16_SWITCH = "DOGCLF_CPU_BF16"
@@ -108,3 +115,28 @@ def describe_cpu(environ: Mapping[str, str] = os.environ) -> str:
     bf16 = "yes" if cpu_has_native_bf16(environ) else "no"
     note = f" (forced by {BF16_SWITCH})" if forced is not None else ""
     return f"{cpu_model()} ({os.cpu_count()} cores) flags: {shown}; native bf16: {bf16}{note}"
+
+
+def resolve_device(name: str = "auto") -> Any:
+    """Turns ``"auto"``/``"cpu"``/``"cuda[:N]"`` into a ``torch.device``.
+
+    Raises:
+        ValueError: If CUDA is asked for and not available, or the name is unknown.
+    """
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {name} was asked for, but this torch has no usable CUDA device; use --device cpu or auto."
+            )
+        index = name.partition(":")[2]
+        count = torch.cuda.device_count()
+        if index and not (index.isdigit() and int(index) < count):
+            raise ValueError(f"--device {name}: no such CUDA device; this machine has cuda:0 to cuda:{count - 1}.")
+        return torch.device(name)
+    raise ValueError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.")

@@ -1,6 +1,5 @@
-"""Backbones: specs, the registry, weights and the plugin contract."""
+"""Backbones: specs, the registry and weights (the plugin contract check is :mod:`dogclf.model.contract`)."""
 
-from dogclf.backbones.contract import check_backbone
 from dogclf.backbones.registry import (
     ENTRY_POINT_GROUP,
     BackboneRegistry,
@@ -18,7 +17,6 @@ __all__ = [
     "BackboneSpec",
     "Preprocessing",
     "build_backbone",
-    "check_backbone",
     "default_registry",
     "get_backbone",
     "list_backbones",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import urllib.error
 import urllib.parse
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
+    "backbone_digest",
     "build_backbone",
     "check_weights_available",
     "load_state_dict_file",
@@ -285,3 +287,23 @@ def _load_into(module: nn.Module, state: dict[str, Any], *, spec: BackboneSpec, 
             f"{', '.join(spec.classifier_prefixes) or 'none'} are ignored)."
         )
     module.load_state_dict(state, strict=True)
+
+
+def backbone_digest(module: nn.Module) -> str:
+    """sha256 of a backbone's class and every tensor of its state dict (names, dtypes, shapes and bytes).
+
+    This is the honest identity of "the weights the features came from": whatever file, download or seed they came
+    from, the same tensors give the same digest. Hashing runs at about 1 GB/s, so a ResNet-50 takes ~0.1 s.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    digest.update(f"{type(module).__module__}.{type(module).__qualname__}\n".encode())
+    for name, tensor in module.state_dict().items():
+        if not isinstance(tensor, torch.Tensor):
+            digest.update(f"{name}={tensor!r}\n".encode())
+            continue
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

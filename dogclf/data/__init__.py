@@ -1,4 +1,4 @@
-"""Data: folders to labelled samples, image decoding, transforms, datasets."""
+"""Data: folders to labelled samples, image decoding, transforms, datasets, degraded views and synthetic sets."""
 
 from dogclf.data.dataset import ImageDataset
 from dogclf.data.folder import (

@@ -13,6 +13,7 @@ module                      what it holds
 ``smdebug_compat``          the one place smdebug is imported, with its numpy and protobuf shims
 ``sagemaker_requests``      CreateTrainingJob fragments: DebugHookConfig, rules, ProfilerConfig, TensorBoard output
 ``cli_args``                the ``dogclf train`` options
+``errors``                  the errors of this package
 ==========================  ===========================================================================================
 
 Names are imported lazily, so ``import dogclf.diagnostics`` is cheap.

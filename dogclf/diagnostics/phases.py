@@ -8,7 +8,7 @@ times of a run add up to the time the timer was active, minus what ran outside a
 A step that raises also ends the active session (its ``on_error`` is called before the exception propagates), so
 threads the session started (system sampling, the stall watchdog) stop with the run.
 
-Standard library only: ``dogclf.training.run`` imports it at import time.
+Standard library only: ``dogclf.pipeline.run`` imports it at import time.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``train(..., diagnostics=Diagnostics(...))`` opens a :class:`DiagnosticsSession` before its first step. The session
 
-* times the steps (``@phase`` in ``dogclf.training.run``), and ends itself if a step raises;
+* times the steps (``@phase`` in ``dogclf.pipeline.run``), and ends itself if a step raises;
 * gives the loop its callbacks: the rules (on by default), smdebug, TensorBoard, the profiler's step timing;
 * writes ``rules.json`` to the model directory and, in a SageMaker job, to ``SM_OUTPUT_DATA_DIR`` too;
 * after the model is saved, writes the profile report (``<model>/profile/``, or ``$SM_OUTPUT_DATA_DIR/profile/``

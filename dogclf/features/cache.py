@@ -37,7 +37,6 @@ from dogclf.features.shards import DamagedShardError, read_features, read_keys, 
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from dogclf.backbones.spec import Preprocessing
 
@@ -46,7 +45,6 @@ __all__ = [
     "INDEX_NAME",
     "FeatureCache",
     "ImageKey",
-    "backbone_digest",
     "default_cache_dir",
     "image_key",
     "make_backbone_key",
@@ -77,26 +75,6 @@ def default_cache_dir(environ: Mapping[str, str]) -> Path:
     from dogclf._cachedir import user_cache_dir
 
     return user_cache_dir(environ, "DOGCLF_FEATURE_CACHE", "features")
-
-
-def backbone_digest(module: nn.Module) -> str:
-    """sha256 of a backbone's class and every tensor of its state dict (names, dtypes, shapes and bytes).
-
-    This is the honest identity of "the weights the features came from": whatever file, download or seed they came
-    from, the same tensors give the same digest. Hashing runs at about 1 GB/s, so a ResNet-50 takes ~0.1 s.
-    """
-    import torch
-
-    digest = hashlib.sha256()
-    digest.update(f"{type(module).__module__}.{type(module).__qualname__}\n".encode())
-    for name, tensor in module.state_dict().items():
-        if not isinstance(tensor, torch.Tensor):
-            digest.update(f"{name}={tensor!r}\n".encode())
-            continue
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}\n".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def make_backbone_key(

@@ -148,7 +148,7 @@ def resolve_precision(options: ExtractOptions, device: torch.device | None = Non
         ValueError: An unknown or unavailable device.
     """
     if device is None:
-        from dogclf.training.config import resolve_device
+        from dogclf.hardware import resolve_device
 
         device = resolve_device(options.device)
     cuda = device.type == "cuda"
@@ -175,8 +175,8 @@ def resolve_engine(options: ExtractOptions, device: torch.device | None = None) 
     Raises:
         InvalidExtractOptionsError: OpenVINO asked for on a GPU, or an unknown ``$DOGCLF_ENGINE``.
     """
+    from dogclf.hardware import resolve_device
     from dogclf.inference.openvino import resolve_engine as resolve
-    from dogclf.training.config import resolve_device
 
     device = resolve_device(options.device) if device is None else device
     try:
@@ -274,7 +274,7 @@ def iter_feature_batches(
         InvalidExtractOptionsError: A precision the device cannot run.
         BackboneContractError: A backbone whose output is not ``(B, F)``.
     """
-    from dogclf.training.config import resolve_device
+    from dogclf.hardware import resolve_device
 
     device = resolve_device(options.device)
     precision = resolve_precision(options, device)

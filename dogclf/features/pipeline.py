@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dogclf._logging import deprecated_log
+from dogclf.backbones.weights import backbone_digest
 from dogclf.errors import UnreadableImageError
-from dogclf.features.cache import FeatureCache, backbone_digest, make_backbone_key, stat_index
+from dogclf.features.cache import FeatureCache, make_backbone_key, stat_index
 from dogclf.features.keys import content_keys
 
 if TYPE_CHECKING:

@@ -1,8 +1,10 @@
-"""Inference: the engine every entry point runs, its post-processing, threads, precision and export.
+"""Inference: the engine every entry point runs, its post-processing, threads, precision and runtimes.
 
-Modules: :mod:`.engine` (the batched forward pass), :mod:`.postprocess` (scores, unknown flag, top-k),
-:mod:`.threads` (the decode/forward thread budget), :mod:`.precision` (which precision runs, and why),
-:mod:`.export` (ONNX and TorchScript files) and :mod:`.runtimes` (ONNX Runtime and OpenVINO engines).
+Modules: :mod:`.engine` (the batched forward pass), :mod:`.preprocess` (decoding and normalising images),
+:mod:`.postprocess` (scores, unknown flag, top-k), :mod:`.novelty` (the feature-space novelty score),
+:mod:`.results` (the answers), :mod:`.threads` (the decode/forward thread budget), :mod:`.precision` (which
+precision runs, and why) and :mod:`.openvino` (the backbone compiled by OpenVINO). Exporting a model directory is
+:mod:`dogclf.artifact.export`; the ONNX Runtime engine is :mod:`dogclf.classifier.runtimes`.
 Names are imported lazily, so ``import dogclf.inference`` stays cheap.
 """
 

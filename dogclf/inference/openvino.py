@@ -108,7 +108,7 @@ class OpenVinoBackbone:
         input_size: The square input size it was trained at.
         precision: ``"bf16"`` (OpenVINO's bfloat16 inference) or ``"fp32"``.
         cache_dir: Where converted models are kept; ``None``: :func:`default_ir_cache`.
-        digest: The backbone's :func:`~dogclf.features.cache.backbone_digest` if already known.
+        digest: The backbone's :func:`~dogclf.backbones.weights.backbone_digest` if already known.
     """
 
     def __init__(
@@ -215,7 +215,7 @@ class OpenVinoBackbone:
 
     def _backbone_digest(self) -> str:
         if self._digest is None:
-            from dogclf.features.cache import backbone_digest
+            from dogclf.backbones.weights import backbone_digest
 
             self._digest = backbone_digest(self.backbone)
         return self._digest

@@ -5,7 +5,7 @@
 :meth:`PostProcessor.scores` (temperature-scaled softmax and the unknown decision) and, for answers, to
 :meth:`PostProcessor.results` (top-k). A new "unknown" signal (for example a feature-space novelty score) is added
 in :meth:`PostProcessor.unknown`, and every entry point follows: the feature-space novelty score
-(:mod:`dogclf.novelty`) is one, scored on the features of the same forward pass as the logits.
+(:mod:`dogclf.inference.novelty`) is one, scored on the features of the same forward pass as the logits.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dogclf.artifact_checks import TEMPERATURE_RANGE
+from dogclf.artifact.checks import TEMPERATURE_RANGE  # the temperatures a model may hold
+from dogclf.artifact.config import CalibrationRecord, ModelConfig, config_section
 from dogclf.inference.results import ImageResult, Prediction
-from dogclf.model_config import CalibrationRecord, ModelConfig, config_section
 
 if TYPE_CHECKING:
     from dogclf.inference.engine import EngineOutput
-    from dogclf.novelty import NoveltyScorer
+    from dogclf.inference.novelty import NoveltyScorer
 
-__all__ = ["PostProcessor", "Scores"]
+__all__ = ["TEMPERATURE_RANGE", "PostProcessor", "Scores"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Scores:
     Attributes:
         probabilities: ``(N, C)`` float32 class probabilities, ``softmax(logits / temperature)``.
         unknown: ``(N,)`` booleans: the image looks like none of the known breeds.
-        novelty: ``(N,)`` novelty scores (:mod:`dogclf.novelty`) of models that have one, else ``None``.
+        novelty: ``(N,)`` novelty scores (:mod:`dogclf.inference.novelty`) of models that have one, else ``None``.
     """
 
     probabilities: torch.Tensor
@@ -56,7 +56,7 @@ class PostProcessor:
         class_names: Display names in index order.
         temperature: Scores are ``softmax(logits / temperature)`` (1.0: raw softmax).
         unknown_threshold: A top score under it flags the image unknown (``None``: never, on the top score alone).
-        novelty: The feature-space novelty score (:mod:`dogclf.novelty`); where it has a threshold it decides
+        novelty: The feature-space novelty score (:mod:`dogclf.inference.novelty`); where it has a threshold it decides
             "unknown" instead of the top score.
     """
 
@@ -82,7 +82,7 @@ class PostProcessor:
     ) -> PostProcessor:
         """Reads a model directory's ``config.json`` (temperature 1.0 and no threshold for uncalibrated models).
 
-        The novelty score's feature bank lives in its own file; pass it loaded (:func:`dogclf.novelty.load_novelty`).
+        The novelty score's feature bank lives in its own file; pass it loaded (:func:`.novelty.load_novelty`).
 
         Args:
             config: The model's config, or a dict of part of one (``{"calibration": {...}}``).

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from dogclf.artifact.config import ModelConfig, config_section
 from dogclf.errors import DogclfError
-from dogclf.model_config import ModelConfig, config_section
 
 __all__ = ["PRECISIONS", "InvalidPrecisionError", "PrecisionChoice", "choose_precision", "recorded_precision"]
 

@@ -1,4 +1,4 @@
-"""``dogclf sagemaker ...``: train, tune, deploy, invoke, delete, download (wired into :mod:`dogclf.cli`).
+"""``dogclf sagemaker ...``: train, tune, deploy, invoke, delete, download (wired into :mod:`dogclf.cli.app`).
 
 Building the parsers imports nothing heavy; boto3 and the SageMaker SDK are imported when a command runs.
 ``dogclf sagemaker train`` takes ``dogclf train``'s own options (they become the job's hyperparameters) plus the
@@ -48,7 +48,7 @@ def _aws_options(p: argparse.ArgumentParser) -> None:
 
 def _with_train_options(sub: Any, command: str, **kwargs: Any) -> argparse.ArgumentParser:
     """A subcommand that takes ``dogclf train``'s options (they become the job's hyperparameters)."""
-    from dogclf.cli import train_parser
+    from dogclf.pipeline.options import train_parser
 
     p: argparse.ArgumentParser = sub.add_parser(command, parents=[train_parser(add_help=False)], **kwargs)
     for action in p._actions:
@@ -170,7 +170,7 @@ def add_sagemaker_parser(sub: Any) -> argparse.ArgumentParser:
 
 def hyperparameters_from_args(args: argparse.Namespace) -> dict[str, str]:
     """The job's hyperparameters: every ``dogclf train`` option given on the command line or set off its default."""
-    from dogclf.cli import train_parser
+    from dogclf.pipeline.options import train_parser
     from dogclf.sagemaker.hyperparameters import to_hyperparameters
     from dogclf.sagemaker.source import NAMES_FILE
 
@@ -410,9 +410,9 @@ def _cmd_deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _cmd_invoke(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from dogclf.cli import _print_predictions as print_predictions
     from dogclf.sagemaker.aws import Aws
     from dogclf.sagemaker.endpoint import invoke
+    from dogclf.serving.answers import print_predictions
 
     aws = Aws.from_environ(environ, region=args.region)
     return print_predictions(invoke(aws, args.endpoint, args.images, top_k=args.top_k), as_json=args.json)

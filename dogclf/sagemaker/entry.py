@@ -102,7 +102,7 @@ def container_train_args(argv: Sequence[str], env: ContainerEnvironment, data: P
     Raises:
         HyperparameterError: A hyperparameter that cannot become a ``dogclf train`` option.
     """
-    from dogclf.cli import train_parser
+    from dogclf.pipeline.options import train_parser
 
     args = normalize_argv(argv, train_parser())
     checkpoint_dir = env.checkpoint_dir / env.job_name if env.job_name else env.checkpoint_dir
@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         argv: The job's hyperparameters as flags (default ``sys.argv[1:]``).
         environ: The container's environment (default ``os.environ``).
     """
-    from dogclf.cli import main as cli_main
+    from dogclf.pipeline.train_command import main as train_main
 
     environ = os.environ if environ is None else environ
     env = ContainerEnvironment.from_environ(environ)
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             args = container_train_args(sys.argv[1:] if argv is None else argv, env, data)
             if int(environ.get("RANK", "0") or 0) == 0:
                 print("dogclf train " + " ".join(args), flush=True)
-            code = cli_main(["train", *args], environ=environ)
+            code = train_main(args, environ)
         if code == 0 and int(environ.get("RANK", "0") or 0) == 0:  # under torchrun, rank 0 wrote the model
             _make_deployable(Path(args[args.index("--out") + 1]))
     except DogclfError as exc:

@@ -303,7 +303,7 @@ def strategy_fields(
     Raises:
         TuningError: A search space the strategy cannot run, saying what would work.
     """
-    from dogclf.cli import train_parser
+    from dogclf.pipeline.options import train_parser
 
     if strategy == "Hyperband":
         epochs = int(static.get("epochs") or train_parser().get_default("epochs"))

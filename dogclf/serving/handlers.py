@@ -4,7 +4,7 @@ The AWS PyTorch inference container (through ``sagemaker-pytorch-inference``) im
 model archive and calls these by name. ``dogclf package`` writes an ``inference.py`` that re-exports them.
 
 The toolkit decides whether to pass its request context by counting parameters, so each handler has exactly the
-arity the toolkit expects without a context; ``tests/test_sagemaker_handlers.py`` checks that.
+arity the toolkit expects without a context; ``tests/serving/test_sagemaker_handlers.py`` checks that.
 
 Where the work happens: ``input_fn`` has no model argument, so it only checks the request (content type, size,
 JSON and base64) with :func:`~dogclf.serving.codec.decode_request` and returns the still-encoded images.

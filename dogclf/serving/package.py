@@ -28,9 +28,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dogclf.artifact import NOVELTY_NAME, load_config
+from dogclf.artifact.config import ModelConfig
+from dogclf.artifact.store import NOVELTY_NAME, load_config
 from dogclf.errors import DogclfError
-from dogclf.model_config import ModelConfig
 
 __all__ = [
     "CONTAINER_PROVIDED",
@@ -357,12 +357,12 @@ def serving_requirements(backbone: str, plugin: _Plugin | None) -> list[str]:
 
 def add_vendored(sink: ArchiveWriter, plugin: _Plugin | None, *, prefix: str = "code") -> None:
     """Adds dogclf's source and a plugin backbone's import packages and metadata under ``prefix/`` ("" for the top)."""
-    import dogclf
+    from dogclf._version import __version__
 
     def under(name: str) -> str:
         return f"{prefix}/{name}" if prefix else name
 
-    sink.add_tree(under("dogclf"), Path(dogclf.__file__).parent, note=f"dogclf {dogclf.__version__} source")
+    sink.add_tree(under("dogclf"), Path(__file__).parent.parent, note=f"dogclf {__version__} source")
     if plugin is None:
         return
     label = f"plugin {plugin.name} {plugin.version}"

@@ -31,8 +31,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
+from dogclf.artifact.config import config_section
 from dogclf.errors import DogclfError
-from dogclf.model_config import config_section
 from dogclf.serving.batcher import BatchConfig, Batcher
 from dogclf.serving.codec import (
     JSON_CONTENT_TYPE,

@@ -14,7 +14,6 @@ __all__ = [
     "LR_SCHEDULES",
     "OPTIMIZERS",
     "TrainConfig",
-    "resolve_device",
 ]
 
 HEAD_SOLVERS = ("auto", "lbfgs", "loop")
@@ -152,28 +151,3 @@ class TrainConfig:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def resolve_device(name: str = "auto") -> Any:
-    """Turns ``"auto"``/``"cpu"``/``"cuda[:N]"`` into a ``torch.device``.
-
-    Raises:
-        ValueError: If CUDA is asked for and not available, or the name is unknown.
-    """
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"--device {name} was asked for, but this torch has no usable CUDA device; use --device cpu or auto."
-            )
-        index = name.partition(":")[2]
-        count = torch.cuda.device_count()
-        if index and not (index.isdigit() and int(index) < count):
-            raise ValueError(f"--device {name}: no such CUDA device; this machine has cuda:0 to cuda:{count - 1}.")
-        return torch.device(name)
-    raise ValueError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.")

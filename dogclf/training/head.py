@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dogclf.data.dataset import EpochShuffleSampler
+from dogclf.hardware import resolve_device
 from dogclf.training.callbacks import Callback, TrainState
-from dogclf.training.config import TrainConfig, resolve_device
+from dogclf.training.config import TrainConfig
 from dogclf.training.loop import TrainBatches, Trainer
 
 if TYPE_CHECKING:

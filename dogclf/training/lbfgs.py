@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dogclf.hardware import resolve_device
 from dogclf.training.callbacks import Callback, CallbackList, TrainState
-from dogclf.training.config import TrainConfig, resolve_device
+from dogclf.training.config import TrainConfig
 from dogclf.training.schedule import balanced_class_weights, make_loss
 
 if TYPE_CHECKING:

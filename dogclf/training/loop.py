@@ -17,10 +17,11 @@ from dogclf.data.dataset import EpochShuffleSampler, ImageDataset
 from dogclf.data.folder import Sample
 from dogclf.data.transforms import eval_transform, train_transform
 from dogclf.errors import ModelDirError, TrainingDivergedError
+from dogclf.hardware import resolve_device
 from dogclf.model import DogClassifierNet
 from dogclf.training.callbacks import Callback, CallbackList, TrainState
 from dogclf.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
-from dogclf.training.config import TrainConfig, resolve_device
+from dogclf.training.config import TrainConfig
 from dogclf.training.schedule import lr_factor, make_loss, make_optimizer, warmup_steps
 
 if TYPE_CHECKING:

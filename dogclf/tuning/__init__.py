@@ -1,4 +1,8 @@
-"""Hyperparameter tuning: a declarative search space and a resumable local Optuna study.
+"""Hyperparameter tuning: a declarative search space and a resumable local Optuna study (``dogclf tune``).
+
+Modules: :mod:`.space` (the search space), :mod:`.objective` (one trial: a head fitted on the cached features),
+:mod:`.study` (:func:`tune`), :mod:`.report` (``best_params.json``, ``trials.csv``, ``history.png``) and :mod:`.cli`
+(the ``dogclf tune`` parser and run).
 
 Importing this package is cheap: Optuna, torch and matplotlib are imported only when :func:`tune` runs.
 """

@@ -1,4 +1,4 @@
-"""The ``dogclf tune`` subcommand: its arguments and what it runs (wired into :mod:`dogclf.cli`).
+"""The ``dogclf tune`` subcommand: its arguments and what it runs (wired into :mod:`dogclf.cli.app`).
 
 Building the parser imports nothing heavy; Optuna and torch are imported when the command runs.
 """
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dogclf._cli_args import add_data_args
+from dogclf.pipeline.options import add_data_args
 
 __all__ = ["add_tune_parser", "run_tune"]
 

@@ -621,7 +621,7 @@ def _write_outputs(
 
 
 def _train_best(result: TuneResult, *, data_dir: Any, spec: BackboneSpec, seed: int, **options: Any) -> Path:
-    from dogclf.training import train
+    from dogclf.pipeline import train
 
     values = hyperparameters(result.best_params)
     target = result.out_dir / MODEL_DIR_NAME
