@@ -10,7 +10,9 @@ train / valid / test; the head is fitted as ``dogclf train`` does by default (L-
 * ``knn``: the distance to the 10th nearest training photo (cosine), the default before issue 18;
 * ``mahalanobis``: the distance to the nearest breed mean, shared shrunk covariance;
 * ``energy``: minus the log-sum-exp of the tempered logits;
-* ``knn+energy`` (the default now) and ``knn+mahalanobis``: the parts added on the validation photos' scale.
+* ``classknn``: the ``knn`` distance among the training photos of the breed the head predicts only;
+* ``knn+energy`` (the default now), ``knn+mahalanobis`` and ``classknn+energy``: the parts added on the validation
+  photos' scale.
 
 Then the known test photos and **all** photos of the 2 held-out breeds are scored, exactly as ``dogclf evaluate
 --unknown-dir`` scores them: AUROC (threshold-free) and, at each threshold, the share of unknown photos flagged and of
