@@ -7,8 +7,8 @@ The split and the shift of ``bench/calibration_shift.py``: the cached ``efficien
 ``0..--views`` degraded views of each (the same transform, other random draws: seed 1, views 1..N, written under
 ``--views-dir/seed1/shift-v<N>``); its temperature is fitted on the validation photos alone, and on them pooled with
 their own degraded views, the views weighted ``w`` in all (``w`` = 0.25, 0.5, 1: a weight of 1 counts each photo's
-views as much as the photo). With ``--smooth EPS`` the head with all ``--views`` is also fitted with the views' targets smoothed
-by EPS (the clean photos' targets one-hot): a head taught to be less sure of degraded photos only.
+views as much as the photo). With ``--smooth EPS`` the head with all ``--views`` is also fitted with the views'
+targets smoothed by EPS (the clean photos' targets one-hot): a head taught to be less sure of degraded photos only.
 
 For each, top-1 on valid and on the shifted test photos, and the ECE (15 bins) on valid, test and shifted test.
 
