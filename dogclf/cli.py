@@ -72,6 +72,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "once and cached, for scores that hold better on users' photos (default 0)",
     )
     p.add_argument(
+        "--degraded-smoothing",
+        type=float,
+        default=None,
+        metavar="EPS",
+        help="label smoothing of the degraded views' targets, the photos' kept one-hot (default 0.2 with the L-BFGS "
+        "head, 0 with the epoch loop)",
+    )
+    p.add_argument(
         "--checkpoint-dir",
         type=Path,
         default=None,
@@ -443,6 +451,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             extract_batch_size=args.extract_batch_size,
             novelty=args.novelty,
             degraded_views=args.degraded_views,
+            degraded_smoothing=args.degraded_smoothing,
             environ=args.environ,
             checkpoint_dir=args.checkpoint_dir,
             output_dir=args.output_dir,
