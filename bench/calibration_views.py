@@ -3,16 +3,17 @@
 The split and the shift of ``bench/calibration_shift.py``: the cached ``efficientnet_lite0`` features of
 ``../shared/data/imagewoof/train`` split 60/20/20 (stratified, seed 0) into train / valid / test, and the test photos'
 ``shift`` views (``bench/_views.py``: a crop of 30-90% of the area off centre, a 64-160 px shorter side, JPEG quality
-15-60). The head (L-BFGS, C=0.1, the C the 5-fold CV picks on this split) is fitted on the training photos plus
-``0..--views`` degraded views of each (the same transform, other random draws: seed 1, views 1..N, written under
-``--views-dir/seed1/shift-v<N>``); its temperature is fitted on the validation photos alone, and on them pooled with
-their own degraded views, the views weighted ``w`` in all (``w`` = 0.25, 0.5, 1: a weight of 1 counts each photo's
-views as much as the photo). With ``--smooth EPS`` the head with all ``--views`` is also fitted with the views'
-targets smoothed by EPS (the clean photos' targets one-hot): a head taught to be less sure of degraded photos only.
+15-60). The head (L-BFGS, C = ``--penalty-c``, by default 0.1: what the 5-fold CV picks on this split) is fitted on
+the training photos plus ``0..--views`` degraded views of each (the same transform, other random draws: seed 1, views
+1..N, written under ``--views-dir/seed1/shift-v<N>``); its temperature is fitted on the validation photos alone,
+and on them pooled with their own degraded views, the views weighted ``w`` in all (``w`` = 0.25, 0.5, 1: a weight of
+1 counts each photo's views as much as the photo). With ``--smooth EPS`` the head with all ``--views`` is also fitted
+with the views' targets smoothed by EPS (the clean photos' targets one-hot): a head taught to be less sure of
+degraded photos only.
 
 For each, top-1 on valid and on the shifted test photos, and the ECE (15 bins) on valid, test and shifted test.
 
-    python bench/calibration_views.py [--views 2] [--smooth 0.1 0.2] [--views-dir /tmp/dogclf-views]
+    python bench/calibration_views.py [--views 2] [--smooth 0.1 0.2] [--penalty-c 0.1] [--views-dir /tmp/dogclf-views]
 
 Writing and extracting the views costs about 7,000 photos per view on a first run (minutes on 2 cores); later runs
 read them from the feature cache.
@@ -32,7 +33,6 @@ from _features import imagewoof_features, imagewoof_paths
 from _views import view_features, write_views
 
 WEIGHTS = (0.25, 0.5, 1.0)
-PENALTY_C = 0.1
 
 
 def _weighted_temperature(logits: Any, labels: Any, weights: Any) -> float:
@@ -53,7 +53,7 @@ def _weighted_temperature(logits: Any, labels: Any, weights: Any) -> float:
     return float(log_t.detach().exp())
 
 
-def _fit(train: Any, labels: Any, views: list[Any], smooth: float, classes: int) -> tuple[Any, Any]:
+def _fit(train: Any, labels: Any, views: list[Any], smooth: float, classes: int, c: float) -> tuple[Any, Any]:
     """``(weight, bias)`` of the head on the training photos plus ``views``, the views' targets smoothed."""
     import torch
 
@@ -63,7 +63,7 @@ def _fit(train: Any, labels: Any, views: list[Any], smooth: float, classes: int)
     soft = hard * (1 - smooth) + smooth / classes
     x = torch.cat([train, *views])
     y = torch.cat([hard] + [soft] * len(views))  # class probabilities: CrossEntropyLoss takes them as targets
-    weight, bias, _, _ = fit_logistic(x, y, num_classes=classes, c=PENALTY_C)
+    weight, bias, _, _ = fit_logistic(x, y, num_classes=classes, c=c)
     return weight, bias
 
 
@@ -96,6 +96,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--views", type=int, default=2, help="most degraded views per training photo (default 2)")
     parser.add_argument("--smooth", type=float, nargs="*", default=[], help="also fit with the views' targets smoothed")
+    parser.add_argument("--penalty-c", type=float, default=0.1, help="the head's C (default 0.1, the CV's choice)")
     parser.add_argument("--views-dir", type=Path, default=Path("/tmp/dogclf-views"), help="where the views go")
     parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: dogclf's default)")
     args = parser.parse_args()
@@ -135,7 +136,9 @@ def main() -> int:
     print("|---|---|---:|---:|---:|---:|---:|")
     for smooth in [0.0, *args.smooth]:
         for n in range(args.views + 1) if smooth == 0 else [args.views]:
-            weight, bias = _fit(features["train"], labels["train"], train_views[:n], smooth, len(classes))
+            weight, bias = _fit(
+                features["train"], labels["train"], train_views[:n], smooth, len(classes), args.penalty_c
+            )
             logits = {k: features[k] @ weight.T + bias for k in ("valid", "test", "shift")}
             logits["valid_views"] = torch.cat(valid_views[:n]) @ weight.T + bias if n else None
             name = f"train + {n} view{'s' if n != 1 else ''}" + (
