@@ -1,7 +1,7 @@
 """How many degraded views, and which temperature, hold calibration on shifted photos? (issue 18, round 4)
 
 The split and the shift of ``bench/calibration_shift.py``: the cached ``efficientnet_lite0`` features of
-``../shared/data/imagewoof/train`` split 60/20/20 (stratified, seed 0) into train / valid / test, and the test photos'
+``../shared/data/imagewoof/train`` split 60/20/20 (stratified, ``--split-seed`` 0) into train / valid / test, and the test photos'
 ``shift`` views (``bench/_views.py``: a crop of 30-90% of the area off centre, a 64-160 px shorter side, JPEG quality
 15-60). The head (L-BFGS, C = ``--penalty-c``, by default 0.1: what the 5-fold CV picks on this split) is fitted on
 the training photos plus ``0..--views`` degraded views of each (the same transform, other random draws: seed 1, views
@@ -96,6 +96,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--views", type=int, default=2, help="most degraded views per training photo (default 2)")
     parser.add_argument("--smooth", type=float, nargs="*", default=[], help="also fit with the views' targets smoothed")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the 60/20/20 split (default 0)")
     parser.add_argument("--penalty-c", type=float, default=0.1, help="the head's C (default 0.1, the CV's choice)")
     parser.add_argument("--views-dir", type=Path, default=Path("/tmp/dogclf-views"), help="where the views go")
     parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: dogclf's default)")
@@ -110,7 +111,7 @@ def main() -> int:
     cache = args.cache_dir or default_cache_dir(os.environ)
     x, y, classes = imagewoof_features(cache, "cpu")
     paths = imagewoof_paths()
-    part = stratified_fold_ids(y, 5, 0)
+    part = stratified_fold_ids(y, 5, args.split_seed)
     masks = {"train": part <= 2, "valid": part == 3, "test": part == 4}
     features = {k: x[m] for k, m in masks.items()}
     labels = {k: y[m] for k, m in masks.items()}
