@@ -1,15 +1,15 @@
 """How many degraded views, and which temperature, hold calibration on shifted photos? (issue 18, round 4)
 
 The split and the shift of ``bench/calibration_shift.py``: the cached ``efficientnet_lite0`` features of
-``../shared/data/imagewoof/train`` split 60/20/20 (stratified, seeded by ``--split-seed``, 0 there) into train /
-valid / test, and the test photos' ``shift`` views (``bench/_views.py``: a crop of 30-90% of the area off centre, a 64-160 px shorter side, JPEG quality
-15-60). The head (L-BFGS, C = ``--penalty-c``, by default 0.1: what the 5-fold CV picks on this split) is fitted on
-the training photos plus ``0..--views`` degraded views of each (the same transform, other random draws: seed 1, views
-1..N, written under ``--views-dir/seed1/shift-v<N>``); its temperature is fitted on the validation photos alone,
-and on them pooled with their own degraded views, the views weighted ``w`` in all (``w`` = 0.25, 0.5, 1: a weight of
-1 counts each photo's views as much as the photo). With ``--smooth EPS`` the head with all ``--views`` is also fitted
-with the views' targets smoothed by EPS (the clean photos' targets one-hot): a head taught to be less sure of
-degraded photos only.
+``../shared/data/imagewoof/train`` split 60/20/20 (stratified, seeded by ``--split-seed``, 0 there) into train / valid /
+test, and the test photos' ``shift`` views (``bench/_views.py``: a crop of 30-90% of the area off centre, a 64-160 px
+shorter side, JPEG quality 15-60). The head (L-BFGS, C = ``--penalty-c``, by default 0.1: what the 5-fold CV picks on
+this split) is fitted on the training photos plus ``0..--views`` degraded views of each (the same transform, other
+random draws: seed 1, views 1..N, written under ``--views-dir/seed1/shift-v<N>``); its temperature is fitted on the
+validation photos alone, and on them pooled with their own degraded views, the views weighted ``w`` in all (``w`` =
+0.25, 0.5, 1: a weight of 1 counts each photo's views as much as the photo). With ``--smooth EPS`` the head with all
+``--views`` is also fitted with the views' targets smoothed by EPS (the clean photos' targets one-hot): a head taught to
+be less sure of degraded photos only.
 
 For each, top-1 on valid and on the shifted test photos, and the ECE (15 bins) on valid, test and shifted test.
 
