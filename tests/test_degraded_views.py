@@ -16,7 +16,7 @@ from dogclf.data.folder import Sample
 from dogclf.features.pipeline import FeatureSet
 from dogclf.model import DogClassifierNet, HeadConfig, build_head
 from dogclf.training.config import TrainConfig
-from dogclf.training.lbfgs import fit_lbfgs_head
+from dogclf.training.lbfgs import fit_lbfgs_head, fit_logistic, linear_layer
 
 
 def _photo(path: Path, size: tuple[int, int] = (300, 220)) -> Path:
@@ -76,6 +76,9 @@ def test_train_fits_the_head_on_the_photos_and_their_views_and_records_it(
     assert "cross-validation on 36 training images" in text  # the penalty is cross-validated on the photos alone
     assert saved["training"]["degraded_views"] == 1
     assert saved["training"]["degraded_smoothing"] == DEFAULT_VIEW_SMOOTHING == 0.2
+    fit = saved["training"]["head_fit"]
+    assert fit["final_c"] == pytest.approx(fit["c"] * 36 / 72)  # 36 photos + 36 views: the same penalty per photo
+    assert f"final fit with the degraded views at C={fit['final_c']:.3g}" in text
     assert saved["training"]["n_train"] == 36  # the photos; the views are not training files
     assert len(list((cache / "degraded-views" / "tinynet").glob("*.jpg"))) == 36
     assert dogclf.load_model(tmp_path / "model").novelty.bank.shape == (36, 16)  # type: ignore[union-attr]
@@ -119,6 +122,23 @@ def test_smoothing_the_views_targets_makes_the_head_less_sure_of_views_only() ->
     with torch.no_grad():
         assert torch.equal(smoothed(photos.features).argmax(1), plain(photos.features).argmax(1))
     assert confidence(smoothed, photos.features) > 0.9  # the photos' targets stayed one-hot
+
+
+def test_the_final_fit_with_views_keeps_the_penalty_per_photo_the_cv_chose() -> None:
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.arange(90) % 3
+    photos = FeatureSet(
+        torch.randn(3, 8, generator=generator)[labels] + torch.randn(90, 8, generator=generator), labels
+    )
+    views = FeatureSet(torch.randn(180, 8, generator=generator), labels.repeat(2))
+
+    head = linear_layer(_fitted_head(photos, views, 0.0))  # C=1 for 90 photos, 270 rows in the final fit
+
+    weight, bias, _, _ = fit_logistic(
+        torch.cat([photos.features, views.features]), torch.cat([photos.labels, views.labels]), num_classes=3, c=1 / 3
+    )
+    assert torch.allclose(head.weight, weight, atol=1e-4)  # type: ignore[union-attr]
+    assert torch.allclose(head.bias, bias, atol=1e-4)  # type: ignore[union-attr]
 
 
 def test_degraded_smoothing_needs_the_lbfgs_head_and_a_fraction(tmp_path: Path, tiny_spec: dogclf.BackboneSpec) -> None:

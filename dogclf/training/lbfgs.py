@@ -97,6 +97,8 @@ class LbfgsFit:
         converged: Whether the final fit reached the gradient tolerance within the iteration limit.
         seconds: Wall time of cross-validation and final fit.
         cv: The cross-validation, when it chose ``c``.
+        final_c: The C of the final fit when extra rows (degraded views) joined it: ``c * photos / rows``, the same
+            penalty per photo (``None``: ``c``).
     """
 
     c: float
@@ -105,6 +107,7 @@ class LbfgsFit:
     converged: bool
     seconds: float
     cv: CvResult | None = None
+    final_c: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``solver``, ``c``, ``chosen_by``, ..., ``cv`` with its table)."""
@@ -127,6 +130,8 @@ class LbfgsFit:
             )
         else:
             line += " (given)"
+        if self.final_c is not None:
+            line += f"; final fit with the degraded views at C={self.final_c:.3g} (the same penalty per photo)"
         line += f"; final fit {self.iterations} iterations" + ("" if self.converged else " (iteration limit)")
         return line + f", {self.seconds:.1f} s in all"
 
@@ -358,7 +363,9 @@ def fit_lbfgs_head(
     """Fits ``model.head`` (a single linear layer) on training features by L-BFGS; returns ``(history, fit)``.
 
     ``extra`` rows (degraded views of the training photos) join the final fit only: the penalty is cross-validated
-    on ``train`` alone, so no photo is held out while a view of it is fitted on. With ``extra_smoothing`` the extra
+    on ``train`` alone, so no photo is held out while a view of it is fitted on, and the final fit's C is scaled by
+    ``photos / rows`` so that the views, copies of the photos rather than new ones, do not weaken the penalty the CV
+    chose (the objective is the mean loss plus ``||W||^2 / (2 C n)``). With ``extra_smoothing`` the extra
     rows' targets are smoothed by it (``(1 - eps) * one-hot + eps / K``; the photos' by ``config.label_smoothing``):
     the head learns to be less sure of degraded photos only.
 
@@ -401,14 +408,15 @@ def fit_lbfgs_head(
     extra_rows = extra is not None and len(extra) > 0
     labels = torch.cat([y, extra.labels.to(device)]) if extra_rows else y  # type: ignore[union-attr]
     weights = balanced_class_weights(labels, num_classes) if config.class_weight == "balanced" else None
-    targets, smoothing = labels, config.label_smoothing
+    targets, smoothing, final_c = labels, config.label_smoothing, None
     if extra_rows:
+        final_c = c * len(x) / len(labels)
         x = torch.cat([x, extra.features.to(device)])  # type: ignore[union-attr]
         if extra_smoothing:  # class probabilities: the photos' smoothed by label_smoothing, the views' by more
             rows = [_smoothed(y, num_classes, smoothing), _smoothed(extra.labels, num_classes, extra_smoothing)]  # type: ignore[union-attr]
             targets, smoothing = torch.cat(rows).to(device, x.dtype), 0.0
     weight, bias, iterations, converged = fit_logistic(
-        x, targets, num_classes=num_classes, c=c, class_weights=weights, label_smoothing=smoothing
+        x, targets, num_classes=num_classes, c=final_c or c, class_weights=weights, label_smoothing=smoothing
     )
     with torch.no_grad():
         layer.weight.copy_(weight)
@@ -420,6 +428,7 @@ def fit_lbfgs_head(
         converged=converged,
         seconds=time.perf_counter() - started,
         cv=cv,
+        final_c=final_c,
     )
     log(fit.summary())
     return _report(model, train, valid, config, fit, callbacks), fit
