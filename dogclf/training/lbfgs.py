@@ -130,9 +130,10 @@ class LbfgsFit:
             )
         else:
             line += " (given)"
+        line += "; final fit"
         if self.final_c is not None:
-            line += f"; final fit with the degraded views at C={self.final_c:.3g} (the same penalty per photo)"
-        line += f"; final fit {self.iterations} iterations" + ("" if self.converged else " (iteration limit)")
+            line += f" with the degraded views at C={self.final_c:.3g} (the same penalty per photo):"
+        line += f" {self.iterations} iterations" + ("" if self.converged else " (iteration limit)")
         return line + f", {self.seconds:.1f} s in all"
 
 
