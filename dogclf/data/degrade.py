@@ -17,7 +17,12 @@ from typing import Any
 
 from dogclf.data.folder import Sample
 
-__all__ = ["degraded_view", "write_degraded_views"]
+__all__ = ["DEFAULT_VIEW_SMOOTHING", "degraded_view", "write_degraded_views"]
+
+DEFAULT_VIEW_SMOOTHING = 0.2
+"""Label smoothing of the degraded views' targets when the L-BFGS head fits them (the photos' stay one-hot): the head
+learns to be less sure of degraded photos only. On Imagewoof, with two views per photo, it took the mean ECE on shifted
+photos over two splits from 0.020 to 0.017 (docs/benchmarks.md)."""
 
 
 def _crop(image: Any, rng: random.Random, low: float, high: float) -> Any:

@@ -11,6 +11,8 @@ computed here, each higher for more novel photos:
   covariance shared by all breeds (Lee et al., 2018), shrunk towards a multiple of the identity
   (:data:`DEFAULT_SHRINKAGE`) because there are about as many feature dimensions as training photos.
 * ``energy``: minus the log-sum-exp of the head's logits divided by the calibrated temperature (Liu et al., 2020).
+* ``classknn``: the ``knn`` distance counted among the training photos of the breed the head predicts only: a photo
+  close to some training photos, but not to those of the breed it is given, is more novel than ``knn`` says.
 
 A combination such as ``knn+energy`` adds its parts after putting each on the scale of the validation photos (minus
 their median, over their interquartile range). ``knn+energy`` is what ``dogclf train`` fits
@@ -54,7 +56,16 @@ __all__ = [
     "novelty_threshold",
 ]
 
-METHODS = ("knn", "mahalanobis", "energy", "knn+energy", "knn+mahalanobis", "mahalanobis+energy")
+METHODS = (
+    "knn",
+    "mahalanobis",
+    "energy",
+    "classknn",
+    "knn+energy",
+    "knn+mahalanobis",
+    "mahalanobis+energy",
+    "classknn+energy",
+)
 """The novelty scores this dogclf computes and reads back."""
 DEFAULT_METHOD = "knn+energy"
 DEFAULT_K = 10
@@ -69,6 +80,7 @@ class NoveltyScorer:
 
     Attributes:
         bank: ``(N, F)`` L2-normalised training features (float16 as stored); ``None`` for ``mahalanobis``.
+        bank_labels: ``(N,)`` the class index of each bank row (``classknn`` methods).
         k: Which neighbour's distance is the ``knn`` score.
         threshold: Scores above it are novel; ``None``: never novel (no validation photos to set it on).
         keep: The fraction of validation photos the threshold keeps as known.
@@ -82,6 +94,7 @@ class NoveltyScorer:
     """
 
     bank: torch.Tensor | None = None
+    bank_labels: torch.Tensor | None = None
     k: int = DEFAULT_K
     threshold: float | None = None
     keep: float = 0.95
@@ -100,26 +113,28 @@ class NoveltyScorer:
 
     @property
     def needs_logits(self) -> bool:
-        """Whether :meth:`score` needs the head's logits (the ``energy`` methods)."""
-        return "energy" in self.components
+        """Whether :meth:`score` needs the head's logits (the ``energy`` and ``classknn`` methods)."""
+        return "energy" in self.components or "classknn" in self.components
 
     @torch.inference_mode()
     def component_scores(self, features: torch.Tensor, logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``(N,)`` float32 scores of each component of the method (CPU).
 
         Raises:
-            ValueError: An ``energy`` method without the logits of the same images.
+            ValueError: An ``energy`` or ``classknn`` method without the logits of the same images.
         """
         x = torch.nn.functional.normalize(features.float().cpu(), dim=1)
+        if self.needs_logits and (logits is None or len(logits) != len(features)):
+            raise ValueError(f"the {self.method!r} novelty score needs the head's logits of the same images")
         out = {}
         if "knn" in self.components:
             out["knn"] = self._knn(x)
+        if "classknn" in self.components:
+            out["classknn"] = self._classknn(x, logits.float().cpu().argmax(dim=1))  # type: ignore[union-attr]
         if "mahalanobis" in self.components:
             out["mahalanobis"] = self._mahalanobis(x)
         if "energy" in self.components:
-            if logits is None or len(logits) != len(features):
-                raise ValueError(f"the {self.method!r} novelty score needs the head's logits of the same images")
-            out["energy"] = -torch.logsumexp(logits.float().cpu() / self.temperature, dim=1)
+            out["energy"] = -torch.logsumexp(logits.float().cpu() / self.temperature, dim=1)  # type: ignore[union-attr]
         return out
 
     def score(self, features: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
@@ -139,16 +154,35 @@ class NoveltyScorer:
             total += (values - centre) / spread
         return total
 
-    def _knn(self, x: torch.Tensor) -> torch.Tensor:
+    def _bank_float(self) -> torch.Tensor:
         if self.bank is None:
-            raise ValueError("the knn novelty score needs a bank of training features")
+            raise ValueError(f"the {self.method!r} novelty score needs a bank of training features")
         if self._bank32 is None:
             self._bank32 = self.bank.float()
-        k = min(self.k, len(self._bank32))
-        parts = [
-            1.0 - (x[start : start + _CHUNK] @ self._bank32.T).topk(k, dim=1).values[:, -1]
-            for start in range(0, len(x), _CHUNK)
-        ]
+        return self._bank32
+
+    def _knn(self, x: torch.Tensor) -> torch.Tensor:
+        bank = self._bank_float()
+        k = min(self.k, len(bank))
+        chunks = (x[start : start + _CHUNK] for start in range(0, len(x), _CHUNK))
+        parts = [1.0 - (chunk @ bank.T).topk(k, dim=1).values[:, -1] for chunk in chunks]
+        return torch.cat(parts) if parts else torch.empty(0)
+
+    def _classknn(self, x: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+        """The ``k``-th nearest distance among the bank rows of each image's predicted class (fewer rows: the last)."""
+        bank = self._bank_float()
+        if self.bank_labels is None:
+            raise ValueError(f"the {self.method!r} novelty score needs the class of each training feature")
+        labels = self.bank_labels.long()
+        counts = torch.bincount(labels, minlength=int(predicted.max()) + 1 if len(predicted) else 0)
+        k = min(self.k, len(bank))
+        parts = []
+        for start in range(0, len(x), _CHUNK):
+            rows = predicted[start : start + _CHUNK]
+            similarity = (x[start : start + _CHUNK] @ bank.T).masked_fill(labels[None, :] != rows[:, None], -2.0)
+            nearest = similarity.topk(k, dim=1).values
+            which = counts[rows].clamp(min=1, max=k) - 1  # a class with no bank rows reads -2: as far as it gets
+            parts.append(1.0 - nearest.gather(1, which[:, None])[:, 0])
         return torch.cat(parts) if parts else torch.empty(0)
 
     def _mahalanobis(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,7 +202,7 @@ class NoveltyScorer:
     def to_config(self) -> dict[str, Any]:
         """What ``config.json`` records under ``"novelty"``."""
         config: dict[str, Any] = {"method": self.method, "file": NOVELTY_NAME}
-        if "knn" in self.components:
+        if "knn" in self.components or "classknn" in self.components:
             config["k"] = self.k
         if "mahalanobis" in self.components:
             config["shrinkage"] = self.shrinkage
@@ -183,6 +217,8 @@ class NoveltyScorer:
         what = []
         if "knn" in self.components:
             what.append(f"distance to the {self.k}th nearest of {len(self.bank)} training photos (cosine)")  # type: ignore[arg-type]
+        if "classknn" in self.components:
+            what.append(f"distance to the predicted breed's {self.k}th nearest training photo (cosine)")
         if "mahalanobis" in self.components:
             what.append(f"Mahalanobis distance to the nearest of {len(self.means)} breeds (shared covariance)")  # type: ignore[arg-type]
         if "energy" in self.components:
@@ -199,6 +235,8 @@ class NoveltyScorer:
         tensors = {}
         if self.bank is not None:
             tensors["bank"] = self.bank.half().contiguous()
+        if self.bank_labels is not None:
+            tensors["bank_labels"] = self.bank_labels.long().contiguous()
         if self.means is not None and self.whitener is not None:
             tensors["means"] = self.means.float().contiguous()
             tensors["whitener"] = self.whitener.float().contiguous()
@@ -227,9 +265,10 @@ def fit_novelty(
     Args:
         train_features: ``(N, F)`` training features.
         valid_features: ``(M, F)`` validation features (known breeds), or ``None``/empty for no threshold.
-        train_labels: ``(N,)`` class indices of the training features (needed by the ``mahalanobis`` methods).
-        valid_logits: ``(M, C)`` the head's raw logits of the validation photos (needed by the ``energy`` methods
-            to set the threshold).
+        train_labels: ``(N,)`` class indices of the training features (needed by the ``mahalanobis`` and
+            ``classknn`` methods: the indices of the head's logits).
+        valid_logits: ``(M, C)`` the head's raw logits of the validation photos (needed by the ``energy`` and
+            ``classknn`` methods to set the threshold).
         temperature: The head's calibrated temperature (the ``energy`` score's).
         method: One of :data:`METHODS` (``dogclf train`` uses :data:`DEFAULT_METHOD`).
         k: Which neighbour's distance is the ``knn`` score (>= 1).
@@ -251,12 +290,15 @@ def fit_novelty(
         raise ValueError("The novelty score needs training features.")
     x = torch.nn.functional.normalize(train_features.float().cpu(), dim=1)
     scorer = NoveltyScorer(k=k, keep=keep, method=method, shrinkage=shrinkage, temperature=float(temperature))
-    if "knn" in scorer.components:
+    labelled = {"mahalanobis", "classknn"} & set(scorer.components)
+    if labelled and (train_labels is None or len(train_labels) != len(x)):
+        raise ValueError(f"The {method!r} novelty score needs one class label per training feature.")
+    if "knn" in scorer.components or "classknn" in scorer.components:
         scorer.bank = x.half()
+    if "classknn" in scorer.components:
+        scorer.bank_labels = train_labels.cpu().long()  # type: ignore[union-attr]
     if "mahalanobis" in scorer.components:
-        if train_labels is None or len(train_labels) != len(x):
-            raise ValueError(f"The {method!r} novelty score needs one class label per training feature.")
-        scorer.means, scorer.whitener = _gaussian(x, train_labels.cpu().long(), shrinkage)
+        scorer.means, scorer.whitener = _gaussian(x, train_labels.cpu().long(), shrinkage)  # type: ignore[union-attr]
     if valid_features is not None and len(valid_features):
         parts = scorer.component_scores(valid_features, valid_logits)
         if len(parts) > 1:
@@ -331,6 +373,7 @@ def load_novelty(model_dir: str | os.PathLike[str], config: ModelConfig | Mappin
     scales = settings.scales or {}
     return NoveltyScorer(  # config.json's values were checked on load (dogclf.artifact.checks)
         bank=tensors.get("bank"),
+        bank_labels=tensors.get("bank_labels"),
         k=DEFAULT_K if k is None else int(k),
         threshold=None if threshold is None else float(threshold),
         keep=0.95 if keep is None else float(keep),
@@ -345,7 +388,10 @@ def load_novelty(model_dir: str | os.PathLike[str], config: ModelConfig | Mappin
 
 def _check_tensors(components: tuple[str, ...], tensors: Mapping[str, torch.Tensor], path: Path, width: Any) -> None:
     """Raises :class:`ModelDirError` unless the file holds what the method needs, ``width`` features wide."""
-    needed = (["bank"] if "knn" in components else []) + (["means", "whitener"] if "mahalanobis" in components else [])
+    banked = "knn" in components or "classknn" in components
+    needed = (["bank"] if banked else []) + (["means", "whitener"] if "mahalanobis" in components else [])
+    if "classknn" in components:
+        _check_bank_labels(tensors, path)
     for name in needed:
         tensor = tensors.get(name)
         shape = None if tensor is None else tuple(tensor.shape)
@@ -356,3 +402,16 @@ def _check_tensors(components: tuple[str, ...], tensors: Mapping[str, torch.Tens
                 f"{str(path)!r} holds {what} {name!r} tensor; the novelty method {'+'.join(components)!r} needs one "
                 f"with {width} features per row (the backbone's)."
             )
+
+
+def _check_bank_labels(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Raises :class:`ModelDirError` unless ``bank_labels`` holds one non-negative class index per bank row."""
+    labels, bank = tensors.get("bank_labels"), tensors.get("bank")
+    rows = None if bank is None else len(bank)
+    fits = labels is not None and labels.dim() == 1 and len(labels) == rows and not labels.is_floating_point()
+    if not fits or bool((labels < 0).any()):  # type: ignore[operator]
+        what = "no" if labels is None else f"a {tuple(labels.shape)} {labels.dtype}"
+        raise ModelDirError(
+            f"{str(path)!r} holds {what} 'bank_labels' tensor; the 'classknn' novelty methods need one class index "
+            f"(>= 0) per row of 'bank' ({rows} rows). Copy the file with the model, or retrain it."
+        )

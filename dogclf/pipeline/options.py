@@ -126,6 +126,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "once and cached, for scores that hold better on users' photos (default 0)",
     )
     p.add_argument(
+        "--degraded-smoothing",
+        type=float,
+        default=None,
+        metavar="EPS",
+        help="label smoothing of the degraded views' targets, the photos' kept one-hot (default 0.2 with the L-BFGS "
+        "head, 0 with the epoch loop)",
+    )
+    p.add_argument(
         "--checkpoint-dir",
         type=Path,
         default=None,

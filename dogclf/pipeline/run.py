@@ -193,6 +193,7 @@ def train(
     diagnostics: Diagnostics | None = None,
     novelty: bool = True,
     degraded_views: int = 0,
+    degraded_smoothing: float | None = None,
 ) -> TrainResult:
     """Trains a classifier on a data folder and saves it as a model directory.
 
@@ -236,6 +237,9 @@ def train(
             feature cache and extracted like the photos, so the head and its temperature hold better on photos unlike
             the curated training ones. Needs the feature path (a frozen backbone, no ``augment``) and one process.
             The novelty score and calibration still use the photos themselves.
+        degraded_smoothing: Label smoothing of the degraded views' targets (the photos' keep ``config``'s), in
+            [0, 1): ``None`` is :data:`~dogclf.data.degrade.DEFAULT_VIEW_SMOOTHING` with the L-BFGS head and 0 with
+            the epoch loop, which cannot smooth some rows only (a value > 0 with the loop is a ``ValueError``).
 
     Messages go to the ``dogclf.training``, ``dogclf.features`` and ``dogclf.diagnostics`` loggers (under torchrun,
     from rank 0 only; see docs/logging.md); ``log=`` (a callback) still works, with a DeprecationWarning.
@@ -270,6 +274,8 @@ def train(
         mode = options.feature_mode()
         solver = head_solver(options.config, options.head, mode=mode)  # before the data scan: a bad choice fails fast
         _check_degraded_views(degraded_views, mode=mode, distributed=group is not None)
+        smoothing = _view_smoothing(degraded_smoothing, views=degraded_views, solver=solver)
+        options = dataclasses.replace(options, degraded_smoothing=smoothing)
         spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
         if not (resume and checkpoint.is_file()):  # a resumed run takes its weights from the checkpoint
             check_weights_available(spec, weights, environ=options.environ)
@@ -338,6 +344,7 @@ class _Options:
     show_bars: bool
     group: ProcessGroup | None = None
     degraded_views: int = 0
+    degraded_smoothing: float = 0.0
 
     def feature_mode(self) -> str:
         """``"cached"``, ``"in-memory"`` or ``"images"``: see :func:`_feature_mode`."""
@@ -509,6 +516,7 @@ def _make_trainer(
             options.config,
             callbacks=hooks,
             extra=views,
+            extra_smoothing=options.degraded_smoothing if views is not None else 0.0,
         )
         return fitter, features
     train = features["train"]
@@ -542,6 +550,23 @@ def _check_degraded_views(views: int, *, mode: str, distributed: bool) -> None:
         raise ValueError("--degraded-views runs in one process; run it without torchrun.")
 
 
+def _view_smoothing(requested: float | None, *, views: int, solver: str) -> float:
+    """The degraded views' label smoothing for this run (see :func:`train`); raises ``ValueError`` for a bad one."""
+    from dogclf.data.degrade import DEFAULT_VIEW_SMOOTHING
+
+    if requested is None:
+        return DEFAULT_VIEW_SMOOTHING if views and solver == "lbfgs" else 0.0
+    if isinstance(requested, bool) or not isinstance(requested, (int, float)) or not 0.0 <= requested < 1.0:
+        raise ValueError(f"--degraded-smoothing must be a number in [0, 1), got {requested!r}")
+    if requested and solver != "lbfgs":
+        raise ValueError(
+            f"--degraded-smoothing {requested:g} smooths the degraded views' targets in the L-BFGS head's fit; the "
+            "epoch loop smooths every row alike (--label-smoothing). Drop --degraded-smoothing, or use --head-solver "
+            "lbfgs."
+        )
+    return float(requested)
+
+
 def _degraded_view_features(run: _Run, splits: DataSplits, options: _Options) -> FeatureSet | None:
     """The features of ``options.degraded_views`` degraded views of each training photo (``None``: none asked for).
 
@@ -558,7 +583,8 @@ def _degraded_view_features(run: _Run, splits: DataSplits, options: _Options) ->
     cache = _cache_folder(run, options)
     root = Path(cache if cache is not None else tempfile.mkdtemp(prefix="dogclf-views-")) / "degraded-views"
     samples = write_degraded_views(splits.train, root / run.spec.name, views=views, seed=seed)
-    logger.info(f"degraded views: {views} per training photo ({len(samples)} images, seed {seed}) in {root}")
+    smoothing = f", targets smoothed {options.degraded_smoothing:g}" if options.degraded_smoothing else ""
+    logger.info(f"degraded views: {views} per training photo ({len(samples)} images, seed {seed}{smoothing}) in {root}")
     return _extract_features(run, dataclasses.replace(splits, train=samples, valid=[], test=[]), options)["train"]
 
 
@@ -852,6 +878,7 @@ def _save(
             "skipped_files": len(splits.skipped),
             "features": run.mode,
             "degraded_views": options.degraded_views,
+            "degraded_smoothing": options.degraded_smoothing,
             "precision": run.precision,
             "head_solver_used": run.solver,
             "kept_epoch": run.kept_epoch,

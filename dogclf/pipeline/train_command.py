@@ -98,6 +98,7 @@ def run_train(args: argparse.Namespace) -> int:
             extract_batch_size=args.extract_batch_size,
             novelty=args.novelty,
             degraded_views=args.degraded_views,
+            degraded_smoothing=args.degraded_smoothing,
             environ=args.environ,
             checkpoint_dir=args.checkpoint_dir,
             output_dir=args.output_dir,

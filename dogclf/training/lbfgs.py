@@ -101,6 +101,8 @@ class LbfgsFit:
         converged: Whether the final fit reached the gradient tolerance within the iteration limit.
         seconds: Wall time of cross-validation and final fit.
         cv: The cross-validation, when it chose ``c``.
+        final_c: The C of the final fit when extra rows (degraded views) joined it: ``c * photos / rows``, the same
+            penalty per photo (``None``: ``c``).
     """
 
     c: float
@@ -109,6 +111,7 @@ class LbfgsFit:
     converged: bool
     seconds: float
     cv: CvResult | None = None
+    final_c: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``solver``, ``c``, ``chosen_by``, ..., ``cv`` with its table)."""
@@ -131,7 +134,10 @@ class LbfgsFit:
             )
         else:
             line += " (given)"
-        line += f"; final fit {self.iterations} iterations" + ("" if self.converged else " (iteration limit)")
+        line += "; final fit"
+        if self.final_c is not None:
+            line += f" with the degraded views at C={self.final_c:.3g} (the same penalty per photo):"
+        line += f" {self.iterations} iterations" + ("" if self.converged else " (iteration limit)")
         return line + f", {self.seconds:.1f} s in all"
 
 
@@ -188,7 +194,7 @@ def fit_logistic(
 
     Args:
         x: ``(N, F)`` features (on the device to fit on).
-        y: ``(N,)`` class indices.
+        y: ``(N,)`` class indices, or ``(N, K)`` class probabilities (per-row smoothed targets).
         num_classes: Number of classes ``K``.
         c: Inverse penalty strength (scikit-learn's ``C``), > 0.
         class_weights: ``(K,)`` per-class loss weights, or ``None``.
@@ -358,11 +364,16 @@ def fit_lbfgs_head(
     callbacks: Sequence[Callback] = (),
     extra: FeatureSet | None = None,
     log_level: int = logging.INFO,
+    extra_smoothing: float = 0.0,
 ) -> tuple[list[dict[str, float]], LbfgsFit]:
     """Fits ``model.head`` (a single linear layer) on training features by L-BFGS; returns ``(history, fit)``.
 
     ``extra`` rows (degraded views of the training photos) join the final fit only: the penalty is cross-validated
-    on ``train`` alone, so no photo is held out while a view of it is fitted on.
+    on ``train`` alone, so no photo is held out while a view of it is fitted on, and the final fit's C is scaled by
+    ``photos / rows`` so that the views, copies of the photos rather than new ones, do not weaken the penalty the CV
+    chose (the objective is the mean loss plus ``||W||^2 / (2 C n)``). With ``extra_smoothing`` the extra
+    rows' targets are smoothed by it (``(1 - eps) * one-hot + eps / K``; the photos' by ``config.label_smoothing``):
+    the head learns to be less sure of degraded photos only.
 
     The history has one entry, ``epoch`` 1, with the metrics a loop epoch has (``train_loss`` is the training
     objective's loss without the penalty, ``valid_loss`` plain cross-entropy); callbacks get ``on_train_start``,
@@ -404,11 +415,18 @@ def fit_lbfgs_head(
             log_level=log_level,
         )
         c = cv.best_c
-    if extra is not None and len(extra):
-        x, y = torch.cat([x, extra.features.to(device)]), torch.cat([y, extra.labels.to(device)])
-    weights = balanced_class_weights(y, num_classes) if config.class_weight == "balanced" else None
+    extra_rows = extra is not None and len(extra) > 0
+    labels = torch.cat([y, extra.labels.to(device)]) if extra_rows else y  # type: ignore[union-attr]
+    weights = balanced_class_weights(labels, num_classes) if config.class_weight == "balanced" else None
+    targets, smoothing, final_c = labels, config.label_smoothing, None
+    if extra_rows:
+        final_c = c * len(x) / len(labels)
+        x = torch.cat([x, extra.features.to(device)])  # type: ignore[union-attr]
+        if extra_smoothing:  # class probabilities: the photos' smoothed by label_smoothing, the views' by more
+            rows = [_smoothed(y, num_classes, smoothing), _smoothed(extra.labels, num_classes, extra_smoothing)]  # type: ignore[union-attr]
+            targets, smoothing = torch.cat(rows).to(device, x.dtype), 0.0
     weight, bias, iterations, converged = fit_logistic(
-        x, y, num_classes=num_classes, c=c, class_weights=weights, label_smoothing=config.label_smoothing
+        x, targets, num_classes=num_classes, c=final_c or c, class_weights=weights, label_smoothing=smoothing
     )
     with torch.no_grad():
         layer.weight.copy_(weight)
@@ -420,9 +438,16 @@ def fit_lbfgs_head(
         converged=converged,
         seconds=time.perf_counter() - started,
         cv=cv,
+        final_c=final_c,
     )
     logger.log(log_level, fit.summary())
     return _report(model, train, valid, config, fit, callbacks), fit
+
+
+def _smoothed(labels: torch.Tensor, num_classes: int, eps: float) -> torch.Tensor:
+    """``(N, K)`` target probabilities: ``(1 - eps) * one_hot(labels) + eps / K``."""
+    one_hot = torch.nn.functional.one_hot(labels.long().cpu(), num_classes).double()
+    return one_hot * (1.0 - eps) + eps / num_classes
 
 
 def _report(
@@ -480,6 +505,7 @@ class LbfgsHeadFitter:
             ``device``).
         callbacks: Training callbacks.
         extra: Rows for the final fit only (see :func:`fit_lbfgs_head`).
+        extra_smoothing: Label smoothing of the extra rows' targets (see :func:`fit_lbfgs_head`).
     """
 
     kept_epoch = 1
@@ -494,9 +520,11 @@ class LbfgsHeadFitter:
         *,
         callbacks: Sequence[Callback] = (),
         extra: FeatureSet | None = None,
+        extra_smoothing: float = 0.0,
     ) -> None:
         self.model = model
         self.extra = extra
+        self.extra_smoothing = extra_smoothing
         self.train = train
         self.valid = valid
         self.config = config
@@ -507,6 +535,12 @@ class LbfgsHeadFitter:
     def fit(self) -> list[dict[str, float]]:
         """Fits the head; returns the one-entry history."""
         history, self.fit_info = fit_lbfgs_head(
-            self.model, self.train, self.valid, self.config, callbacks=self.callbacks, extra=self.extra
+            self.model,
+            self.train,
+            self.valid,
+            self.config,
+            callbacks=self.callbacks,
+            extra=self.extra,
+            extra_smoothing=self.extra_smoothing,
         )
         return history

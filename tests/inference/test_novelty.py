@@ -101,7 +101,38 @@ def test_a_combination_adds_the_parts_on_the_validation_photos_scale_and_keeps_9
     assert scorer.to_config()["temperature"] == 1.5
 
 
-@pytest.mark.parametrize("method", ["knn", "mahalanobis", "energy", "knn+energy", "knn+mahalanobis"])
+def test_classknn_is_the_knn_distance_among_the_predicted_breeds_training_photos() -> None:
+    centres = torch.randn(2, 16, generator=torch.Generator().manual_seed(0)) * 3
+    train, labels = _clusters(200, centres, seed=1)
+    probe = train[labels == 1][:3] + 0.01  # next to breed 1's photos ...
+    logits = torch.tensor([[5.0, 0.0]] * 3)  # ... but the head calls them breed 0
+
+    plain = fit_novelty(train, None, k=5, method="knn")
+    scorer = fit_novelty(train, None, train_labels=labels, k=5, method="classknn")
+
+    similarity = torch.nn.functional.cosine_similarity(probe[:, None], train[labels == 0][None], dim=2)
+    expected = 1.0 - similarity.sort(dim=1, descending=True).values[:, 4]
+    assert torch.allclose(scorer.score(probe, logits), expected, atol=2e-3)  # the bank is stored as float16
+    assert bool((scorer.score(probe, logits) > plain.score(probe) + 0.5).all())  # far from breed 0, near breed 1
+    called_right = torch.tensor([[0.0, 5.0]] * 3)
+    assert torch.allclose(scorer.score(probe, called_right), plain.score(probe), atol=2e-3)
+    with pytest.raises(ValueError, match="'classknn' novelty score needs the head's logits"):
+        scorer.score(probe)
+
+
+def test_classknn_with_fewer_photos_of_a_breed_than_k_uses_its_farthest_photo() -> None:
+    train = torch.eye(4)[[0, 0, 1, 2, 3]] + 0.1
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    scorer = fit_novelty(train, None, train_labels=labels, k=10, method="classknn")
+
+    scores = scorer.score(torch.eye(4)[:1] + 0.1, torch.tensor([[1.0, 0.0]]))
+
+    assert float(scores[0]) == pytest.approx(0.0, abs=2e-3)  # both photos of breed 0 are the probe itself
+
+
+@pytest.mark.parametrize(
+    "method", ["knn", "mahalanobis", "energy", "classknn", "knn+energy", "knn+mahalanobis", "classknn+energy"]
+)
 def test_every_method_saves_and_loads_back_to_the_same_scores_and_threshold(method: str, tmp_path: Path) -> None:
     features, labels = _clusters(60, torch.randn(3, 8, generator=torch.Generator().manual_seed(1)) * 3, seed=2)
     logits = torch.randn(60, 3, generator=torch.Generator().manual_seed(3))
@@ -127,6 +158,18 @@ def test_fit_novelty_refuses_bad_arguments() -> None:
         fit_novelty(torch.ones(3, 2), None, method="ssd")
     with pytest.raises(ValueError, match="needs one class label per training feature"):
         fit_novelty(torch.ones(3, 2), None, method="mahalanobis")
+    with pytest.raises(ValueError, match="'classknn' novelty score needs one class label per training feature"):
+        fit_novelty(torch.ones(3, 2), None, method="classknn", train_labels=torch.zeros(2, dtype=torch.long))
+
+
+def test_a_classknn_file_without_bank_labels_is_a_clear_error(tmp_path: Path) -> None:
+    features, labels = _clusters(60, torch.randn(3, 8, generator=torch.Generator().manual_seed(1)) * 3, seed=2)
+    scorer = fit_novelty(features, None, train_labels=labels, method="classknn+energy")
+    scorer.bank_labels = None
+    scorer.save(tmp_path)
+
+    with pytest.raises(ModelDirError, match="holds no 'bank_labels' tensor; the 'classknn' novelty methods need one"):
+        load_novelty(tmp_path, {"novelty": scorer.to_config(), "num_features": 8})
 
 
 @pytest.mark.parametrize("seed", [0, 1])

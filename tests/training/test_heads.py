@@ -113,7 +113,8 @@ def test_extra_rows_join_the_final_lbfgs_fit_but_not_the_cross_validation() -> N
     assert fit.cv.oof_logits is not None
     assert len(fit.cv.oof_logits) == 90  # the penalty is cross-validated on the photos alone
     both_x, both_y = torch.cat([photos.features, views.features]), torch.cat([photos.labels, views.labels])
-    weight, bias, _, _ = fit_logistic(both_x, both_y, num_classes=3, c=fit.c, tol=1e-8, max_iter=5000)
+    assert fit.final_c == pytest.approx(fit.c * 90 / 150)  # the same penalty per photo as the CV chose
+    weight, bias, _, _ = fit_logistic(both_x, both_y, num_classes=3, c=fit.final_c, tol=1e-8, max_iter=5000)
     layer = model.head[0]
     assert torch.allclose(layer.weight.detach(), weight, atol=2e-3)
     assert torch.allclose(layer.bias.detach(), bias, atol=2e-3)
