@@ -2,7 +2,8 @@
 
 ``dogclf`` (:mod:`dogclf.cli.app`) and the SageMaker training entry point run their commands through
 :func:`run_command`, so an error is one line on stderr (no traceback unless ``DOGCLF_DEBUG`` is set), Ctrl-C
-exits with 130 and a closed pipe (``dogclf ... | head``) ends quietly. Standard library only.
+exits with 130 and a closed pipe (``dogclf ... | head``) ends quietly; dogclf's log messages print as plain lines
+while the command runs (:func:`dogclf._logging.cli_logging`). Standard library only, and the leaf modules beside it.
 """
 
 from __future__ import annotations

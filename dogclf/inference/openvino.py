@@ -130,20 +130,19 @@ class OpenVinoBackbone:
         self._digest = digest
         self._model: Any = None
         self._compiled: dict[str, Any] = {}
-        self._streams: int | None = None
         self._threads: int | None = None
         self._local = threading.local()
         self._lock = threading.Lock()
         self.loaded_from_cache: bool | None = None
 
-    def configure(self, *, streams: int, threads: int) -> None:
-        """Runs on ``threads`` threads in all, for ``streams`` calling threads (recompiled on the next call).
+    def configure(self, *, threads: int) -> None:
+        """Runs on ``threads`` threads in all (recompiled on the next call).
 
         OpenVINO splits the threads into its streams itself (one single-threaded stream per core on a small CPU).
         """
         with self._lock:
-            if (streams, threads) != (self._streams, self._threads):
-                self._streams, self._threads = streams, threads
+            if threads != self._threads:
+                self._threads = threads
                 self._compiled = {}
 
     def prepare(self) -> None:
@@ -297,7 +296,7 @@ class OpenVinoEngine(TorchEngine):
 
     def use_threads(self, budget: ThreadBudget) -> None:
         """OpenVINO runs on the forward threads of the budget, in the streams it picks for them."""
-        self.compiled.configure(streams=budget.forward_workers, threads=budget.forward_workers * budget.forward_threads)
+        self.compiled.configure(threads=budget.forward_workers * budget.forward_threads)
 
     def _features(self, chunk: torch.Tensor) -> torch.Tensor:
         output = self.compiled(self.normalise(chunk))

@@ -70,7 +70,7 @@ def test_a_batch_spread_over_the_streams_keeps_every_image_in_its_place(
 ) -> None:
     backbone = _backbone(tiny_spec)
     compiled = OpenVinoBackbone(backbone, 32, cache_dir=tmp_path)
-    compiled.configure(streams=1, threads=2)  # two streams on any CPU with two cores or more
+    compiled.configure(threads=2)  # two streams on any CPU with two cores or more
     images = torch.randn(7, 3, 32, 32)
     with torch.no_grad():
         expected = backbone(images)
